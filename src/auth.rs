@@ -1,0 +1,85 @@
+//! Client credentials -> identity.
+//!
+//! Clients send `Authorization: Bearer <token>` or `token <token>` (both as GitHub accepts). The
+//! presented token is hashed once and compared, in constant time, with every configured hash, so
+//! the time taken says nothing about which (or whether a) client matched. Runs before any cache or
+//! upstream access.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, header};
+
+use crate::{config::Client, error::ProxyError, secret::TokenHash};
+
+/// The configured clients, swapped as a whole on reload.
+#[derive(Debug, Default)]
+pub struct Clients {
+    entries: Vec<(TokenHash, Identity)>,
+}
+
+/// Who a request comes from.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The client's configured name.
+    pub name: Arc<str>,
+    /// May use `/admin/...`.
+    pub admin: bool,
+}
+
+// === impl Clients ===
+
+impl Clients {
+    /// Builds the table from validated config entries.
+    pub fn new(clients: &[Client]) -> Self {
+        let entries = clients
+            .iter()
+            .map(|c| {
+                let identity = Identity {
+                    name: Arc::from(c.name.as_str()),
+                    admin: c.admin,
+                };
+                (c.token_hash.clone(), identity)
+            })
+            .collect();
+        Self { entries }
+    }
+
+    /// Finds the client behind a request's `Authorization` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ProxyError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ProxyError::Unauthorized("Requires authentication"))?;
+        let token =
+            bearer_token(value.as_bytes()).ok_or(ProxyError::Unauthorized("Bad credentials"))?;
+        let presented = TokenHash::of(token);
+        let mut found: Option<&Identity> = None;
+        // No early exit: every entry is compared whatever matched.
+        for (hash, identity) in &self.entries {
+            if hash.matches(&presented) {
+                found = Some(identity);
+            }
+        }
+        found
+            .cloned()
+            .ok_or(ProxyError::Unauthorized("Bad credentials"))
+    }
+
+    /// How many clients are configured.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no client is configured (every request is then refused).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The token in `Bearer <t>` or `token <t>` (scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    let scheme_ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+    let token = token.trim();
+    (scheme_ok && !token.is_empty()).then_some(token)
+}

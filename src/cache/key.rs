@@ -1,0 +1,134 @@
+//! The cache key, and the invalidation generations inside it.
+//!
+//! One function, [`key`], with explicit inputs: the canonical route (path rebuilt from the typed
+//! route), the query with defaults made explicit, `Accept`, `X-GitHub-Api-Version`, whether `Link`
+//! URLs carry the `/api/v3` prefix, and the generations of the owner and package. A mistake here
+//! poisons the cache for every team, so `tests/cache_key.rs` checks both directions: inputs that
+//! must differ give different keys, spellings that must not (query order, defaults) give one.
+//!
+//! Invalidation never scans: a delete or restore bumps the package's generation and its owner's
+//! list generation, so every old key simply stops being asked for (moka evicts them by size/TTL).
+
+use std::{collections::HashMap, fmt::Write, sync::RwLock};
+
+use crate::{
+    route::{Operation, Owner, Route},
+    upstream::Forwarded,
+};
+
+/// Generation counters by scope. A std `RwLock`: reads on every cacheable request, writes only
+/// on deletes, restores and purges; never held across an `.await`.
+#[derive(Debug, Default)]
+pub struct Generations {
+    map: RwLock<HashMap<String, u64>>,
+}
+
+// === impl Generations ===
+
+impl Generations {
+    fn get(&self, scope: &str) -> u64 {
+        let map = self.map.read().unwrap_or_else(|poison| poison.into_inner());
+        map.get(scope).copied().unwrap_or(0)
+    }
+
+    fn bump(&self, scope: String) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        *map.entry(scope).or_insert(0) += 1;
+    }
+
+    /// After a delete or restore of `route`'s package: its entries and its owner's lists go.
+    pub fn package_changed(&self, route: &Route) {
+        let ns = namespace(&route.owner);
+        if let Some(package) = &route.package {
+            self.bump(format!(
+                "pkg:{ns}/{}/{}",
+                package.package_type, package.name
+            ));
+        }
+        self.bump(format!("lists:{ns}"));
+    }
+
+    /// Purge of one package, addressed by owner login (as org and as user).
+    pub fn purge_package(&self, owner: &str, package_type: &str, name: &str) {
+        for ns in owner_namespaces(owner) {
+            self.bump(format!("pkg:{ns}/{package_type}/{name}"));
+            self.bump(format!("lists:{ns}"));
+        }
+    }
+
+    /// Purge of everything of one owner (as org and as user).
+    pub fn purge_owner(&self, owner: &str) {
+        for ns in owner_namespaces(owner) {
+            self.bump(format!("all:{ns}"));
+        }
+    }
+}
+
+/// The user namespace is shared: `/user/...` and `/users/{login}/...` may name the same packages,
+/// and the token's login is not known, so every user-owned package lives in one namespace.
+fn namespace(owner: &Owner) -> String {
+    match owner {
+        Owner::Org(login) => format!("org/{}", login.to_ascii_lowercase()),
+        Owner::User(_) | Owner::AuthenticatedUser => "users".to_owned(),
+    }
+}
+
+fn owner_namespaces(owner: &str) -> [String; 2] {
+    [
+        format!("org/{}", owner.to_ascii_lowercase()),
+        "users".to_owned(),
+    ]
+}
+
+/// The cache key of a GET: see the module docs for what goes in and why.
+pub fn key(
+    route: &Route,
+    forwarded: &Forwarded,
+    ghes_links: bool,
+    generations: &Generations,
+) -> String {
+    let mut key = String::with_capacity(160);
+    key.push_str(forwarded.api_version.to_str().unwrap_or("?"));
+    key.push('|');
+    key.push_str(forwarded.accept.to_str().unwrap_or("?"));
+    key.push('|');
+    key.push_str(if ghes_links { "v3" } else { "-" });
+    key.push('|');
+    key.push_str(&route.path());
+    push_normalised_query(&mut key, route);
+    let ns = namespace(&route.owner);
+    let all = generations.get(&format!("all:{ns}"));
+    let scoped = match &route.package {
+        Some(package) => generations.get(&format!(
+            "pkg:{ns}/{}/{}",
+            package.package_type, package.name
+        )),
+        None => generations.get(&format!("lists:{ns}")),
+    };
+    let _ = write!(key, "|g{all}.{scoped}");
+    key
+}
+
+/// The query with GitHub's defaults written out, in a fixed order.
+fn push_normalised_query(key: &mut String, route: &Route) {
+    let q = &route.query;
+    let page = q.page.unwrap_or(1);
+    let per_page = q.per_page.unwrap_or(30);
+    let _ = match route.operation {
+        Operation::ListPackages => write!(
+            key,
+            "?package_type={}&visibility={}&per_page={per_page}&page={page}",
+            q.package_type.map(|t| t.as_str()).unwrap_or("-"),
+            q.visibility.unwrap_or("all"),
+        ),
+        Operation::ListVersions => write!(
+            key,
+            "?state={}&per_page={per_page}&page={page}",
+            q.state.unwrap_or("active")
+        ),
+        _ => Ok(()),
+    };
+}

@@ -1,0 +1,562 @@
+//! Configuration: raw TOML structs with documented defaults, validated into [`Config`].
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), and every validation error names its key, so a
+//! typo never silently falls back to a default. The config says where the org token is
+//! (`token_env` or `token_file`), never its value. `config/example.toml` documents every key.
+
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
+
+use http::Uri;
+use serde::Deserialize;
+
+use crate::secret::{OrgToken, TokenError, TokenHash};
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys or wrong types.
+    #[error("invalid config: {0}")]
+    Parse(#[source] toml::de::Error),
+    /// A key has a value we cannot use.
+    #[error("invalid config: `{field}`: {reason}")]
+    Invalid {
+        /// The key, dotted (`upstream.base_url`).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+// === raw structs (the TOML file) ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    #[serde(default)]
+    clients: Vec<RawClient>,
+    #[serde(default)]
+    cache: RawCache,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_max_bytes")]
+    max_bytes: u64,
+    #[serde(default = "default_max_entry_bytes")]
+    max_entry_bytes: u64,
+    #[serde(default = "default_ttl_60", with = "humantime_serde")]
+    package_lists_ttl: Duration,
+    #[serde(default = "default_ttl_60", with = "humantime_serde")]
+    package_ttl: Duration,
+    #[serde(default = "default_ttl_30", with = "humantime_serde")]
+    version_lists_ttl: Duration,
+    #[serde(default = "default_ttl_300", with = "humantime_serde")]
+    version_ttl: Duration,
+    #[serde(default = "default_ttl_10", with = "humantime_serde")]
+    not_found_ttl: Duration,
+    #[serde(default = "default_swr", with = "humantime_serde")]
+    stale_while_revalidate: Duration,
+    #[serde(default = "default_sie", with = "humantime_serde")]
+    stale_if_error: Duration,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: default_max_bytes(),
+            max_entry_bytes: default_max_entry_bytes(),
+            package_lists_ttl: default_ttl_60(),
+            package_ttl: default_ttl_60(),
+            version_lists_ttl: default_ttl_30(),
+            version_ttl: default_ttl_300(),
+            not_found_ttl: default_ttl_10(),
+            stale_while_revalidate: default_swr(),
+            stale_if_error: default_sie(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    allow_all: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_listen")]
+    listen: SocketAddr,
+    public_url: Option<String>,
+    #[serde(default = "default_max_in_flight")]
+    max_in_flight: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    drain_timeout: Duration,
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    header_read_timeout: Duration,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_delay: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    #[serde(default = "default_base_url")]
+    base_url: String,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    owners: Vec<String>,
+    #[serde(default)]
+    allow_user_routes: bool,
+    #[serde(default)]
+    allow_plain_http: bool,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_pool_max_idle")]
+    pool_max_idle_per_host: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_sha256: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_entry_bytes() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_ttl_10() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_ttl_30() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_ttl_60() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_ttl_300() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_swr() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_sie() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_base_url() -> String {
+    "https://api.github.com".to_owned()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_max_idle() -> usize {
+    128
+}
+
+// === validated config ===
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The listener.
+    pub server: ServerConfig,
+    /// GitHub (or the simulator).
+    pub upstream: UpstreamConfig,
+    /// Who may use the proxy.
+    pub clients: Vec<Client>,
+    /// The metadata cache.
+    pub cache: CacheConfig,
+    /// Destructive calls.
+    pub policy: PolicyConfig,
+}
+
+/// `[cache]`
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Whether GET answers are cached at all.
+    pub enabled: bool,
+    /// Bound on cached bytes (bodies, headers and keys).
+    pub max_bytes: u64,
+    /// Answers larger than this are passed through but not cached.
+    pub max_entry_bytes: u64,
+    /// Freshness of package lists and Docker conflict lists.
+    pub package_lists_ttl: Duration,
+    /// Freshness of a single package.
+    pub package_ttl: Duration,
+    /// Freshness of version lists.
+    pub version_lists_ttl: Duration,
+    /// Freshness of a single version.
+    pub version_ttl: Duration,
+    /// Freshness of a 404 answer.
+    pub not_found_ttl: Duration,
+    /// Past freshness, how long a stale answer is served at once while one background
+    /// revalidation runs.
+    pub stale_while_revalidate: Duration,
+    /// Past freshness, how long a stale answer is served when GitHub fails or rate-limits us.
+    pub stale_if_error: Duration,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Allow every destructive call from every client. For tests against the simulator only.
+    pub allow_all: bool,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Origin (and optional path prefix) clients use to reach us; `Link` URLs are rewritten onto it.
+    /// No trailing slash. When unset, `http://` and the bound address.
+    pub public_url: Option<String>,
+    /// Requests handled at once; past it, 503 at once (load shed) instead of queueing.
+    pub max_in_flight: usize,
+    /// Open client connections; past it, new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long in-flight requests get to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// A client must send its request head within this time (slow-loris guard).
+    pub header_read_timeout: Duration,
+    /// After SIGTERM, how long readiness fails while the listener still serves, so load balancers
+    /// stop sending before it closes.
+    pub shutdown_delay: Duration,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme and authority, e.g. `https://api.github.com`.
+    pub origin: String,
+    /// Path prefix, e.g. `/api/v3` on GHES; empty for github.com.
+    pub prefix: String,
+    /// Where the org token is.
+    pub token: TokenSource,
+    /// Lower-cased org and user logins we serve.
+    pub owners: HashSet<String>,
+    /// Whether `/user/...` (the token's own user) is served.
+    pub allow_user_routes: bool,
+    /// Whether `http://` is allowed (the simulator only).
+    pub allow_plain_http: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time until the upstream's response head, and the longest pause while its body streams.
+    pub timeout: Duration,
+    /// Idle pooled connections kept to the upstream.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// Where the org token comes from.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// An environment variable's name.
+    Env(String),
+    /// A file's path.
+    File(PathBuf),
+}
+
+/// A client allowed to use the proxy.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its name, used in logs, metrics and policy.
+    pub name: String,
+    /// May use the `/admin/...` endpoints (cache purge).
+    pub admin: bool,
+    /// SHA-256 of its token.
+    pub token_hash: TokenHash,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(ConfigError::Parse)?;
+        raw.validate()
+    }
+
+    /// Loads the org token from where the config says it is.
+    pub fn load_token(&self) -> Result<OrgToken, TokenError> {
+        match &self.upstream.token {
+            TokenSource::Env(name) => OrgToken::from_env(name),
+            TokenSource::File(path) => OrgToken::from_file(path),
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let upstream = self.upstream.validate()?;
+        let clients = validate_clients(self.clients)?;
+        let cache = self.cache.validate()?;
+        Ok(Config {
+            server,
+            upstream,
+            clients,
+            cache,
+            policy: PolicyConfig {
+                allow_all: self.policy.allow_all,
+            },
+        })
+    }
+}
+
+impl RawCache {
+    fn validate(self) -> Result<CacheConfig, ConfigError> {
+        if self.enabled && self.max_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "cache.max_bytes",
+                "must be at least 1 MiB (1048576)",
+            ));
+        }
+        if self.max_entry_bytes == 0 || self.max_entry_bytes > self.max_bytes {
+            return Err(invalid(
+                "cache.max_entry_bytes",
+                "must be between 1 and cache.max_bytes",
+            ));
+        }
+        Ok(CacheConfig {
+            enabled: self.enabled,
+            max_bytes: self.max_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+            package_lists_ttl: self.package_lists_ttl,
+            package_ttl: self.package_ttl,
+            version_lists_ttl: self.version_lists_ttl,
+            version_ttl: self.version_ttl,
+            not_found_ttl: self.not_found_ttl,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+        })
+    }
+}
+
+impl RawServer {
+    fn validate(self) -> Result<ServerConfig, ConfigError> {
+        let public_url = match self.public_url {
+            Some(url) => {
+                let (origin, prefix) = split_url(&url, "server.public_url")?;
+                Some(format!("{origin}{prefix}"))
+            }
+            None => None,
+        };
+        positive(self.max_in_flight, "server.max_in_flight")?;
+        positive(self.max_connections, "server.max_connections")?;
+        nonzero(self.header_read_timeout, "server.header_read_timeout")?;
+        Ok(ServerConfig {
+            listen: self.listen,
+            public_url,
+            max_in_flight: self.max_in_flight,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_delay: self.shutdown_delay,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self) -> Result<UpstreamConfig, ConfigError> {
+        let (origin, prefix) = split_url(&self.base_url, "upstream.base_url")?;
+        if origin.starts_with("http://") && !self.allow_plain_http {
+            return Err(invalid(
+                "upstream.base_url",
+                "plain http:// needs `upstream.allow_plain_http = true` (meant for the simulator only)",
+            ));
+        }
+        let token = match (self.token_env, self.token_file) {
+            (Some(name), None) if !name.trim().is_empty() => TokenSource::Env(name),
+            (None, Some(path)) if !path.as_os_str().is_empty() => TokenSource::File(path),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "upstream.token_env",
+                    "set token_env or token_file, not both",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    "upstream.token_env",
+                    "set token_env or token_file (not empty)",
+                ));
+            }
+        };
+        let owners = validate_owners(self.owners)?;
+        nonzero(self.connect_timeout, "upstream.connect_timeout")?;
+        nonzero(self.timeout, "upstream.timeout")?;
+        Ok(UpstreamConfig {
+            origin,
+            prefix,
+            token,
+            owners,
+            allow_user_routes: self.allow_user_routes,
+            allow_plain_http: self.allow_plain_http,
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+        })
+    }
+}
+
+fn validate_owners(owners: Vec<String>) -> Result<HashSet<String>, ConfigError> {
+    if owners.is_empty() {
+        return Err(invalid("upstream.owners", "list at least one org or user"));
+    }
+    let mut set = HashSet::new();
+    for owner in owners {
+        let ok = !owner.is_empty()
+            && owner.len() <= 39
+            && owner
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(invalid(
+                "upstream.owners",
+                &format!("{owner:?} is not a GitHub login"),
+            ));
+        }
+        set.insert(owner.to_ascii_lowercase());
+    }
+    Ok(set)
+}
+
+fn validate_clients(raw: Vec<RawClient>) -> Result<Vec<Client>, ConfigError> {
+    let mut names = HashSet::new();
+    let mut hashes: Vec<TokenHash> = Vec::new();
+    let mut clients = Vec::with_capacity(raw.len());
+    for (i, client) in raw.into_iter().enumerate() {
+        let field = format!("clients[{i}].name");
+        let ok = !client.name.is_empty()
+            && client.name.len() <= 64
+            && client
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(invalid(&field, "use 1-64 letters, digits, '-', '_' or '.'"));
+        }
+        if !names.insert(client.name.clone()) {
+            return Err(invalid(
+                &field,
+                &format!("duplicate client name {:?}", client.name),
+            ));
+        }
+        let token_hash = TokenHash::from_hex(&client.token_sha256).ok_or_else(|| {
+            invalid(
+                &format!("clients[{i}].token_sha256"),
+                "must be 64 hex digits (the SHA-256 of the token; see `packages-proxy token new`)",
+            )
+        })?;
+        if hashes.iter().any(|h| h == &token_hash) {
+            return Err(invalid(
+                &format!("clients[{i}].token_sha256"),
+                "two clients share one token",
+            ));
+        }
+        hashes.push(token_hash.clone());
+        clients.push(Client {
+            name: client.name,
+            admin: client.admin,
+            token_hash,
+        });
+    }
+    Ok(clients)
+}
+
+/// Splits `scheme://authority/prefix` into (`scheme://authority`, `/prefix` or empty).
+fn split_url(url: &str, field: &str) -> Result<(String, String), ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| invalid(field, "not a valid absolute URL"))?;
+    let scheme = uri.scheme_str().unwrap_or_default();
+    if scheme != "http" && scheme != "https" {
+        return Err(invalid(field, "must start with http:// or https://"));
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| invalid(field, "has no host"))?;
+    if uri.query().is_some() {
+        return Err(invalid(field, "must not have a query"));
+    }
+    let prefix = uri.path().trim_end_matches('/').to_owned();
+    Ok((format!("{scheme}://{authority}"), prefix))
+}
+
+fn positive(value: usize, field: &str) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn nonzero(value: Duration, field: &str) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(field, "must be longer than 0s"));
+    }
+    Ok(())
+}
+
+fn invalid(field: &str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+    }
+}

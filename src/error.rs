@@ -1,0 +1,165 @@
+//! `ProxyError`: every way a request can fail, and the one place an error becomes HTTP.
+//!
+//! Handlers return `Result<Response<Body>, ProxyError>`; [`ProxyError::into_response`] turns the error
+//! into GitHub's error shape (`{"message", "documentation_url"}`) with a status picked by what failed:
+//! the client (4xx), the upstream (502/504), or us (500/503). The detail is logged once, here; the
+//! client sees only safe text. GitHub's own error answers are not `ProxyError`s: they pass through
+//! whole as ordinary responses.
+
+use std::error::Error as StdError;
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{self, Body};
+
+/// Boxed error used at the edges of the tower stack.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Where GitHub's REST docs live; our own errors point there like GitHub's do.
+const DOCS: &str = "https://docs.github.com/rest/packages/packages";
+
+/// Everything the proxy itself can answer with instead of the upstream's response.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Not a Packages API operation we serve (or an owner we do not serve).
+    #[error("Not Found")]
+    NotFound,
+    /// No credentials, or credentials that match no configured client.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The client is known but not allowed to do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is malformed (query parameter, header value).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body is larger than any Packages API call takes.
+    #[error("Request body too large")]
+    PayloadTooLarge,
+    /// The proxy is at its concurrency limit and sheds load rather than queueing.
+    #[error("Service overloaded, try again")]
+    Overloaded,
+    /// The proxy is shutting down.
+    #[error("Service is shutting down")]
+    ShuttingDown,
+    /// The upstream could not be reached or broke the connection.
+    #[error("upstream request failed")]
+    Upstream(#[source] BoxError),
+    /// The upstream did not answer within the configured time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// A bug or an impossible state on our side.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The HTTP status for this error: the only place this mapping lives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Classifies an error that reached the edge of the tower stack (load shed, timeouts).
+    pub fn from_box(error: BoxError) -> Self {
+        if is_caused_by::<tower::load_shed::error::Overloaded>(&*error) {
+            return Self::Overloaded;
+        }
+        if is_caused_by::<tower::timeout::error::Elapsed>(&*error)
+            || is_caused_by::<tokio::time::error::Elapsed>(&*error)
+        {
+            return Self::UpstreamTimeout;
+        }
+        match error.downcast::<ProxyError>() {
+            Ok(proxy) => *proxy,
+            Err(other) => Self::Internal(other),
+        }
+    }
+
+    /// The message clients see; never contains upstream detail or secrets.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Upstream(_) => "Upstream GitHub API unreachable".to_owned(),
+            Self::UpstreamTimeout => "Upstream GitHub API timed out".to_owned(),
+            Self::Internal(_) => "Internal proxy error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Renders GitHub's error shape and logs the detail once.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %DisplayChain(&self), status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        let mut response = error_response(status, &self.public_message());
+        if matches!(self, Self::Overloaded | Self::ShuttingDown) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<BoxError> for ProxyError {
+    fn from(error: BoxError) -> Self {
+        Self::from_box(error)
+    }
+}
+
+/// A JSON error body in GitHub's shape, with `status` as GitHub adds it.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "message": message,
+        "documentation_url": DOCS,
+        "status": status.as_str(),
+    });
+    let mut response = Response::new(body::full(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// True when `error` or any of its sources is an `E` (linkerd's `is_caused_by`).
+pub fn is_caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<E>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// Displays an error with its chain of sources, for the one log line.
+struct DisplayChain<'a>(&'a (dyn StdError + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}

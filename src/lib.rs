@@ -1,0 +1,35 @@
+//! packages-proxy: one org token in front of GitHub's Packages REST API, shared safely by teams.
+//!
+//! Map of the crate, in the order a request meets it:
+//!
+//! - [`server`]: accept loop, connection cap, readiness, drain.
+//! - [`service`]: the one tower stack (sensitive headers, load shed, concurrency limit).
+//! - [`proxy`]: the request walk and its log line.
+//! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
+//! - [`auth`]: client credentials -> client name.
+//! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
+//! - [`upstream`]: the pooled rustls client, forwarded and returned headers.
+//! - [`link`]: `Link` rewriting onto the proxy's public URL.
+//! - [`error`]: `ProxyError` and the one error -> response map.
+//!
+//! Around them: [`config`] (TOML -> validated `Config`), [`secret`] (org token and client token
+//! hashes that cannot print), [`state`] (what requests share), [`body`] (the body type), [`demo`]
+//! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
+//! benchmarks and the demo).
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod link;
+pub mod proxy;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod sim;
+pub mod state;
+pub mod upstream;

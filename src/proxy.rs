@@ -1,0 +1,315 @@
+//! The request walk: health endpoints, route, authenticate, owner check, destructive gate,
+//! forward, translate the response; and the one log line per request.
+//!
+//! Order matters: the route is parsed before anything else (a path we do not serve is 404 and
+//! touches nothing), the client is authenticated before any owner check or upstream call (so an
+//! unauthenticated caller learns nothing about configured owners), and the upstream request is
+//! rebuilt from the typed route.
+
+use std::{sync::Arc, time::Instant};
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+
+use crate::{
+    auth::Identity,
+    body::{self, Body},
+    cache::{self, ClientConditions, FetchSpec},
+    error::ProxyError,
+    link,
+    route::{Owner, Route},
+    state::AppState,
+    upstream::{Forwarded, filter_response_headers},
+};
+
+/// Largest request body we read past; no Packages API call takes a body.
+const MAX_BODY: u64 = 1024;
+/// The cache purge endpoint (admins only).
+const PURGE_PATH: &str = "/admin/cache/purge";
+
+/// What the log line reports about one request, filled in as the walk goes.
+#[derive(Default)]
+struct RequestLog {
+    client: Option<Arc<str>>,
+    route: Option<String>,
+    upstream_status: Option<u16>,
+}
+
+/// Handles one request; never fails (errors become GitHub-shaped responses).
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request_id(&state, &request);
+    let method = request.method().clone();
+    let mut log = RequestLog::default();
+    let result = walk(&state, request, &mut log).await;
+    let mut response = result.unwrap_or_else(ProxyError::into_response);
+    response
+        .headers_mut()
+        .insert("x-request-id", request_id.clone());
+    tracing::info!(
+        request_id = request_id.to_str().unwrap_or_default(),
+        method = %method,
+        client = log.client.as_deref().unwrap_or("-"),
+        route = log.route.as_deref().unwrap_or("-"),
+        status = response.status().as_u16(),
+        upstream_status = log.upstream_status,
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}
+
+async fn walk(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    let path = request.uri().path();
+    if let Some(response) = operational(state, request.method(), path) {
+        return Ok(response);
+    }
+    if path == PURGE_PATH {
+        log.route = Some(PURGE_PATH.to_owned());
+        let identity = state.clients.load().authenticate(request.headers())?;
+        log.client = Some(identity.name.clone());
+        return purge(state, &identity, request).await;
+    }
+    let route = Route::parse(request.method(), path, request.uri().query())?;
+    log.route = Some(route.template());
+    let identity = state.clients.load().authenticate(request.headers())?;
+    log.client = Some(identity.name);
+    check_owner(state, &route)?;
+    if request.body().size_hint().lower() > MAX_BODY {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    let forwarded = Forwarded::from_request(request.headers())?;
+    let ghes = ghes_prefix(path);
+    let public_base = public_base(state, ghes);
+    if route.operation.is_destructive() {
+        return destructive(state, &route, &forwarded, &public_base, log).await;
+    }
+    if !state.config.cache.enabled {
+        return pass_through(state, &route, &forwarded, &public_base, log).await;
+    }
+    let conditions = ClientConditions {
+        no_cache: no_cache(request.headers()),
+        if_none_match: forwarded.if_none_match.clone(),
+    };
+    let mut upstream_headers = forwarded;
+    upstream_headers.if_none_match = None;
+    upstream_headers.if_modified_since = None;
+    let key = cache::key(&route, &upstream_headers, ghes, &state.cache.generations);
+    let spec = FetchSpec {
+        key,
+        route,
+        forwarded: upstream_headers,
+        public_base,
+    };
+    let (response, upstream_status) = cache::serve(state, spec, conditions).await?;
+    log.upstream_status = upstream_status;
+    Ok(response)
+}
+
+/// Streams an upstream answer to the client without caching it.
+async fn pass_through(
+    state: &AppState,
+    route: &Route,
+    forwarded: &Forwarded,
+    public_base: &str,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    // HEAD is sent as GET (the operation's method): hyper drops the body of a response to HEAD.
+    let upstream = state
+        .upstream
+        .send(route.operation.method(), &route.path_and_query(), forwarded)
+        .await?;
+    log.upstream_status = Some(upstream.status().as_u16());
+    let (parts, body) = upstream.into_parts();
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = response_headers(state, route, public_base, &parts.headers);
+    Ok(response)
+}
+
+/// Deletes and restores: refused unless the policy allows them; a success invalidates the
+/// package's cached entries and its owner's lists.
+async fn destructive(
+    state: &AppState,
+    route: &Route,
+    forwarded: &Forwarded,
+    public_base: &str,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, ProxyError> {
+    if !state.config.policy.allow_all {
+        return Err(ProxyError::Forbidden(
+            "Deleting or restoring packages is not allowed through this proxy".to_owned(),
+        ));
+    }
+    let response = pass_through(state, route, forwarded, public_base, log).await?;
+    if response.status().is_success() {
+        state.cache.generations.package_changed(route);
+    }
+    Ok(response)
+}
+
+/// `POST /admin/cache/purge`, admins only. Body: `{}` (everything), `{"owner": "acme"}`, or
+/// `{"owner": "acme", "package_type": "container", "package_name": "web"}`.
+async fn purge(
+    state: &AppState,
+    identity: &Identity,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    if request.method() != Method::POST {
+        return Err(ProxyError::NotFound);
+    }
+    if !identity.admin {
+        return Err(ProxyError::Forbidden(
+            "Purging the cache needs an admin client".to_owned(),
+        ));
+    }
+    let bytes = Limited::new(request.into_body(), 4096)
+        .collect()
+        .await
+        .map_err(|_| ProxyError::PayloadTooLarge)?
+        .to_bytes();
+    let scope: PurgeScope = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PurgeScope::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ProxyError::BadRequest(format!("Problems parsing JSON: {e}")))?
+    };
+    let purged = match (&scope.owner, &scope.package_type, &scope.package_name) {
+        (None, None, None) => {
+            state.cache.purge_all();
+            "all".to_owned()
+        }
+        (Some(owner), None, None) => {
+            state.cache.generations.purge_owner(owner);
+            format!("owner {owner}")
+        }
+        (Some(owner), Some(ty), Some(name)) => {
+            state.cache.generations.purge_package(owner, ty, name);
+            format!("package {owner}/{ty}/{name}")
+        }
+        _ => {
+            return Err(ProxyError::BadRequest(
+                "Give nothing, an owner, or an owner with package_type and package_name".to_owned(),
+            ));
+        }
+    };
+    tracing::info!(client = %identity.name, scope = %purged, "cache purged");
+    let body = serde_json::json!({ "purged": purged });
+    let mut response = Response::new(body::full(body.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// What `POST /admin/cache/purge` removes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeScope {
+    owner: Option<String>,
+    package_type: Option<String>,
+    package_name: Option<String>,
+}
+
+/// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`: revalidate first.
+fn no_cache(headers: &HeaderMap) -> bool {
+    let says = |name: header::HeaderName| {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .map(|d| d.trim().to_ascii_lowercase())
+                    .any(|d| d == "no-cache" || d == "max-age=0")
+            })
+        })
+    };
+    says(header::CACHE_CONTROL) || says(header::PRAGMA)
+}
+
+/// The headers a client sees of an upstream answer: the allow-list, and `Link` rewritten.
+pub fn response_headers(
+    state: &AppState,
+    route: &Route,
+    public_base: &str,
+    upstream: &HeaderMap,
+) -> HeaderMap {
+    let mut headers = filter_response_headers(upstream);
+    if let Some(value) = upstream.get(header::LINK).and_then(|v| v.to_str().ok())
+        && let Some(rewritten) = link::rewrite(value, state.upstream.base(), public_base, route)
+        && let Ok(value) = HeaderValue::try_from(rewritten)
+    {
+        headers.insert(header::LINK, value);
+    }
+    headers
+}
+
+/// `/healthz` (alive) and `/readyz` (ready unless draining), outside the Packages API.
+fn operational(state: &AppState, method: &Method, path: &str) -> Option<Response<Body>> {
+    if *method != Method::GET && *method != Method::HEAD {
+        return None;
+    }
+    let (status, text) = match path {
+        "/healthz" => (StatusCode::OK, "ok\n"),
+        "/readyz" if state.is_draining() => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/readyz" => (StatusCode::OK, "ready\n"),
+        _ => return None,
+    };
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Some(response)
+}
+
+/// Owners outside the config are 404, like a package the token cannot see.
+fn check_owner(state: &AppState, route: &Route) -> Result<(), ProxyError> {
+    let upstream = &state.config.upstream;
+    let allowed = match &route.owner {
+        Owner::AuthenticatedUser => upstream.allow_user_routes,
+        Owner::Org(login) | Owner::User(login) => {
+            upstream.owners.contains(&login.to_ascii_lowercase())
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ProxyError::NotFound)
+    }
+}
+
+/// Whether the client used the GHES `/api/v3` prefix (with slashes merged).
+fn ghes_prefix(path: &str) -> bool {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    segments.next() == Some("api") && segments.next() == Some("v3")
+}
+
+/// The base for rewritten `Link` URLs: our public URL, plus `/api/v3` if the client used it.
+fn public_base(state: &AppState, ghes: bool) -> String {
+    let mut base = state.public_url.clone();
+    if ghes {
+        base.push_str("/api/v3");
+    }
+    base
+}
+
+/// The client's `X-Request-Id` if it is short and plain, else a new one.
+fn request_id(state: &AppState, request: &Request<Incoming>) -> HeaderValue {
+    request
+        .headers()
+        .get("x-request-id")
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= 64
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        })
+        .cloned()
+        .unwrap_or_else(|| state.next_request_id())
+}

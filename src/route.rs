@@ -1,0 +1,614 @@
+//! Path checks and the typed Packages API routes: the only requests that can reach GitHub.
+//!
+//! The org token may carry `repo` scope, so this module is the wall between clients and the rest of
+//! api.github.com. A request is turned into a [`Route`] (an enum of the 27 Packages operations) or
+//! refused; the upstream path is then *rebuilt* from the typed route, never copied from the client.
+//!
+//! Rules, applied in order:
+//! 1. repeated slashes are merged (as nginx does), and a leading `/api/v3` (GHES clients) is dropped;
+//! 2. every segment must be plain `[A-Za-z0-9._-]`: no percent-encoding at all, except `%2F` inside
+//!    the package-name segment (container names such as `base/runtime`); so `%2e`, `%252e`, `%5c`,
+//!    control characters and double encoding are all refused;
+//! 3. `.` and `..` are refused as segments and as parts of a decoded package name;
+//! 4. the segments must spell one operation of `endpoints.tsv` with the right method;
+//! 5. query parameters are limited to those the operation defines, with validated values.
+
+use std::fmt;
+
+use http::Method;
+
+use crate::error::ProxyError;
+
+/// Longest org or user login GitHub allows.
+const MAX_LOGIN: usize = 39;
+/// Longest package name we accept (GitHub's limit is lower for most registries).
+const MAX_NAME: usize = 255;
+/// GitHub answers package lists with 400 past this many items.
+const MAX_PAGE_WINDOW: u64 = 10_000;
+/// GitHub's documented `per_page` maximum; larger values are clamped, as GitHub does.
+const MAX_PER_PAGE: u32 = 100;
+
+/// Whose packages a route addresses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// `/orgs/{org}`; the login as the client spelled it.
+    Org(String),
+    /// `/users/{username}`.
+    User(String),
+    /// `/user`: the org token's own user.
+    AuthenticatedUser,
+}
+
+/// A package registry type (the `package_type` path segment or query parameter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PackageType {
+    /// npm
+    Npm,
+    /// Maven and Gradle
+    Maven,
+    /// RubyGems
+    Rubygems,
+    /// The old docker.pkg.github.com registry
+    Docker,
+    /// NuGet
+    Nuget,
+    /// ghcr.io
+    Container,
+}
+
+/// The nine operation shapes; with [`Owner`] they make the 27 operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// `GET {owner}/docker/conflicts`
+    DockerConflicts,
+    /// `GET {owner}/packages`
+    ListPackages,
+    /// `GET {owner}/packages/{type}/{name}`
+    GetPackage,
+    /// `DELETE {owner}/packages/{type}/{name}`
+    DeletePackage,
+    /// `POST {owner}/packages/{type}/{name}/restore`
+    RestorePackage,
+    /// `GET {owner}/packages/{type}/{name}/versions`
+    ListVersions,
+    /// `GET {owner}/packages/{type}/{name}/versions/{id}`
+    GetVersion,
+    /// `DELETE {owner}/packages/{type}/{name}/versions/{id}`
+    DeleteVersion,
+    /// `POST {owner}/packages/{type}/{name}/versions/{id}/restore`
+    RestoreVersion,
+}
+
+/// A package addressed by type and (decoded) name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Package {
+    /// Registry type.
+    pub package_type: PackageType,
+    /// The decoded name, e.g. `base/runtime`.
+    pub name: String,
+}
+
+/// Validated query parameters; only those the operation defines can be set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Query {
+    /// `package_type` (package lists; required there).
+    pub package_type: Option<PackageType>,
+    /// `visibility`: public, private or internal.
+    pub visibility: Option<&'static str>,
+    /// `state`: active or deleted (version lists).
+    pub state: Option<&'static str>,
+    /// `page`, 1-based.
+    pub page: Option<u32>,
+    /// `per_page`, clamped to 100.
+    pub per_page: Option<u32>,
+    /// `token` on package restore: a secret, never logged or cached.
+    pub restore_token: Option<String>,
+}
+
+/// One parsed, validated Packages API request.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// Whose packages.
+    pub owner: Owner,
+    /// Which operation.
+    pub operation: Operation,
+    /// The package, for every operation but the two lists.
+    pub package: Option<Package>,
+    /// The version id, for version operations.
+    pub version_id: Option<u64>,
+    /// The validated query.
+    pub query: Query,
+}
+
+/// Owner forms GitHub writes into `Link` URLs, which the proxy reads but never serves to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkOwner {
+    /// `/organizations/{id}`
+    OrgId(u64),
+    /// `/user/{id}`
+    UserId(u64),
+}
+
+// === impl PackageType ===
+
+impl PackageType {
+    /// Parses GitHub's lowercase spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "npm" => Self::Npm,
+            "maven" => Self::Maven,
+            "rubygems" => Self::Rubygems,
+            "docker" => Self::Docker,
+            "nuget" => Self::Nuget,
+            "container" => Self::Container,
+            _ => return None,
+        })
+    }
+
+    /// GitHub's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Npm => "npm",
+            Self::Maven => "maven",
+            Self::Rubygems => "rubygems",
+            Self::Docker => "docker",
+            Self::Nuget => "nuget",
+            Self::Container => "container",
+        }
+    }
+}
+
+impl fmt::Display for PackageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Operation ===
+
+impl Operation {
+    /// The method GitHub defines for this operation.
+    pub fn method(self) -> Method {
+        match self {
+            Self::DeletePackage | Self::DeleteVersion => Method::DELETE,
+            Self::RestorePackage | Self::RestoreVersion => Method::POST,
+            _ => Method::GET,
+        }
+    }
+
+    /// Deletes and restores: the calls that change state at GitHub.
+    pub fn is_destructive(self) -> bool {
+        self.method() != Method::GET
+    }
+
+    /// A stable name for logs, metrics and policy (`delete_version`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DockerConflicts => "docker_conflicts",
+            Self::ListPackages => "list_packages",
+            Self::GetPackage => "get_package",
+            Self::DeletePackage => "delete_package",
+            Self::RestorePackage => "restore_package",
+            Self::ListVersions => "list_versions",
+            Self::GetVersion => "get_version",
+            Self::DeleteVersion => "delete_version",
+            Self::RestoreVersion => "restore_version",
+        }
+    }
+
+    /// The path after the owner, as a template.
+    fn tail_template(self) -> &'static str {
+        match self {
+            Self::DockerConflicts => "/docker/conflicts",
+            Self::ListPackages => "/packages",
+            Self::GetPackage | Self::DeletePackage => "/packages/{package_type}/{package_name}",
+            Self::RestorePackage => "/packages/{package_type}/{package_name}/restore",
+            Self::ListVersions => "/packages/{package_type}/{package_name}/versions",
+            Self::GetVersion | Self::DeleteVersion => {
+                "/packages/{package_type}/{package_name}/versions/{package_version_id}"
+            }
+            Self::RestoreVersion => {
+                "/packages/{package_type}/{package_name}/versions/{package_version_id}/restore"
+            }
+        }
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    /// Parses a request's raw (still percent-encoded) path and query; `None`-like failures are
+    /// `NotFound`, bad query parameters `BadRequest`.
+    pub fn parse(method: &Method, path: &str, query: Option<&str>) -> Result<Self, ProxyError> {
+        let segments = canonical_segments(path)?;
+        let segments = match segments.as_slice() {
+            ["api", "v3", rest @ ..] => rest,
+            all => all,
+        };
+        let (owner, rest) = match segments {
+            ["orgs", org, rest @ ..] => (Owner::Org(login(org)?), rest),
+            ["users", user, rest @ ..] => (Owner::User(login(user)?), rest),
+            ["user", rest @ ..] => (Owner::AuthenticatedUser, rest),
+            _ => return Err(ProxyError::NotFound),
+        };
+        let route = Self::parse_tail(owner, rest, query)?.with_method(method);
+        let allowed = route.operation.method();
+        if *method == allowed || (*method == Method::HEAD && allowed == Method::GET) {
+            Ok(route)
+        } else {
+            Err(ProxyError::NotFound)
+        }
+    }
+
+    /// Parses a URL path from an upstream `Link` header, which may use GitHub's numeric-id owner
+    /// forms. Returns the route and, for id forms, the id.
+    pub fn parse_link(path: &str, query: Option<&str>) -> Option<(Self, Option<LinkOwner>)> {
+        let segments = canonical_segments(path).ok()?;
+        let (owner, link_owner, rest) = match segments.as_slice() {
+            ["organizations", id, rest @ ..] => {
+                let id = id.parse().ok()?;
+                (Owner::AuthenticatedUser, Some(LinkOwner::OrgId(id)), rest)
+            }
+            ["user", id, rest @ ..] if id.bytes().all(|b| b.is_ascii_digit()) => {
+                let id = id.parse().ok()?;
+                (Owner::AuthenticatedUser, Some(LinkOwner::UserId(id)), rest)
+            }
+            ["orgs", org, rest @ ..] => (Owner::Org(login(org).ok()?), None, rest),
+            ["users", user, rest @ ..] => (Owner::User(login(user).ok()?), None, rest),
+            ["user", rest @ ..] => (Owner::AuthenticatedUser, None, rest),
+            _ => return None,
+        };
+        let route = Self::parse_tail(owner, rest, query).ok()?;
+        Some((route, link_owner))
+    }
+
+    fn parse_tail(owner: Owner, rest: &[&str], query: Option<&str>) -> Result<Self, ProxyError> {
+        use Operation::*;
+        let (operation, package, version) = match rest {
+            ["docker", "conflicts"] => (DockerConflicts, None, None),
+            ["packages"] => (ListPackages, None, None),
+            ["packages", ty, name, tail @ ..] => {
+                let package = Package::parse(ty, name)?;
+                let (operation, version) = match tail {
+                    [] => (GetPackage, None),
+                    ["restore"] => (RestorePackage, None),
+                    ["versions"] => (ListVersions, None),
+                    ["versions", id] => (GetVersion, Some(version_id(id)?)),
+                    ["versions", id, "restore"] => (RestoreVersion, Some(version_id(id)?)),
+                    _ => return Err(ProxyError::NotFound),
+                };
+                (operation, Some(package), version)
+            }
+            _ => return Err(ProxyError::NotFound),
+        };
+        let query = Query::parse(operation, query)?;
+        Ok(Self {
+            owner,
+            operation,
+            package,
+            version_id: version,
+            query,
+        })
+    }
+
+    /// Turns `GetPackage`/`GetVersion` into their `DELETE` twins when the method says so. The path
+    /// grammar cannot tell them apart, so [`Route::parse`] calls this before checking the method.
+    fn with_method(mut self, method: &Method) -> Self {
+        if *method == Method::DELETE {
+            self.operation = match self.operation {
+                Operation::GetPackage => Operation::DeletePackage,
+                Operation::GetVersion => Operation::DeleteVersion,
+                other => other,
+            };
+        }
+        self
+    }
+
+    /// The route template for logs and metrics: bounded cardinality, never a raw path.
+    pub fn template(&self) -> String {
+        let owner = match self.owner {
+            Owner::Org(_) => "/orgs/{org}",
+            Owner::User(_) => "/users/{username}",
+            Owner::AuthenticatedUser => "/user",
+        };
+        format!("{owner}{}", self.operation.tail_template())
+    }
+
+    /// The canonical path (percent-encoded, `/` in names as `%2F`) for this route.
+    pub fn path(&self) -> String {
+        let mut path = String::with_capacity(96);
+        match &self.owner {
+            Owner::Org(org) => {
+                path.push_str("/orgs/");
+                path.push_str(org);
+            }
+            Owner::User(user) => {
+                path.push_str("/users/");
+                path.push_str(user);
+            }
+            Owner::AuthenticatedUser => path.push_str("/user"),
+        }
+        self.push_tail(&mut path);
+        path
+    }
+
+    fn push_tail(&self, path: &mut String) {
+        if self.operation == Operation::DockerConflicts {
+            path.push_str("/docker/conflicts");
+            return;
+        }
+        path.push_str("/packages");
+        if let Some(package) = &self.package {
+            path.push('/');
+            path.push_str(package.package_type.as_str());
+            path.push('/');
+            path.push_str(&package.name.replace('/', "%2F"));
+            match self.operation {
+                Operation::RestorePackage => path.push_str("/restore"),
+                Operation::ListVersions => path.push_str("/versions"),
+                Operation::GetVersion | Operation::DeleteVersion | Operation::RestoreVersion => {
+                    path.push_str("/versions/");
+                    path.push_str(&self.version_id.unwrap_or_default().to_string());
+                    if self.operation == Operation::RestoreVersion {
+                        path.push_str("/restore");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The canonical path and query, as sent upstream.
+    pub fn path_and_query(&self) -> String {
+        let mut out = self.path();
+        let query = self.query.encode();
+        if !query.is_empty() {
+            out.push('?');
+            out.push_str(&query);
+        }
+        out
+    }
+
+    /// The owner's login in lower case (logins are case-insensitive), `None` for `/user`.
+    pub fn owner_login(&self) -> Option<String> {
+        match &self.owner {
+            Owner::Org(login) | Owner::User(login) => Some(login.to_ascii_lowercase()),
+            Owner::AuthenticatedUser => None,
+        }
+    }
+}
+
+impl fmt::Debug for Route {
+    // The restore token is a secret: Debug shows the template and parts, never the query token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("owner", &self.owner)
+            .field("operation", &self.operation)
+            .field("package", &self.package)
+            .field("version_id", &self.version_id)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Package ===
+
+impl Package {
+    fn parse(ty: &str, raw_name: &str) -> Result<Self, ProxyError> {
+        let package_type = PackageType::parse(ty).ok_or(ProxyError::NotFound)?;
+        let name = decode_name(raw_name).ok_or(ProxyError::NotFound)?;
+        Ok(Self { package_type, name })
+    }
+}
+
+// === impl Query ===
+
+impl Query {
+    fn parse(operation: Operation, raw: Option<&str>) -> Result<Self, ProxyError> {
+        let mut query = Self::default();
+        let raw = raw.unwrap_or("");
+        for pair in raw.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            query.set(operation, key, value)?;
+        }
+        if operation == Operation::ListPackages && query.package_type.is_none() {
+            return Err(bad("Missing required query parameter: package_type"));
+        }
+        if operation == Operation::ListPackages {
+            let window =
+                u64::from(query.page.unwrap_or(1)) * u64::from(query.per_page.unwrap_or(30));
+            if window > MAX_PAGE_WINDOW {
+                return Err(bad("page * per_page must not exceed 10000"));
+            }
+        }
+        Ok(query)
+    }
+
+    fn set(&mut self, operation: Operation, key: &str, value: &str) -> Result<(), ProxyError> {
+        use Operation::*;
+        let lists = matches!(operation, ListPackages | ListVersions);
+        match key {
+            "package_type" if operation == ListPackages => {
+                let ty = PackageType::parse(value).ok_or_else(|| invalid(key))?;
+                set_once(&mut self.package_type, ty, key)
+            }
+            "visibility" if operation == ListPackages => {
+                let v = one_of(value, &["public", "private", "internal"])
+                    .ok_or_else(|| invalid(key))?;
+                set_once(&mut self.visibility, v, key)
+            }
+            "state" if operation == ListVersions => {
+                let v = one_of(value, &["active", "deleted"]).ok_or_else(|| invalid(key))?;
+                set_once(&mut self.state, v, key)
+            }
+            "page" if lists => {
+                let page = positive(value).ok_or_else(|| invalid(key))?;
+                set_once(&mut self.page, page, key)
+            }
+            "per_page" if lists => {
+                let per_page = positive(value)
+                    .ok_or_else(|| invalid(key))?
+                    .min(MAX_PER_PAGE);
+                set_once(&mut self.per_page, per_page, key)
+            }
+            "token" if operation == RestorePackage => {
+                let ok = !value.is_empty()
+                    && value.len() <= 512
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+                if !ok {
+                    return Err(invalid(key));
+                }
+                set_once(&mut self.restore_token, value.to_owned(), key)
+            }
+            _ => Err(bad(&format!(
+                "Unknown query parameter for this endpoint: {}",
+                printable(key)
+            ))),
+        }
+    }
+
+    /// The query as sent upstream: a fixed order, only the parameters that were given.
+    pub fn encode(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(ty) = self.package_type {
+            parts.push(format!("package_type={ty}"));
+        }
+        if let Some(v) = self.visibility {
+            parts.push(format!("visibility={v}"));
+        }
+        if let Some(v) = self.state {
+            parts.push(format!("state={v}"));
+        }
+        if let Some(v) = self.per_page {
+            parts.push(format!("per_page={v}"));
+        }
+        if let Some(v) = self.page {
+            parts.push(format!("page={v}"));
+        }
+        if let Some(v) = &self.restore_token {
+            parts.push(format!("token={v}"));
+        }
+        parts.join("&")
+    }
+}
+
+// === path helpers ===
+
+/// Splits a raw path into segments after merging repeated slashes. Refuses anything but plain
+/// segment bytes, `%2F` (checked later, per segment), and `.`/`..`. A trailing slash leaves an
+/// empty last segment, which no route matches (GitHub answers 404 there too).
+fn canonical_segments(path: &str) -> Result<Vec<&str>, ProxyError> {
+    let rest = path.strip_prefix('/').ok_or(ProxyError::NotFound)?;
+    if path.len() > 2048 {
+        return Err(ProxyError::NotFound);
+    }
+    let mut segments: Vec<&str> = Vec::with_capacity(10);
+    let mut parts = rest.split('/').peekable();
+    while let Some(segment) = parts.next() {
+        let last = parts.peek().is_none();
+        if segment.is_empty() && !last {
+            continue; // `//` merged into `/`
+        }
+        if segment == "." || segment == ".." || !segment_bytes_ok(segment) {
+            return Err(ProxyError::NotFound);
+        }
+        segments.push(segment);
+    }
+    if segments.len() > 12 {
+        return Err(ProxyError::NotFound);
+    }
+    Ok(segments)
+}
+
+/// Plain segment bytes, or `%2F`/`%2f` and nothing else percent-encoded.
+fn segment_bytes_ok(segment: &str) -> bool {
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let slash = bytes.get(i + 1) == Some(&b'2')
+                    && matches!(bytes.get(i + 2), Some(b'F' | b'f'));
+                if !slash {
+                    return false;
+                }
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// An org or user login: ASCII letters, digits and hyphens, at most 39, no encoding.
+fn login(segment: &str) -> Result<String, ProxyError> {
+    let ok = !segment.is_empty()
+        && segment.len() <= MAX_LOGIN
+        && segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(segment.to_owned())
+    } else {
+        Err(ProxyError::NotFound)
+    }
+}
+
+/// Decodes a package-name segment: `%2F` becomes `/`; every part between slashes must be a
+/// non-empty plain name that is not `.` or `..`.
+fn decode_name(raw: &str) -> Option<String> {
+    let name = raw.replace("%2F", "/").replace("%2f", "/");
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && !name.contains('%')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    ok.then_some(name)
+}
+
+fn version_id(segment: &str) -> Result<u64, ProxyError> {
+    let digits =
+        !segment.is_empty() && segment.len() <= 19 && segment.bytes().all(|b| b.is_ascii_digit());
+    if !digits {
+        return Err(ProxyError::NotFound);
+    }
+    segment.parse().map_err(|_| ProxyError::NotFound)
+}
+
+fn positive(value: &str) -> Option<u32> {
+    if value.is_empty() || value.len() > 9 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|v| *v > 0)
+}
+
+fn one_of(value: &str, options: &[&'static str]) -> Option<&'static str> {
+    options.iter().copied().find(|o| *o == value)
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, key: &str) -> Result<(), ProxyError> {
+    if slot.is_some() {
+        return Err(bad(&format!("Query parameter given twice: {key}")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+fn bad(message: &str) -> ProxyError {
+    ProxyError::BadRequest(message.to_owned())
+}
+
+fn invalid(key: &str) -> ProxyError {
+    bad(&format!("Invalid value for query parameter: {key}"))
+}
+
+/// A query key echoed in an error: only printable ASCII, at most 40 characters.
+fn printable(key: &str) -> String {
+    key.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! Secrets: the org token (a redacted newtype holding a ready-made `Authorization` value) and
+//! client token hashes (SHA-256, compared in constant time).
+//!
+//! Neither type can print its content: `Debug` says `<redacted>`, and neither implements
+//! `Display` or `Serialize`. The config only says *where* the org token is.
+
+use std::{fmt, io, path::Path};
+
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The org token, as the `Authorization: Bearer ...` value sent upstream.
+#[derive(Clone)]
+pub struct OrgToken(HeaderValue);
+
+/// The SHA-256 of a client token, as stored in the config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+/// Why a token could not be loaded. Never contains the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The environment variable is unset or not Unicode.
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    /// The file could not be read.
+    #[error("cannot read token file {path}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The token is empty after trimming whitespace.
+    #[error("the org token is empty")]
+    Empty,
+    /// The token has characters a header cannot carry.
+    #[error("the org token contains characters that are not allowed in a header")]
+    Invalid,
+}
+
+// === impl OrgToken ===
+
+impl OrgToken {
+    /// Builds the token from its text (whitespace trimmed).
+    pub fn new(text: &str) -> Result<Self, TokenError> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(TokenError::Empty);
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(TokenError::Invalid);
+        }
+        let mut value =
+            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Invalid)?;
+        value.set_sensitive(true); // HPACK never indexes it; Debug prints "Sensitive"
+        Ok(Self(value))
+    }
+
+    /// Reads the token from an environment variable.
+    pub fn from_env(name: &str) -> Result<Self, TokenError> {
+        let text = std::env::var(name).map_err(|_| TokenError::MissingEnv(name.to_owned()))?;
+        Self::new(&text)
+    }
+
+    /// Reads the token from a file (e.g. a mounted Kubernetes secret).
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::new(&text)
+    }
+
+    /// The `Authorization` header value.
+    pub fn bearer(&self) -> HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl fmt::Debug for OrgToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OrgToken(<redacted>)")
+    }
+}
+
+// === impl TokenHash ===
+
+impl TokenHash {
+    /// Hashes a presented client token.
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Parses the 64 hex digits stored in the config.
+    pub fn from_hex(hex_digits: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(hex_digits.trim(), &mut out).ok()?;
+        Some(Self(out))
+    }
+
+    /// Hex form, for `token new` output only.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Constant-time comparison.
+    pub fn matches(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+/// A fresh random client token: `ppx_` and 64 hex digits (256 bits).
+pub fn new_client_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("ppx_{}", hex::encode(bytes)))
+}

@@ -1,0 +1,171 @@
+//! The accept loop, connection limits, readiness and drain.
+//!
+//! [`start`] binds, builds the state and the one service stack, and spawns the accept loop;
+//! [`Running::shutdown`] is the drain: readiness fails first (for `server.shutdown_delay` the
+//! listener still serves, so load balancers see it), the listener closes, then in-flight
+//! requests get up to `server.drain_timeout` to finish (HTTP/1 connections close when idle, HTTP/2
+//! gets GOAWAY).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::{Semaphore, oneshot},
+    task::JoinHandle,
+};
+
+use crate::{
+    config::Config,
+    secret::OrgToken,
+    service::{self, ProxyService},
+    state::AppState,
+    upstream::BuildError,
+};
+
+/// Connections waiting in the kernel while we are at `max_connections` or busy accepting: clean-up
+/// tools open 100 connections at once.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The upstream client could not be built.
+    #[error(transparent)]
+    Upstream(#[from] BuildError),
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The shared state (tests inspect it; reload swaps parts of it).
+    pub state: Arc<AppState>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Drains and stops: readiness fails, the listener closes, in-flight requests finish up to the
+    /// drain deadline.
+    pub async fn shutdown(self) {
+        self.state.start_draining();
+        // Keep serving while load balancers notice the failing readiness probe.
+        tokio::time::sleep(self.state.config.server.shutdown_delay).await;
+        let _ = self.stop.send(());
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "server task failed");
+        }
+    }
+}
+
+/// Binds `config.server.listen` and serves until [`Running::shutdown`].
+pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartError> {
+    let addr = config.server.listen;
+    let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let state = AppState::new(config, token, addr)?;
+    let svc = service::build(state.clone());
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(serve(listener, state.clone(), svc, stopped));
+    tracing::info!(%addr, "listening");
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    svc: ProxyService,
+    stopped: oneshot::Receiver<()>,
+) {
+    let server = &state.config.server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No timer: hyper silently skips its header timeout.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let connections = Arc::new(Semaphore::new(server.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        // At the connection cap, wait for a free slot; pending connections stay in the backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = &mut stopped => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stopped => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(conn) => conn,
+            Err(error) => {
+                // e.g. EMFILE: back off, don't spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit; // released when the connection ends
+            if let Err(error) = conn.await {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener); // stop accepting, then drain with a deadline
+    let drain = state.config.server.drain_timeout;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain deadline hit"),
+    }
+}

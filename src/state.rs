@@ -1,0 +1,95 @@
+//! `AppState`: what every request shares.
+//!
+//! Fixed parts (config, upstream client, org token inside it) are plain fields; the client table
+//! lives in an `ArcSwap` so a reload can replace it without a lock on the request path.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use crate::{
+    auth::Clients,
+    cache::Cache,
+    config::Config,
+    secret::OrgToken,
+    upstream::{BuildError, Upstream},
+};
+
+/// Shared by every connection and request.
+#[derive(Debug)]
+pub struct AppState {
+    /// The validated config this process started with.
+    pub config: Config,
+    /// Where clients reach us: `server.public_url`, or `http://` and the bound address.
+    pub public_url: String,
+    /// The one upstream client, holding the org token.
+    pub upstream: Upstream,
+    /// The metadata cache (also when disabled: then it is never asked).
+    pub cache: Cache,
+    /// Clients, swapped whole on reload; `load()` per request, never held across an await.
+    pub clients: ArcSwap<Clients>,
+    /// Set when shutdown starts: `/readyz` fails so load balancers stop sending.
+    /// An atomic: read on every readiness probe, written once.
+    draining: AtomicBool,
+    /// Request ids: a random per-process prefix and a counter (unique without a syscall).
+    request_prefix: String,
+    request_counter: AtomicU64,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// Builds the shared state from a validated config and the loaded org token.
+    pub fn new(
+        config: Config,
+        token: OrgToken,
+        bound: SocketAddr,
+    ) -> Result<Arc<Self>, BuildError> {
+        let upstream = Upstream::new(&config.upstream, token)?;
+        let clients = ArcSwap::from_pointee(Clients::new(&config.clients));
+        let cache = Cache::new(&config.cache);
+        let public_url = config
+            .server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let mut seed = [0u8; 4];
+        // A fixed prefix is still unique per process start thanks to the counter; randomness only
+        // keeps ids distinct across replicas.
+        let _ = getrandom::fill(&mut seed);
+        Ok(Arc::new(Self {
+            config,
+            public_url,
+            upstream,
+            cache,
+            clients,
+            draining: AtomicBool::new(false),
+            request_prefix: hex::encode(seed),
+            request_counter: AtomicU64::new(0),
+        }))
+    }
+
+    /// Marks the process as draining; readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// True once shutdown started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// A new request id.
+    pub fn next_request_id(&self) -> HeaderValue {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{n:x}", self.request_prefix);
+        HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    }
+}

@@ -1,0 +1,248 @@
+//! The one upstream client: pooled hyper-util client over rustls, the org token, the request
+//! headers we forward and the response headers we let back.
+//!
+//! Requests are rebuilt from scratch: the client's `Authorization`, cookies, hop-by-hop and
+//! forwarding headers never reach GitHub. Only `Accept`, `X-GitHub-Api-Version`, `If-None-Match`,
+//! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back an
+//! allow-list of headers passes; those describing the org token (`X-OAuth-Scopes`, ...) and
+//! `Set-Cookie` are dropped because they are not on it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use tower_http::timeout::TimeoutBody;
+
+use crate::{
+    body::Body,
+    config::UpstreamConfig,
+    error::{BoxError, ProxyError},
+    secret::OrgToken,
+};
+
+/// API versions GitHub supports today; others are refused locally with 400, as GitHub does.
+pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
+/// Sent when the client names no version, so a GitHub default change cannot surprise clients.
+pub const DEFAULT_API_VERSION: &str = "2022-11-28";
+/// GitHub's recommended media type, sent when the client sends no `Accept`.
+const DEFAULT_ACCEPT: &str = "application/vnd.github+json";
+
+/// Response headers a client may see (`link` is rewritten separately).
+const PASS_HEADERS: [&str; 12] = [
+    "content-type",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "x-github-request-id",
+    "x-github-media-type",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-used",
+    "x-ratelimit-reset",
+    "x-ratelimit-resource",
+    "retry-after",
+];
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Builds requests to GitHub and sends them with the org token.
+pub struct Upstream {
+    client: HttpsClient,
+    token: OrgToken,
+    /// `scheme://authority` + prefix, no trailing slash.
+    base: String,
+    timeout: Duration,
+    user_agent: HeaderValue,
+}
+
+/// The request headers a client may influence, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Forwarded {
+    /// `Accept`, or GitHub's recommended media type.
+    pub accept: HeaderValue,
+    /// `X-GitHub-Api-Version`, one of [`API_VERSIONS`].
+    pub api_version: HeaderValue,
+    /// `If-None-Match`, if the client revalidates.
+    pub if_none_match: Option<HeaderValue>,
+    /// `If-Modified-Since`, if the client revalidates.
+    pub if_modified_since: Option<HeaderValue>,
+}
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up TLS for the upstream client")]
+pub struct BuildError(#[source] BoxError);
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// One pooled client for the process; every request shares its connections.
+    pub fn new(config: &UpstreamConfig, token: OrgToken) -> Result<Self, BuildError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false); // the TLS wrapper checks the scheme
+        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_nodelay(true);
+        let provider = rustls::crypto::ring::default_provider();
+        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider.clone())
+        {
+            Ok(builder) => builder,
+            Err(error) => {
+                tracing::warn!(%error, "no system CA roots; using the bundled webpki roots");
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider)
+                    .map_err(|error| BuildError(Box::new(error)))?
+            }
+        };
+        // Production: https only. Tests reach the in-process simulator over plain http.
+        let builder = if config.allow_plain_http {
+            builder.https_or_http()
+        } else {
+            builder.https_only()
+        };
+        let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new()) // without it idle connections are never reaped
+            .timer(TokioTimer::new()) // h2 keep-alive pings
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .build(connector);
+        let user_agent =
+            HeaderValue::from_static(concat!("packages-proxy/", env!("CARGO_PKG_VERSION")));
+        Ok(Self {
+            client,
+            token,
+            base: format!("{}{}", config.origin, config.prefix),
+            timeout: config.timeout,
+            user_agent,
+        })
+    }
+
+    /// The upstream base URL (origin and prefix) that `Link` URLs start with.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request and returns the response head with a body that fails if the upstream
+    /// stalls longer than the timeout between chunks.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        forwarded: &Forwarded,
+    ) -> Result<Response<Body>, ProxyError> {
+        let request = self.request(method, path_and_query, forwarded)?;
+        let response = tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(|error| ProxyError::Upstream(Box::new(error)))?;
+        let timeout = self.timeout;
+        Ok(response.map(|body: Incoming| {
+            TimeoutBody::new(timeout, body)
+                .map_err(|error| -> BoxError { error })
+                .boxed()
+        }))
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        forwarded: &Forwarded,
+    ) -> Result<Request<Empty<Bytes>>, ProxyError> {
+        let uri = format!("{}{path_and_query}", self.base);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, self.token.bearer())
+            .header(header::USER_AGENT, self.user_agent.clone())
+            .header(header::ACCEPT, forwarded.accept.clone())
+            .header("x-github-api-version", forwarded.api_version.clone());
+        if let Some(etag) = &forwarded.if_none_match {
+            builder = builder.header(header::IF_NONE_MATCH, etag.clone());
+        }
+        if let Some(since) = &forwarded.if_modified_since {
+            builder = builder.header(header::IF_MODIFIED_SINCE, since.clone());
+        }
+        builder
+            .body(Empty::new())
+            .map_err(|error| ProxyError::Internal(Box::new(error)))
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Forwarded ===
+
+impl Forwarded {
+    /// Validates the client's headers; an unknown API version is a 400, as at GitHub.
+    pub fn from_request(headers: &HeaderMap) -> Result<Self, ProxyError> {
+        let accept = match headers.get(header::ACCEPT) {
+            Some(value) if sane(value, 256) => value.clone(),
+            Some(_) => return Err(ProxyError::BadRequest("Invalid Accept header".to_owned())),
+            None => HeaderValue::from_static(DEFAULT_ACCEPT),
+        };
+        let api_version = match headers.get("x-github-api-version") {
+            None => HeaderValue::from_static(DEFAULT_API_VERSION),
+            Some(value) => match API_VERSIONS
+                .iter()
+                .find(|v| value.as_bytes() == v.as_bytes())
+            {
+                Some(version) => HeaderValue::from_static(version),
+                None => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "Invalid API version provided. Supported versions: {}",
+                        API_VERSIONS.join(", ")
+                    )));
+                }
+            },
+        };
+        let if_none_match = headers
+            .get(header::IF_NONE_MATCH)
+            .filter(|v| sane(v, 1024))
+            .cloned();
+        let if_modified_since = headers
+            .get(header::IF_MODIFIED_SINCE)
+            .filter(|v| sane(v, 64))
+            .cloned();
+        Ok(Self {
+            accept,
+            api_version,
+            if_none_match,
+            if_modified_since,
+        })
+    }
+}
+
+/// Visible ASCII (and spaces) only, and not too long.
+fn sane(value: &HeaderValue, max: usize) -> bool {
+    let bytes = value.as_bytes();
+    bytes.len() <= max && bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic())
+}
+
+/// Copies the allow-listed response headers; `Link` is handled by the caller.
+pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(PASS_HEADERS.len() + 2);
+    for name in PASS_HEADERS {
+        let name = HeaderName::from_static(name);
+        for value in from.get_all(&name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}

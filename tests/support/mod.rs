@@ -1,0 +1,252 @@
+//! Test builders: a simulator, a proxy in front of it, and a small HTTP client.
+//!
+//! Everything binds 127.0.0.1:0; tokens are made fresh per test.
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use packages_proxy::{
+    config::Config,
+    secret::{OrgToken, TokenHash, new_client_token},
+    server::{self, Running},
+    sim::{Dataset, SimHandle, Simulator},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A fresh fake token (never a real one).
+pub fn fake_token(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        new_client_token().unwrap().trim_start_matches("ppx_")
+    )
+}
+
+/// A simulator with the sample dataset, and the org token it accepts.
+pub struct Sim {
+    pub handle: SimHandle,
+    pub org_token: String,
+}
+
+pub async fn spawn_sim() -> Sim {
+    spawn_sim_with(Dataset::sample()).await
+}
+
+pub async fn spawn_sim_with(dataset: Dataset) -> Sim {
+    let org_token = fake_token("ghp_fake");
+    let handle = Simulator::new(org_token.clone())
+        .dataset(dataset)
+        .run()
+        .await
+        .unwrap();
+    Sim { handle, org_token }
+}
+
+/// Options for a proxy under test.
+pub struct ProxyOptions {
+    pub owners: Vec<&'static str>,
+    pub allow_user_routes: bool,
+    pub clients: Vec<&'static str>,
+    pub upstream_timeout: &'static str,
+    pub drain_timeout: &'static str,
+    pub max_in_flight: usize,
+    pub extra_server: &'static str,
+    pub public_url: Option<&'static str>,
+    /// TOML appended after everything else (e.g. a `[cache]` table).
+    pub extra: String,
+}
+
+impl ProxyOptions {
+    /// Options for a proxy with the cache switched off (pure pass-through).
+    pub fn uncached() -> Self {
+        Self {
+            extra: "[cache]\nenabled = false\n".to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            owners: vec!["acme", "octocat"],
+            allow_user_routes: true,
+            clients: vec!["team-a", "team-b"],
+            upstream_timeout: "5s",
+            drain_timeout: "5s",
+            max_in_flight: 1024,
+            extra_server: "",
+            public_url: None,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running proxy and the tokens of its clients (in `clients` order).
+pub struct TestProxy {
+    pub running: Running,
+    pub tokens: Vec<String>,
+    pub base: String,
+}
+
+impl TestProxy {
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+    pub fn token(&self) -> &str {
+        &self.tokens[0]
+    }
+}
+
+/// The config text for a proxy in front of `upstream`; returns it with fresh client tokens.
+pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, Vec<String>) {
+    let owners: Vec<String> = opts.owners.iter().map(|o| format!("{o:?}")).collect();
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
+         drain_timeout = \"{}\"\nmax_in_flight = {}\n{}\n\
+         [upstream]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n\
+         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\n",
+        opts.public_url
+            .map(|u| format!("public_url = \"{u}\""))
+            .unwrap_or_default(),
+        opts.drain_timeout,
+        opts.max_in_flight,
+        opts.extra_server,
+        owners.join(", "),
+        opts.allow_user_routes,
+        opts.upstream_timeout,
+    );
+    let mut tokens = Vec::new();
+    for name in &opts.clients {
+        let token = fake_token("ppx_test");
+        let hash = TokenHash::of(&token).to_hex();
+        text.push_str(&format!(
+            "\n[[clients]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\n"
+        ));
+        tokens.push(token);
+    }
+    text.push('\n');
+    text.push_str(&opts.extra);
+    (text, tokens)
+}
+
+pub async fn spawn_proxy(sim: &Sim, opts: ProxyOptions) -> TestProxy {
+    spawn_proxy_to(&sim.handle.base_url(), &sim.org_token, opts).await
+}
+
+pub async fn spawn_proxy_to(upstream: &str, org_token: &str, opts: ProxyOptions) -> TestProxy {
+    let (text, tokens) = proxy_config(upstream, 0, &opts);
+    let config = Config::parse(&text).unwrap();
+    let running = server::start(config, OrgToken::new(org_token).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.addr);
+    TestProxy {
+        running,
+        tokens,
+        base,
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http()
+}
+
+/// Sends a request with an optional bearer token and extra headers.
+pub async fn send(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut builder = Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(Bytes::new())).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(20), client().request(request))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, token: &str) -> Reply {
+    send(Method::GET, url, Some(token), &[]).await
+}
+
+/// Writes `request` bytes as they are on a fresh connection and returns the status code (0 if the
+/// connection closed without a status line) and the whole answer.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A GET with the given raw request-target and a bearer token, `Connection: close`.
+pub async fn raw_get(addr: SocketAddr, target: &str, token: &str) -> (u16, String) {
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    raw(addr, request.as_bytes()).await
+}
+
+/// `rel -> url` pairs of a Link header.
+pub fn links(value: &str) -> Vec<(String, String)> {
+    value
+        .split(", ")
+        .filter_map(|entry| {
+            let (url, rel) = entry.split_once(">; rel=\"")?;
+            Some((
+                rel.trim_end_matches('"').to_owned(),
+                url.trim_start_matches('<').to_owned(),
+            ))
+        })
+        .collect()
+}
