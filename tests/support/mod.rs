@@ -60,6 +60,8 @@ pub struct ProxyOptions {
     pub public_url: Option<&'static str>,
     /// TOML appended after everything else (e.g. a `[cache]` table).
     pub extra: String,
+    /// Client names that get `admin = true`.
+    pub admins: Vec<&'static str>,
 }
 
 impl ProxyOptions {
@@ -84,6 +86,7 @@ impl Default for ProxyOptions {
             extra_server: "",
             public_url: None,
             extra: String::new(),
+            admins: Vec::new(),
         }
     }
 }
@@ -130,7 +133,8 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         let token = fake_token("ppx_test");
         let hash = TokenHash::of(&token).to_hex();
         text.push_str(&format!(
-            "\n[[clients]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\n"
+            "\n[[clients]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"\nadmin = {}\n",
+            opts.admins.contains(name)
         ));
         tokens.push(token);
     }

@@ -1,0 +1,514 @@
+//! The metadata cache against the simulator's request log: hits cost nothing upstream, stale
+//! entries revalidate with ETags, concurrent misses coalesce, failures fall back to stale answers,
+//! writes invalidate, and memory stays bounded.
+//!
+//! TTLs here are a few hundred milliseconds of real time: the proxy talks to the simulator over
+//! real sockets, and tokio's paused clock would fire the upstream timeouts while sockets wait.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use packages_proxy::sim::{Fault, FaultKind};
+use support::*;
+
+const VERSIONS: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
+
+fn cache_options(cache: &str) -> ProxyOptions {
+    ProxyOptions {
+        extra: format!("[cache]\n{cache}\n"),
+        upstream_timeout: "400ms",
+        ..ProxyOptions::default()
+    }
+}
+
+fn status_of(reply: &Reply) -> String {
+    reply.header("cache-status").unwrap_or("-").to_owned()
+}
+
+fn upstream_gets(sim: &Sim) -> usize {
+    sim.handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::GET)
+        .count()
+}
+
+#[tokio::test]
+async fn a_hit_makes_no_upstream_call() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let first = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert!(
+        status_of(&first).contains("fwd=miss"),
+        "{}",
+        status_of(&first)
+    );
+    for _ in 0..5 {
+        let hit = get(&proxy.url(VERSIONS), proxy.tokens[1].as_str()).await;
+        assert_eq!(hit.status, StatusCode::OK);
+        assert_eq!(hit.body, first.body);
+        assert!(status_of(&hit).contains("hit"), "{}", status_of(&hit));
+        assert!(hit.header("age").is_some());
+        assert_eq!(hit.header("link"), first.header("link"));
+    }
+    assert_eq!(upstream_gets(&sim), 1);
+}
+
+#[tokio::test]
+async fn authorization_runs_before_the_cache() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    assert_eq!(
+        get(&proxy.url(VERSIONS), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    let anonymous = send(Method::GET, &proxy.url(VERSIONS), None, &[]).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let wrong = get(&proxy.url(VERSIONS), "ppx_wrong").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        !wrong.body.windows(6).any(|w| w == b"sha256"),
+        "cached data leaked to a bad token"
+    );
+}
+
+#[tokio::test]
+async fn after_ttl_the_upstream_sees_if_none_match_and_the_304_costs_no_rate_limit() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        cache_options("version_lists_ttl = \"150ms\"\nstale_while_revalidate = \"0s\""),
+    )
+    .await;
+    let first = get(&proxy.url(VERSIONS), proxy.token()).await;
+    let remaining = sim.handle.rate_limit().remaining;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let again = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, first.body);
+    assert!(
+        status_of(&again).contains("fwd=stale"),
+        "{}",
+        status_of(&again)
+    );
+    let log = sim.handle.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        log[1].headers.get("if-none-match").unwrap(),
+        first.header("etag").unwrap(),
+        "the revalidation did not send the stored ETag"
+    );
+    assert_eq!(
+        sim.handle.rate_limit().remaining,
+        remaining,
+        "the 304 cost rate limit"
+    );
+    // Fresh again after the 304: no further upstream call.
+    let hit = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert!(status_of(&hit).contains("hit"));
+    assert_eq!(sim.handle.log().len(), 2);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_at_once_and_revalidates_once() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        cache_options("version_lists_ttl = \"100ms\"\nstale_while_revalidate = \"1m\""),
+    )
+    .await;
+    get(&proxy.url(VERSIONS), proxy.token()).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The upstream is slow now; stale answers must not wait for it.
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(300)),
+        1,
+    ));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (url, token) = (proxy.url(VERSIONS), proxy.token().to_owned());
+        tasks.push(tokio::spawn(async move { get(&url, &token).await }));
+    }
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(
+            status_of(&reply).contains("stale-while-revalidate"),
+            "{}",
+            status_of(&reply)
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "stale answers waited for the upstream"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        upstream_gets(&sim),
+        2,
+        "one fetch, one background revalidation"
+    );
+    let fresh = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert!(status_of(&fresh).contains("hit"), "{}", status_of(&fresh));
+}
+
+// The reason the proxy exists: a thundering herd costs GitHub one request.
+#[tokio::test]
+async fn a_thousand_concurrent_cold_requests_make_one_upstream_call() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(300)),
+        1,
+    ));
+    let client = client();
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let request = http::Request::get(proxy.url(VERSIONS))
+            .header("authorization", format!("Bearer {}", proxy.tokens[i % 2]))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = client.request(request).await.unwrap();
+            let status = response.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (response.status(), status)
+        }));
+    }
+    let mut collapsed = 0;
+    for task in tasks {
+        let (status, cache_status) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        collapsed += usize::from(cache_status.contains("collapsed"));
+    }
+    assert_eq!(upstream_gets(&sim), 1);
+    assert!(collapsed > 0, "no request waited on the leader's fetch");
+}
+
+#[tokio::test]
+async fn failures_serve_stale_for_cached_keys_and_clear_errors_for_uncached_ones() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        cache_options("version_lists_ttl = \"50ms\"\nstale_while_revalidate = \"0s\""),
+    )
+    .await;
+    let cached = get(&proxy.url(VERSIONS), proxy.token()).await;
+    let faults: Vec<(FaultKind, &[u16])> = vec![
+        (FaultKind::Status(StatusCode::INTERNAL_SERVER_ERROR), &[500]),
+        (FaultKind::Status(StatusCode::SERVICE_UNAVAILABLE), &[503]),
+        (FaultKind::Reset, &[502]),
+        (FaultKind::Latency(Duration::from_secs(2)), &[504]),
+        (FaultKind::PrimaryRateLimit, &[403]),
+        (
+            FaultKind::SecondaryRateLimit {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                retry_after_secs: 60,
+            },
+            &[429],
+        ),
+        (
+            FaultKind::SecondaryRateLimit {
+                status: StatusCode::FORBIDDEN,
+                retry_after_secs: 60,
+            },
+            &[403],
+        ),
+    ];
+    for (i, (kind, uncached_statuses)) in faults.into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(80)).await; // let the entry go stale
+        sim.handle.inject(Fault::new(kind.clone(), 1));
+        let stale = get(&proxy.url(VERSIONS), proxy.token()).await;
+        assert_eq!(stale.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(stale.body, cached.body, "{kind:?}");
+        assert!(
+            status_of(&stale).contains("stale-if-error"),
+            "{kind:?}: {}",
+            status_of(&stale)
+        );
+
+        sim.handle.inject(Fault::new(kind.clone(), 1));
+        let cold = format!(
+            "/orgs/acme/packages/container/web/versions?per_page={}",
+            11 + i
+        );
+        let reply = get(&proxy.url(&cold), proxy.token()).await;
+        assert!(
+            uncached_statuses.contains(&reply.status.as_u16()),
+            "{kind:?}: {}",
+            reply.status
+        );
+        assert!(
+            reply.json()["message"].is_string(),
+            "{kind:?}: no GitHub-shaped error"
+        );
+        // The failure was not cached: the next request for that key reaches the upstream again.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let retry = get(&proxy.url(&cold), proxy.token()).await;
+        assert_eq!(
+            retry.status,
+            StatusCode::OK,
+            "{kind:?}: a failure poisoned the cache"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_delete_is_never_followed_by_a_read_showing_the_version() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: "[policy]\nallow_all = true\n".to_owned(),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let base = "/orgs/acme/packages/container/web";
+    let first = get(&proxy.url(&format!("{base}/versions")), proxy.token()).await;
+    let victim = first.json()[0]["id"].as_u64().unwrap();
+    let variants = [
+        format!("{base}/versions"),
+        format!("{base}/versions?page=1&per_page=30"),
+        format!("{base}/versions?per_page=100"),
+        format!("{base}/versions?per_page=100&state=active"),
+        format!("{base}/versions/{victim}"),
+        "/orgs/acme/packages?package_type=container".to_owned(),
+        base.to_owned(),
+    ];
+    for path in &variants {
+        assert_eq!(
+            get(&proxy.url(path), proxy.token()).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let before = get(&proxy.url(base), proxy.token()).await.json()["version_count"]
+        .as_u64()
+        .unwrap();
+    let deleted = send(
+        Method::DELETE,
+        &proxy.url(&format!("{base}/versions/{victim}")),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    for path in &variants[..4] {
+        let ids: Vec<u64> = get(&proxy.url(path), proxy.token())
+            .await
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect();
+        assert!(
+            !ids.contains(&victim),
+            "{path} still shows the deleted version"
+        );
+    }
+    let gone = get(&proxy.url(&variants[4]), proxy.token()).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let after = get(&proxy.url(base), proxy.token()).await.json()["version_count"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before - 1, "the package's version_count is stale");
+    let deleted_list = get(
+        &proxy.url(&format!("{base}/versions?state=deleted")),
+        proxy.token(),
+    )
+    .await;
+    assert!(
+        deleted_list
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == victim)
+    );
+    // Other packages' entries were not invalidated.
+    get(
+        &proxy.url("/orgs/acme/packages/container/team-a-api"),
+        proxy.token(),
+    )
+    .await;
+    let before_other = sim.handle.log().len();
+    send(
+        Method::DELETE,
+        &proxy.url(&format!("{base}/versions/{}", first.json()[1]["id"])),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    get(
+        &proxy.url("/orgs/acme/packages/container/team-a-api"),
+        proxy.token(),
+    )
+    .await;
+    assert_eq!(
+        sim.handle.log().len(),
+        before_other + 1,
+        "a delete flushed another package"
+    );
+}
+
+#[tokio::test]
+async fn keys_differ_where_answers_differ_and_agree_where_they_do_not() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let url = proxy.url("/orgs/acme/packages/container/web/versions");
+    let token = proxy.token();
+    // Same entry: no query, defaults spelled out, other order.
+    get(&url, token).await;
+    get(&format!("{url}?per_page=30&page=1"), token).await;
+    get(&format!("{url}?page=1&state=active&per_page=30"), token).await;
+    assert_eq!(upstream_gets(&sim), 1);
+    // Different entries: Accept, API version, page.
+    send(
+        Method::GET,
+        &url,
+        Some(token),
+        &[("accept", "application/json")],
+    )
+    .await;
+    send(
+        Method::GET,
+        &url,
+        Some(token),
+        &[("x-github-api-version", "2026-03-10")],
+    )
+    .await;
+    get(&format!("{url}?page=2"), token).await;
+    assert_eq!(upstream_gets(&sim), 4);
+}
+
+#[tokio::test]
+async fn client_conditionals_and_no_cache() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let first = get(&proxy.url(VERSIONS), proxy.token()).await;
+    let etag = first.header("etag").unwrap().to_owned();
+    let not_modified = send(
+        Method::GET,
+        &proxy.url(VERSIONS),
+        Some(proxy.token()),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert!(not_modified.body.is_empty());
+    assert_eq!(
+        upstream_gets(&sim),
+        1,
+        "a matching If-None-Match went upstream"
+    );
+    let forced = send(
+        Method::GET,
+        &proxy.url(VERSIONS),
+        Some(proxy.token()),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(forced.status, StatusCode::OK);
+    assert!(
+        status_of(&forced).contains("fwd=stale"),
+        "{}",
+        status_of(&forced)
+    );
+    let log = sim.handle.log();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        log[1].headers["if-none-match"],
+        etag.as_str(),
+        "no-cache should revalidate cheaply"
+    );
+}
+
+#[tokio::test]
+async fn not_found_is_cached_briefly() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, cache_options("not_found_ttl = \"200ms\"")).await;
+    let path = proxy.url("/orgs/acme/packages/container/missing");
+    assert_eq!(
+        get(&path, proxy.token()).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&path, proxy.token()).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(upstream_gets(&sim), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    get(&path, proxy.token()).await;
+    assert_eq!(upstream_gets(&sim), 2);
+}
+
+#[tokio::test]
+async fn the_byte_bound_holds_past_capacity() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        cache_options("max_bytes = 1048576\nmax_entry_bytes = 262144"),
+    )
+    .await;
+    let mut stored = 0usize;
+    for per_page in 20..=100 {
+        let path = format!("/orgs/acme/packages/container/web/versions?per_page={per_page}");
+        stored += get(&proxy.url(&path), proxy.token()).await.body.len();
+    }
+    assert!(
+        stored > 2 * 1048576,
+        "the test did not overfill the cache ({stored} bytes)"
+    );
+    let cache = &proxy.running.state.cache;
+    assert!(
+        cache.weighted_size() <= 1048576,
+        "cache holds {} bytes",
+        cache.weighted_size()
+    );
+    assert!(
+        cache
+            .stats
+            .evicted
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[tokio::test]
+async fn purge_is_for_admins_and_empties_what_it_names() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        admins: vec!["team-b"],
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let purge = proxy.url("/admin/cache/purge");
+    get(&proxy.url(VERSIONS), proxy.token()).await;
+    let refused = send(Method::POST, &purge, Some(proxy.token()), &[]).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let scope = r#"{"owner":"acme","package_type":"container","package_name":"web"}"#;
+    let request = http::Request::post(&purge)
+        .header("authorization", format!("Bearer {}", proxy.tokens[1]))
+        .body(http_body_util::Full::new(bytes::Bytes::from(scope)))
+        .unwrap();
+    let response = client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let after = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert!(
+        status_of(&after).contains("fwd=miss"),
+        "{}",
+        status_of(&after)
+    );
+    assert_eq!(upstream_gets(&sim), 2);
+    let all = send(Method::POST, &purge, Some(&proxy.tokens[1]), &[]).await;
+    assert_eq!(all.status, StatusCode::OK);
+    get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert_eq!(upstream_gets(&sim), 3);
+}
