@@ -4,12 +4,15 @@
 //! typo never silently falls back to a default. The config says where the org token is
 //! (`token_env` or `token_file`), never its value. `config/example.toml` documents every key.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use http::Uri;
 use serde::Deserialize;
 
-use crate::secret::{OrgToken, TokenError, TokenHash};
+use crate::{
+    policy::{Policy, RawPolicy, client_names},
+    secret::{OrgToken, TokenError, TokenHash},
+};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,34 @@ struct RawConfig {
     cache: RawCache,
     #[serde(default)]
     policy: RawPolicy,
+    #[serde(default)]
+    mutations: RawMutations,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMutations {
+    #[serde(default = "default_pace", with = "humantime_serde")]
+    pace: Duration,
+    #[serde(default = "default_max_queue")]
+    max_queue: usize,
+    #[serde(default = "default_max_queue_wait", with = "humantime_serde")]
+    max_queue_wait: Duration,
+    audit_log: Option<PathBuf>,
+    #[serde(default = "default_budget_window", with = "humantime_serde")]
+    budget_window: Duration,
+}
+
+impl Default for RawMutations {
+    fn default() -> Self {
+        Self {
+            pace: default_pace(),
+            max_queue: default_max_queue(),
+            max_queue_wait: default_max_queue_wait(),
+            audit_log: None,
+            budget_window: default_budget_window(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,13 +122,6 @@ impl Default for RawCache {
             stale_if_error: default_sie(),
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    #[serde(default)]
-    allow_all: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +171,18 @@ struct RawClient {
     admin: bool,
 }
 
+fn default_pace() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_queue() -> usize {
+    100
+}
+fn default_max_queue_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_budget_window() -> Duration {
+    Duration::from_secs(3600)
+}
 fn yes() -> bool {
     true
 }
@@ -215,8 +251,27 @@ pub struct Config {
     pub clients: Vec<Client>,
     /// The metadata cache.
     pub cache: CacheConfig,
-    /// Destructive calls.
-    pub policy: PolicyConfig,
+    /// Who may delete and restore what (swapped whole on reload).
+    pub policy: Arc<Policy>,
+    /// How destructive calls are sent: pace, queue, audit log.
+    pub mutations: MutationsConfig,
+    /// The separate policy file, if the rules live in one (reload watches it too).
+    pub policy_file: Option<PathBuf>,
+}
+
+/// `[mutations]`
+#[derive(Debug, Clone)]
+pub struct MutationsConfig {
+    /// Least time between two mutating calls upstream (GitHub asks for one second).
+    pub pace: Duration,
+    /// Mutations waiting for their slot at most; past it, 429.
+    pub max_queue: usize,
+    /// Longest wait for a slot; a later slot is refused with 429 and `Retry-After`.
+    pub max_queue_wait: Duration,
+    /// Append-only JSON Lines audit log; required once any allow rule exists.
+    pub audit_log: Option<PathBuf>,
+    /// The window `max_per_hour` budgets refill over (one hour; shorter only in tests).
+    pub budget_window: Duration,
 }
 
 /// `[cache]`
@@ -243,13 +298,6 @@ pub struct CacheConfig {
     pub stale_while_revalidate: Duration,
     /// Past freshness, how long a stale answer is served when GitHub fails or rate-limits us.
     pub stale_if_error: Duration,
-}
-
-/// `[policy]`
-#[derive(Debug, Clone)]
-pub struct PolicyConfig {
-    /// Allow every destructive call from every client. For tests against the simulator only.
-    pub allow_all: bool,
 }
 
 /// `[server]`
@@ -325,13 +373,19 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text)
+        Self::parse_in(&text, path.parent())
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text; a relative `policy.file` is read from the working
+    /// directory.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        Self::parse_in(text, None)
+    }
+
+    /// Parses and validates config text; a relative `policy.file` is resolved against `base`.
+    pub fn parse_in(text: &str, base: Option<&std::path::Path>) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(ConfigError::Parse)?;
-        raw.validate()
+        raw.validate(base)
     }
 
     /// Loads the org token from where the config says it is.
@@ -344,19 +398,54 @@ impl Config {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
         let clients = validate_clients(self.clients)?;
         let cache = self.cache.validate()?;
+        let mutations = self.mutations.validate()?;
+        let names = client_names(clients.iter().map(|c| c.name.as_str()));
+        let policy_file = self
+            .policy
+            .file
+            .as_ref()
+            .map(|file| base.map_or_else(|| file.clone(), |dir| dir.join(file)));
+        let policy = self.policy.compile(&names, mutations.budget_window, base)?;
+        if policy.has_allow_rules() && mutations.audit_log.is_none() {
+            return Err(invalid(
+                "mutations.audit_log",
+                "required once the policy allows anything: no destructive call goes unaudited",
+            ));
+        }
         Ok(Config {
             server,
             upstream,
             clients,
             cache,
-            policy: PolicyConfig {
-                allow_all: self.policy.allow_all,
-            },
+            policy: Arc::new(policy),
+            mutations,
+            policy_file,
+        })
+    }
+}
+
+impl RawMutations {
+    fn validate(self) -> Result<MutationsConfig, ConfigError> {
+        positive(self.max_queue, "mutations.max_queue")?;
+        nonzero(self.budget_window, "mutations.budget_window")?;
+        if self
+            .audit_log
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid("mutations.audit_log", "must not be empty"));
+        }
+        Ok(MutationsConfig {
+            pace: self.pace,
+            max_queue: self.max_queue,
+            max_queue_wait: self.max_queue_wait,
+            audit_log: self.audit_log,
+            budget_window: self.budget_window,
         })
     }
 }

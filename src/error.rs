@@ -36,6 +36,20 @@ pub enum ProxyError {
     /// The request body is larger than any Packages API call takes.
     #[error("Request body too large")]
     PayloadTooLarge,
+    /// A budget or queue is full; retry later.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What is full.
+        message: String,
+        /// Seconds until a retry has a chance.
+        retry_after_secs: u64,
+    },
+    /// Something the call depends on is unavailable (a safety check could not run).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The audit log cannot be written, so the destructive call was not sent.
+    #[error("Audit log unavailable; the call was not sent")]
+    Audit(#[source] crate::audit::AuditError),
     /// The proxy is at its concurrency limit and sheds load rather than queueing.
     #[error("Service overloaded, try again")]
     Overloaded,
@@ -64,6 +78,8 @@ impl ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -106,10 +122,17 @@ impl ProxyError {
             tracing::debug!(error = %self, status = status.as_u16(), "request refused");
         }
         let mut response = error_response(status, &self.public_message());
-        if matches!(self, Self::Overloaded | Self::ShuttingDown) {
+        let retry_after = match &self {
+            Self::Overloaded | Self::ShuttingDown => Some(1),
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }

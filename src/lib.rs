@@ -10,26 +10,36 @@
 //! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
 //! - [`upstream`]: the pooled rustls client, forwarded and returned headers.
 //! - [`link`]: `Link` rewriting onto the proxy's public URL.
+//! - [`gate`]: the destructive path: [`policy`] decision, protected tags, dry run, budget,
+//!   [`pace`] slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
 //!
-//! Around them: [`config`] (TOML -> validated `Config`), [`secret`] (org token and client token
-//! hashes that cannot print), [`state`] (what requests share), [`body`] (the body type), [`demo`]
+//! Around them: [`config`] (TOML -> validated `Config`), [`reload`] (swap clients and policy on
+//! SIGHUP or file change), [`secret`] (org token and client token hashes that cannot print),
+//! [`state`] (what requests share), [`body`] (the body type), [`undo`] (`audit list` and
+//! `audit restore`), [`demo`]
 //! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
 //! benchmarks and the demo).
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod gate;
 pub mod link;
+pub mod pace;
+pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod server;
 pub mod service;
 pub mod sim;
 pub mod state;
+pub mod undo;
 pub mod upstream;

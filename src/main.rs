@@ -7,11 +7,16 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use packages_proxy::{
+    audit,
     config::Config,
     demo,
+    policy::Decision,
+    reload,
+    route::Route,
     secret::{TokenHash, new_client_token},
     server,
     sim::{Dataset, Simulator},
+    undo::{self, Filter},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -44,6 +49,16 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Test a policy before deploying it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Read the audit log; undo a bad clean-up job.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the simulated GitHub Packages API (for demos and benchmarks).
     Simulate {
         /// Address to listen on.
@@ -66,6 +81,72 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print the decision the server would make for a client's request, and the rule behind it.
+    Explain {
+        /// The TOML config (with its policy).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The client's name.
+        #[arg(long)]
+        client: String,
+        /// DELETE or POST.
+        method: String,
+        /// The API path, e.g. /orgs/acme/packages/container/web/versions/42
+        path: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// List audit records, filtered.
+    List {
+        /// The audit log (JSON Lines).
+        #[arg(long)]
+        log: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only this decision (denied, dry_run, refused, allowed, completed, failed).
+        #[arg(long)]
+        decision: Option<String>,
+        /// Only this package (decoded name).
+        #[arg(long)]
+        package: Option<String>,
+    },
+    /// Restore every version a client deleted in a window, through a running proxy (so the
+    /// restores are paced and audited). The proxy token comes from PACKAGES_PROXY_TOKEN.
+    Restore {
+        /// The audit log (JSON Lines).
+        #[arg(long)]
+        log: PathBuf,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// The proxy's URL.
+        #[arg(long)]
+        proxy: String,
+        /// Print what would be restored; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A client token allowed to restore versions.
+        #[arg(long, env = "PACKAGES_PROXY_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct FilterArgs {
+    /// Only this client.
+    #[arg(long)]
+    client: Option<String>,
+    /// Not before (RFC 3339, e.g. 2026-11-25T08:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Not after (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -94,7 +175,124 @@ async fn main() -> Result<()> {
             packages,
             versions,
         } => simulate(listen, token, packages, versions).await,
+        Command::Policy {
+            command:
+                PolicyCommand::Explain {
+                    config,
+                    client,
+                    method,
+                    path,
+                },
+        } => explain(&config, &client, &method, &path),
+        Command::Audit { command } => audit_command(command).await,
         Command::Demo { listen } => demo::run(listen).await,
+    }
+}
+
+fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -> Result<()> {
+    let config = Config::load(config)?;
+    if !config.clients.iter().any(|c| c.name == client) {
+        anyhow::bail!("no client named {client:?} in the config");
+    }
+    let method: http::Method = method.to_ascii_uppercase().parse()?;
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target, None), |(p, q)| (p, Some(q)));
+    let route = Route::parse(&method, path, query)
+        .map_err(|e| anyhow::anyhow!("{method} {target}: {e}"))?;
+    if !route.operation.is_destructive() {
+        println!("{method} {target}: not a destructive call; reads need no policy rule");
+        return Ok(());
+    }
+    match config.policy.decide(client, &route) {
+        Decision::Allow(rule) => {
+            println!("allow: rule {:?}", rule.name);
+            if rule.protects_tags() {
+                println!(
+                    "  protected tags (checked at request time): {}",
+                    rule.protected_patterns().join(", ")
+                );
+            }
+            if let Some(n) = rule.budget_size() {
+                println!("  budget: {n} per client per window");
+            }
+            if config.policy.dry_run {
+                println!("  dry_run = true: the server only reports what it would do");
+            }
+        }
+        Decision::NoRule => println!(
+            "deny: no rule allows {} for {client}",
+            route.operation.as_str()
+        ),
+        Decision::DeniedBy(rule) => println!("deny: denied by rule {:?}", rule.name),
+    }
+    Ok(())
+}
+
+fn filter_of(args: FilterArgs) -> Result<Filter> {
+    let time = |t: Option<String>| -> Result<Option<std::time::SystemTime>> {
+        t.map(|t| humantime::parse_rfc3339_weak(&t).with_context(|| format!("bad time {t:?}")))
+            .transpose()
+    };
+    Ok(Filter {
+        client: args.client,
+        since: time(args.since)?,
+        until: time(args.until)?,
+        ..Filter::default()
+    })
+}
+
+async fn audit_command(command: AuditCommand) -> Result<()> {
+    match command {
+        AuditCommand::List {
+            log,
+            filter,
+            decision,
+            package,
+        } => {
+            let mut filter = filter_of(filter)?;
+            filter.decision = decision;
+            filter.package = package;
+            let (records, bad) = audit::read(&log)?;
+            for record in records.iter().filter(|r| filter.matches(r)) {
+                println!("{}", serde_json::to_string(record)?);
+            }
+            for line in bad {
+                eprintln!("line {line}: not an audit record");
+            }
+            Ok(())
+        }
+        AuditCommand::Restore {
+            log,
+            filter,
+            proxy,
+            dry_run,
+            token,
+        } => {
+            let filter = filter_of(filter)?;
+            if filter.client.is_none() || filter.since.is_none() {
+                anyhow::bail!("--client and --since are required");
+            }
+            let (records, _) = audit::read(&log)?;
+            let paths = undo::deleted_versions(&records, &filter);
+            let results = undo::restore(&proxy, &token, &paths, dry_run).await?;
+            let mut failed = 0;
+            for result in &results {
+                match result.status {
+                    None => println!("would restore {}", result.path),
+                    Some(status) if status.is_success() => println!("restored {}", result.path),
+                    Some(status) => {
+                        failed += 1;
+                        println!("FAILED {} ({status})", result.path);
+                    }
+                }
+            }
+            println!("{} versions, {failed} failed", results.len());
+            if failed > 0 {
+                anyhow::bail!("{failed} restores failed");
+            }
+            Ok(())
+        }
     }
 }
 
@@ -112,7 +310,13 @@ async fn serve(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
     let token = config.load_token().context("loading the org token")?;
     let running = server::start(config, token).await?;
+    let watcher = reload::spawn(
+        running.state.clone(),
+        path,
+        std::time::Duration::from_secs(2),
+    );
     shutdown_signal().await;
+    watcher.abort();
     tracing::info!("shutting down: readiness fails, draining in-flight requests");
     running.shutdown().await;
     Ok(())

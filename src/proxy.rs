@@ -17,6 +17,7 @@ use crate::{
     body::{self, Body},
     cache::{self, ClientConditions, FetchSpec},
     error::ProxyError,
+    gate::{self, Mutation},
     link,
     route::{Owner, Route},
     state::AppState,
@@ -42,7 +43,13 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     let request_id = request_id(&state, &request);
     let method = request.method().clone();
     let mut log = RequestLog::default();
-    let result = walk(&state, request, &mut log).await;
+    let result = walk(
+        &state,
+        request,
+        request_id.to_str().unwrap_or_default(),
+        &mut log,
+    )
+    .await;
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     response
         .headers_mut()
@@ -63,6 +70,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
 async fn walk(
     state: &Arc<AppState>,
     request: Request<Incoming>,
+    request_id: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
     let path = request.uri().path();
@@ -78,7 +86,7 @@ async fn walk(
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
     let identity = state.clients.load().authenticate(request.headers())?;
-    log.client = Some(identity.name);
+    log.client = Some(identity.name.clone());
     check_owner(state, &route)?;
     if request.body().size_hint().lower() > MAX_BODY {
         return Err(ProxyError::PayloadTooLarge);
@@ -87,7 +95,20 @@ async fn walk(
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
     if route.operation.is_destructive() {
-        return destructive(state, &route, &forwarded, &public_base, log).await;
+        let mutation = Mutation {
+            route: &route,
+            forwarded: &forwarded,
+            client: &identity.name,
+            request_id,
+            dry_run_requested: request
+                .headers()
+                .get("x-packages-proxy-dry-run")
+                .is_some_and(|v| v == "1" || v.as_bytes().eq_ignore_ascii_case(b"true")),
+            public_base: &public_base,
+        };
+        let (response, upstream_status) = gate::execute(state, mutation).await?;
+        log.upstream_status = upstream_status;
+        return Ok(response);
     }
     if !state.config.cache.enabled {
         return pass_through(state, &route, &forwarded, &public_base, log).await;
@@ -129,27 +150,6 @@ async fn pass_through(
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.headers_mut() = response_headers(state, route, public_base, &parts.headers);
-    Ok(response)
-}
-
-/// Deletes and restores: refused unless the policy allows them; a success invalidates the
-/// package's cached entries and its owner's lists.
-async fn destructive(
-    state: &AppState,
-    route: &Route,
-    forwarded: &Forwarded,
-    public_base: &str,
-    log: &mut RequestLog,
-) -> Result<Response<Body>, ProxyError> {
-    if !state.config.policy.allow_all {
-        return Err(ProxyError::Forbidden(
-            "Deleting or restoring packages is not allowed through this proxy".to_owned(),
-        ));
-    }
-    let response = pass_through(state, route, forwarded, public_base, log).await?;
-    if response.status().is_success() {
-        state.cache.generations.package_changed(route);
-    }
     Ok(response)
 }
 

@@ -23,8 +23,7 @@ use crate::{
     config::Config,
     secret::OrgToken,
     service::{self, ProxyService},
-    state::AppState,
-    upstream::BuildError,
+    state::{AppState, StateError},
 };
 
 /// Connections waiting in the kernel while we are at `max_connections` or busy accepting: clean-up
@@ -43,9 +42,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// The upstream client could not be built.
+    /// The shared state (upstream client, audit log) could not be built.
     #[error(transparent)]
-    Upstream(#[from] BuildError),
+    State(#[from] StateError),
 }
 
 /// A running proxy.

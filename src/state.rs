@@ -15,12 +15,26 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::{
+    audit::{Audit, AuditError},
     auth::Clients,
     cache::Cache,
     config::Config,
+    pace::Pacer,
+    policy::Policy,
     secret::OrgToken,
     upstream::{BuildError, Upstream},
 };
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The upstream client.
+    #[error(transparent)]
+    Upstream(#[from] BuildError),
+    /// The audit log is not writable.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
 
 /// Shared by every connection and request.
 #[derive(Debug)]
@@ -35,6 +49,19 @@ pub struct AppState {
     pub cache: Cache,
     /// Clients, swapped whole on reload; `load()` per request, never held across an await.
     pub clients: ArcSwap<Clients>,
+    /// The destructive-call policy, swapped whole on reload; `load_full()` where it lives across
+    /// an await.
+    pub policy: ArcSwap<Policy>,
+    /// The write-ahead audit log.
+    pub audit: Audit,
+    /// The one queue mutations go upstream through.
+    pub pacer: Pacer,
+    /// Audit records that could not be written (refusals and outcomes; intents refuse the call).
+    pub audit_failures: AtomicU64,
+    /// Config reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Config reloads rejected (the last good config stays).
+    pub reloads_failed: AtomicU64,
     /// Set when shutdown starts: `/readyz` fails so load balancers stop sending.
     /// An atomic: read on every readiness probe, written once.
     draining: AtomicBool,
@@ -51,10 +78,14 @@ impl AppState {
         config: Config,
         token: OrgToken,
         bound: SocketAddr,
-    ) -> Result<Arc<Self>, BuildError> {
+    ) -> Result<Arc<Self>, StateError> {
         let upstream = Upstream::new(&config.upstream, token)?;
         let clients = ArcSwap::from_pointee(Clients::new(&config.clients));
         let cache = Cache::new(&config.cache);
+        let policy = ArcSwap::new(config.policy.clone());
+        let audit = Audit::open(config.mutations.audit_log.as_deref())?;
+        let m = &config.mutations;
+        let pacer = Pacer::new(m.pace, m.max_queue, m.max_queue_wait);
         let public_url = config
             .server
             .public_url
@@ -70,6 +101,12 @@ impl AppState {
             upstream,
             cache,
             clients,
+            policy,
+            audit,
+            pacer,
+            audit_failures: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             request_prefix: hex::encode(seed),
             request_counter: AtomicU64::new(0),

@@ -264,8 +264,11 @@ async fn failures_serve_stale_for_cached_keys_and_clear_errors_for_uncached_ones
 #[tokio::test]
 async fn a_delete_is_never_followed_by_a_read_showing_the_version() {
     let sim = spawn_sim().await;
+    let audit = temp_dir("cache-audit").join("audit.jsonl");
     let opts = ProxyOptions {
-        extra: "[policy]\nallow_all = true\n".to_owned(),
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\n[[policy.allow]]\nname = \"all\"\n"
+        ),
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;

@@ -254,3 +254,10 @@ pub fn links(value: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A fresh empty directory under the system temp dir, unique per call.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("packages-proxy-{label}-{}", fake_token("d")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

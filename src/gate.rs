@@ -1,0 +1,311 @@
+//! The destructive path: policy decision, protected tags (read fresh), dry run, budget, pacing,
+//! write-ahead audit, the one upstream mutation, outcome audit, cache invalidation.
+//!
+//! [`send_mutation`] is the only function that sends a DELETE or a restore upstream, and it takes
+//! a [`Cleared`] that only [`execute`] can build after every check passed and the intent record
+//! is on disk; dry runs return before one exists. So no path around the checks exists.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::{
+    audit::AuditRecord,
+    body::{self, Body},
+    error::ProxyError,
+    policy::{Decision, Rule},
+    route::{Operation, PackageType, Query, Route},
+    state::AppState,
+    upstream::Forwarded,
+};
+
+/// Most version pages read when checking a whole package for protected tags.
+const MAX_TAG_PAGES: u32 = 100;
+
+/// Everything a destructive request brings.
+#[derive(Debug)]
+pub struct Mutation<'a> {
+    /// The typed route (a delete or restore).
+    pub route: &'a Route,
+    /// The client's validated headers.
+    pub forwarded: &'a Forwarded,
+    /// The client's name.
+    pub client: &'a str,
+    /// The proxy's request id.
+    pub request_id: &'a str,
+    /// `X-Packages-Proxy-Dry-Run: 1` was sent.
+    pub dry_run_requested: bool,
+    /// Base for `Link` rewriting (unused by 204s, kept for symmetry with reads).
+    pub public_base: &'a str,
+}
+
+/// Proof that a mutation passed every check and its intent is on disk.
+pub struct Cleared(());
+
+/// Runs the destructive path for one request.
+pub async fn execute(
+    state: &Arc<AppState>,
+    m: Mutation<'_>,
+) -> Result<(Response<Body>, Option<u16>), ProxyError> {
+    let policy = state.policy.load_full();
+    let mut record = AuditRecord::new(m.request_id, m.client, m.route);
+    let rule = match policy.decide(m.client, m.route) {
+        Decision::Allow(rule) => rule,
+        Decision::NoRule => {
+            let message = format!(
+                "No policy rule allows {} for this client",
+                m.route.operation.as_str()
+            );
+            return Err(refuse(
+                state,
+                record,
+                "denied",
+                None,
+                ProxyError::Forbidden(message),
+            )
+            .await);
+        }
+        Decision::DeniedBy(rule) => {
+            let message = format!("Denied by rule {}", rule.name);
+            return Err(refuse(
+                state,
+                record,
+                "denied",
+                Some(&rule),
+                ProxyError::Forbidden(message),
+            )
+            .await);
+        }
+    };
+    record.rule = Some(rule.name.clone());
+    record.dry_run = policy.dry_run || m.dry_run_requested;
+    if let Err(error) = check_protected_tags(state, m.route, &rule).await {
+        let decision = if error.status() == StatusCode::FORBIDDEN {
+            "denied"
+        } else {
+            "refused"
+        };
+        return Err(refuse(state, record, decision, Some(&rule), error).await);
+    }
+    if record.dry_run {
+        let record = record.at("decision", "dry_run");
+        state
+            .audit
+            .write(&record)
+            .await
+            .map_err(ProxyError::Audit)?;
+        return Ok((dry_run_response(m.route, &rule), None));
+    }
+    if let Err(wait) = rule.take_budget(m.client) {
+        let error = ProxyError::TooManyRequests {
+            message: format!(
+                "The destructive-call budget of rule {} is spent for this client",
+                rule.name
+            ),
+            retry_after_secs: wait.as_secs().max(1),
+        };
+        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+    }
+    let slot = match state.pacer.reserve() {
+        Ok(slot) => slot,
+        Err(busy) => {
+            let error = ProxyError::TooManyRequests {
+                message: "The mutation queue is full; retry later".to_owned(),
+                retry_after_secs: busy.retry_after.as_secs().max(1),
+            };
+            return Err(refuse(state, record, "refused", Some(&rule), error).await);
+        }
+    };
+    slot.wait().await;
+    drop(slot);
+    let intent = record.at("intent", "allowed");
+    state
+        .audit
+        .write(&intent)
+        .await
+        .map_err(ProxyError::Audit)?;
+    let sent = send_mutation(state, &m, Cleared(())).await;
+    let mut outcome = record.at("outcome", "failed");
+    if let Ok(response) = &sent {
+        outcome.upstream_status = Some(response.status().as_u16());
+        outcome.github_request_id = response
+            .headers()
+            .get("x-github-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if response.status().is_success() {
+            outcome.decision = "completed".to_owned();
+            state.cache.generations.package_changed(m.route);
+        }
+    } else if let Err(error) = &sent {
+        outcome.reason = Some(error.to_string());
+    }
+    if let Err(error) = state.audit.write(&outcome).await {
+        // The call was made; it cannot be unsent. The intent record stands without an outcome.
+        tracing::error!(%error, request_id = m.request_id, "audit outcome not written");
+        state
+            .audit_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let response = sent?;
+    let status = response.status().as_u16();
+    Ok((response, Some(status)))
+}
+
+/// The one place a mutation is sent upstream; never retried.
+async fn send_mutation(
+    state: &AppState,
+    m: &Mutation<'_>,
+    _cleared: Cleared,
+) -> Result<Response<Body>, ProxyError> {
+    let response = state
+        .upstream
+        .send(
+            m.route.operation.method(),
+            &m.route.path_and_query(),
+            m.forwarded,
+        )
+        .await?;
+    let (parts, body) = response.into_parts();
+    let mut out = Response::new(body);
+    *out.status_mut() = parts.status;
+    *out.headers_mut() =
+        crate::proxy::response_headers(state, m.route, m.public_base, &parts.headers);
+    Ok(out)
+}
+
+/// Audits a refusal (best effort: a refusal is safe even unaudited) and returns its error.
+async fn refuse(
+    state: &AppState,
+    record: AuditRecord,
+    decision: &str,
+    rule: Option<&Arc<Rule>>,
+    error: ProxyError,
+) -> ProxyError {
+    let mut record = record.at("decision", decision);
+    record.rule = rule.map(|r| r.name.clone());
+    record.reason = Some(error.to_string());
+    if let Err(audit_error) = state.audit.write(&record).await {
+        tracing::error!(error = %audit_error, "audit record of a refusal not written");
+        state
+            .audit_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    error
+}
+
+fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
+    let body = json!({
+        "dry_run": true,
+        "decision": "allow",
+        "rule": rule.name,
+        "action": route.operation.as_str(),
+        "protected_tags": rule.protected_patterns(),
+        "upstream_request": {
+            "method": route.operation.method().as_str(),
+            "path": route.path(),
+        },
+        "message": "Allowed; not sent because this is a dry run",
+    });
+    let mut response = Response::new(body::full(body.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// Refuses a delete that would remove a protected tag. Reads fresh from upstream (never the
+/// cache); if that read fails, refuses (fail closed).
+async fn check_protected_tags(
+    state: &AppState,
+    route: &Route,
+    rule: &Rule,
+) -> Result<(), ProxyError> {
+    let deleting = matches!(
+        route.operation,
+        Operation::DeleteVersion | Operation::DeletePackage
+    );
+    let tagged_type = route
+        .package
+        .as_ref()
+        .is_some_and(|p| matches!(p.package_type, PackageType::Container | PackageType::Docker));
+    if !(rule.protects_tags() && deleting && tagged_type) {
+        return Ok(());
+    }
+    let mut read = route.clone();
+    let pages = if route.operation == Operation::DeleteVersion {
+        read.operation = Operation::GetVersion;
+        1
+    } else {
+        read.operation = Operation::ListVersions;
+        MAX_TAG_PAGES
+    };
+    for page in 1..=pages {
+        if read.operation == Operation::ListVersions {
+            read.query = Query {
+                per_page: Some(100),
+                page: Some(page),
+                ..Query::default()
+            };
+        }
+        let versions = fresh_read(state, &read).await?;
+        let versions = match versions {
+            serde_json::Value::Array(list) => list,
+            one => vec![one],
+        };
+        for version in &versions {
+            let tags = tags_of(version);
+            if let Some(tag) = rule.protected_tag(&tags) {
+                return Err(ProxyError::Forbidden(format!(
+                    "The version carries the protected tag {tag}"
+                )));
+            }
+        }
+        if versions.len() < 100 {
+            return Ok(());
+        }
+    }
+    Err(ProxyError::Unavailable(
+        "Too many versions to check for protected tags; delete versions first".to_owned(),
+    ))
+}
+
+async fn fresh_read(state: &AppState, route: &Route) -> Result<serde_json::Value, ProxyError> {
+    let unavailable =
+        |why: String| ProxyError::Unavailable(format!("Cannot verify protected tags: {why}"));
+    let forwarded = Forwarded::from_request(&http::HeaderMap::new())?;
+    let path = route.path_and_query();
+    let read = state.upstream.send(Method::GET, &path, &forwarded);
+    let response = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .map_err(|_| unavailable("upstream timed out".to_owned()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        return Err(ProxyError::NotFound);
+    }
+    if status != StatusCode::OK {
+        return Err(unavailable(format!("upstream answered {status}")));
+    }
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| unavailable(e.to_string()))
+}
+
+/// Container tags (`metadata.container.tags`) or docker tags (`metadata.docker.tag`).
+fn tags_of(version: &serde_json::Value) -> Vec<String> {
+    let metadata = &version["metadata"];
+    let tags = metadata["container"]["tags"]
+        .as_array()
+        .or_else(|| metadata["docker"]["tag"].as_array());
+    tags.map(|list| {
+        list.iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect()
+    })
+    .unwrap_or_default()
+}

@@ -1,0 +1,95 @@
+//! Pacing of mutating calls: one queue, slots at least `pace` apart (GitHub asks for a second
+//! between mutations), a bounded queue, and a bound on how long a request may wait for its slot.
+//!
+//! Slots are handed out in arrival order under a std `Mutex` (held for a few instructions, never
+//! across an `.await`); each request then sleeps until its own slot. A request that gives up
+//! still used its slot: pacing errs on the slow side.
+
+use std::{sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
+
+/// The mutation queue.
+#[derive(Debug)]
+pub struct Pacer {
+    pace: Duration,
+    max_queue: usize,
+    max_wait: Duration,
+    state: Mutex<PacerState>,
+}
+
+#[derive(Debug)]
+struct PacerState {
+    /// The earliest time the next slot may be given.
+    next: Instant,
+    /// Slots handed out whose time has not come.
+    waiting: usize,
+}
+
+/// A reserved slot; dropping it leaves the queue.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    at: Instant,
+    pacer: &'a Pacer,
+}
+
+/// No slot: the queue is full or the wait too long; retry after this long.
+#[derive(Debug, Clone, Copy)]
+pub struct Busy {
+    /// When a retry has a chance.
+    pub retry_after: Duration,
+}
+
+// === impl Pacer ===
+
+impl Pacer {
+    /// A pacer giving slots `pace` apart.
+    pub fn new(pace: Duration, max_queue: usize, max_wait: Duration) -> Self {
+        Self {
+            pace,
+            max_queue,
+            max_wait,
+            state: Mutex::new(PacerState {
+                next: Instant::now(),
+                waiting: 0,
+            }),
+        }
+    }
+
+    /// Reserves the next slot, or says when to come back.
+    pub fn reserve(&self) -> Result<Slot<'_>, Busy> {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let at = state.next.max(now);
+        let wait = at - now;
+        if state.waiting >= self.max_queue || wait > self.max_wait {
+            return Err(Busy {
+                retry_after: wait.max(self.pace),
+            });
+        }
+        state.next = at + self.pace;
+        state.waiting += 1;
+        Ok(Slot { at, pacer: self })
+    }
+
+    /// Mutations waiting for their slot now.
+    pub fn waiting(&self) -> usize {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).waiting
+    }
+}
+
+// === impl Slot ===
+
+impl Slot<'_> {
+    /// Sleeps until this slot's time.
+    pub async fn wait(&self) {
+        tokio::time::sleep_until(self.at).await;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.waiting = state.waiting.saturating_sub(1);
+    }
+}

@@ -1,0 +1,99 @@
+//! Config reload without a restart: on SIGHUP, or when the config or policy file changes, the
+//! file is parsed and validated, and the clients and policy are swapped atomically. An invalid
+//! file keeps the last good config in force; the reason is logged and counted.
+//!
+//! Only `[[clients]]` and the policy rules take effect on reload; listener, upstream, cache and
+//! mutation settings need a restart (a reload that changes them says so in the log).
+//!
+//! Files are compared by content every `interval` rather than watched with inotify: Kubernetes
+//! ConfigMaps change by swapping symlinks, which content polling sees and path watches may not.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::task::JoinHandle;
+
+use crate::{auth::Clients, config::Config, config::ConfigError, state::AppState};
+
+/// Re-reads `path` and swaps clients and policy; on error nothing changes.
+pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
+    match Config::load(path) {
+        Ok(config) => {
+            state.clients.store(Arc::new(Clients::new(&config.clients)));
+            state.policy.store(config.policy.clone());
+            state.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                clients = config.clients.len(),
+                policy = ?config.policy,
+                "config reloaded (clients and policy; other settings need a restart)"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            state.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %error, "config reload rejected; the last good config stays in force");
+            Err(error)
+        }
+    }
+}
+
+/// Watches for SIGHUP and for changes of the config (and policy) file.
+pub fn spawn(state: Arc<AppState>, path: PathBuf, interval: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = fingerprint(&path, state.config.policy_file.as_deref());
+        let mut hangup = hangup_signal();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                () = next_hangup(&mut hangup) => true,
+            };
+            let policy_file = Config::load(&path).ok().and_then(|c| c.policy_file);
+            let now = fingerprint(&path, policy_file.as_deref());
+            if forced || now != seen {
+                seen = now;
+                let _ = reload(&state, &path);
+            }
+        }
+    })
+}
+
+/// A hash of the files' contents (`None` parts for unreadable files).
+fn fingerprint(config: &Path, policy: Option<&Path>) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    std::fs::read(config).ok().hash(&mut hasher);
+    policy.map(std::fs::read).map(Result::ok).hash(&mut hasher);
+    hasher.finish()
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(signal: &mut Hangup) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) {
+    std::future::pending().await
+}

@@ -1,0 +1,675 @@
+//! Destructive calls through real sockets: the allow-list, protected tags read fresh, budgets,
+//! dry runs, the write-ahead audit log, pacing, reload, `policy explain` and `audit restore`,
+//! asserted on the simulator's request log and state and on the audit file.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use http::{Method, StatusCode};
+use packages_proxy::{
+    audit::{self, AuditRecord},
+    sim::{Fault, FaultKind},
+};
+use support::*;
+
+/// The policy under test: two teams, protected release tags, a budget, a deny rule.
+fn policy(audit: &Path, pace: &str) -> String {
+    format!(
+        r#"
+[mutations]
+pace = "{pace}"
+audit_log = {audit:?}
+budget_window = "1s"
+
+[[policy.allow]]
+name = "team-a-cleanup"
+clients = ["team-a"]
+actions = ["delete_version", "restore_version"]
+owners = ["acme"]
+package_types = ["container"]
+packages = ["team-a-*", "web", "base/*"]
+protect_tags = ["latest", "release-*"]
+
+[[policy.allow]]
+name = "team-b-worker"
+clients = ["team-b"]
+actions = ["delete_version", "delete_package", "restore_package"]
+packages = ["team-b/**"]
+max_per_hour = 2
+
+[[policy.deny]]
+name = "never-base"
+packages = ["base/**"]
+"#
+    )
+}
+
+struct Setup {
+    sim: Sim,
+    proxy: TestProxy,
+    audit: std::path::PathBuf,
+}
+
+async fn setup(pace: &str) -> Setup {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("policy").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: policy(&audit, pace),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    Setup { sim, proxy, audit }
+}
+
+/// Version ids of a package, newest first, read from the simulator directly.
+async fn versions(sim: &Sim, package: &str) -> Vec<u64> {
+    let url = format!(
+        "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
+        sim.handle.base_url()
+    );
+    get(&url, &sim.org_token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn deletes_seen(sim: &Sim) -> usize {
+    sim.handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count()
+}
+
+async fn delete(proxy: &TestProxy, client: usize, path: &str) -> Reply {
+    send(
+        Method::DELETE,
+        &proxy.url(path),
+        Some(&proxy.tokens[client]),
+        &[],
+    )
+    .await
+}
+
+fn records(audit: &Path) -> Vec<AuditRecord> {
+    audit::read(audit).unwrap().0
+}
+
+#[tokio::test]
+async fn the_allow_and_deny_matrix() {
+    let Setup { sim, proxy, .. } = setup("0s").await;
+    let web = versions(&sim, "web").await;
+    let worker = {
+        let url = format!(
+            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
+            sim.handle.base_url()
+        );
+        get(&url, &sim.org_token).await.json()[1]["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let (a, b) = (0, 1);
+    let cases: Vec<(usize, Method, String, StatusCode, &str)> = vec![
+        (
+            a,
+            Method::DELETE,
+            format!("/orgs/acme/packages/container/web/versions/{}", web[1]),
+            StatusCode::NO_CONTENT,
+            "allowed",
+        ),
+        (
+            a,
+            Method::DELETE,
+            "/orgs/acme/packages/container/web".to_owned(),
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            b,
+            Method::DELETE,
+            format!("/orgs/acme/packages/container/web/versions/{}", web[2]),
+            StatusCode::FORBIDDEN,
+            "client",
+        ),
+        (
+            a,
+            Method::DELETE,
+            "/users/octocat/packages/container/hello_docker/versions/1".to_owned(),
+            StatusCode::FORBIDDEN,
+            "owner",
+        ),
+        (
+            a,
+            Method::DELETE,
+            "/orgs/acme/packages/npm/web/versions/1".to_owned(),
+            StatusCode::FORBIDDEN,
+            "type",
+        ),
+        (
+            a,
+            Method::DELETE,
+            "/orgs/acme/packages/container/other/versions/1".to_owned(),
+            StatusCode::FORBIDDEN,
+            "name",
+        ),
+        (
+            a,
+            Method::DELETE,
+            "/orgs/acme/packages/container/base%2Fruntime/versions/1".to_owned(),
+            StatusCode::FORBIDDEN,
+            "deny overrides allow",
+        ),
+        (
+            b,
+            Method::DELETE,
+            format!("/orgs/acme/packages/container/team-b%2Fworker/versions/{worker}"),
+            StatusCode::NO_CONTENT,
+            "allowed by glob",
+        ),
+        (
+            b,
+            Method::POST,
+            "/orgs/acme/packages/container/team-b%2Fworker/versions/1/restore".to_owned(),
+            StatusCode::FORBIDDEN,
+            "action not listed",
+        ),
+    ];
+    for (client, method, path, expected, why) in cases {
+        let before = sim
+            .handle
+            .log()
+            .iter()
+            .filter(|r| r.method != Method::GET)
+            .count();
+        let reply = send(
+            method.clone(),
+            &proxy.url(&path),
+            Some(&proxy.tokens[client]),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            reply.status, expected,
+            "{why}: {method} {path}: {:?}",
+            reply.body
+        );
+        let after = sim
+            .handle
+            .log()
+            .iter()
+            .filter(|r| r.method != Method::GET)
+            .count();
+        let sent = after - before;
+        assert_eq!(
+            sent,
+            usize::from(expected.is_success()),
+            "{why}: upstream mutations"
+        );
+        if expected == StatusCode::FORBIDDEN {
+            let message = reply.json()["message"].as_str().unwrap().to_owned();
+            assert!(
+                !message.contains("team-b-worker") || client == b,
+                "{why}: leaked another rule: {message}"
+            );
+        }
+    }
+    let denied = delete(
+        &proxy,
+        a,
+        "/orgs/acme/packages/container/base%2Fruntime/versions/1",
+    )
+    .await;
+    assert_eq!(denied.json()["message"], "Denied by rule never-base");
+}
+
+#[tokio::test]
+async fn a_protected_tag_is_never_deleted_and_a_failed_fresh_read_refuses() {
+    let Setup { sim, proxy, .. } = setup("0s").await;
+    let web = versions(&sim, "web").await;
+    let latest = format!("/orgs/acme/packages/container/web/versions/{}", web[0]);
+    let reply = delete(&proxy, 0, &latest).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.json()["message"].as_str().unwrap().contains("latest"));
+    assert_eq!(deletes_seen(&sim), 0);
+
+    sim.handle.inject(Fault::new(
+        FaultKind::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        1,
+    ));
+    let untagged = format!("/orgs/acme/packages/container/web/versions/{}", web[3]);
+    let reply = delete(&proxy, 0, &untagged).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(
+        deletes_seen(&sim),
+        0,
+        "a delete went out without its tag check"
+    );
+    // With the upstream healthy again the same delete goes through.
+    assert_eq!(
+        delete(&proxy, 0, &untagged).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[3]),
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn budgets_run_out_and_refill() {
+    let Setup { sim, proxy, .. } = setup("0s").await;
+    let url = format!(
+        "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
+        sim.handle.base_url()
+    );
+    let ids: Vec<u64> = get(&url, &sim.org_token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    let path = |id: u64| format!("/orgs/acme/packages/container/team-b%2Fworker/versions/{id}");
+    assert_eq!(
+        delete(&proxy, 1, &path(ids[1])).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete(&proxy, 1, &path(ids[2])).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let spent = delete(&proxy, 1, &path(ids[3])).await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(spent.header("retry-after").is_some());
+    assert!(spent.json()["message"].as_str().unwrap().contains("budget"));
+    assert_eq!(deletes_seen(&sim), 2);
+    tokio::time::sleep(Duration::from_millis(600)).await; // 2 per 1 s window: one refills
+    assert_eq!(
+        delete(&proxy, 1, &path(ids[3])).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(deletes_seen(&sim), 3);
+}
+
+#[tokio::test]
+async fn a_dry_run_never_reaches_the_upstream() {
+    let Setup { sim, proxy, audit } = setup("0s").await;
+    let web = versions(&sim, "web").await;
+    let path = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
+    let reply = send(
+        Method::DELETE,
+        &proxy.url(&path),
+        Some(proxy.token()),
+        &[("x-packages-proxy-dry-run", "1")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(body["rule"], "team-a-cleanup");
+    assert_eq!(body["upstream_request"]["method"], "DELETE");
+    assert_eq!(deletes_seen(&sim), 0);
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[1]),
+        Some(false)
+    );
+    let record = records(&audit).pop().unwrap();
+    assert_eq!(
+        (record.decision.as_str(), record.dry_run),
+        ("dry_run", true)
+    );
+}
+
+#[tokio::test]
+async fn an_unwritable_audit_log_refuses_the_call() {
+    let Setup { sim, proxy, audit } = setup("0s").await;
+    let web = versions(&sim, "web").await;
+    std::fs::remove_file(&audit).unwrap();
+    std::fs::create_dir(&audit).unwrap(); // a directory where the log should be: every write fails
+    let reply = delete(
+        &proxy,
+        0,
+        &format!("/orgs/acme/packages/container/web/versions/{}", web[1]),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("Audit log")
+    );
+    assert_eq!(deletes_seen(&sim), 0, "an unaudited delete was sent");
+}
+
+#[tokio::test]
+async fn every_destructive_request_is_audited_and_mutations_are_paced() {
+    let Setup { sim, proxy, audit } = setup("150ms").await;
+    let web = versions(&sim, "web").await;
+    let mut tasks = Vec::new();
+    for id in &web[1..5] {
+        let (url, token) = (
+            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+            proxy.token().to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            send(Method::DELETE, &url, Some(&token), &[]).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    delete(&proxy, 1, "/orgs/acme/packages/container/web/versions/1").await; // a denial
+    let times: Vec<_> = sim
+        .handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(times.len(), 4);
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(140), "mutations {gap:?} apart");
+    }
+    let records = records(&audit);
+    let intents: Vec<_> = records.iter().filter(|r| r.phase == "intent").collect();
+    let outcomes: Vec<_> = records.iter().filter(|r| r.phase == "outcome").collect();
+    assert_eq!(intents.len(), 4);
+    assert_eq!(outcomes.len(), 4);
+    for intent in intents {
+        let outcome = outcomes
+            .iter()
+            .find(|o| o.request_id == intent.request_id)
+            .expect("an intent without an outcome");
+        assert_eq!(outcome.decision, "completed");
+        assert_eq!(outcome.upstream_status, Some(204));
+        assert!(outcome.github_request_id.is_some());
+        assert!(intent.time <= outcome.time);
+    }
+    let denial = records.iter().find(|r| r.client == "team-b").unwrap();
+    assert_eq!(
+        (denial.phase.as_str(), denial.decision.as_str()),
+        ("decision", "denied")
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for token in &proxy.tokens {
+        assert!(!text.contains(token.as_str()));
+    }
+    assert!(!text.contains(&sim.org_token));
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("queue").join("audit.jsonl");
+    let extra = policy(&audit, "2s").replace(
+        "budget_window = \"1s\"",
+        "budget_window = \"1s\"\nmax_queue_wait = \"1s\"",
+    );
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let web = versions(&sim, "web").await;
+    let first = delete(
+        &proxy,
+        0,
+        &format!("/orgs/acme/packages/container/web/versions/{}", web[1]),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    // The next slot is 2 s away, past the 1 s the queue may make anyone wait.
+    let second = delete(
+        &proxy,
+        0,
+        &format!("/orgs/acme/packages/container/web/versions/{}", web[2]),
+    )
+    .await;
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        second
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(deletes_seen(&sim), 1);
+}
+
+fn write_config(dir: &Path, sim: &Sim, policy_text: &str) -> (std::path::PathBuf, Vec<String>) {
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let path = dir.join("config.toml");
+    std::fs::write(&path, format!("{text}\n{policy_text}")).unwrap();
+    (path, tokens)
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("reload");
+    let audit = dir.join("audit.jsonl");
+    let (path, tokens) = write_config(&dir, &sim, &policy(&audit, "0s"));
+    let config = packages_proxy::config::Config::load(&path).unwrap();
+    let running = packages_proxy::server::start(
+        config,
+        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
+    )
+    .await
+    .unwrap();
+    let state = running.state.clone();
+    let watcher =
+        packages_proxy::reload::spawn(state.clone(), path.clone(), Duration::from_millis(50));
+    let base = format!("http://{}", running.addr);
+    let web = versions(&sim, "web").await;
+    let target = |i: usize| {
+        format!(
+            "{base}/orgs/acme/packages/container/web/versions/{}",
+            web[i]
+        )
+    };
+    let dry = [("x-packages-proxy-dry-run", "1")];
+    assert_eq!(
+        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n[[policy.allow]]\nname = 1\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        state
+            .reloads_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(
+        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
+            .await
+            .status,
+        StatusCode::OK,
+        "the old policy was dropped"
+    );
+
+    let without_team_a =
+        policy(&audit, "0s").replace("clients = [\"team-a\"]", "clients = [\"team-b\"]");
+    std::fs::write(&path, text.replace(&policy(&audit, "0s"), &without_team_a)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(state.reloads_ok.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(
+        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    watcher.abort();
+}
+
+#[tokio::test]
+async fn policy_explain_agrees_with_the_server() {
+    let Setup { sim, proxy, audit } = setup("0s").await;
+    let dir = audit.parent().unwrap();
+    let (config_path, _) = write_config(dir, &sim, &policy(&audit, "0s"));
+    let version = format!(
+        "/orgs/acme/packages/container/web/versions/{}",
+        versions(&sim, "web").await[2]
+    );
+    let cases = [
+        ("team-a", version.as_str(), "allow"),
+        ("team-a", "/orgs/acme/packages/container/web", "deny"),
+        (
+            "team-b",
+            "/orgs/acme/packages/container/team-b%2Fworker",
+            "allow",
+        ),
+        (
+            "team-a",
+            "/orgs/acme/packages/container/base%2Fruntime/versions/1",
+            "deny",
+        ),
+    ];
+    for (client, path, expected) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config_path)
+            .args(["--client", client, "DELETE", path])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.starts_with(expected),
+            "{client} {path}: explain says {text}"
+        );
+        let index = if client == "team-a" { 0 } else { 1 };
+        let dry = [("x-packages-proxy-dry-run", "1")];
+        let reply = send(
+            Method::DELETE,
+            &proxy.url(path),
+            Some(&proxy.tokens[index]),
+            &dry,
+        )
+        .await;
+        let server = if reply.status == StatusCode::OK {
+            "allow"
+        } else {
+            "deny"
+        };
+        assert_eq!(
+            server, expected,
+            "{client} {path}: server says {}",
+            reply.status
+        );
+    }
+}
+
+#[tokio::test]
+async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
+    let Setup { sim, proxy, audit } = setup("0s").await;
+    let web = versions(&sim, "web").await;
+    let early = web[1];
+    delete(
+        &proxy,
+        0,
+        &format!("/orgs/acme/packages/container/web/versions/{early}"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let window = [web[2], web[3], web[4]];
+    for id in window {
+        let reply = delete(
+            &proxy,
+            0,
+            &format!("/orgs/acme/packages/container/web/versions/{id}"),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    }
+    let worker_url = format!(
+        "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
+        sim.handle.base_url()
+    );
+    let worker = get(&worker_url, &sim.org_token).await.json()[1]["id"]
+        .as_u64()
+        .unwrap();
+    delete(
+        &proxy,
+        1,
+        &format!("/orgs/acme/packages/container/team-b%2Fworker/versions/{worker}"),
+    )
+    .await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["audit", "restore", "--log"])
+        .arg(&audit)
+        .args([
+            "--client",
+            "team-a",
+            "--since",
+            &since,
+            "--proxy",
+            &proxy.base,
+        ])
+        .env("PACKAGES_PROXY_TOKEN", proxy.token())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("3 versions, 0 failed"), "{text}");
+    for id in window {
+        assert_eq!(
+            sim.handle.version_deleted("acme", "container", "web", id),
+            Some(false),
+            "{id} not restored"
+        );
+    }
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", early),
+        Some(true),
+        "restored outside the window"
+    );
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "team-b/worker", worker),
+        Some(true),
+        "restored another client's delete"
+    );
+    let restores = records(&audit)
+        .into_iter()
+        .filter(|r| r.action == "restore_version" && r.phase == "outcome")
+        .count();
+    assert_eq!(restores, 3, "restores were not audited through the proxy");
+}
