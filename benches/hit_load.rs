@@ -245,6 +245,12 @@ impl Outcome {
             self.errors,
             self.bad_status,
         );
+        if self.server_cpu < 0.9 && self.load_cpu < 0.9 {
+            println!(
+                "   (!) neither side reached 90% of its core: something else used the machine; \
+                 this point is not reliable"
+            );
+        }
     }
 }
 
@@ -804,7 +810,11 @@ fn main() {
             settings.fill_conns,
             running.state.cache.entry_count(),
         );
-        println!("{}", rss());
+        println!(
+            "{}; the cache's weigher counts {} MiB",
+            rss(),
+            running.state.cache.weighted_size() >> 20
+        );
         filled = keys;
         sim.clear_log();
         let target = Target {

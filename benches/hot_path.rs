@@ -88,15 +88,17 @@ fn pieces(c: &mut Criterion) {
             .map(|i| config::Client {
                 name: format!("team-{i}"),
                 admin: false,
+                quota: QUOTA,
                 token_hash: TokenHash::of(&new_client_token().unwrap()),
             })
             .collect();
         clients.push(config::Client {
             name: "bench".to_owned(),
             admin: false,
+            quota: QUOTA,
             token_hash: TokenHash::of(&token),
         });
-        let table = Clients::new(&clients);
+        let table = Clients::new(&clients, None);
         c.bench_function(&format!("authenticate_{n}_clients"), |b| {
             b.iter(|| table.authenticate(black_box(&headers)).unwrap())
         });
@@ -269,3 +271,10 @@ fn loopback_hit(c: &mut Criterion) {
 
 criterion_group!(benches, pieces, loopback_hit);
 criterion_main!(benches);
+
+/// Any quota: authentication does not look at it.
+const QUOTA: config::Quota = config::Quota {
+    upstream_per_minute: 300,
+    hits_per_minute: 6000,
+    max_in_flight: 256,
+};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::{config::Client, error::ProxyError, secret::TokenHash};
+use crate::{config::Client, error::ProxyError, quota::ClientLimits, secret::TokenHash};
 
 /// The configured clients, swapped as a whole on reload.
 #[derive(Debug, Default)]
@@ -24,19 +24,29 @@ pub struct Identity {
     pub name: Arc<str>,
     /// May use `/admin/...`.
     pub admin: bool,
+    /// Its quotas and their current state.
+    pub limits: Arc<ClientLimits>,
 }
 
 // === impl Clients ===
 
 impl Clients {
-    /// Builds the table from validated config entries.
-    pub fn new(clients: &[Client]) -> Self {
+    /// Builds the table from validated config entries. Clients whose name and quota are
+    /// unchanged from `previous` keep their buckets, so a reload does not refill everyone.
+    pub fn new(clients: &[Client], previous: Option<&Clients>) -> Self {
         let entries = clients
             .iter()
             .map(|c| {
+                let kept = previous.and_then(|p| {
+                    p.entries
+                        .iter()
+                        .find(|(_, id)| *id.name == *c.name && id.limits.quota == c.quota)
+                        .map(|(_, id)| id.limits.clone())
+                });
                 let identity = Identity {
                     name: Arc::from(c.name.as_str()),
                     admin: c.admin,
+                    limits: kept.unwrap_or_else(|| Arc::new(ClientLimits::new(c.quota))),
                 };
                 (c.token_hash.clone(), identity)
             })

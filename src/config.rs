@@ -54,6 +54,8 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     mutations: RawMutations,
+    #[serde(default)]
+    quotas: RawQuotas,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,6 +142,12 @@ struct RawServer {
     header_read_timeout: Duration,
     #[serde(default, with = "humantime_serde")]
     shutdown_delay: Duration,
+    #[serde(default = "default_max_uri_bytes")]
+    max_uri_bytes: usize,
+    #[serde(default = "default_max_header_bytes")]
+    max_header_bytes: usize,
+    #[serde(default = "default_max_headers")]
+    max_headers: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +168,14 @@ struct RawUpstream {
     timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
     pool_max_idle_per_host: usize,
+    #[serde(default = "default_upstream_concurrency")]
+    max_concurrency: usize,
+    #[serde(default = "default_upstream_queue")]
+    max_queue: usize,
+    #[serde(default = "default_retries")]
+    retries: u32,
+    #[serde(default = "default_reserve")]
+    rate_limit_reserve: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +185,30 @@ struct RawClient {
     token_sha256: String,
     #[serde(default)]
     admin: bool,
+    upstream_per_minute: Option<u32>,
+    hits_per_minute: Option<u32>,
+    max_in_flight: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    #[serde(default = "default_upstream_per_minute")]
+    upstream_per_minute: u32,
+    #[serde(default = "default_hits_per_minute")]
+    hits_per_minute: u32,
+    #[serde(default = "default_client_in_flight")]
+    max_in_flight: usize,
+}
+
+impl Default for RawQuotas {
+    fn default() -> Self {
+        Self {
+            upstream_per_minute: default_upstream_per_minute(),
+            hits_per_minute: default_hits_per_minute(),
+            max_in_flight: default_client_in_flight(),
+        }
+    }
 }
 
 fn default_pace() -> Duration {
@@ -236,6 +276,36 @@ fn default_upstream_timeout() -> Duration {
 }
 fn default_pool_max_idle() -> usize {
     128
+}
+fn default_upstream_concurrency() -> usize {
+    25
+}
+fn default_upstream_queue() -> usize {
+    1000
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_reserve() -> f64 {
+    0.1
+}
+fn default_upstream_per_minute() -> u32 {
+    300
+}
+fn default_hits_per_minute() -> u32 {
+    6000
+}
+fn default_client_in_flight() -> usize {
+    256
+}
+fn default_max_uri_bytes() -> usize {
+    8192
+}
+fn default_max_header_bytes() -> usize {
+    16384
+}
+fn default_max_headers() -> usize {
+    100
 }
 
 // === validated config ===
@@ -319,6 +389,12 @@ pub struct ServerConfig {
     /// After SIGTERM, how long readiness fails while the listener still serves, so load balancers
     /// stop sending before it closes.
     pub shutdown_delay: Duration,
+    /// Longest request target (path and query); longer is 414.
+    pub max_uri_bytes: usize,
+    /// Most bytes of request headers; more is 431.
+    pub max_header_bytes: usize,
+    /// Most request headers; more is 431.
+    pub max_headers: usize,
 }
 
 /// `[upstream]`
@@ -342,6 +418,15 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Idle pooled connections kept to the upstream.
     pub pool_max_idle_per_host: usize,
+    /// Requests to GitHub at once (GitHub allows 100 per token, shared with every other user).
+    pub max_concurrency: usize,
+    /// Requests waiting for an upstream slot; past it, 503 at once.
+    pub max_queue: usize,
+    /// Retries of idempotent GETs on connection errors and 502/503/504 (mutations never).
+    pub retries: u32,
+    /// Below this fraction of the primary rate limit, reads are served from cache (stale if need
+    /// be) and background revalidation stops; only misses and mutations go upstream.
+    pub rate_limit_reserve: f64,
 }
 
 /// Where the org token comes from.
@@ -360,8 +445,21 @@ pub struct Client {
     pub name: String,
     /// May use the `/admin/...` endpoints (cache purge).
     pub admin: bool,
+    /// Its quotas.
+    pub quota: Quota,
     /// SHA-256 of its token.
     pub token_hash: TokenHash,
+}
+
+/// A client's share of the org token (`[quotas]` defaults, overridable per client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests that need GitHub (misses, revalidations, mutations) per minute.
+    pub upstream_per_minute: u32,
+    /// Requests answered from cache per minute.
+    pub hits_per_minute: u32,
+    /// Requests in flight at once.
+    pub max_in_flight: usize,
 }
 
 // === impl Config ===
@@ -401,7 +499,12 @@ impl RawConfig {
     fn validate(self, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
         let server = self.server.validate()?;
         let upstream = self.upstream.validate()?;
-        let clients = validate_clients(self.clients)?;
+        let defaults = Quota {
+            upstream_per_minute: self.quotas.upstream_per_minute,
+            hits_per_minute: self.quotas.hits_per_minute,
+            max_in_flight: self.quotas.max_in_flight,
+        };
+        let clients = validate_clients(self.clients, defaults)?;
         let cache = self.cache.validate()?;
         let mutations = self.mutations.validate()?;
         let names = client_names(clients.iter().map(|c| c.name.as_str()));
@@ -499,6 +602,9 @@ impl RawServer {
             drain_timeout: self.drain_timeout,
             header_read_timeout: self.header_read_timeout,
             shutdown_delay: self.shutdown_delay,
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
         })
     }
 }
@@ -530,6 +636,16 @@ impl RawUpstream {
         };
         let owners = validate_owners(self.owners)?;
         nonzero(self.connect_timeout, "upstream.connect_timeout")?;
+        positive(self.max_concurrency, "upstream.max_concurrency")?;
+        if !(0.0..1.0).contains(&self.rate_limit_reserve) {
+            return Err(invalid(
+                "upstream.rate_limit_reserve",
+                "must be a fraction from 0 to below 1",
+            ));
+        }
+        if self.retries > 5 {
+            return Err(invalid("upstream.retries", "at most 5"));
+        }
         nonzero(self.timeout, "upstream.timeout")?;
         Ok(UpstreamConfig {
             origin,
@@ -541,6 +657,10 @@ impl RawUpstream {
             connect_timeout: self.connect_timeout,
             timeout: self.timeout,
             pool_max_idle_per_host: self.pool_max_idle_per_host,
+            max_concurrency: self.max_concurrency,
+            max_queue: self.max_queue,
+            retries: self.retries,
+            rate_limit_reserve: self.rate_limit_reserve,
         })
     }
 }
@@ -567,7 +687,7 @@ fn validate_owners(owners: Vec<String>) -> Result<HashSet<String>, ConfigError> 
     Ok(set)
 }
 
-fn validate_clients(raw: Vec<RawClient>) -> Result<Vec<Client>, ConfigError> {
+fn validate_clients(raw: Vec<RawClient>, defaults: Quota) -> Result<Vec<Client>, ConfigError> {
     let mut names = HashSet::new();
     let mut hashes: Vec<TokenHash> = Vec::new();
     let mut clients = Vec::with_capacity(raw.len());
@@ -601,9 +721,24 @@ fn validate_clients(raw: Vec<RawClient>) -> Result<Vec<Client>, ConfigError> {
             ));
         }
         hashes.push(token_hash.clone());
+        let quota = Quota {
+            upstream_per_minute: client
+                .upstream_per_minute
+                .unwrap_or(defaults.upstream_per_minute),
+            hits_per_minute: client.hits_per_minute.unwrap_or(defaults.hits_per_minute),
+            max_in_flight: client.max_in_flight.unwrap_or(defaults.max_in_flight),
+        };
+        if quota.upstream_per_minute == 0 || quota.hits_per_minute == 0 || quota.max_in_flight == 0
+        {
+            return Err(invalid(
+                &format!("clients[{i}]"),
+                "quotas must be at least 1",
+            ));
+        }
         clients.push(Client {
             name: client.name,
             admin: client.admin,
+            quota,
             token_hash,
         });
     }

@@ -33,6 +33,12 @@ pub enum ProxyError {
     /// The request is malformed (query parameter, header value).
     #[error("{0}")]
     BadRequest(String),
+    /// The request target is longer than `server.max_uri_bytes`.
+    #[error("Request URI too long")]
+    UriTooLong,
+    /// Too many or too large request headers.
+    #[error("Request header fields too large")]
+    HeadersTooLarge,
     /// The request body is larger than any Packages API call takes.
     #[error("Request body too large")]
     PayloadTooLarge,
@@ -44,6 +50,25 @@ pub enum ProxyError {
         /// Seconds until a retry has a chance.
         retry_after_secs: u64,
     },
+    /// The client spent its own quota.
+    #[error("{message}")]
+    Quota {
+        /// Which quota.
+        message: &'static str,
+        /// `x-ratelimit-resource` value.
+        resource: &'static str,
+        /// The bucket's state.
+        snapshot: crate::quota::BucketSnapshot,
+    },
+    /// GitHub told us to slow down; nothing is sent upstream until the back-off ends.
+    #[error("GitHub's rate limit for the shared token was reached; retry later")]
+    BackingOff {
+        /// Seconds until the back-off ends.
+        retry_after_secs: u64,
+    },
+    /// Too many requests wait for an upstream slot.
+    #[error("Too many requests are waiting for GitHub; retry later")]
+    UpstreamQueueFull,
     /// Something the call depends on is unavailable (a safety check could not run).
     #[error("{0}")]
     Unavailable(String),
@@ -78,7 +103,10 @@ impl ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::TooManyRequests { .. } | Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BackingOff { .. } | Self::UpstreamQueueFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) | Self::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -122,8 +150,23 @@ impl ProxyError {
             tracing::debug!(error = %self, status = status.as_u16(), "request refused");
         }
         let mut response = error_response(status, &self.public_message());
+        if let Self::Quota {
+            resource, snapshot, ..
+        } = &self
+        {
+            let headers = response.headers_mut();
+            headers.insert("x-ratelimit-limit", HeaderValue::from(snapshot.limit));
+            headers.insert(
+                "x-ratelimit-remaining",
+                HeaderValue::from(snapshot.remaining),
+            );
+            headers.insert("x-ratelimit-reset", HeaderValue::from(snapshot.reset));
+            headers.insert("x-ratelimit-resource", HeaderValue::from_static(resource));
+        }
         let retry_after = match &self {
-            Self::Overloaded | Self::ShuttingDown => Some(1),
+            Self::Overloaded | Self::ShuttingDown | Self::UpstreamQueueFull => Some(1),
+            Self::Quota { snapshot, .. } => Some(snapshot.retry_after.as_secs_f64().ceil() as u64),
+            Self::BackingOff { retry_after_secs } => Some(*retry_after_secs),
             Self::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),

@@ -32,6 +32,8 @@ pub struct Mutation<'a> {
     pub forwarded: &'a Forwarded,
     /// The client's name.
     pub client: &'a str,
+    /// The client's quotas.
+    pub limits: &'a crate::quota::ClientLimits,
     /// The proxy's request id.
     pub request_id: &'a str,
     /// `X-Packages-Proxy-Dry-Run: 1` was sent.
@@ -107,6 +109,14 @@ pub async fn execute(
         };
         return Err(refuse(state, record, "refused", Some(&rule), error).await);
     }
+    if let Err(snapshot) = m.limits.upstream.take() {
+        let error = ProxyError::Quota {
+            message: "This client's quota of requests that need GitHub is spent; retry later",
+            resource: "proxy-upstream",
+            snapshot,
+        };
+        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+    }
     let slot = match state.pacer.reserve() {
         Ok(slot) => slot,
         Err(busy) => {
@@ -119,6 +129,16 @@ pub async fn execute(
     };
     slot.wait().await;
     drop(slot);
+    // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
+    if let Some(wait) = state.upstream.budget.backoff_remaining() {
+        if wait > state.config.mutations.max_queue_wait {
+            let error = ProxyError::BackingOff {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            };
+            return Err(refuse(state, record, "refused", Some(&rule), error).await);
+        }
+        tokio::time::sleep(wait).await;
+    }
     let intent = record.at("intent", "allowed");
     state
         .audit

@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -34,6 +35,7 @@ pub mod link;
 pub mod pace;
 pub mod policy;
 pub mod proxy;
+pub mod quota;
 pub mod reload;
 pub mod route;
 pub mod secret;

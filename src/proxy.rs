@@ -73,9 +73,16 @@ async fn walk(
     request_id: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
+    check_limits(state, &request)?;
     let path = request.uri().path();
     if let Some(response) = operational(state, request.method(), path) {
         return Ok(response);
+    }
+    if is_rate_limit_path(path) && request.method() == Method::GET {
+        log.route = Some("/rate_limit".to_owned());
+        let identity = state.clients.load().authenticate(request.headers())?;
+        log.client = Some(identity.name.clone());
+        return Ok(rate_limit(state, &identity));
     }
     if path == PURGE_PATH {
         log.route = Some(PURGE_PATH.to_owned());
@@ -88,9 +95,16 @@ async fn walk(
     let identity = state.clients.load().authenticate(request.headers())?;
     log.client = Some(identity.name.clone());
     check_owner(state, &route)?;
-    if request.body().size_hint().lower() > MAX_BODY {
-        return Err(ProxyError::PayloadTooLarge);
-    }
+    // Held until the answer is built: the client's cap on requests in flight.
+    let _in_flight = identity
+        .limits
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::TooManyRequests {
+            message: "Too many requests in flight for this client".to_owned(),
+            retry_after_secs: 1,
+        })?;
     let forwarded = Forwarded::from_request(request.headers())?;
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
@@ -99,6 +113,7 @@ async fn walk(
             route: &route,
             forwarded: &forwarded,
             client: &identity.name,
+            limits: &identity.limits,
             request_id,
             dry_run_requested: request
                 .headers()
@@ -111,6 +126,15 @@ async fn walk(
         return Ok(response);
     }
     if !state.config.cache.enabled {
+        identity
+            .limits
+            .upstream
+            .take()
+            .map_err(|snapshot| ProxyError::Quota {
+                message: "This client's quota of requests that need GitHub is spent; retry later",
+                resource: "proxy-upstream",
+                snapshot,
+            })?;
         return pass_through(state, &route, &forwarded, &public_base, log).await;
     }
     let conditions = ClientConditions {
@@ -127,7 +151,8 @@ async fn walk(
         forwarded: upstream_headers,
         public_base,
     };
-    let (response, upstream_status) = cache::serve(state, spec, conditions).await?;
+    let (response, upstream_status) =
+        cache::serve(state, spec, conditions, &identity.limits).await?;
     log.upstream_status = upstream_status;
     Ok(response)
 }
@@ -215,6 +240,81 @@ struct PurgeScope {
     owner: Option<String>,
     package_type: Option<String>,
     package_name: Option<String>,
+}
+
+/// Input limits hyper does not apply itself: URI length (414), header bytes (431), body size
+/// (413; no Packages API call takes a body).
+fn check_limits(state: &AppState, request: &Request<Incoming>) -> Result<(), ProxyError> {
+    let server = &state.config.server;
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > server.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > server.max_header_bytes || request.headers().len() > server.max_headers {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) || request.body().size_hint().lower() > MAX_BODY {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    Ok(())
+}
+
+fn is_rate_limit_path(path: &str) -> bool {
+    let trimmed = path.trim_start_matches('/');
+    trimmed == "rate_limit"
+        || trimmed
+            .strip_prefix("api/v3/")
+            .is_some_and(|p| p.trim_start_matches('/') == "rate_limit")
+}
+
+/// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
+/// requests that need GitHub, and the scopes the proxy effectively grants it (clean-up tools
+/// read `X-OAuth-Scopes` before they start).
+fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
+    let snapshot = identity.limits.upstream.peek();
+    let used = snapshot.limit.saturating_sub(snapshot.remaining);
+    let bucket = serde_json::json!({
+        "limit": snapshot.limit,
+        "remaining": snapshot.remaining,
+        "reset": snapshot.reset,
+        "used": used,
+        "resource": "core",
+    });
+    let body = serde_json::json!({ "resources": { "core": bucket }, "rate": bucket });
+    let mut response = Response::new(body::full(body.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    headers.insert("x-ratelimit-limit", HeaderValue::from(snapshot.limit));
+    headers.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from(snapshot.remaining),
+    );
+    headers.insert("x-ratelimit-reset", HeaderValue::from(snapshot.reset));
+    headers.insert("x-ratelimit-used", HeaderValue::from(used));
+    headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    let scopes = if state.policy.load().allows_anything_for(&identity.name) {
+        "read:packages, write:packages, delete:packages"
+    } else {
+        "read:packages"
+    };
+    headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+    response
 }
 
 /// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`: revalidate first.

@@ -119,7 +119,9 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(64 * 1024);
+        // Hyper answers 431 past these; our own checks give the configured limits exact statuses.
+        .max_headers(server.max_headers.saturating_mul(2).max(16))
+        .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -80,7 +80,7 @@ impl AppState {
         bound: SocketAddr,
     ) -> Result<Arc<Self>, StateError> {
         let upstream = Upstream::new(&config.upstream, token)?;
-        let clients = ArcSwap::from_pointee(Clients::new(&config.clients));
+        let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None));
         let cache = Cache::new(&config.cache);
         let policy = ArcSwap::new(config.policy.clone());
         let audit = Audit::open(config.mutations.audit_log.as_deref())?;

@@ -7,7 +7,13 @@
 //! allow-list of headers passes; those describing the org token (`X-OAuth-Scopes`, ...) and
 //! `Set-Cookie` are dropped because they are not on it.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
@@ -20,8 +26,11 @@ use hyper_util::{
 };
 use tower_http::timeout::TimeoutBody;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::{
     body::Body,
+    budget::UpstreamBudget,
     config::UpstreamConfig,
     error::{BoxError, ProxyError},
     secret::OrgToken,
@@ -60,6 +69,15 @@ pub struct Upstream {
     base: String,
     timeout: Duration,
     user_agent: HeaderValue,
+    retries: u32,
+    slots_total: usize,
+    /// What GitHub's rate-limit headers said, and the back-off.
+    pub budget: UpstreamBudget,
+    /// Upstream requests at once (GitHub's secondary limit is 100 concurrent per token).
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot, bounded by `max_queue`.
+    queued: AtomicUsize,
+    max_queue: usize,
 }
 
 /// The request headers a client may influence, validated.
@@ -123,6 +141,12 @@ impl Upstream {
             base: format!("{}{}", config.origin, config.prefix),
             timeout: config.timeout,
             user_agent,
+            retries: config.retries,
+            slots_total: config.max_concurrency,
+            budget: UpstreamBudget::new(config.rate_limit_reserve),
+            slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            queued: AtomicUsize::new(0),
+            max_queue: config.max_queue,
         })
     }
 
@@ -132,24 +156,97 @@ impl Upstream {
     }
 
     /// Sends one request and returns the response head with a body that fails if the upstream
-    /// stalls longer than the timeout between chunks.
+    /// stalls longer than the timeout between chunks. Refuses during a back-off, waits for one of
+    /// the upstream slots, and retries idempotent GETs on connection errors and 502/503/504
+    /// (jittered exponential back-off, bounded by the timeout). Mutations are never retried.
     pub async fn send(
         &self,
         method: Method,
         path_and_query: &str,
         forwarded: &Forwarded,
     ) -> Result<Response<Body>, ProxyError> {
-        let request = self.request(method, path_and_query, forwarded)?;
-        let response = tokio::time::timeout(self.timeout, self.client.request(request))
-            .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?
-            .map_err(|error| ProxyError::Upstream(Box::new(error)))?;
+        self.refuse_during_backoff()?;
+        let permit = self.slot().await?;
+        let started = tokio::time::Instant::now();
+        let idempotent = method == Method::GET;
+        let mut attempt = 0;
+        loop {
+            let request = self.request(method.clone(), path_and_query, forwarded)?;
+            let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+            let retry = match result {
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+                Ok(Ok(response)) => {
+                    self.budget.observe(response.status(), response.headers());
+                    let status = response.status().as_u16();
+                    if !(idempotent
+                        && matches!(status, 502..=504)
+                        && self.may_retry(attempt, started))
+                    {
+                        return Ok(self.wrap(response, permit));
+                    }
+                    tracing::debug!(status, attempt, "retrying an idempotent upstream GET");
+                    true
+                }
+                Ok(Err(error)) => {
+                    if !idempotent || !self.may_retry(attempt, started) {
+                        return Err(ProxyError::Upstream(Box::new(error)));
+                    }
+                    tracing::debug!(%error, attempt, "retrying an idempotent upstream GET");
+                    true
+                }
+            };
+            if retry {
+                tokio::time::sleep(backoff(attempt)).await;
+                self.refuse_during_backoff()?;
+                attempt += 1;
+            }
+        }
+    }
+
+    fn may_retry(&self, attempt: u32, started: tokio::time::Instant) -> bool {
+        attempt < self.retries && started.elapsed() + backoff(attempt) < self.timeout
+    }
+
+    fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
+        match self.budget.backoff_remaining() {
+            Some(wait) => Err(ProxyError::BackingOff {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// One of the upstream slots; past `max_queue` waiters, refuses at once.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::UpstreamQueueFull);
+        }
+        let permit = self.slots.clone().acquire_owned().await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        permit.map_err(|e| ProxyError::Internal(Box::new(e)))
+    }
+
+    /// Requests to GitHub in flight now, and waiting for a slot.
+    pub fn load(&self) -> (usize, usize) {
+        let in_flight = self.slots_total - self.slots.available_permits();
+        (in_flight, self.queued.load(Ordering::Relaxed))
+    }
+
+    /// The response with a body that holds the upstream slot until it is read or dropped.
+    fn wrap(&self, response: Response<Incoming>, permit: OwnedSemaphorePermit) -> Response<Body> {
         let timeout = self.timeout;
-        Ok(response.map(|body: Incoming| {
-            TimeoutBody::new(timeout, body)
-                .map_err(|error| -> BoxError { error })
-                .boxed()
-        }))
+        response.map(|body: Incoming| {
+            let body = TimeoutBody::new(timeout, body).map_err(|error| -> BoxError { error });
+            PermitBody {
+                inner: body.boxed(),
+                _permit: permit,
+            }
+            .boxed()
+        })
     }
 
     fn request(
@@ -184,6 +281,40 @@ impl std::fmt::Debug for Upstream {
             .field("base", &self.base)
             .field("token", &self.token)
             .finish_non_exhaustive()
+    }
+}
+
+/// Jittered exponential back-off between retries: 100 ms, 200 ms, 400 ms ... each +-50%.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
+    let mut byte = [0u8; 1];
+    let _ = getrandom::fill(&mut byte);
+    base.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+}
+
+/// A body that keeps an upstream slot until it ends.
+struct PermitBody {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl hyper::body::Body for PermitBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -236,12 +367,16 @@ fn sane(value: &HeaderValue, max: usize) -> bool {
 }
 
 /// Copies the allow-listed response headers; `Link` is handled by the caller.
+///
+/// The values are copied, not cloned: hyper's parsed values share the connection's read buffer,
+/// and a cached entry holding one would keep that whole buffer (kilobytes) alive per entry.
 pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(PASS_HEADERS.len() + 2);
     for name in PASS_HEADERS {
         let name = HeaderName::from_static(name);
         for value in from.get_all(&name) {
-            out.append(name.clone(), value.clone());
+            let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+            out.append(name.clone(), owned);
         }
     }
     out

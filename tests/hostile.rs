@@ -24,7 +24,6 @@ fn corpus() -> Vec<(&'static str, String)> {
         "/orgs/acme/hooks",
         "/orgs/acme/actions/secrets",
         "/orgs/acme/members",
-        "/rate_limit",
         "/",
         "/api/v3/repos/acme/app",
         "/api/v4/orgs/acme/packages?package_type=container",

@@ -375,27 +375,6 @@ async fn github_errors_pass_through_whole() {
     assert_eq!(through_404.status, StatusCode::NOT_FOUND);
     assert_eq!(through_404.body, direct_404.body);
 
-    let status = StatusCode::TOO_MANY_REQUESTS;
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status,
-            retry_after_secs: 42,
-        },
-        1,
-    ));
-    let limited = get(&url, proxy.token()).await;
-    assert_eq!(limited.status, status);
-    assert_eq!(limited.header("retry-after"), Some("42"));
-    let message = limited.json()["message"].as_str().unwrap().to_owned();
-    assert!(message.contains("secondary rate limit"), "{message}");
-
-    sim.handle
-        .inject(Fault::new(FaultKind::PrimaryRateLimit, 1));
-    let primary = get(&url, proxy.token()).await;
-    assert_eq!(primary.status, StatusCode::FORBIDDEN);
-    assert_eq!(primary.header("x-ratelimit-remaining"), Some("0"));
-    assert!(primary.header("x-ratelimit-reset").is_some());
-
     sim.handle.inject(Fault::new(
         FaultKind::Status(StatusCode::SERVICE_UNAVAILABLE),
         1,
@@ -404,6 +383,44 @@ async fn github_errors_pass_through_whole() {
         get(&url, proxy.token()).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+}
+
+// Rate-limit answers reach the client whole (clients recognise a secondary limit by its text);
+// each opens the proxy's back-off, so each case gets a fresh upstream and proxy.
+#[tokio::test]
+async fn rate_limit_answers_pass_through_whole() {
+    let cases = [
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after_secs: 42,
+        },
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 42,
+        },
+        FaultKind::PrimaryRateLimit,
+    ];
+    for kind in cases {
+        let sim = spawn_sim().await;
+        let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+        sim.handle.inject(Fault::new(kind.clone(), 1));
+        let limited = get(
+            &proxy.url("/orgs/acme/packages/container/web"),
+            proxy.token(),
+        )
+        .await;
+        let message = limited.json()["message"].as_str().unwrap().to_owned();
+        if let FaultKind::SecondaryRateLimit { status, .. } = kind {
+            assert_eq!(limited.status, status);
+            assert_eq!(limited.header("retry-after"), Some("42"));
+            assert!(message.contains("secondary rate limit"), "{message}");
+        } else {
+            assert_eq!(limited.status, StatusCode::FORBIDDEN);
+            assert_eq!(limited.header("x-ratelimit-remaining"), Some("0"));
+            assert!(limited.header("x-ratelimit-reset").is_some());
+            assert!(message.contains("rate limit exceeded"), "{message}");
+        }
+    }
 }
 
 #[tokio::test]

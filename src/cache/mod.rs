@@ -31,6 +31,7 @@ use crate::{
     body::Body,
     config::CacheConfig,
     error::ProxyError,
+    quota::ClientLimits,
     route::{Operation, Route},
     state::AppState,
     upstream::Forwarded,
@@ -54,6 +55,33 @@ pub enum Failure {
     Unreachable,
     /// The answer is larger than `cache.max_entry_bytes`.
     TooLarge,
+    /// GitHub asked us to slow down; nothing was sent.
+    BackingOff {
+        /// Seconds until the back-off ends.
+        retry_after_secs: u64,
+    },
+    /// Too many requests wait for an upstream slot.
+    QueueFull,
+}
+
+impl Failure {
+    fn into_error(self) -> ProxyError {
+        match self {
+            Self::Timeout => ProxyError::UpstreamTimeout,
+            Self::Unreachable => ProxyError::Upstream("upstream fetch failed".into()),
+            Self::TooLarge => ProxyError::Upstream("upstream answer too large to cache".into()),
+            Self::BackingOff { retry_after_secs } => ProxyError::BackingOff { retry_after_secs },
+            Self::QueueFull => ProxyError::UpstreamQueueFull,
+        }
+    }
+
+    fn reason(self) -> ErrorReason {
+        match self {
+            Self::Timeout => ErrorReason::Timeout,
+            Self::BackingOff { .. } => ErrorReason::RateLimited(503),
+            _ => ErrorReason::Unreachable,
+        }
+    }
 }
 
 /// What a fetch needs, owned so it can run in its own task.
@@ -185,6 +213,14 @@ impl Cache {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether a fetch for `key` is under way (joining it costs the client nothing).
+    fn in_flight(&self, key: &str) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Joins the fetch under way for `spec.key`, or starts one. Returns the channel the outcome
     /// arrives on and whether this call started it.
     fn join_or_start(
@@ -242,11 +278,15 @@ pub struct ClientConditions {
     pub if_none_match: Option<HeaderValue>,
 }
 
-/// Serves a cacheable GET: hit, stale, coalesced miss or revalidation.
+/// Serves a cacheable GET: hit, stale, coalesced miss or revalidation. Hits spend the client's
+/// hit quota; a request that starts an upstream fetch spends its upstream quota (joining one
+/// under way is free). Below the rate-limit reserve or during a back-off, a usable stale entry
+/// is served instead of going upstream.
 pub async fn serve(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
+    limits: &ClientLimits,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     let cache = &state.cache;
     let now = Instant::now();
@@ -263,11 +303,25 @@ pub async fn serve(
         cache.config.stale_while_revalidate,
         cache.config.stale_if_error,
     );
+    let budget = &state.upstream.budget;
+    let saving = budget.below_reserve() || budget.backoff_remaining().is_some();
     let stale = match cache.store.get(&spec.key) {
         Some(entry) if !conditions.no_cache => match entry.freshness(now, swr, sie) {
-            Freshness::Fresh => return Ok((respond(&entry, CacheStatus::Hit), None)),
+            Freshness::Fresh => {
+                limits
+                    .hits
+                    .take()
+                    .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
+                return Ok((respond(&entry, CacheStatus::Hit), None));
+            }
             Freshness::StaleWhileRevalidate => {
-                let _background = cache.join_or_start(state, &spec, Some(entry.clone()));
+                limits
+                    .hits
+                    .take()
+                    .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
+                if !saving {
+                    let _background = cache.join_or_start(state, &spec, Some(entry.clone()));
+                }
                 return Ok((respond(&entry, CacheStatus::Stale), None));
             }
             Freshness::StaleIfError => Some(entry),
@@ -275,13 +329,34 @@ pub async fn serve(
         },
         other => other,
     };
+    let fallback = stale
+        .clone()
+        .filter(|entry| entry.usable_if_error(now, sie));
+    if saving && let Some(entry) = &fallback {
+        limits
+            .hits
+            .take()
+            .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
+        return Ok((
+            respond(
+                entry,
+                CacheStatus::StaleIfError(ErrorReason::RateLimited(429)),
+            ),
+            None,
+        ));
+    }
+    if !cache.in_flight(&spec.key) {
+        limits
+            .upstream
+            .take()
+            .map_err(|s| quota("upstream", "proxy-upstream", s))?;
+    }
     let (mut rx, leader) = cache.join_or_start(state, &spec, stale.clone());
     let fetched = match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone(),
         Err(_) => None,
     };
     let fetched = fetched.unwrap_or(Fetched::Failed(Failure::Unreachable));
-    let fallback = stale.filter(|entry| entry.usable_if_error(Instant::now(), sie));
     match fetched {
         Fetched::Answer(entry) => {
             let upstream = Some(entry.status.as_u16());
@@ -301,21 +376,29 @@ pub async fn serve(
             Ok((respond(&entry, status), upstream))
         }
         Fetched::Failed(failure) => match fallback {
-            Some(stale) => {
-                let reason = match failure {
-                    Failure::Timeout => ErrorReason::Timeout,
-                    _ => ErrorReason::Unreachable,
-                };
-                Ok((respond(&stale, CacheStatus::StaleIfError(reason)), None))
-            }
-            None => Err(match failure {
-                Failure::Timeout => ProxyError::UpstreamTimeout,
-                Failure::Unreachable => ProxyError::Upstream("upstream fetch failed".into()),
-                Failure::TooLarge => {
-                    ProxyError::Upstream("upstream answer too large to cache".into())
-                }
-            }),
+            Some(stale) => Ok((
+                respond(&stale, CacheStatus::StaleIfError(failure.reason())),
+                None,
+            )),
+            None => Err(failure.into_error()),
         },
+    }
+}
+
+fn quota(
+    what: &'static str,
+    resource: &'static str,
+    snapshot: crate::quota::BucketSnapshot,
+) -> ProxyError {
+    let message = if what == "upstream" {
+        "This client's quota of requests that need GitHub is spent; retry later"
+    } else {
+        "This client's quota of cached reads is spent; retry later"
+    };
+    ProxyError::Quota {
+        message,
+        resource,
+        snapshot,
     }
 }
 
@@ -350,6 +433,10 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
         Err(error) => {
             let failure = match error {
                 ProxyError::UpstreamTimeout => Failure::Timeout,
+                ProxyError::BackingOff { retry_after_secs } => {
+                    return Fetched::Failed(Failure::BackingOff { retry_after_secs });
+                }
+                ProxyError::UpstreamQueueFull => return Fetched::Failed(Failure::QueueFull),
                 _ => Failure::Unreachable,
             };
             tracing::warn!(error = %error, route = %spec.route.template(), "upstream fetch failed");
@@ -381,7 +468,7 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
         crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
     Fetched::Answer(Arc::new(Entry {
         status: parts.status,
-        etag: parts.headers.get(header::ETAG).cloned(),
+        etag: headers.get(header::ETAG).cloned(),
         headers,
         body,
         fetched_at: now,
@@ -401,7 +488,8 @@ async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Failure> {
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    // Exactly sized: a grown buffer may hold up to twice the body in every cached entry.
+    Ok(Bytes::copy_from_slice(&buf))
 }
 
 /// A 304 carries fresh rate-limit numbers; the stored answer should show them.

@@ -62,6 +62,10 @@ pub struct ProxyOptions {
     pub extra: String,
     /// Client names that get `admin = true`.
     pub admins: Vec<&'static str>,
+    /// `upstream.retries`: 0 by default here, so one injected fault is one failed request.
+    pub retries: u32,
+    /// Extra lines in `[upstream]`.
+    pub extra_upstream: &'static str,
 }
 
 impl ProxyOptions {
@@ -87,6 +91,8 @@ impl Default for ProxyOptions {
             public_url: None,
             extra: String::new(),
             admins: Vec::new(),
+            retries: 0,
+            extra_upstream: "",
         }
     }
 }
@@ -117,7 +123,7 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
          drain_timeout = \"{}\"\nmax_in_flight = {}\n{}\n\
          [upstream]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n\
-         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\n",
+         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\nretries = {}\n{}\n",
         opts.public_url
             .map(|u| format!("public_url = \"{u}\""))
             .unwrap_or_default(),
@@ -127,6 +133,8 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         owners.join(", "),
         opts.allow_user_routes,
         opts.upstream_timeout,
+        opts.retries,
+        opts.extra_upstream,
     );
     let mut tokens = Vec::new();
     for name in &opts.clients {

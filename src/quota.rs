@@ -1,0 +1,118 @@
+//! Per-client fair share of the org token: a token bucket for requests that need GitHub, a much
+//! larger one for cache hits, and a cap on requests in flight.
+//!
+//! A small token bucket of our own rather than governor's GCRA: clients are told their remaining
+//! quota (`x-ratelimit-*` headers, `GET /rate_limit`), which needs a remaining count that can be
+//! read without spending it.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{sync::Semaphore, time::Instant};
+
+use crate::config::Quota;
+
+/// A token bucket refilling continuously.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    /// (tokens, last refill). A std `Mutex`: a few arithmetic operations, never across an await.
+    state: Mutex<(f64, Instant)>,
+}
+
+/// A bucket's state as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketSnapshot {
+    /// Capacity.
+    pub limit: u64,
+    /// Whole tokens left.
+    pub remaining: u64,
+    /// Epoch second when the bucket is full again.
+    pub reset: u64,
+    /// Until the next token, when empty.
+    pub retry_after: Duration,
+}
+
+/// One client's limits, built from its [`Quota`] and kept across its requests.
+#[derive(Debug)]
+pub struct ClientLimits {
+    /// Requests that need GitHub.
+    pub upstream: TokenBucket,
+    /// Requests answered from cache.
+    pub hits: TokenBucket,
+    /// Requests in flight.
+    pub in_flight: Arc<Semaphore>,
+    /// The quota they were built from.
+    pub quota: Quota,
+}
+
+// === impl TokenBucket ===
+
+impl TokenBucket {
+    /// `n` per minute, bursting to `n`.
+    pub fn per_minute(n: u32) -> Self {
+        let capacity = f64::from(n.max(1));
+        Self {
+            capacity,
+            per_second: capacity / 60.0,
+            state: Mutex::new((capacity, Instant::now())),
+        }
+    }
+
+    fn refill(&self, state: &mut (f64, Instant)) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
+        state.0 = (state.0 + elapsed * self.per_second).min(self.capacity);
+        state.1 = now;
+    }
+
+    fn snapshot(&self, tokens: f64) -> BucketSnapshot {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let to_full = (self.capacity - tokens).max(0.0) / self.per_second;
+        let to_one = (1.0 - tokens).max(0.0) / self.per_second;
+        BucketSnapshot {
+            limit: self.capacity as u64,
+            remaining: tokens.floor().max(0.0) as u64,
+            reset: now.as_secs() + to_full.ceil() as u64,
+            retry_after: Duration::from_secs_f64(to_one),
+        }
+    }
+
+    /// Takes one token; `Err` carries the snapshot for the 429.
+    pub fn take(&self) -> Result<BucketSnapshot, BucketSnapshot> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut state);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            Ok(self.snapshot(state.0))
+        } else {
+            Err(self.snapshot(state.0))
+        }
+    }
+
+    /// The state without spending.
+    pub fn peek(&self) -> BucketSnapshot {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.refill(&mut state);
+        self.snapshot(state.0)
+    }
+}
+
+// === impl ClientLimits ===
+
+impl ClientLimits {
+    /// Fresh limits for a quota.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            upstream: TokenBucket::per_minute(quota.upstream_per_minute),
+            hits: TokenBucket::per_minute(quota.hits_per_minute),
+            in_flight: Arc::new(Semaphore::new(quota.max_in_flight)),
+            quota,
+        }
+    }
+}
