@@ -57,9 +57,34 @@ async fn tokens_never_appear_in_logs_debug_output_or_responses() {
             ));
         }
     }
-    let (_, raw_answer) =
-        raw_get(proxy.addr(), "/orgs/acme/packages/%2e%2e/x", &client_token).await;
-    answers.push_str(&raw_answer);
+    for (method, target) in hostile_corpus() {
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {client_token}\r\nConnection: close\r\n\r\n"
+        );
+        answers.push_str(&raw(proxy.addr(), request.as_bytes()).await.1);
+    }
+    // Malformed and hostile headers, including the org token presented as a client token.
+    let org = sim.org_token.clone();
+    let long_etag = "W/\"x\", ".repeat(300);
+    let malformed: Vec<Vec<u8>> = vec![
+        format!("Authorization: Bearer {org}\r\n").into_bytes(),
+        format!("Authorization: token {org}\r\nAuthorization: Bearer {client_token}\r\n")
+            .into_bytes(),
+        b"Authorization: Bearer \xff\xfe\r\n".to_vec(),
+        format!("Authorization: Basic {org}\r\n").into_bytes(),
+        format!("Authorization: Bearer {client_token}\r\nX-GitHub-Api-Version: {org}\r\n")
+            .into_bytes(),
+        format!("Authorization: Bearer {client_token}\r\nAccept: {org}\x01\r\n").into_bytes(),
+        format!("Authorization: Bearer {client_token}\r\nIf-None-Match: {long_etag}\r\n")
+            .into_bytes(),
+        format!("Authorization: Bearer {client_token}\r\nContent-Length: 999999\r\n").into_bytes(),
+    ];
+    for headers in malformed {
+        let mut request = b"GET /orgs/acme/packages/container/web HTTP/1.1\r\nHost: p\r\n".to_vec();
+        request.extend_from_slice(&headers);
+        request.extend_from_slice(b"Connection: close\r\n\r\n");
+        answers.push_str(&raw(proxy.addr(), &request).await.1);
+    }
     let bad = send(
         Method::GET,
         &proxy.url("/orgs/acme/packages?package_type=container"),

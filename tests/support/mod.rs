@@ -20,6 +20,10 @@ use packages_proxy::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod corpus;
+#[allow(unused_imports)] // each test crate uses part of the support module
+pub use corpus::hostile_corpus;
+
 /// A fresh fake token (never a real one).
 pub fn fake_token(prefix: &str) -> String {
     format!(

@@ -1,0 +1,353 @@
+//! The org token's rate limit and fair sharing, with the simulator's fault injection: back-offs,
+//! the reserve, the upstream concurrency cap, retries, per-client quotas, `/rate_limit`, and the
+//! input limits that keep one hostile client from hurting the others.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use packages_proxy::sim::{Dataset, Fault, FaultKind, Simulator};
+use support::*;
+
+const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
+
+fn cold(i: usize) -> String {
+    format!(
+        "/orgs/acme/packages/container/web/versions?per_page={}",
+        20 + i
+    )
+}
+
+fn short_ttl(extra: &str) -> ProxyOptions {
+    ProxyOptions {
+        extra: format!(
+            "[cache]\nversion_lists_ttl = \"50ms\"\nstale_while_revalidate = \"0s\"\n{extra}"
+        ),
+        ..ProxyOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_primary_limit_stops_all_upstream_traffic_while_cached_reads_keep_working() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, short_ttl("")).await;
+    let warm = get(&proxy.url(WEB), proxy.token()).await;
+    sim.handle
+        .inject(Fault::new(FaultKind::PrimaryRateLimit, 1));
+    let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
+    assert_eq!(
+        limited.status,
+        StatusCode::FORBIDDEN,
+        "GitHub's own answer passes through first"
+    );
+    let seen = sim.handle.log().len();
+    tokio::time::sleep(Duration::from_millis(80)).await; // the warm entry is stale now
+    for _ in 0..5 {
+        let stale = get(&proxy.url(WEB), proxy.token()).await;
+        assert_eq!(stale.status, StatusCode::OK);
+        assert_eq!(stale.body, warm.body);
+        assert!(
+            stale
+                .header("cache-status")
+                .unwrap()
+                .contains("stale-if-error")
+        );
+        let uncached = get(&proxy.url(&cold(1)), proxy.token()).await;
+        assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            uncached
+                .header("retry-after")
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                > 60
+        );
+    }
+    assert_eq!(
+        sim.handle.log().len(),
+        seen,
+        "the proxy kept calling GitHub during the back-off"
+    );
+}
+
+#[tokio::test]
+async fn a_secondary_limit_backs_off_for_retry_after_then_traffic_resumes() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, short_ttl("")).await;
+    let kind = FaultKind::SecondaryRateLimit {
+        status: StatusCode::FORBIDDEN,
+        retry_after_secs: 1,
+    };
+    sim.handle.inject(Fault::new(kind, 1));
+    assert_eq!(
+        get(&proxy.url(&cold(0)), proxy.token()).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let seen = sim.handle.log().len();
+    let during = get(&proxy.url(&cold(1)), proxy.token()).await;
+    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(during.header("retry-after"), Some("1"));
+    assert_eq!(sim.handle.log().len(), seen);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(&proxy.url(&cold(1)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.handle.log().len(), seen + 1);
+}
+
+#[tokio::test]
+async fn below_the_reserve_background_revalidation_stops() {
+    let org_token = fake_token("ghp_fake");
+    let handle = Simulator::new(org_token.clone())
+        .dataset(Dataset::sample())
+        .rate_limit(20)
+        .run()
+        .await
+        .unwrap();
+    let sim = Sim { handle, org_token };
+    let opts = ProxyOptions {
+        extra: "[cache]\nversion_lists_ttl = \"50ms\"\nstale_while_revalidate = \"1m\"\n"
+            .to_owned(),
+        extra_upstream: "rate_limit_reserve = 0.99",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    get(&proxy.url(WEB), proxy.token()).await; // remaining 19 of 20: below 99%
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let stale = get(&proxy.url(WEB), proxy.token()).await;
+    assert!(stale.header("cache-status").unwrap().contains("stale"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        sim.handle.log().len(),
+        1,
+        "a background revalidation spent the reserve"
+    );
+    // A miss still goes upstream.
+    assert_eq!(
+        get(&proxy.url(&cold(0)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.handle.log().len(), 2);
+}
+
+#[tokio::test]
+async fn the_upstream_concurrency_cap_holds() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_upstream: "max_concurrency = 3",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(100)),
+        20,
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (url, token) = (proxy.url(&cold(i)), proxy.token().to_owned());
+        tasks.push(tokio::spawn(async move { get(&url, &token).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(sim.handle.log().len(), 20);
+    assert!(
+        sim.handle.max_in_flight() <= 3,
+        "{} upstream requests at once",
+        sim.handle.max_in_flight()
+    );
+    assert!(
+        sim.handle.max_in_flight() >= 2,
+        "the test did not overlap requests"
+    );
+}
+
+#[tokio::test]
+async fn gets_are_retried_and_mutations_never() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("retries").join("audit.jsonl");
+    let opts = ProxyOptions {
+        retries: 2,
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    sim.handle
+        .inject(Fault::new(FaultKind::Status(StatusCode::BAD_GATEWAY), 2));
+    assert_eq!(
+        get(&proxy.url(&cold(0)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.handle.log().len(), 3, "two failures, one success");
+    sim.handle.inject(Fault::new(FaultKind::Reset, 1));
+    assert_eq!(
+        get(&proxy.url(&cold(1)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+
+    let versions = get(&format!("{}{WEB}", sim.handle.base_url()), &sim.org_token).await;
+    let id = versions.json()[2]["id"].as_u64().unwrap();
+    sim.handle.clear_log();
+    sim.handle.inject(Fault::new(
+        FaultKind::Status(StatusCode::SERVICE_UNAVAILABLE),
+        1,
+    ));
+    let path = format!("/orgs/acme/packages/container/web/versions/{id}");
+    let reply = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let deletes = sim
+        .handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count();
+    assert_eq!(deletes, 1, "a mutation was retried");
+}
+
+#[tokio::test]
+async fn one_client_over_its_quota_gets_429_while_another_is_unaffected() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: "[quotas]\nupstream_per_minute = 3\nhits_per_minute = 1000\n".to_owned(),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    for i in 0..3 {
+        assert_eq!(
+            get(&proxy.url(&cold(i)), &proxy.tokens[0]).await.status,
+            StatusCode::OK
+        );
+    }
+    let over = get(&proxy.url(&cold(3)), &proxy.tokens[0]).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(over.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(over.header("x-ratelimit-resource"), Some("proxy-upstream"));
+    assert!(over.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(over.json()["message"].as_str().unwrap().contains("quota"));
+    // Cache hits come from another, larger bucket.
+    assert_eq!(
+        get(&proxy.url(&cold(0)), &proxy.tokens[0]).await.status,
+        StatusCode::OK
+    );
+    // The other client has its own budget.
+    assert_eq!(
+        get(&proxy.url(&cold(3)), &proxy.tokens[1]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(sim.handle.log().len(), 4);
+}
+
+#[tokio::test]
+async fn rate_limit_is_answered_locally_per_client_with_effective_scopes() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("rate-limit").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[quotas]\nupstream_per_minute = 50\n[mutations]\naudit_log = {audit:?}\n\
+             [[policy.allow]]\nname = \"a\"\nclients = [\"team-a\"]\nactions = [\"delete_version\"]\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    get(&proxy.url(&cold(0)), &proxy.tokens[0]).await;
+    get(&proxy.url(&cold(1)), &proxy.tokens[0]).await;
+    sim.handle.clear_log();
+    let a = get(&proxy.url("/rate_limit"), &proxy.tokens[0]).await;
+    let b = get(&proxy.url("/api/v3/rate_limit"), &proxy.tokens[1]).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.json()["resources"]["core"]["limit"], 50);
+    assert_eq!(a.json()["rate"]["remaining"], 48);
+    assert_eq!(b.json()["rate"]["remaining"], 50);
+    assert_eq!(a.header("x-ratelimit-remaining"), Some("48"));
+    assert!(
+        a.header("x-oauth-scopes")
+            .unwrap()
+            .contains("delete:packages")
+    );
+    assert_eq!(b.header("x-oauth-scopes"), Some("read:packages"));
+    assert_eq!(
+        send(Method::GET, &proxy.url("/rate_limit"), None, &[])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(sim.handle.log().is_empty(), "/rate_limit reached GitHub");
+}
+
+#[tokio::test]
+async fn each_input_limit_answers_its_status_and_the_server_keeps_serving() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let token = proxy.token().to_owned();
+    let long_uri = format!(
+        "/orgs/acme/packages/container/web/versions?per_page=1&{}",
+        "x".repeat(9000)
+    );
+    let (status, _) = raw_get(proxy.addr(), &long_uri, &token).await;
+    assert_eq!(status, 414);
+    let big_header = format!(
+        "GET {WEB} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "y".repeat(20_000)
+    );
+    assert_eq!(raw(proxy.addr(), big_header.as_bytes()).await.0, 431);
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!(
+        "GET {WEB} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n{many}Connection: close\r\n\r\n"
+    );
+    assert_eq!(raw(proxy.addr(), many_headers.as_bytes()).await.0, 431);
+    let body = format!(
+        "DELETE /orgs/acme/packages/container/web HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+    );
+    assert_eq!(raw(proxy.addr(), body.as_bytes()).await.0, 413);
+    assert_eq!(get(&proxy.url(WEB), &token).await.status, StatusCode::OK);
+    assert!(sim.handle.log().len() <= 1);
+}
+
+// Slow-loris: many connections that never finish their headers must not starve others, and are
+// closed after the header read timeout.
+#[tokio::test]
+async fn half_open_connections_do_not_starve_normal_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"500ms\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        stream
+            .write_all(b"GET /orgs/acme/packages HTTP/1.1\r\nHost: p\r\n")
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
+    for i in 0..20 {
+        assert_eq!(
+            get(&proxy.url(&cold(i)), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => closed += 1, // EOF, an error answer, or a reset
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        closed,
+        slow.len(),
+        "half-open connections were left open past the header timeout"
+    );
+}
