@@ -91,6 +91,7 @@ pub async fn execute(
         return Err(refuse(state, record, decision, Some(&rule), error).await);
     }
     if record.dry_run {
+        crate::metrics::destructive("dry_run");
         let record = record.at("decision", "dry_run");
         state
             .audit
@@ -161,6 +162,7 @@ pub async fn execute(
     } else if let Err(error) = &sent {
         outcome.reason = Some(error.to_string());
     }
+    crate::metrics::destructive(&outcome.decision);
     if let Err(error) = state.audit.write(&outcome).await {
         // The call was made; it cannot be unsent. The intent record stands without an outcome.
         tracing::error!(%error, request_id = m.request_id, "audit outcome not written");
@@ -203,6 +205,7 @@ async fn refuse(
     rule: Option<&Arc<Rule>>,
     error: ProxyError,
 ) -> ProxyError {
+    crate::metrics::destructive(decision);
     let mut record = record.at("decision", decision);
     record.rule = rule.map(|r| r.name.clone());
     record.reason = Some(error.to_string());

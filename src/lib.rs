@@ -32,6 +32,7 @@ pub mod demo;
 pub mod error;
 pub mod gate;
 pub mod link;
+pub mod metrics;
 pub mod pace;
 pub mod policy;
 pub mod proxy;

@@ -35,6 +35,7 @@ struct RequestLog {
     client: Option<Arc<str>>,
     route: Option<String>,
     upstream_status: Option<u16>,
+    cache: Option<&'static str>,
 }
 
 /// Handles one request; never fails (errors become GitHub-shaped responses).
@@ -54,6 +55,14 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
+    let elapsed = started.elapsed();
+    crate::metrics::request(
+        log.route.as_deref().unwrap_or("-"),
+        response.status().as_u16(),
+        log.cache.unwrap_or("none"),
+        log.client.as_deref().unwrap_or("-"),
+        elapsed,
+    );
     tracing::info!(
         request_id = request_id.to_str().unwrap_or_default(),
         method = %method,
@@ -61,7 +70,8 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
         route = log.route.as_deref().unwrap_or("-"),
         status = response.status().as_u16(),
         upstream_status = log.upstream_status,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        cache = log.cache.unwrap_or("none"),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
     response
@@ -151,9 +161,10 @@ async fn walk(
         forwarded: upstream_headers,
         public_base,
     };
-    let (response, upstream_status) =
+    let (response, upstream_status, cache_status) =
         cache::serve(state, spec, conditions, &identity.limits).await?;
     log.upstream_status = upstream_status;
+    log.cache = Some(cache_status.as_str());
     Ok(response)
 }
 
@@ -348,10 +359,19 @@ pub fn response_headers(
     headers
 }
 
-/// `/healthz` (alive) and `/readyz` (ready unless draining), outside the Packages API.
+/// `/healthz` (alive), `/readyz` (ready unless draining) and `/metrics`, outside the Packages
+/// API and without authentication.
 fn operational(state: &AppState, method: &Method, path: &str) -> Option<Response<Body>> {
     if *method != Method::GET && *method != Method::HEAD {
         return None;
+    }
+    if path == "/metrics" {
+        let mut response = Response::new(body::full(crate::metrics::render(state)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return Some(response);
     }
     let (status, text) = match path {
         "/healthz" => (StatusCode::OK, "ok\n"),

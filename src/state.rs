@@ -79,6 +79,7 @@ impl AppState {
         token: OrgToken,
         bound: SocketAddr,
     ) -> Result<Arc<Self>, StateError> {
+        crate::metrics::handle(); // installed before the first metric is recorded
         let upstream = Upstream::new(&config.upstream, token)?;
         let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None));
         let cache = Cache::new(&config.cache);

@@ -172,7 +172,13 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             let request = self.request(method.clone(), path_and_query, forwarded)?;
+            let sent = std::time::Instant::now();
             let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+            let status = match &result {
+                Ok(Ok(response)) => Some(response.status().as_u16()),
+                _ => None,
+            };
+            crate::metrics::upstream(method.as_str(), status, sent.elapsed());
             let retry = match result {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
                 Ok(Ok(response)) => {

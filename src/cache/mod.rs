@@ -287,10 +287,25 @@ pub async fn serve(
     spec: FetchSpec,
     conditions: ClientConditions,
     limits: &ClientLimits,
+) -> Result<(Response<Body>, Option<u16>, CacheStatus), ProxyError> {
+    // Set by whichever branch answers; a Mutex (not a Cell) because the future must be Send.
+    let outcome = Mutex::new(CacheStatus::Bypass);
+    let (response, upstream) = serve_inner(state, spec, conditions, limits, &outcome).await?;
+    let status = *outcome.lock().unwrap_or_else(|p| p.into_inner());
+    Ok((response, upstream, status))
+}
+
+async fn serve_inner(
+    state: &Arc<AppState>,
+    spec: FetchSpec,
+    conditions: ClientConditions,
+    limits: &ClientLimits,
+    outcome: &Mutex<CacheStatus>,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     let cache = &state.cache;
     let now = Instant::now();
     let respond = |entry: &Entry, status: CacheStatus| {
+        *outcome.lock().unwrap_or_else(|p| p.into_inner()) = status;
         cache.count(status);
         let not_modified = entry.status == StatusCode::OK
             && conditions

@@ -1,0 +1,131 @@
+//! Metric names and `/metrics` (Prometheus text), through the `metrics` facade and
+//! `metrics-exporter-prometheus` (no default features: they pull aws-lc-rs; we serve the text
+//! ourselves on the main listener).
+//!
+//! Labels are bounded: route *templates* (never raw paths), status classes, cache outcomes and
+//! configured client names. Gauges that mirror state (cache size, rate-limit budget, queues) are
+//! set at scrape time from the one source of truth rather than tracked twice.
+
+use std::{
+    sync::{OnceLock, atomic::Ordering},
+    time::Duration,
+};
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+/// Requests answered, by route template, status class, cache outcome and client.
+pub const REQUESTS: &str = "packages_proxy_requests_total";
+/// Time to answer a request, by route template.
+pub const REQUEST_DURATION: &str = "packages_proxy_request_duration_seconds";
+/// Requests sent to GitHub, by method and status class (`error` when no answer came).
+pub const UPSTREAM_REQUESTS: &str = "packages_proxy_upstream_requests_total";
+/// Time until GitHub's response head.
+pub const UPSTREAM_DURATION: &str = "packages_proxy_upstream_duration_seconds";
+/// Destructive calls by outcome (completed, failed, denied, refused, dry_run).
+pub const DESTRUCTIVE: &str = "packages_proxy_destructive_decisions_total";
+
+/// Latency buckets, 0.5 ms to 30 s.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+/// The process-wide Prometheus recorder (installed once; several proxies in one test process
+/// share it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".to_owned()), &BUCKETS);
+        let recorder = match builder {
+            Ok(builder) => builder.build_recorder(),
+            Err(error) => {
+                tracing::error!(%error, "metric buckets rejected; using summaries");
+                PrometheusBuilder::new().build_recorder()
+            }
+        };
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows only its own");
+        }
+        handle
+    })
+}
+
+/// `2xx`, `4xx`, ...
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// One answered request.
+pub fn request(route: &str, status: u16, cache: &'static str, client: &str, elapsed: Duration) {
+    let labels = [
+        ("route", route.to_owned()),
+        ("status_class", status_class(status).to_owned()),
+        ("cache", cache.to_owned()),
+        ("client", client.to_owned()),
+    ];
+    counter!(REQUESTS, &labels).increment(1);
+    histogram!(REQUEST_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// One upstream exchange (`status` `None`: no answer).
+pub fn upstream(method: &str, status: Option<u16>, elapsed: Duration) {
+    let class = status.map_or("error", status_class);
+    counter!(UPSTREAM_REQUESTS, "method" => method.to_owned(), "status_class" => class)
+        .increment(1);
+    histogram!(UPSTREAM_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// One destructive decision.
+pub fn destructive(outcome: &str) {
+    counter!(DESTRUCTIVE, "outcome" => outcome.to_owned()).increment(1);
+}
+
+/// Renders the Prometheus text after refreshing the state-mirroring gauges.
+pub fn render(state: &AppState) -> String {
+    let handle = handle();
+    let budget = state.upstream.budget.snapshot();
+    if let Some(limit) = budget.limit {
+        gauge!("packages_proxy_upstream_ratelimit_limit").set(limit as f64);
+    }
+    if let Some(remaining) = budget.remaining {
+        gauge!("packages_proxy_upstream_ratelimit_remaining").set(remaining as f64);
+    }
+    if let Some(reset) = budget.reset {
+        gauge!("packages_proxy_upstream_ratelimit_reset_timestamp_seconds").set(reset as f64);
+    }
+    gauge!("packages_proxy_upstream_backoff_active").set(if budget.backoff.is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    let (in_flight, queued) = state.upstream.load();
+    gauge!("packages_proxy_upstream_in_flight").set(in_flight as f64);
+    gauge!("packages_proxy_upstream_queued").set(queued as f64);
+    gauge!("packages_proxy_mutations_queued").set(state.pacer.waiting() as f64);
+    let cache = &state.cache;
+    gauge!("packages_proxy_cache_entries").set(cache.entry_count() as f64);
+    gauge!("packages_proxy_cache_bytes").set(cache.weighted_size() as f64);
+    let stats = &cache.stats;
+    counter!("packages_proxy_cache_coalesced_total")
+        .absolute(stats.coalesced.load(Ordering::Relaxed));
+    counter!("packages_proxy_cache_evictions_total")
+        .absolute(stats.evicted.load(Ordering::Relaxed));
+    counter!("packages_proxy_audit_write_failures_total")
+        .absolute(state.audit_failures.load(Ordering::Relaxed));
+    counter!("packages_proxy_config_reloads_total", "result" => "ok")
+        .absolute(state.reloads_ok.load(Ordering::Relaxed));
+    counter!("packages_proxy_config_reloads_total", "result" => "failed")
+        .absolute(state.reloads_failed.load(Ordering::Relaxed));
+    gauge!("packages_proxy_ready").set(if state.is_draining() { 0.0 } else { 1.0 });
+    handle.render()
+}

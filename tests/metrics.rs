@@ -1,0 +1,95 @@
+//! `/metrics`: the expected names appear and move as traffic flows. One test: the Prometheus
+//! recorder is process-wide.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use http::{Method, StatusCode};
+use support::*;
+
+/// The value of the first sample line starting with `prefix` (0 when absent).
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(proxy: &TestProxy) -> String {
+    let reply = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        reply
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn metrics_appear_with_their_names_and_move_with_traffic() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("metrics").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"a\"\nclients = [\"team-a\"]\nactions = [\"delete_version\"]\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let path = "/orgs/acme/packages/container/web/versions?per_page=5";
+    let hit_line = r#"packages_proxy_requests_total{route="/orgs/{org}/packages/{package_type}/{package_name}/versions",status_class="2xx",cache="hit",client="team-a"}"#;
+    let before = scrape(&proxy).await;
+    for _ in 0..3 {
+        get(&proxy.url(path), proxy.token()).await;
+    }
+    get(&proxy.url("/repos/acme/app"), proxy.token()).await;
+    send(
+        Method::DELETE,
+        &proxy.url("/orgs/acme/packages/container/web/versions/1"),
+        Some(&proxy.tokens[1]),
+        &[],
+    )
+    .await;
+    let after = scrape(&proxy).await;
+    assert_eq!(
+        sample(&after, hit_line) - sample(&before, hit_line),
+        2.0,
+        "{after}"
+    );
+    let upstream = r#"packages_proxy_upstream_requests_total{method="GET",status_class="2xx"}"#;
+    assert!(sample(&after, upstream) >= 1.0, "{after}");
+    let denied = r#"packages_proxy_destructive_decisions_total{outcome="denied"}"#;
+    assert_eq!(sample(&after, denied) - sample(&before, denied), 1.0);
+    assert!(sample(&after, "packages_proxy_cache_entries") >= 1.0);
+    assert!(sample(&after, "packages_proxy_cache_bytes") > 0.0);
+    assert_eq!(
+        sample(&after, "packages_proxy_upstream_ratelimit_limit"),
+        5000.0
+    );
+    assert!(sample(&after, "packages_proxy_upstream_ratelimit_remaining") < 5000.0);
+    assert_eq!(
+        sample(&after, "packages_proxy_upstream_backoff_active"),
+        0.0
+    );
+    for name in [
+        "packages_proxy_request_duration_seconds_bucket",
+        "packages_proxy_upstream_duration_seconds_bucket",
+        "packages_proxy_upstream_ratelimit_reset_timestamp_seconds",
+        "packages_proxy_upstream_in_flight",
+        "packages_proxy_upstream_queued",
+        "packages_proxy_mutations_queued",
+        "packages_proxy_cache_coalesced_total",
+        "packages_proxy_cache_evictions_total",
+        "packages_proxy_audit_write_failures_total",
+        "packages_proxy_config_reloads_total",
+    ] {
+        assert!(after.contains(name), "{name} missing from /metrics");
+    }
+    // Bounded labels: the raw path of the 404 never appears.
+    assert!(!after.contains("/repos/acme/app"));
+    assert!(!after.contains("per_page"));
+}
