@@ -89,16 +89,18 @@ fn pieces(c: &mut Criterion) {
                 name: format!("team-{i}"),
                 admin: false,
                 quota: QUOTA,
-                token_hash: TokenHash::of(&new_client_token().unwrap()),
+                token_hash: Some(TokenHash::of(&new_client_token().unwrap())),
+                cert_fingerprint: None,
             })
             .collect();
         clients.push(config::Client {
             name: "bench".to_owned(),
             admin: false,
             quota: QUOTA,
-            token_hash: TokenHash::of(&token),
+            token_hash: Some(TokenHash::of(&token)),
+            cert_fingerprint: None,
         });
-        let table = Clients::new(&clients, None);
+        let table = Clients::new(&clients, None, 1);
         c.bench_function(&format!("authenticate_{n}_clients"), |b| {
             b.iter(|| table.authenticate(black_box(&headers)).unwrap())
         });

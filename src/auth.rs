@@ -4,17 +4,29 @@
 //! presented token is hashed once and compared, in constant time, with every configured hash, so
 //! the time taken says nothing about which (or whether a) client matched. Runs before any cache or
 //! upstream access.
+//!
+//! On a TLS listener with `server.tls.client_ca_file`, a client may instead be named by its
+//! certificate's SHA-256 ([`PeerCert`]). The fingerprint is looked up in a map: it is no secret,
+//! and the handshake already proved the client holds the certificate's key.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use http::{HeaderMap, header};
 
-use crate::{config::Client, error::ProxyError, quota::ClientLimits, secret::TokenHash};
+use crate::{
+    config::Client,
+    error::ProxyError,
+    quota::ClientLimits,
+    secret::TokenHash,
+    tls::{CertFingerprint, PeerCert},
+};
 
 /// The configured clients, swapped as a whole on reload.
 #[derive(Debug, Default)]
 pub struct Clients {
-    entries: Vec<(TokenHash, Identity)>,
+    entries: Vec<(Option<TokenHash>, Identity)>,
+    /// Clients with a `cert_sha256`; the same `Identity` (and quota state) as in `entries`.
+    by_cert: HashMap<CertFingerprint, Identity>,
 }
 
 /// Who a request comes from.
@@ -33,8 +45,9 @@ pub struct Identity {
 impl Clients {
     /// Builds the table from validated config entries. Clients whose name and quota are
     /// unchanged from `previous` keep their buckets, so a reload does not refill everyone.
-    pub fn new(clients: &[Client], previous: Option<&Clients>) -> Self {
-        let entries = clients
+    /// `replicas` divides the local upstream bucket (the fleet-wide one lives in Redis).
+    pub fn new(clients: &[Client], previous: Option<&Clients>, replicas: u32) -> Self {
+        let entries: Vec<(Option<TokenHash>, Identity)> = clients
             .iter()
             .map(|c| {
                 let kept = previous.and_then(|p| {
@@ -46,12 +59,17 @@ impl Clients {
                 let identity = Identity {
                     name: Arc::from(c.name.as_str()),
                     admin: c.admin,
-                    limits: kept.unwrap_or_else(|| Arc::new(ClientLimits::new(c.quota))),
+                    limits: kept.unwrap_or_else(|| Arc::new(ClientLimits::new(c.quota, replicas))),
                 };
                 (c.token_hash.clone(), identity)
             })
             .collect();
-        Self { entries }
+        let by_cert = clients
+            .iter()
+            .zip(&entries)
+            .filter_map(|(c, (_, id))| Some((c.cert_fingerprint?, id.clone())))
+            .collect();
+        Self { entries, by_cert }
     }
 
     /// Finds the client behind a request's `Authorization` header.
@@ -65,13 +83,30 @@ impl Clients {
         let mut found: Option<&Identity> = None;
         // No early exit: every entry is compared whatever matched.
         for (hash, identity) in &self.entries {
-            if hash.matches(&presented) {
+            if hash.as_ref().is_some_and(|h| h.matches(&presented)) {
                 found = Some(identity);
             }
         }
         found
             .cloned()
             .ok_or(ProxyError::Unauthorized("Bad credentials"))
+    }
+
+    /// Finds the client behind a request: its `Authorization` header when it sends one (a bad
+    /// token is refused, never retried as a certificate), else its connection's client certificate.
+    pub fn authenticate_request(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerCert>,
+    ) -> Result<Identity, ProxyError> {
+        match peer {
+            Some(peer) if !headers.contains_key(header::AUTHORIZATION) => self
+                .by_cert
+                .get(&peer.fingerprint)
+                .cloned()
+                .ok_or(ProxyError::Unauthorized("Bad credentials")),
+            _ => self.authenticate(headers),
+        }
     }
 
     /// How many clients are configured.

@@ -6,12 +6,12 @@
 //! one replica cannot keep hammering a token GitHub is about to block.
 
 use std::{
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use http::{HeaderMap, StatusCode, header};
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 
 /// Longest exponential back-off when GitHub gives no hint.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
@@ -24,6 +24,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 pub struct UpstreamBudget {
     reserve: f64,
     state: Mutex<State>,
+    /// Where a back-off this replica opens is announced (the shared tier tells the fleet).
+    announce: OnceLock<mpsc::UnboundedSender<SystemTime>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,7 @@ impl UpstreamBudget {
         Self {
             reserve,
             state: Mutex::new(State::default()),
+            announce: OnceLock::new(),
         }
     }
 
@@ -97,9 +100,31 @@ impl UpstreamBudget {
             None
         };
         match wait {
-            Some(wait) => open(&mut state, wait),
+            Some(wait) if open(&mut state, wait) => {
+                drop(state);
+                self.announce(wait);
+            }
+            Some(_) => {}
             None if status.is_success() || status == StatusCode::NOT_MODIFIED => state.strikes = 0,
             None => {}
+        }
+    }
+
+    /// Announces back-offs this replica opens to `sender` (set once, by the shared tier).
+    pub fn announce_to(&self, sender: mpsc::UnboundedSender<SystemTime>) {
+        let _ = self.announce.set(sender);
+    }
+
+    fn announce(&self, wait: Duration) {
+        if let Some(sender) = self.announce.get() {
+            let _ = sender.send(SystemTime::now() + wait);
+        }
+    }
+
+    /// Applies a back-off another replica opened (not announced again).
+    pub fn open_until(&self, until: SystemTime) {
+        if let Ok(wait) = until.duration_since(SystemTime::now()) {
+            let _ = open(&mut self.lock(), wait);
         }
     }
 
@@ -107,7 +132,10 @@ impl UpstreamBudget {
     pub fn observe_secondary_limit(&self) {
         let mut state = self.lock();
         let wait = exponential(&mut state);
-        open(&mut state, wait);
+        if open(&mut state, wait) {
+            drop(state);
+            self.announce(wait);
+        }
     }
 
     /// Time left in the back-off, if one is open.
@@ -140,15 +168,21 @@ impl UpstreamBudget {
     }
 }
 
-fn open(state: &mut State, wait: Duration) {
+/// Opens or extends the back-off; true when it changed.
+fn open(state: &mut State, wait: Duration) -> bool {
     let until = Instant::now() + wait;
-    if state.backoff_until.is_none_or(|current| current < until) {
+    if state
+        .backoff_until
+        .is_none_or(|current| current + Duration::from_millis(50) < until)
+    {
         tracing::warn!(
             seconds = wait.as_secs(),
             "GitHub rate limit: backing off; no upstream requests until it ends"
         );
         state.backoff_until = Some(until);
+        return true;
     }
+    false
 }
 
 fn exponential(state: &mut State) -> Duration {

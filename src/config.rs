@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::{
     policy::{Policy, RawPolicy, client_names},
     secret::{OrgToken, TokenError, TokenHash},
+    tls::{CertFingerprint, RawTls, TlsConfig, TlsError},
 };
 
 /// Why a config could not be used.
@@ -37,6 +38,15 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A `[server.tls]` file cannot be used (`server.tls.cert_file`, ...).
+    #[error("invalid config: `{field}`")]
+    Tls {
+        /// The key naming the file.
+        field: String,
+        /// Why.
+        #[source]
+        source: TlsError,
+    },
 }
 
 // === raw structs (the TOML file) ===
@@ -56,6 +66,47 @@ struct RawConfig {
     mutations: RawMutations,
     #[serde(default)]
     quotas: RawQuotas,
+    #[serde(default)]
+    shared: RawShared,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShared {
+    redis_url: Option<String>,
+    #[serde(default = "default_replicas")]
+    replicas: u32,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+    #[serde(default = "default_lock_ttl", with = "humantime_serde")]
+    lock_ttl: Duration,
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+impl Default for RawShared {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            replicas: default_replicas(),
+            key_prefix: default_key_prefix(),
+            lock_ttl: default_lock_ttl(),
+            timeout: default_redis_timeout(),
+        }
+    }
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+fn default_key_prefix() -> String {
+    "packages-proxy:".to_owned()
+}
+fn default_lock_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_millis(250)
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +199,7 @@ struct RawServer {
     max_header_bytes: usize,
     #[serde(default = "default_max_headers")]
     max_headers: usize,
+    tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,7 +234,8 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawClient {
     name: String,
-    token_sha256: String,
+    token_sha256: Option<String>,
+    cert_sha256: Option<String>,
     #[serde(default)]
     admin: bool,
     upstream_per_minute: Option<u32>,
@@ -325,8 +378,37 @@ pub struct Config {
     pub policy: Arc<Policy>,
     /// How destructive calls are sent: pace, queue, audit log.
     pub mutations: MutationsConfig,
+    /// The Redis tier replicas share (cache L2, pace, quotas, back-off, invalidation).
+    pub shared: Option<SharedConfig>,
     /// The separate policy file, if the rules live in one (reload watches it too).
     pub policy_file: Option<PathBuf>,
+}
+
+/// `[shared]`, when `redis_url` is set.
+#[derive(Clone)]
+pub struct SharedConfig {
+    /// `redis://host:port[/db]`.
+    pub redis_url: String,
+    /// Replicas in the fleet: while Redis is down each replica takes 1/replicas of a quota.
+    pub replicas: u32,
+    /// Prefix of every Redis key and channel (several fleets can share one Redis).
+    pub key_prefix: String,
+    /// How long a replica may hold a key's fetch lock; waiters fetch themselves after it.
+    pub lock_ttl: Duration,
+    /// Longest wait for one Redis command before treating the tier as down.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    // The URL may carry a password: show only what follows the last `@`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let host = self.redis_url.rsplit('@').next().unwrap_or_default();
+        f.debug_struct("SharedConfig")
+            .field("redis", &host)
+            .field("replicas", &self.replicas)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[mutations]`
@@ -395,6 +477,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most request headers; more is 431.
     pub max_headers: usize,
+    /// `[server.tls]`: serve HTTPS (and accept client certificates) instead of plain HTTP.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[upstream]`
@@ -447,8 +531,10 @@ pub struct Client {
     pub admin: bool,
     /// Its quotas.
     pub quota: Quota,
-    /// SHA-256 of its token.
-    pub token_hash: TokenHash,
+    /// SHA-256 of its token, if it has one.
+    pub token_hash: Option<TokenHash>,
+    /// SHA-256 of its client certificate, if it has one (mTLS).
+    pub cert_fingerprint: Option<CertFingerprint>,
 }
 
 /// A client's share of the org token (`[quotas]` defaults, overridable per client).
@@ -486,6 +572,11 @@ impl Config {
         raw.validate(base)
     }
 
+    /// Replicas sharing one quota (1 without a shared tier).
+    pub fn replicas(&self) -> u32 {
+        self.shared.as_ref().map_or(1, |s| s.replicas)
+    }
+
     /// Loads the org token from where the config says it is.
     pub fn load_token(&self) -> Result<OrgToken, TokenError> {
         match &self.upstream.token {
@@ -505,6 +596,20 @@ impl RawConfig {
             max_in_flight: self.quotas.max_in_flight,
         };
         let clients = validate_clients(self.clients, defaults)?;
+        // Client certificates are only asked for when a client CA is configured.
+        let mtls = server
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.client_ca_file.is_some());
+        if let Some(i) = clients
+            .iter()
+            .position(|c| c.cert_fingerprint.is_some() && !mtls)
+        {
+            return Err(invalid(
+                &format!("clients[{i}].cert_sha256"),
+                "needs `server.tls.client_ca_file`: without it no client certificate is asked for",
+            ));
+        }
         let cache = self.cache.validate()?;
         let mutations = self.mutations.validate()?;
         let names = client_names(clients.iter().map(|c| c.name.as_str()));
@@ -520,15 +625,43 @@ impl RawConfig {
                 "required once the policy allows anything: no destructive call goes unaudited",
             ));
         }
+        let shared = self.shared.validate()?;
         Ok(Config {
             server,
             upstream,
             clients,
+            shared,
             cache,
             policy: Arc::new(policy),
             mutations,
             policy_file,
         })
+    }
+}
+
+impl RawShared {
+    fn validate(self) -> Result<Option<SharedConfig>, ConfigError> {
+        let Some(url) = self.redis_url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(invalid(
+                "shared.redis_url",
+                "must start with redis:// or rediss://",
+            ));
+        }
+        if self.replicas == 0 {
+            return Err(invalid("shared.replicas", "must be at least 1"));
+        }
+        nonzero(self.lock_ttl, "shared.lock_ttl")?;
+        nonzero(self.timeout, "shared.timeout")?;
+        Ok(Some(SharedConfig {
+            redis_url: url,
+            replicas: self.replicas,
+            key_prefix: self.key_prefix,
+            lock_ttl: self.lock_ttl,
+            timeout: self.timeout,
+        }))
     }
 }
 
@@ -605,6 +738,7 @@ impl RawServer {
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            tls: self.tls.map(RawTls::validate).transpose()?,
         })
     }
 }
@@ -690,6 +824,7 @@ fn validate_owners(owners: Vec<String>) -> Result<HashSet<String>, ConfigError> 
 fn validate_clients(raw: Vec<RawClient>, defaults: Quota) -> Result<Vec<Client>, ConfigError> {
     let mut names = HashSet::new();
     let mut hashes: Vec<TokenHash> = Vec::new();
+    let mut fingerprints = HashSet::new();
     let mut clients = Vec::with_capacity(raw.len());
     for (i, client) in raw.into_iter().enumerate() {
         let field = format!("clients[{i}].name");
@@ -708,19 +843,35 @@ fn validate_clients(raw: Vec<RawClient>, defaults: Quota) -> Result<Vec<Client>,
                 &format!("duplicate client name {:?}", client.name),
             ));
         }
-        let token_hash = TokenHash::from_hex(&client.token_sha256).ok_or_else(|| {
-            invalid(
-                &format!("clients[{i}].token_sha256"),
-                "must be 64 hex digits (the SHA-256 of the token; see `packages-proxy token new`)",
-            )
-        })?;
-        if hashes.iter().any(|h| h == &token_hash) {
+        let token_hash = client
+            .token_sha256
+            .as_deref()
+            .map(|hex| {
+                TokenHash::from_hex(hex).ok_or_else(|| {
+                    invalid(
+                        &format!("clients[{i}].token_sha256"),
+                        "must be 64 hex digits (the SHA-256 of the token; see `packages-proxy token new`)",
+                    )
+                })
+            })
+            .transpose()?;
+        if let Some(token_hash) = &token_hash {
+            if hashes.iter().any(|h| h == token_hash) {
+                return Err(invalid(
+                    &format!("clients[{i}].token_sha256"),
+                    "two clients share one token",
+                ));
+            }
+            hashes.push(token_hash.clone());
+        }
+        let cert_fingerprint =
+            cert_fingerprint(i, client.cert_sha256.as_deref(), &mut fingerprints)?;
+        if token_hash.is_none() && cert_fingerprint.is_none() {
             return Err(invalid(
                 &format!("clients[{i}].token_sha256"),
-                "two clients share one token",
+                "set token_sha256, cert_sha256 or both",
             ));
         }
-        hashes.push(token_hash.clone());
         let quota = Quota {
             upstream_per_minute: client
                 .upstream_per_minute
@@ -740,9 +891,30 @@ fn validate_clients(raw: Vec<RawClient>, defaults: Quota) -> Result<Vec<Client>,
             admin: client.admin,
             quota,
             token_hash,
+            cert_fingerprint,
         });
     }
     Ok(clients)
+}
+
+/// `clients[i].cert_sha256`: 64 hex digits, one certificate per client.
+fn cert_fingerprint(
+    i: usize,
+    hex: Option<&str>,
+    seen: &mut HashSet<CertFingerprint>,
+) -> Result<Option<CertFingerprint>, ConfigError> {
+    let Some(hex) = hex else { return Ok(None) };
+    let field = format!("clients[{i}].cert_sha256");
+    let fingerprint = CertFingerprint::from_hex(hex).ok_or_else(|| {
+        invalid(
+            &field,
+            "must be 64 hex digits (the SHA-256 of the certificate's DER form)",
+        )
+    })?;
+    if !seen.insert(fingerprint) {
+        return Err(invalid(&field, "two clients share one certificate"));
+    }
+    Ok(Some(fingerprint))
 }
 
 /// Splits `scheme://authority/prefix` into (`scheme://authority`, `/prefix` or empty).

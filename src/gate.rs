@@ -110,26 +110,9 @@ pub async fn execute(
         };
         return Err(refuse(state, record, "refused", Some(&rule), error).await);
     }
-    if let Err(snapshot) = m.limits.upstream.take() {
-        let error = ProxyError::Quota {
-            message: "This client's quota of requests that need GitHub is spent; retry later",
-            resource: "proxy-upstream",
-            snapshot,
-        };
+    if let Err(error) = crate::quota::take_upstream(state, m.client, m.limits).await {
         return Err(refuse(state, record, "refused", Some(&rule), error).await);
     }
-    let slot = match state.pacer.reserve() {
-        Ok(slot) => slot,
-        Err(busy) => {
-            let error = ProxyError::TooManyRequests {
-                message: "The mutation queue is full; retry later".to_owned(),
-                retry_after_secs: busy.retry_after.as_secs().max(1),
-            };
-            return Err(refuse(state, record, "refused", Some(&rule), error).await);
-        }
-    };
-    slot.wait().await;
-    drop(slot);
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
     if let Some(wait) = state.upstream.budget.backoff_remaining() {
         if wait > state.config.mutations.max_queue_wait {
@@ -146,6 +129,17 @@ pub async fn execute(
         .write(&intent)
         .await
         .map_err(ProxyError::Audit)?;
+    // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
+    // the send follows its slot at once.
+    if let Err(error) = wait_for_slot(state).await {
+        let mut outcome = record.at("outcome", "refused");
+        outcome.reason = Some(error.to_string());
+        crate::metrics::destructive("refused");
+        if let Err(audit_error) = state.audit.write(&outcome).await {
+            tracing::error!(error = %audit_error, "audit outcome of a refused mutation not written");
+        }
+        return Err(error);
+    }
     let sent = send_mutation(state, &m, Cleared(())).await;
     let mut outcome = record.at("outcome", "failed");
     if let Ok(response) = &sent {
@@ -157,7 +151,7 @@ pub async fn execute(
             .map(str::to_owned);
         if response.status().is_success() {
             outcome.decision = "completed".to_owned();
-            state.cache.generations.package_changed(m.route);
+            invalidate(state, m.route).await;
         }
     } else if let Err(error) = &sent {
         outcome.reason = Some(error.to_string());
@@ -173,6 +167,76 @@ pub async fn execute(
     let response = sent?;
     let status = response.status().as_u16();
     Ok((response, Some(status)))
+}
+
+/// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured
+/// (refused with 503 while Redis is down, never sent unpaced), else from the local pacer.
+async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
+    let mutations = &state.config.mutations;
+    let too_long = |retry: Duration| ProxyError::TooManyRequests {
+        message: "The mutation queue is full; retry later".to_owned(),
+        retry_after_secs: retry.as_secs_f64().ceil().max(1.0) as u64,
+    };
+    if let Some(shared) = &state.shared {
+        let unavailable = || {
+            ProxyError::Unavailable(
+                "The shared tier (Redis) that paces mutations across replicas is unavailable; \
+                 destructive calls are refused rather than sent unpaced"
+                    .to_owned(),
+            )
+        };
+        if !shared.is_up() {
+            return Err(unavailable());
+        }
+        let wait = shared
+            .pace(mutations.pace, mutations.max_queue_wait)
+            .await
+            .map_err(|_| unavailable())?
+            .map_err(too_long)?;
+        refuse_past_drain(state, wait)?;
+        tokio::time::sleep(wait).await;
+        return shared
+            .before_send(mutations.pace)
+            .await
+            .map_err(|_| unavailable());
+    }
+    let slot = state
+        .pacer
+        .reserve()
+        .map_err(|busy| too_long(busy.retry_after))?;
+    refuse_past_drain(state, slot.wait_time())?;
+    slot.wait().await;
+    drop(slot);
+    state.pacer.before_send().await;
+    Ok(())
+}
+
+/// While draining, a slot further away than half the drain deadline is refused (503) instead
+/// of being cut off mid-wait when the process exits.
+fn refuse_past_drain(state: &AppState, wait: Duration) -> Result<(), ProxyError> {
+    if state.is_draining() && wait > state.config.server.drain_timeout / 2 {
+        return Err(ProxyError::ShuttingDown);
+    }
+    Ok(())
+}
+
+/// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
+async fn invalidate(state: &AppState, route: &Route) {
+    let scopes = crate::cache::Generations::scopes_of(route);
+    if let Some(shared) = &state.shared {
+        match shared.bump(&scopes).await {
+            Ok(values) => {
+                for (scope, value) in values {
+                    state.cache.generations.raise(&scope, value);
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "fleet-wide invalidation failed; this replica only")
+            }
+        }
+    }
+    state.cache.generations.package_changed(route);
 }
 
 /// The one place a mutation is sent upstream; never retried.

@@ -6,17 +6,22 @@
 //! - [`service`]: the one tower stack (sensitive headers, load shed, concurrency limit).
 //! - [`proxy`]: the request walk and its log line.
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
-//! - [`auth`]: client credentials -> client name.
+//! - [`auth`]: client credentials (token or certificate) -> client, with its [`quota`]s.
 //! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
-//! - [`upstream`]: the pooled rustls client, forwarded and returned headers.
+//! - [`upstream`]: the pooled rustls client, forwarded and returned headers, the upstream slots,
+//!   retries, and the [`budget`] (GitHub's rate-limit headers, the reserve, the back-off).
+//! - [`shared`]: the optional Redis tier replicas share (L2, fleet-wide locks, pace, quotas,
+//!   invalidations, back-offs).
 //! - [`link`]: `Link` rewriting onto the proxy's public URL.
 //! - [`gate`]: the destructive path: [`policy`] decision, protected tags, dry run, budget,
 //!   [`pace`] slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
+//! - [`metrics`]: metric names and `/metrics`.
 //!
 //! Around them: [`config`] (TOML -> validated `Config`), [`reload`] (swap clients and policy on
 //! SIGHUP or file change), [`secret`] (org token and client token hashes that cannot print),
-//! [`state`] (what requests share), [`body`] (the body type), [`undo`] (`audit list` and
+//! [`state`] (what requests share), [`tls`] (the optional HTTPS listener: reloading certificate,
+//! client certificates), [`body`] (the body type), [`undo`] (`audit list` and
 //! `audit restore`), [`demo`]
 //! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
 //! benchmarks and the demo).
@@ -42,7 +47,9 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod sim;
 pub mod state;
+pub mod tls;
 pub mod undo;
 pub mod upstream;

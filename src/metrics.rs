@@ -126,6 +126,9 @@ pub fn render(state: &AppState) -> String {
         .absolute(state.reloads_ok.load(Ordering::Relaxed));
     counter!("packages_proxy_config_reloads_total", "result" => "failed")
         .absolute(state.reloads_failed.load(Ordering::Relaxed));
+    if let Some(shared) = &state.shared {
+        gauge!("packages_proxy_shared_tier_up").set(if shared.is_up() { 1.0 } else { 0.0 });
+    }
     gauge!("packages_proxy_ready").set(if state.is_draining() { 0.0 } else { 1.0 });
     handle.render()
 }

@@ -22,6 +22,8 @@ pub struct Pacer {
 struct PacerState {
     /// The earliest time the next slot may be given.
     next: Instant,
+    /// When the last mutation was actually sent.
+    last_send: Option<Instant>,
     /// Slots handed out whose time has not come.
     waiting: usize,
 }
@@ -51,6 +53,7 @@ impl Pacer {
             max_wait,
             state: Mutex::new(PacerState {
                 next: Instant::now(),
+                last_send: None,
                 waiting: 0,
             }),
         }
@@ -72,6 +75,25 @@ impl Pacer {
         Ok(Slot { at, pacer: self })
     }
 
+    /// Right before sending: waits until `pace` passed since the last send and records this one,
+    /// so a predecessor that sent late (a slow fsync, a busy core) pushes its successors back.
+    pub async fn before_send(&self) {
+        loop {
+            let wait = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match state.last_send.map(|last| last + self.pace) {
+                    Some(due) if due > now => due - now,
+                    _ => {
+                        state.last_send = Some(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Mutations waiting for their slot now.
     pub fn waiting(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).waiting
@@ -81,6 +103,11 @@ impl Pacer {
 // === impl Slot ===
 
 impl Slot<'_> {
+    /// How long until this slot's time.
+    pub fn wait_time(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
     /// Sleeps until this slot's time.
     pub async fn wait(&self) {
         tokio::time::sleep_until(self.at).await;

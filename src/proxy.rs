@@ -21,6 +21,7 @@ use crate::{
     link,
     route::{Owner, Route},
     state::AppState,
+    tls::PeerCert,
     upstream::{Forwarded, filter_response_headers},
 };
 
@@ -77,6 +78,15 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     response
 }
 
+/// The client behind a request: its bearer token, else its TLS client certificate.
+fn authenticate<B>(state: &AppState, request: &Request<B>) -> Result<Identity, ProxyError> {
+    let peer = request.extensions().get::<PeerCert>();
+    state
+        .clients
+        .load()
+        .authenticate_request(request.headers(), peer)
+}
+
 async fn walk(
     state: &Arc<AppState>,
     request: Request<Incoming>,
@@ -90,19 +100,19 @@ async fn walk(
     }
     if is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit".to_owned());
-        let identity = state.clients.load().authenticate(request.headers())?;
+        let identity = authenticate(state, &request)?;
         log.client = Some(identity.name.clone());
         return Ok(rate_limit(state, &identity));
     }
     if path == PURGE_PATH {
         log.route = Some(PURGE_PATH.to_owned());
-        let identity = state.clients.load().authenticate(request.headers())?;
+        let identity = authenticate(state, &request)?;
         log.client = Some(identity.name.clone());
         return purge(state, &identity, request).await;
     }
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
-    let identity = state.clients.load().authenticate(request.headers())?;
+    let identity = authenticate(state, &request)?;
     log.client = Some(identity.name.clone());
     check_owner(state, &route)?;
     // Held until the answer is built: the client's cap on requests in flight.
@@ -162,7 +172,7 @@ async fn walk(
         public_base,
     };
     let (response, upstream_status, cache_status) =
-        cache::serve(state, spec, conditions, &identity.limits).await?;
+        cache::serve(state, spec, conditions, &identity.name, &identity.limits).await?;
     log.upstream_status = upstream_status;
     log.cache = Some(cache_status.as_str());
     Ok(response)

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::config::Quota;
+use crate::{config::Quota, error::ProxyError, state::AppState};
 
 /// A token bucket refilling continuously.
 #[derive(Debug)]
@@ -103,13 +103,36 @@ impl TokenBucket {
     }
 }
 
+/// Takes one request that needs GitHub from `client`'s quota: fleet-wide in Redis when the
+/// shared tier is up, else from the local bucket.
+pub async fn take_upstream(
+    state: &AppState,
+    client: &str,
+    limits: &ClientLimits,
+) -> Result<BucketSnapshot, ProxyError> {
+    let quota = |snapshot| ProxyError::Quota {
+        message: "This client's quota of requests that need GitHub is spent; retry later",
+        resource: "proxy-upstream",
+        snapshot,
+    };
+    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up())
+        && let Ok(result) = shared
+            .take(client, "upstream", limits.quota.upstream_per_minute)
+            .await
+    {
+        return result.map_err(quota);
+    }
+    limits.upstream.take().map_err(quota)
+}
+
 // === impl ClientLimits ===
 
 impl ClientLimits {
-    /// Fresh limits for a quota.
-    pub fn new(quota: Quota) -> Self {
+    /// Fresh limits for a quota. The local upstream bucket holds `1/replicas` of it: it is the
+    /// whole quota with one replica, and the fallback while the shared tier is down otherwise.
+    pub fn new(quota: Quota, replicas: u32) -> Self {
         Self {
-            upstream: TokenBucket::per_minute(quota.upstream_per_minute),
+            upstream: TokenBucket::per_minute((quota.upstream_per_minute / replicas.max(1)).max(1)),
             hits: TokenBucket::per_minute(quota.hits_per_minute),
             in_flight: Arc::new(Semaphore::new(quota.max_in_flight)),
             quota,

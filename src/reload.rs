@@ -24,7 +24,11 @@ use crate::{auth::Clients, config::Config, config::ConfigError, state::AppState}
 pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
     match Config::load(path) {
         Ok(config) => {
-            let clients = Clients::new(&config.clients, Some(&state.clients.load()));
+            let clients = Clients::new(
+                &config.clients,
+                Some(&state.clients.load()),
+                state.config.replicas(),
+            );
             state.clients.store(Arc::new(clients));
             state.policy.store(config.policy.clone());
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);

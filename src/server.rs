@@ -5,9 +5,17 @@
 //! listener still serves, so load balancers see it), the listener closes, then in-flight
 //! requests get up to `server.drain_timeout` to finish (HTTP/1 connections close when idle, HTTP/2
 //! gets GOAWAY).
+//!
+//! With `[server.tls]` each accepted connection is handshaken inside its own task (under
+//! `server.header_read_timeout`, so a slow or silent client never holds up the accept loop), and a
+//! client certificate, if one was presented, rides along in every request's extensions as a
+//! [`PeerCert`] for [`crate::auth`]. A task polls the certificate files for a new pair until
+//! shutdown ([`crate::tls`]).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -18,12 +26,15 @@ use tokio::{
     sync::{Semaphore, oneshot},
     task::JoinHandle,
 };
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
 
 use crate::{
     config::Config,
     secret::OrgToken,
     service::{self, ProxyService},
     state::{AppState, StateError},
+    tls::{PeerCert, Tls, TlsError},
 };
 
 /// Connections waiting in the kernel while we are at `max_connections` or busy accepting: clean-up
@@ -45,6 +56,9 @@ pub enum StartError {
     /// The shared state (upstream client, audit log) could not be built.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The TLS certificate, key or client CAs could not be loaded.
+    #[error("cannot set up TLS on the listener")]
+    Tls(#[from] TlsError),
 }
 
 /// A running proxy.
@@ -77,6 +91,8 @@ impl Running {
 /// Binds `config.server.listen` and serves until [`Running::shutdown`].
 pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartError> {
     let addr = config.server.listen;
+    // Before binding: a bad certificate fails the start, not the first handshake.
+    let tls = config.server.tls.as_ref().map(Tls::new).transpose()?;
     let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener
         .local_addr()
@@ -84,8 +100,16 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
     let state = AppState::new(config, token, addr)?;
     let svc = service::build(state.clone());
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(listener, state.clone(), svc, stopped));
-    tracing::info!(%addr, "listening");
+    let reloader = tls.as_ref().map(Tls::spawn_reloader);
+    let acceptor = tls.as_ref().map(Tls::acceptor);
+    let serving = serve(listener, state.clone(), svc, acceptor, stopped);
+    let task = tokio::spawn(async move {
+        serving.await;
+        if let Some(reloader) = reloader {
+            reloader.abort(); // it only sleeps and reads files: nothing to finish
+        }
+    });
+    tracing::info!(%addr, tls = tls.is_some(), "listening");
     Ok(Running {
         addr,
         state,
@@ -110,6 +134,7 @@ async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     svc: ProxyService,
+    tls: Option<TlsAcceptor>,
     stopped: oneshot::Receiver<()>,
 ) {
     let server = &state.config.server;
@@ -152,6 +177,20 @@ async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(acceptor) = &tls {
+            let handshake = Handshake {
+                acceptor: acceptor.clone(),
+                timeout: server.header_read_timeout,
+                builder: builder.clone(),
+                svc: svc.clone(),
+                watcher: graceful.watcher(),
+            };
+            tokio::spawn(async move {
+                let _permit = permit; // released when the connection ends
+                handshake.serve(stream).await;
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
             .into_owned();
@@ -168,5 +207,50 @@ async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("drained"),
         () = tokio::time::sleep(drain) => tracing::warn!("drain deadline hit"),
+    }
+}
+
+/// What a TLS connection's task needs to handshake and then serve like a plain one.
+struct Handshake {
+    acceptor: TlsAcceptor,
+    /// `server.header_read_timeout`: the handshake gets as long as a request head would.
+    timeout: Duration,
+    builder: auto::Builder<TokioExecutor>,
+    svc: ProxyService,
+    /// Taken before the handshake, so a drain waits for (at most) the handshake timeout.
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+// === impl Handshake ===
+
+impl Handshake {
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let stream = match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                // Plain HTTP on the TLS port, an untrusted client certificate, a scanner.
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake timed out");
+                return;
+            }
+        };
+        let peer = PeerCert::of(stream.get_ref().1);
+        // Every request on this connection carries the client certificate it presented.
+        let svc = self.svc.map_request(move |mut request: Request<Incoming>| {
+            if let Some(peer) = peer {
+                request.extensions_mut().insert(peer);
+            }
+            request
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        if let Err(error) = self.watcher.watch(conn).await {
+            tracing::debug!(error = %error, "connection ended with an error");
+        }
     }
 }

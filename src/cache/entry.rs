@@ -22,6 +22,8 @@ pub struct Entry {
     pub etag: Option<HeaderValue>,
     /// When the upstream last confirmed this answer (200 or 304).
     pub fetched_at: Instant,
+    /// The same moment on the wall clock, for the shared tier (replicas share no monotonic clock).
+    pub fetched_wall: std::time::SystemTime,
     /// How long it is fresh.
     pub ttl: Duration,
 }

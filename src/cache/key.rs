@@ -39,16 +39,35 @@ impl Generations {
         *map.entry(scope).or_insert(0) += 1;
     }
 
-    /// After a delete or restore of `route`'s package: its entries and its owner's lists go.
-    pub fn package_changed(&self, route: &Route) {
+    /// Raises a scope to `value` (from the shared tier); never lowers it.
+    pub fn raise(&self, scope: &str, value: u64) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let slot = map.entry(scope.to_owned()).or_insert(0);
+        *slot = (*slot).max(value);
+    }
+
+    /// The scopes a delete or restore of `route`'s package invalidates.
+    pub fn scopes_of(route: &Route) -> Vec<String> {
         let ns = namespace(&route.owner);
+        let mut scopes = Vec::with_capacity(2);
         if let Some(package) = &route.package {
-            self.bump(format!(
+            scopes.push(format!(
                 "pkg:{ns}/{}/{}",
                 package.package_type, package.name
             ));
         }
-        self.bump(format!("lists:{ns}"));
+        scopes.push(format!("lists:{ns}"));
+        scopes
+    }
+
+    /// After a delete or restore of `route`'s package: its entries and its owner's lists go.
+    pub fn package_changed(&self, route: &Route) {
+        for scope in Self::scopes_of(route) {
+            self.bump(scope);
+        }
     }
 
     /// Purge of one package, addressed by owner login (as org and as user).

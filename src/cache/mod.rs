@@ -240,7 +240,7 @@ impl Cache {
         let state = state.clone();
         let spec = spec.clone();
         tokio::spawn(async move {
-            let fetched = fetch(&state, &spec, stale).await;
+            let fetched = fetch_fleet(&state, &spec, stale).await;
             let cache = &state.cache;
             if let Fetched::Answer(entry) = &fetched
                 && cacheable(entry.status)
@@ -286,11 +286,13 @@ pub async fn serve(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
+    client: &str,
     limits: &ClientLimits,
 ) -> Result<(Response<Body>, Option<u16>, CacheStatus), ProxyError> {
     // Set by whichever branch answers; a Mutex (not a Cell) because the future must be Send.
     let outcome = Mutex::new(CacheStatus::Bypass);
-    let (response, upstream) = serve_inner(state, spec, conditions, limits, &outcome).await?;
+    let (response, upstream) =
+        serve_inner(state, spec, conditions, client, limits, &outcome).await?;
     let status = *outcome.lock().unwrap_or_else(|p| p.into_inner());
     Ok((response, upstream, status))
 }
@@ -299,6 +301,7 @@ async fn serve_inner(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
+    client: &str,
     limits: &ClientLimits,
     outcome: &Mutex<CacheStatus>,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
@@ -361,10 +364,7 @@ async fn serve_inner(
         ));
     }
     if !cache.in_flight(&spec.key) {
-        limits
-            .upstream
-            .take()
-            .map_err(|s| quota("upstream", "proxy-upstream", s))?;
+        crate::quota::take_upstream(state, client, limits).await?;
     }
     let (mut rx, leader) = cache.join_or_start(state, &spec, stale.clone());
     let fetched = match rx.wait_for(Option::is_some).await {
@@ -437,6 +437,43 @@ fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     limited.then_some(ErrorReason::RateLimited(status))
 }
 
+/// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one
+/// replica fetches for the whole fleet; the answer is written through to L2.
+async fn fetch_fleet(
+    state: &Arc<AppState>,
+    spec: &FetchSpec,
+    stale: Option<Arc<Entry>>,
+) -> Fetched {
+    let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) else {
+        return fetch(state, spec, stale).await;
+    };
+    let config = &state.cache.config;
+    let (swr, sie) = (config.stale_while_revalidate, config.stale_if_error);
+    let started = std::time::SystemTime::now();
+    if let Some(entry) = shared.l2_get(&spec.key).await
+        && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
+    {
+        return Fetched::Answer(Arc::new(entry));
+    }
+    // Redis trouble while locking: fetch ourselves rather than wait.
+    let locked = shared.lock(&spec.key).await.unwrap_or(true);
+    if !locked && let Some(entry) = shared.wait_for(&spec.key, started).await {
+        return Fetched::Answer(Arc::new(entry));
+    }
+    let fetched = fetch(state, spec, stale).await;
+    if let Fetched::Answer(entry) = &fetched
+        && cacheable(entry.status)
+    {
+        shared
+            .l2_put(&spec.key, entry, entry.ttl + swr.max(sie))
+            .await;
+    }
+    if locked {
+        shared.unlock(&spec.key).await;
+    }
+    fetched
+}
+
 /// One upstream GET, revalidating `stale` by its ETag; the body is buffered.
 async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>>) -> Fetched {
     let mut forwarded = spec.forwarded.clone();
@@ -465,6 +502,7 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
             Some(stale) => {
                 let mut entry = (*stale).clone();
                 entry.fetched_at = now;
+                entry.fetched_wall = std::time::SystemTime::now();
                 refresh_rate_headers(&mut entry, &parts.headers);
                 Fetched::Answer(Arc::new(entry))
             }
@@ -487,6 +525,7 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
         headers,
         body,
         fetched_at: now,
+        fetched_wall: std::time::SystemTime::now(),
         ttl: state.cache.ttl(&spec.route, parts.status),
     }))
 }

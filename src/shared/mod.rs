@@ -1,0 +1,422 @@
+//! The shared tier: what replicas must agree on, kept in Redis (`[shared] redis_url`).
+//!
+//! - **L2 cache**: answers every replica can read (`codec.rs`), written through on each fresh
+//!   upstream answer, with a TTL covering the stale-if-error window. moka stays the L1.
+//! - **Fleet-wide single flight**: a `SET NX PX` lock per key; the winner fetches and writes L2,
+//!   the others poll L2 until the answer lands or the lock expires (then fetch themselves).
+//! - **Invalidation**: generations live in a Redis hash; a delete or restore `HINCRBY`s them and
+//!   publishes the new values, and every replica raises its local copy. A replica whose
+//!   subscription broke may have missed messages: on every (re)subscribe it drops its whole L1
+//!   and reloads the generations before trusting its cache again.
+//! - **One pace, global quotas**: Lua scripts (`scripts.rs`) claim the next mutation slot and
+//!   take from per-client token buckets atomically, on Redis's clock.
+//! - **Back-off**: a back-off one replica opens is stored and published; all replicas stop.
+//!
+//! Redis down: reads keep working on L1 and upstream (L2 is skipped), quotas fall back to
+//! per-replica buckets of `quota / replicas`, and mutations are refused with 503 rather than
+//! sent without the shared pace. The subscriber task reconnects on its own.
+
+mod codec;
+mod scripts;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, OnceLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::StreamExt;
+use redis::{AsyncCommands, aio::ConnectionManager};
+use tokio::sync::mpsc;
+
+use crate::{cache::Entry, config::SharedConfig, quota::BucketSnapshot, state::AppState};
+
+/// Poll interval of a replica waiting for another's fetch.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
+/// The Redis tier.
+pub struct Shared {
+    config: SharedConfig,
+    client: redis::Client,
+    /// Set once the first connection succeeds; reconnects itself afterwards.
+    conn: OnceLock<ConnectionManager>,
+    /// Whether the tier answers now. An atomic: read on every miss and mutation.
+    up: AtomicBool,
+    scripts: scripts::Scripts,
+}
+
+/// The tier cannot be used now.
+#[derive(Debug, thiserror::Error)]
+#[error("the shared tier (Redis) is unavailable")]
+pub struct Down;
+
+// === impl Shared ===
+
+impl Shared {
+    /// Prepares the tier (no I/O yet; [`Shared::spawn`] connects).
+    pub fn new(config: &SharedConfig) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(config.redis_url.as_str())?,
+            config: config.clone(),
+            conn: OnceLock::new(),
+            up: AtomicBool::new(false),
+            scripts: scripts::Scripts::new(),
+        })
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.conn.get().is_some()
+    }
+
+    /// Replicas in the fleet (quotas divide by it while Redis is down).
+    pub fn replicas(&self) -> u32 {
+        self.config.replicas
+    }
+
+    fn key(&self, kind: &str, rest: &str) -> String {
+        format!("{}{kind}:{rest}", self.config.key_prefix)
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, Down> {
+        self.conn.get().cloned().ok_or(Down)
+    }
+
+    /// Runs one Redis operation under the timeout; any failure marks the tier down.
+    async fn run<T, F>(&self, op: F) -> Result<T, Down>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.config.timeout, op).await {
+            Ok(Ok(value)) => {
+                self.up.store(true, Ordering::Relaxed);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                self.mark_down(&error.to_string());
+                Err(Down)
+            }
+            Err(_) => {
+                self.mark_down("timed out");
+                Err(Down)
+            }
+        }
+    }
+
+    fn mark_down(&self, why: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::error!(
+                error = why,
+                "shared tier (Redis) down: per-replica quotas, no mutations"
+            );
+        }
+    }
+
+    /// The L2 entry for a cache key, if any (and the tier is up).
+    pub async fn l2_get(&self, key: &str) -> Option<Entry> {
+        if !self.is_up() {
+            return None;
+        }
+        let mut conn = self.conn().ok()?;
+        let key = self.key("c", key);
+        let bytes: Option<Vec<u8>> = self.run(async move { conn.get(key).await }).await.ok()?;
+        bytes.and_then(|b| codec::decode(&b))
+    }
+
+    /// Writes an entry to L2, expiring after `keep`.
+    pub async fn l2_put(&self, key: &str, entry: &Entry, keep: Duration) {
+        let Ok(mut conn) = self.conn() else { return };
+        let key = self.key("c", key);
+        let bytes = codec::encode(entry);
+        let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .run(async move { conn.pset_ex::<_, _, ()>(key, bytes, millis).await })
+            .await;
+    }
+
+    /// Tries to become the one replica fetching `key`.
+    pub async fn lock(&self, key: &str) -> Result<bool, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("l", key);
+        let ttl = u64::try_from(self.config.lock_ttl.as_millis()).unwrap_or(5000);
+        let set: Option<String> = self
+            .run(async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases a fetch lock.
+    pub async fn unlock(&self, key: &str) {
+        let Ok(mut conn) = self.conn() else { return };
+        let key = self.key("l", key);
+        let _ = self.run(async move { conn.del::<_, ()>(key).await }).await;
+    }
+
+    /// Waits (polling L2) for another replica's fetch of `key`, up to the lock TTL. Returns an
+    /// entry fetched after `since`.
+    pub async fn wait_for(&self, key: &str, since: SystemTime) -> Option<Entry> {
+        let deadline = tokio::time::Instant::now() + self.config.lock_ttl;
+        while tokio::time::Instant::now() < deadline && self.is_up() {
+            tokio::time::sleep(LOCK_POLL).await;
+            if let Some(entry) = self.l2_get(key).await
+                && entry.fetched_wall >= since
+            {
+                return Some(entry);
+            }
+        }
+        None
+    }
+
+    /// Bumps generation scopes fleet-wide; returns the new values.
+    pub async fn bump(&self, scopes: &[String]) -> Result<Vec<(String, u64)>, Down> {
+        let mut conn = self.conn()?;
+        let hash = self.key("g", "generations");
+        let channel = self.key("ch", "events");
+        let scopes = scopes.to_vec();
+        self.run(async move {
+            let mut out = Vec::with_capacity(scopes.len());
+            for scope in scopes {
+                let value: u64 = conn.hincr(&hash, &scope, 1).await?;
+                let _: () = conn
+                    .publish(&channel, format!("gen {value} {scope}"))
+                    .await?;
+                out.push((scope, value));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Claims the next fleet-wide mutation slot: `Ok(wait)` or, past `max_wait`,
+    /// `Err(retry_after)`.
+    pub async fn pace(
+        &self,
+        pace: Duration,
+        max_wait: Duration,
+    ) -> Result<Result<Duration, Duration>, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("p", "next-mutation");
+        let script = self.scripts.pace.clone();
+        let (pace_ms, max_ms) = (millis(pace), millis(max_wait));
+        let wait: i64 = self
+            .run(async move {
+                script
+                    .key(key)
+                    .arg(pace_ms)
+                    .arg(max_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let duration = Duration::from_millis(wait.unsigned_abs());
+        Ok(if wait >= 0 {
+            Ok(duration)
+        } else {
+            Err(duration)
+        })
+    }
+
+    /// Waits until at least `pace` passed since the fleet's last send, then records this one.
+    pub async fn before_send(&self, pace: Duration) -> Result<(), Down> {
+        loop {
+            let mut conn = self.conn()?;
+            let key = self.key("p", "last-send");
+            let script = self.scripts.send.clone();
+            let pace_ms = millis(pace);
+            let wait: u64 = self
+                .run(async move { script.key(key).arg(pace_ms).invoke_async(&mut conn).await })
+                .await?;
+            if wait == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+    }
+
+    /// Takes one token from a fleet-wide bucket of `per_minute`.
+    pub async fn take(
+        &self,
+        client: &str,
+        bucket: &str,
+        per_minute: u32,
+    ) -> Result<Result<BucketSnapshot, BucketSnapshot>, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("q", &format!("{bucket}:{client}"));
+        let script = self.scripts.bucket.clone();
+        let (ok, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
+            .run(async move {
+                script
+                    .key(key)
+                    .arg(per_minute)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        let snapshot = BucketSnapshot {
+            limit: u64::from(per_minute),
+            remaining: remaining.max(0).unsigned_abs(),
+            reset: (reset_ms.max(0).unsigned_abs() / 1000) + 1,
+            retry_after: Duration::from_millis(retry_ms.max(0).unsigned_abs()),
+        };
+        Ok(if ok == 1 { Ok(snapshot) } else { Err(snapshot) })
+    }
+
+    /// Connects, then keeps the subscription (invalidations, back-offs) alive; also announces
+    /// this replica's back-offs. Ends when the state is dropped.
+    pub fn spawn(self: &Arc<Self>, state: Weak<AppState>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(state) = state.upgrade() {
+            state.upstream.budget.announce_to(tx);
+        }
+        tokio::spawn(announce_backoffs(self.clone(), rx));
+        tokio::spawn(subscribe_forever(self.clone(), state));
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    millis(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+/// Publishes back-offs this replica opens, and stores the latest for replicas that join later.
+async fn announce_backoffs(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<SystemTime>) {
+    while let Some(until) = rx.recv().await {
+        let Ok(mut conn) = shared.conn() else {
+            continue;
+        };
+        let key = shared.key("b", "backoff-until");
+        let channel = shared.key("ch", "events");
+        let until_ms = epoch_ms(until);
+        let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
+        let _ = shared
+            .run(async move {
+                let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
+                conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
+                    .await
+            })
+            .await;
+    }
+}
+
+/// Keeps one subscription open; on every (re)subscribe, drops L1 and reloads shared state.
+async fn subscribe_forever(shared: Arc<Shared>, state: Weak<AppState>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if state.strong_count() == 0 {
+            return;
+        }
+        match session(&shared, &state).await {
+            Ok(()) => delay = Duration::from_millis(100),
+            Err(error) => {
+                shared.mark_down(&error.to_string());
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// One subscription's life: connect, resync, apply messages until the connection breaks.
+async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisResult<()> {
+    if shared.conn.get().is_none() {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(shared.config.timeout))
+            .set_response_timeout(Some(shared.config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let manager = shared
+            .client
+            .get_connection_manager_with_config(config)
+            .await?;
+        let _ = shared.conn.set(manager);
+    }
+    let mut pubsub = shared.client.get_async_pubsub().await?;
+    pubsub.subscribe(shared.key("ch", "events")).await?;
+    resync(shared, state).await?;
+    shared.up.store(true, Ordering::Relaxed);
+    tracing::info!("shared tier (Redis) connected");
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) = messages.next().await {
+        let Some(state) = state.upgrade() else {
+            return Ok(());
+        };
+        let Ok(text) = message.get_payload::<String>() else {
+            continue;
+        };
+        apply(&state, &text);
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "subscription closed",
+    )))
+}
+
+/// Drops L1 (messages may have been missed) and loads generations and any back-off.
+async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisResult<()> {
+    let mut conn = shared
+        .conn
+        .get()
+        .cloned()
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
+    let generations: HashMap<String, u64> = conn.hgetall(shared.key("g", "generations")).await?;
+    let backoff: Option<u64> = conn.get(shared.key("b", "backoff-until")).await?;
+    let Some(state) = state.upgrade() else {
+        return Ok(());
+    };
+    for (scope, value) in &generations {
+        state.cache.generations.raise(scope, *value);
+    }
+    state.cache.purge_all();
+    if let Some(until) = backoff {
+        state
+            .upstream
+            .budget
+            .open_until(UNIX_EPOCH + Duration::from_millis(until));
+    }
+    Ok(())
+}
+
+/// One published event: `gen <value> <scope>` or `backoff <until_ms>`.
+fn apply(state: &AppState, text: &str) {
+    let mut parts = text.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("gen"), Some(value), Some(scope)) => {
+            if let Ok(value) = value.parse() {
+                state.cache.generations.raise(scope, value);
+            }
+        }
+        (Some("backoff"), Some(until), None) => {
+            if let Ok(until) = until.parse::<u64>() {
+                state
+                    .upstream
+                    .budget
+                    .open_until(UNIX_EPOCH + Duration::from_millis(until));
+            }
+        }
+        _ => tracing::debug!(message = text, "unknown shared-tier event"),
+    }
+}

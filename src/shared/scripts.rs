@@ -1,0 +1,68 @@
+//! Lua scripts run atomically in Redis, on Redis's own clock (`TIME`), so replicas with skewed
+//! clocks still agree.
+
+use redis::Script;
+
+/// Claims the next mutation slot. KEYS[1] next-slot ms; ARGV[1] pace ms, ARGV[2] longest wait ms.
+/// Returns the wait in ms, or minus the wait when it is longer than allowed (nothing claimed).
+const PACE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next < now then next = now end
+local wait = next - now
+if wait > tonumber(ARGV[2]) then return -wait end
+redis.call('SET', KEYS[1], next + tonumber(ARGV[1]), 'PX', 3600000)
+return wait
+";
+
+/// Right before sending: KEYS[1] last-send ms; ARGV[1] pace ms. Returns 0 and records the send
+/// when at least `pace` passed since the last one, else the ms still to wait (a predecessor that
+/// sent late pushes its successors back, so sends, not just slots, stay `pace` apart).
+const SEND: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local due = last + tonumber(ARGV[1])
+if now < due then return due - now end
+redis.call('SET', KEYS[1], now, 'PX', 3600000)
+return 0
+";
+
+/// Takes one token from a bucket of ARGV[1] per minute. KEYS[1] hash {tokens, ts}.
+/// Returns {taken 0|1, remaining, full-at epoch ms, retry-after ms}.
+const BUCKET: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local capacity = tonumber(ARGV[1])
+local rate = capacity / 60000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + (now - ts) * rate)
+local taken = 0
+if tokens >= 1 then tokens = tokens - 1; taken = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], 120000)
+local full_at = now + math.ceil((capacity - tokens) / rate)
+local retry = 0
+if taken == 0 then retry = math.ceil((1 - tokens) / rate) end
+return {taken, math.floor(tokens), full_at, retry}
+";
+
+/// The loaded scripts (hashed once; `EVALSHA` with a fallback to `EVAL`).
+pub(super) struct Scripts {
+    pub(super) pace: Script,
+    pub(super) send: Script,
+    pub(super) bucket: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            pace: Script::new(PACE),
+            send: Script::new(SEND),
+            bucket: Script::new(BUCKET),
+        }
+    }
+}

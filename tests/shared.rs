@@ -1,0 +1,426 @@
+//! Three replicas, one simulator and one real Redis (Debian's `redis-server`, started here on a
+//! free loopback port): the fleet shares one warm cache, one fetch per key, invalidations, one
+//! mutation pace, quotas and back-offs; and survives Redis going away and coming back.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use http::{Method, StatusCode};
+use packages_proxy::sim::{Fault, FaultKind};
+use support::*;
+
+/// A `redis-server` child, killed on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// Starts Redis, or returns `None` (skip) when it is not installed and `CI` is unset.
+    fn start() -> Option<Self> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing on CI (.ci/run installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir: temp_dir("redis"),
+        };
+        redis.spawn();
+        Some(redis)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn fleet(sim: &Sim, redis: &Redis, extra: &str) -> Vec<TestProxy> {
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let opts = ProxyOptions {
+            extra: format!(
+                "[shared]\nredis_url = \"{}\"\nreplicas = 3\n{extra}",
+                redis.url()
+            ),
+            ..ProxyOptions::default()
+        };
+        proxies.push(spawn_proxy(sim, opts).await);
+    }
+    for proxy in &proxies {
+        wait_up(proxy, true).await;
+    }
+    proxies
+}
+
+async fn wait_up(proxy: &TestProxy, up: bool) {
+    let shared = proxy.running.state.shared.as_ref().unwrap();
+    for _ in 0..250 {
+        if shared.is_up() == up {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the shared tier never became {}",
+        if up { "up" } else { "down" }
+    );
+}
+
+fn gets(sim: &Sim) -> usize {
+    sim.handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::GET)
+        .count()
+}
+
+const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
+
+#[tokio::test]
+async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "").await;
+    let first = get(&fleet[0].url(WEB), fleet[0].token()).await;
+    assert_eq!(gets(&sim), 1);
+    for proxy in &fleet[1..] {
+        let reply = get(&proxy.url(WEB), proxy.token()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, first.body);
+    }
+    assert_eq!(
+        gets(&sim),
+        1,
+        "another replica went upstream for a warm key"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_across_replicas_make_one_upstream_call() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "").await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(300)),
+        1,
+    ));
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let proxy = &fleet[i % 3];
+        let (url, token) = (proxy.url(WEB), proxy.token().to_owned());
+        tasks.push(tokio::spawn(async move { get(&url, &token).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(gets(&sim), 1, "the fleet fetched one key more than once");
+}
+
+#[tokio::test]
+async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let audit = temp_dir("shared-audit").join("audit.jsonl");
+    let extra = format!(
+        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+    );
+    let fleet = fleet(&sim, &redis, &extra).await;
+    let ids: Vec<u64> = get(&fleet[1].url(WEB), fleet[1].token())
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    get(&fleet[2].url(WEB), fleet[2].token()).await;
+    let victim = ids[1];
+    let path = format!("/orgs/acme/packages/container/web/versions/{victim}");
+    let deleted = send(
+        Method::DELETE,
+        &fleet[0].url(&path),
+        Some(fleet[0].token()),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    for proxy in &fleet[1..] {
+        let list = get(&proxy.url(WEB), proxy.token()).await.json();
+        let shown: Vec<u64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect();
+        assert!(
+            !shown.contains(&victim),
+            "a replica still shows the deleted version"
+        );
+    }
+}
+
+#[tokio::test]
+async fn mutations_through_all_replicas_are_paced_fleet_wide() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let audit = temp_dir("shared-pace").join("audit.jsonl");
+    let extra = format!(
+        "[mutations]\npace = \"200ms\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+    );
+    let fleet = fleet(&sim, &redis, &extra).await;
+    let url = format!(
+        "{}/orgs/acme/packages/container/web/versions?per_page=20",
+        sim.handle.base_url()
+    );
+    let ids: Vec<u64> = get(&url, &sim.org_token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    let mut tasks = Vec::new();
+    for (i, id) in ids[1..7].iter().enumerate() {
+        let proxy = &fleet[i % 3];
+        let (url, token) = (
+            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+            proxy.token().to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            send(Method::DELETE, &url, Some(&token), &[]).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    let times: Vec<_> = sim
+        .handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(times.len(), 6);
+    for pair in times.windows(2) {
+        assert!(
+            // The proxy gates each send `pace` apart; the simulator's arrival times add loopback
+            // and scheduling jitter (seven tests share two cores), hence the margin.
+            pair[1] - pair[0] >= Duration::from_millis(170),
+            "mutations {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_clients_quota_holds_across_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "[quotas]\nupstream_per_minute = 3\n").await;
+    for (i, proxy) in fleet.iter().enumerate() {
+        let path = format!(
+            "/orgs/acme/packages/container/web/versions?per_page={}",
+            30 + i
+        );
+        assert_eq!(
+            get(&proxy.url(&path), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    let over = get(
+        &fleet[0].url("/orgs/acme/packages/container/web/versions?per_page=40"),
+        fleet[0].token(),
+    )
+    .await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.header("x-ratelimit-limit"), Some("3"));
+}
+
+#[tokio::test]
+async fn a_back_off_opened_by_one_replica_stops_all_of_them() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "").await;
+    let kind = FaultKind::SecondaryRateLimit {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        retry_after_secs: 30,
+    };
+    sim.handle.inject(Fault::new(kind, 1));
+    assert_eq!(
+        get(&fleet[0].url(WEB), fleet[0].token()).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let seen = sim.handle.log().len();
+    for proxy in &fleet[1..] {
+        let budget = &proxy.running.state.upstream.budget;
+        for _ in 0..100 {
+            if budget.backoff_remaining().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let reply = get(
+            &proxy.url("/orgs/acme/packages/container/web/versions?per_page=55"),
+            proxy.token(),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        sim.handle.log().len(),
+        seen,
+        "a replica called GitHub during the fleet's back-off"
+    );
+}
+
+#[tokio::test]
+async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let audit = temp_dir("shared-down").join("audit.jsonl");
+    let extra = format!(
+        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+    );
+    let fleet = fleet(&sim, &redis, &extra).await;
+    let url = format!(
+        "{}/orgs/acme/packages/container/web/versions?per_page=20",
+        sim.handle.base_url()
+    );
+    let ids: Vec<u64> = get(&url, &sim.org_token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    get(&fleet[0].url(WEB), fleet[0].token()).await;
+
+    redis.kill();
+    for proxy in &fleet {
+        // Reads: warm from L1 or cold from upstream, Redis or not.
+        assert_eq!(
+            get(&proxy.url(WEB), proxy.token()).await.status,
+            StatusCode::OK
+        );
+        wait_up(proxy, false).await;
+        assert_eq!(
+            get(
+                &proxy.url("/orgs/acme/packages/container/web/versions?per_page=66"),
+                proxy.token()
+            )
+            .await
+            .status,
+            StatusCode::OK
+        );
+    }
+    let path = format!("/orgs/acme/packages/container/web/versions/{}", ids[2]);
+    let refused = send(
+        Method::DELETE,
+        &fleet[1].url(&path),
+        Some(fleet[1].token()),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("Redis")
+    );
+    assert_eq!(
+        sim.handle
+            .log()
+            .iter()
+            .filter(|r| r.method == Method::DELETE)
+            .count(),
+        0
+    );
+
+    redis.spawn();
+    for proxy in &fleet {
+        wait_up(proxy, true).await;
+    }
+    let done = send(
+        Method::DELETE,
+        &fleet[1].url(&path),
+        Some(fleet[1].token()),
+        &[],
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT);
+    // The L2 works again: a key warmed on one replica is served by another without GitHub.
+    let fresh = "/orgs/acme/packages/container/web/versions?per_page=77";
+    get(&fleet[0].url(fresh), fleet[0].token()).await;
+    let before = gets(&sim);
+    get(&fleet[2].url(fresh), fleet[2].token()).await;
+    assert_eq!(gets(&sim), before);
+}
