@@ -34,7 +34,7 @@ const PURGE_PATH: &str = "/admin/cache/purge";
 #[derive(Default)]
 struct RequestLog {
     client: Option<Arc<str>>,
-    route: Option<String>,
+    route: Option<&'static str>,
     upstream_status: Option<u16>,
     cache: Option<&'static str>,
 }
@@ -58,7 +58,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
         .insert("x-request-id", request_id.clone());
     let elapsed = started.elapsed();
     crate::metrics::request(
-        log.route.as_deref().unwrap_or("-"),
+        log.route.unwrap_or("-"),
         response.status().as_u16(),
         log.cache.unwrap_or("none"),
         log.client.as_deref().unwrap_or("-"),
@@ -68,7 +68,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
         request_id = request_id.to_str().unwrap_or_default(),
         method = %method,
         client = log.client.as_deref().unwrap_or("-"),
-        route = log.route.as_deref().unwrap_or("-"),
+        route = log.route.unwrap_or("-"),
         status = response.status().as_u16(),
         upstream_status = log.upstream_status,
         cache = log.cache.unwrap_or("none"),
@@ -99,13 +99,13 @@ async fn walk(
         return Ok(response);
     }
     if is_rate_limit_path(path) && request.method() == Method::GET {
-        log.route = Some("/rate_limit".to_owned());
+        log.route = Some("/rate_limit");
         let identity = authenticate(state, &request)?;
         log.client = Some(identity.name.clone());
         return Ok(rate_limit(state, &identity));
     }
     if path == PURGE_PATH {
-        log.route = Some(PURGE_PATH.to_owned());
+        log.route = Some(PURGE_PATH);
         let identity = authenticate(state, &request)?;
         log.client = Some(identity.name.clone());
         return purge(state, &identity, request).await;

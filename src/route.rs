@@ -195,23 +195,6 @@ impl Operation {
             Self::RestoreVersion => "restore_version",
         }
     }
-
-    /// The path after the owner, as a template.
-    fn tail_template(self) -> &'static str {
-        match self {
-            Self::DockerConflicts => "/docker/conflicts",
-            Self::ListPackages => "/packages",
-            Self::GetPackage | Self::DeletePackage => "/packages/{package_type}/{package_name}",
-            Self::RestorePackage => "/packages/{package_type}/{package_name}/restore",
-            Self::ListVersions => "/packages/{package_type}/{package_name}/versions",
-            Self::GetVersion | Self::DeleteVersion => {
-                "/packages/{package_type}/{package_name}/versions/{package_version_id}"
-            }
-            Self::RestoreVersion => {
-                "/packages/{package_type}/{package_name}/versions/{package_version_id}/restore"
-            }
-        }
-    }
 }
 
 // === impl Route ===
@@ -304,14 +287,39 @@ impl Route {
         self
     }
 
-    /// The route template for logs and metrics: bounded cardinality, never a raw path.
-    pub fn template(&self) -> String {
-        let owner = match self.owner {
-            Owner::Org(_) => "/orgs/{org}",
-            Owner::User(_) => "/users/{username}",
-            Owner::AuthenticatedUser => "/user",
-        };
-        format!("{owner}{}", self.operation.tail_template())
+    /// The route template for logs and metrics: bounded cardinality, never a raw path. Static
+    /// strings, so the per-request log line and metric labels allocate nothing for it.
+    pub fn template(&self) -> &'static str {
+        macro_rules! table {
+            ($owner:literal) => {
+                match self.operation {
+                    Operation::DockerConflicts => concat!($owner, "/docker/conflicts"),
+                    Operation::ListPackages => concat!($owner, "/packages"),
+                    Operation::GetPackage | Operation::DeletePackage => {
+                        concat!($owner, "/packages/{package_type}/{package_name}")
+                    }
+                    Operation::RestorePackage => {
+                        concat!($owner, "/packages/{package_type}/{package_name}/restore")
+                    }
+                    Operation::ListVersions => {
+                        concat!($owner, "/packages/{package_type}/{package_name}/versions")
+                    }
+                    Operation::GetVersion | Operation::DeleteVersion => concat!(
+                        $owner,
+                        "/packages/{package_type}/{package_name}/versions/{package_version_id}"
+                    ),
+                    Operation::RestoreVersion => concat!(
+                        $owner,
+                        "/packages/{package_type}/{package_name}/versions/{package_version_id}/restore"
+                    ),
+                }
+            };
+        }
+        match self.owner {
+            Owner::Org(_) => table!("/orgs/{org}"),
+            Owner::User(_) => table!("/users/{username}"),
+            Owner::AuthenticatedUser => table!("/user"),
+        }
     }
 
     /// The canonical path (percent-encoded, `/` in names as `%2F`) for this route.

@@ -351,3 +351,31 @@ async fn half_open_connections_do_not_starve_normal_requests() {
         "half-open connections were left open past the header timeout"
     );
 }
+
+// An idle keep-alive connection is closed after the header read timeout (it waits for the next
+// request head), so idle clients cannot pin connection slots forever.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"300ms\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {}\r\n\r\n",
+        proxy.token()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Now idle: the server must close the connection on its own.
+    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle keep-alive connection stayed open: {closed:?}"
+    );
+}
