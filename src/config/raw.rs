@@ -386,11 +386,14 @@ impl RawShared {
         let Some(url) = self.redis_url else {
             return Ok(None);
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if url.starts_with("rediss://") {
             return Err(invalid(
                 "shared.redis_url",
-                "must start with redis:// or rediss://",
+                "rediss:// (Redis over TLS) is not supported by this build; use redis:// on a private network",
             ));
+        }
+        if !url.starts_with("redis://") {
+            return Err(invalid("shared.redis_url", "must start with redis://"));
         }
         if self.replicas == 0 {
             return Err(invalid("shared.replicas", "must be at least 1"));
