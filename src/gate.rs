@@ -100,7 +100,7 @@ pub async fn execute(
             .map_err(ProxyError::Audit)?;
         return Ok((dry_run_response(m.route, &rule), None));
     }
-    if let Err(wait) = rule.take_budget(m.client) {
+    if let Err(wait) = take_budget(state, &rule, m.client).await {
         let error = ProxyError::TooManyRequests {
             message: format!(
                 "The destructive-call budget of rule {} is spent for this client",
@@ -209,6 +209,22 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
     drop(slot);
     state.pacer.before_send().await;
     Ok(())
+}
+
+/// Takes one call from the rule's budget for `client`: fleet-wide in Redis when the shared tier
+/// is up, else this replica's own.
+async fn take_budget(state: &AppState, rule: &Rule, client: &str) -> Result<(), Duration> {
+    let Some(size) = rule.budget_size() else {
+        return Ok(());
+    };
+    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
+        let window = state.config.mutations.budget_window;
+        let name = format!("{}:{client}", rule.name);
+        if let Ok(result) = shared.take_budget(&name, size, window).await {
+            return result.map(|_| ()).map_err(|snapshot| snapshot.retry_after);
+        }
+    }
+    rule.take_budget(client)
 }
 
 /// While draining, a slot further away than half the drain deadline is refused (503) instead

@@ -102,7 +102,7 @@ async fn walk(
         log.route = Some("/rate_limit");
         let identity = authenticate(state, &request)?;
         log.client = Some(identity.name.clone());
-        return Ok(rate_limit(state, &identity));
+        return Ok(rate_limit(state, &identity).await);
     }
     if path == PURGE_PATH {
         log.route = Some(PURGE_PATH);
@@ -304,8 +304,19 @@ fn is_rate_limit_path(path: &str) -> bool {
 /// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
 /// requests that need GitHub, and the scopes the proxy effectively grants it (clean-up tools
 /// read `X-OAuth-Scopes` before they start).
-fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
-    let snapshot = identity.limits.upstream.peek();
+async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
+    let local = identity.limits.upstream.peek();
+    let fleet = match state.shared.as_ref().filter(|s| s.is_up()) {
+        Some(shared) => {
+            let per_minute = identity.limits.quota.upstream_per_minute;
+            shared
+                .peek(&identity.name, "upstream", per_minute)
+                .await
+                .ok()
+        }
+        None => None,
+    };
+    let snapshot = fleet.unwrap_or(local);
     let used = snapshot.limit.saturating_sub(snapshot.remaining);
     let bucket = serde_json::json!({
         "limit": snapshot.limit,

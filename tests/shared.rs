@@ -299,6 +299,53 @@ async fn a_clients_quota_holds_across_replicas() {
     .await;
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(over.header("x-ratelimit-limit"), Some("3"));
+    // Every replica reports the fleet-wide quota.
+    let reported = get(&fleet[2].url("/rate_limit"), fleet[2].token())
+        .await
+        .json();
+    assert_eq!(reported["rate"]["limit"], 3);
+    assert_eq!(reported["rate"]["remaining"], 0);
+}
+
+#[tokio::test]
+async fn a_rules_budget_holds_across_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let audit = temp_dir("shared-budget").join("audit.jsonl");
+    let extra = format!(
+        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"two\"\nmax_per_hour = 2\n"
+    );
+    let fleet = fleet(&sim, &redis, &extra).await;
+    let url = format!(
+        "{}/orgs/acme/packages/container/web/versions?per_page=20",
+        sim.handle.base_url()
+    );
+    let ids: Vec<u64> = get(&url, &sim.org_token)
+        .await
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect();
+    let mut statuses = Vec::new();
+    for (i, id) in ids[1..4].iter().enumerate() {
+        let proxy = &fleet[i];
+        let path = format!("/orgs/acme/packages/container/web/versions/{id}");
+        statuses.push(
+            send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[])
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::NO_CONTENT,
+            StatusCode::NO_CONTENT,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
 }
 
 #[tokio::test]

@@ -252,20 +252,68 @@ impl Shared {
         bucket: &str,
         per_minute: u32,
     ) -> Result<Result<BucketSnapshot, BucketSnapshot>, Down> {
+        self.bucket(
+            &format!("{bucket}:{client}"),
+            per_minute,
+            Duration::from_secs(60),
+            1,
+        )
+        .await
+    }
+
+    /// Reads a fleet-wide bucket of `per_minute` without spending.
+    pub async fn peek(
+        &self,
+        client: &str,
+        bucket: &str,
+        per_minute: u32,
+    ) -> Result<BucketSnapshot, Down> {
+        let result = self
+            .bucket(
+                &format!("{bucket}:{client}"),
+                per_minute,
+                Duration::from_secs(60),
+                0,
+            )
+            .await?;
+        Ok(result.unwrap_or_else(|snapshot| snapshot))
+    }
+
+    /// Takes one token from a fleet-wide budget of `capacity` per `window` (policy budgets).
+    pub async fn take_budget(
+        &self,
+        name: &str,
+        capacity: u32,
+        window: Duration,
+    ) -> Result<Result<BucketSnapshot, BucketSnapshot>, Down> {
+        self.bucket(&format!("budget:{name}"), capacity, window, 1)
+            .await
+    }
+
+    async fn bucket(
+        &self,
+        name: &str,
+        capacity: u32,
+        window: Duration,
+        cost: u32,
+    ) -> Result<Result<BucketSnapshot, BucketSnapshot>, Down> {
         let mut conn = self.conn()?;
-        let key = self.key("q", &format!("{bucket}:{client}"));
+        let key = self.key("q", name);
         let script = self.scripts.bucket.clone();
+        let window_ms = millis(window).max(1);
         let (ok, remaining, reset_ms, retry_ms): (i64, i64, i64, i64) = self
             .run(async move {
                 script
                     .key(key)
-                    .arg(per_minute)
+                    .arg(capacity)
+                    .arg(window_ms)
+                    .arg(cost)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
         let snapshot = BucketSnapshot {
-            limit: u64::from(per_minute),
+            limit: u64::from(capacity),
             remaining: remaining.max(0).unsigned_abs(),
             reset: (reset_ms.max(0).unsigned_abs() / 1000) + 1,
             retry_after: Duration::from_millis(retry_ms.max(0).unsigned_abs()),

@@ -29,21 +29,24 @@ redis.call('SET', KEYS[1], now, 'PX', 3600000)
 return 0
 ";
 
-/// Takes one token from a bucket of ARGV[1] per minute. KEYS[1] hash {tokens, ts}.
-/// Returns {taken 0|1, remaining, full-at epoch ms, retry-after ms}.
+/// Takes ARGV[3] (0 or 1) tokens from a bucket of ARGV[1] per ARGV[2] ms. KEYS[1] hash
+/// {tokens, ts}. Returns {taken 0|1, remaining, full-at epoch ms, retry-after ms}; a cost of 0
+/// reads the bucket without spending.
 const BUCKET: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local capacity = tonumber(ARGV[1])
-local rate = capacity / 60000
+local window = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local rate = capacity / window
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or capacity
 local ts = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + (now - ts) * rate)
 local taken = 0
-if tokens >= 1 then tokens = tokens - 1; taken = 1 end
+if tokens >= cost then tokens = tokens - cost; taken = 1 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('PEXPIRE', KEYS[1], window * 2)
 local full_at = now + math.ceil((capacity - tokens) / rate)
 local retry = 0
 if taken == 0 then retry = math.ceil((1 - tokens) / rate) end
