@@ -162,9 +162,15 @@ enum TokenCommand {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    if let Command::Serve { config: path } = &cli.command {
+        // The config's [log] table applies to serve; a bad config is reported on stderr.
+        let config = Config::load(path)?;
+        init_tracing(cli.log_json || config.log.json, &config.log.level);
+        return serve(path.clone(), config).await;
+    }
+    init_tracing(cli.log_json, "info");
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { .. } => Ok(()),
         Command::CheckConfig { file } => check_config(file),
         Command::Token {
             command: TokenCommand::New { name },
@@ -296,8 +302,9 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
     }
 }
 
-fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// `RUST_LOG` wins over the config's level.
+fn init_tracing(json: bool, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().flatten_event(true).init();
@@ -306,8 +313,7 @@ fn init_tracing(json: bool) {
     }
 }
 
-async fn serve(path: PathBuf) -> Result<()> {
-    let config = Config::load(&path)?;
+async fn serve(path: PathBuf, config: Config) -> Result<()> {
     let token = config.load_token().context("loading the org token")?;
     let running = server::start(config, token).await?;
     let watcher = reload::spawn(

@@ -95,6 +95,11 @@ fn mistakes_name_the_key() {
             "timeout",
         ),
         (
+            format!("{MINIMAL}\n[log]\nformat = \"xml\"\n"),
+            "log.format",
+        ),
+        (format!("{MINIMAL}\n[log]\nlevel = \"=[\"\n"), "log.level"),
+        (
             MINIMAL.replace("[upstream]", "[upstream]\ntoken = \"ghp_inline\""),
             "token",
         ),

@@ -67,6 +67,8 @@ pub struct Config {
     pub mutations: MutationsConfig,
     /// The Redis tier replicas share (cache L2, pace, quotas, back-off, invalidation).
     pub shared: Option<SharedConfig>,
+    /// Logging.
+    pub log: LogConfig,
     /// The separate policy file, if the rules live in one (reload watches it too).
     pub policy_file: Option<PathBuf>,
 }
@@ -96,6 +98,15 @@ impl std::fmt::Debug for SharedConfig {
             .field("key_prefix", &self.key_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A level or `tracing` filter; `RUST_LOG`, when set, wins.
+    pub level: String,
+    /// JSON lines instead of text.
+    pub json: bool,
 }
 
 /// `[mutations]`

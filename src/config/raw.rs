@@ -7,8 +7,8 @@ use http::Uri;
 use serde::Deserialize;
 
 use super::{
-    CacheConfig, Client, Config, ConfigError, MutationsConfig, Quota, ServerConfig, SharedConfig,
-    TokenSource, UpstreamConfig,
+    CacheConfig, Client, Config, ConfigError, LogConfig, MutationsConfig, Quota, ServerConfig,
+    SharedConfig, TokenSource, UpstreamConfig,
 };
 use crate::{
     policy::{RawPolicy, client_names},
@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     quotas: RawQuotas,
     #[serde(default)]
     shared: RawShared,
+    #[serde(default)]
+    log: RawLog,
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,15 +370,62 @@ impl RawConfig {
             ));
         }
         let shared = self.shared.validate()?;
+        let log = self.log.validate()?;
         Ok(Config {
             server,
             upstream,
             clients,
             shared,
+            log,
             cache,
             policy: Arc::new(policy),
             mutations,
             policy_file,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_log_level")]
+    level: String,
+    #[serde(default = "default_log_format")]
+    format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_log_format() -> String {
+    "text".to_owned()
+}
+
+impl RawLog {
+    fn validate(self) -> Result<LogConfig, ConfigError> {
+        let json = match self.format.as_str() {
+            "text" => false,
+            "json" => true,
+            _ => return Err(invalid("log.format", "must be \"text\" or \"json\"")),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                "not a level or filter (e.g. \"info\", \"packages_proxy=debug\")",
+            ));
+        }
+        Ok(LogConfig {
+            level: self.level,
+            json,
         })
     }
 }
