@@ -15,6 +15,9 @@ use tokio::{sync::mpsc, time::Instant};
 
 /// Longest exponential back-off when GitHub gives no hint.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Longest back-off honoured from GitHub's headers (a primary reset is at most an hour away);
+/// also keeps `Instant` arithmetic far from overflow whatever the upstream sends.
+const MAX_HONOURED: Duration = Duration::from_secs(2 * 3600);
 /// First back-off when GitHub gives no hint (GitHub asks for at least a minute).
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -91,7 +94,7 @@ impl UpstreamBudget {
         }
         let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
         let wait = if let (true, Some(secs)) = (limited, retry_after) {
-            Some(Duration::from_secs(secs.max(1)))
+            Some(Duration::from_secs(secs.clamp(1, MAX_HONOURED.as_secs())))
         } else if remaining == Some(0) {
             Some(until_epoch(state.reset).max(Duration::from_secs(1)))
         } else if status == StatusCode::TOO_MANY_REQUESTS {
@@ -170,6 +173,7 @@ impl UpstreamBudget {
 
 /// Opens or extends the back-off; true when it changed.
 fn open(state: &mut State, wait: Duration) -> bool {
+    let wait = wait.min(MAX_HONOURED);
     let until = Instant::now() + wait;
     if state
         .backoff_until

@@ -129,9 +129,37 @@ pub async fn execute(
         .write(&intent)
         .await
         .map_err(ProxyError::Audit)?;
+    // From here on the mutation runs in its own task: a client that hangs up must not cancel a
+    // DELETE already sent, leaving no outcome record and stale cache entries behind.
+    let owned = Owned {
+        route: m.route.clone(),
+        forwarded: m.forwarded.clone(),
+        public_base: m.public_base.to_owned(),
+        request_id: m.request_id.to_owned(),
+    };
+    let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
+    task.await
+        .unwrap_or_else(|error| Err(ProxyError::Internal(Box::new(error))))
+}
+
+/// What the mutation task owns.
+struct Owned {
+    route: Route,
+    forwarded: Forwarded,
+    public_base: String,
+    request_id: String,
+}
+
+/// Slot, send, outcome record, invalidation: everything after the intent is on disk.
+async fn complete(
+    state: Arc<AppState>,
+    m: Owned,
+    record: AuditRecord,
+    cleared: Cleared,
+) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once.
-    if let Err(error) = wait_for_slot(state).await {
+    if let Err(error) = wait_for_slot(&state).await {
         let mut outcome = record.at("outcome", "refused");
         outcome.reason = Some(error.to_string());
         crate::metrics::destructive("refused");
@@ -140,7 +168,7 @@ pub async fn execute(
         }
         return Err(error);
     }
-    let sent = send_mutation(state, &m, Cleared(())).await;
+    let sent = send_mutation(&state, &m, cleared).await;
     let mut outcome = record.at("outcome", "failed");
     if let Ok(response) = &sent {
         outcome.upstream_status = Some(response.status().as_u16());
@@ -151,7 +179,7 @@ pub async fn execute(
             .map(str::to_owned);
         if response.status().is_success() {
             outcome.decision = "completed".to_owned();
-            invalidate(state, m.route).await;
+            invalidate(&state, &m.route).await;
         }
     } else if let Err(error) = &sent {
         outcome.reason = Some(error.to_string());
@@ -159,7 +187,7 @@ pub async fn execute(
     crate::metrics::destructive(&outcome.decision);
     if let Err(error) = state.audit.write(&outcome).await {
         // The call was made; it cannot be unsent. The intent record stands without an outcome.
-        tracing::error!(%error, request_id = m.request_id, "audit outcome not written");
+        tracing::error!(%error, request_id = %m.request_id, "audit outcome not written");
         state
             .audit_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -258,7 +286,7 @@ async fn invalidate(state: &AppState, route: &Route) {
 /// The one place a mutation is sent upstream; never retried.
 async fn send_mutation(
     state: &AppState,
-    m: &Mutation<'_>,
+    m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
     let response = state
@@ -266,14 +294,18 @@ async fn send_mutation(
         .send(
             m.route.operation.method(),
             &m.route.path_and_query(),
-            m.forwarded,
+            &m.forwarded,
         )
         .await?;
     let (parts, body) = response.into_parts();
-    let mut out = Response::new(body);
+    // 204 in practice: buffer what there is, so the task's answer does not depend on the client.
+    let body = crate::cache::read_body(body, 64 * 1024)
+        .await
+        .map_err(|_| ProxyError::Upstream("reading GitHub's answer to a mutation failed".into()))?;
+    let mut out = Response::new(crate::body::full(body));
     *out.status_mut() = parts.status;
     *out.headers_mut() =
-        crate::proxy::response_headers(state, m.route, m.public_base, &parts.headers);
+        crate::proxy::response_headers(state, &m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
 

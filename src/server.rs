@@ -147,9 +147,13 @@ async fn serve(
         // Hyper answers 431 past these; our own checks give the configured limits exact statuses.
         .max_headers(server.max_headers.saturating_mul(2).max(16))
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
+    // Pings find dead HTTP/2 peers; a live one that opens no stream still holds its slot until
+    // it goes away (hyper has no idle timeout for HTTP/2 connections).
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256);
     let connections = Arc::new(Semaphore::new(server.max_connections));
     let graceful = GracefulShutdown::new();
@@ -191,13 +195,24 @@ async fn serve(
             });
             continue;
         }
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc.clone()))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, svc, watcher) = (builder.clone(), svc.clone(), graceful.watcher());
+        let first_byte = server.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit; // released when the connection ends
-            if let Err(error) = conn.await {
+            // Hyper's header timer starts with the first byte: a connection that sends nothing
+            // would hold its slot forever, so it gets as long as a request head would.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(first_byte, stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                tracing::debug!("connection closed: nothing sent within the header timeout");
+                return;
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .into_owned();
+            if let Err(error) = watcher.watch(conn).await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
         });

@@ -379,3 +379,28 @@ async fn idle_keep_alive_connections_are_closed() {
         "an idle keep-alive connection stayed open: {closed:?}"
     );
 }
+
+// Connections that never send a byte must not hold connection slots: hyper's header timer only
+// starts with the first byte (a regression a security review found: 20 silent sockets took a
+// proxy with max_connections = 20 offline).
+#[tokio::test]
+async fn silent_connections_are_closed_and_do_not_exhaust_the_connection_cap() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"300ms\"\nmax_connections = 20",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let mut silent = Vec::new();
+    for _ in 0..25 {
+        silent.push(tokio::net::TcpStream::connect(proxy.addr()).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let reply = get(&proxy.url(WEB), proxy.token()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited {:?} behind silent connections",
+        started.elapsed()
+    );
+}

@@ -240,23 +240,41 @@ impl Cache {
         let state = state.clone();
         let spec = spec.clone();
         tokio::spawn(async move {
+            // Unlists the key however this task ends: a panic must not strand the key with a
+            // channel nobody will ever send on.
+            let unlist = Unlist {
+                state: state.clone(),
+                key: spec.key.clone(),
+            };
             let fetched = fetch_fleet(&state, &spec, stale).await;
-            let cache = &state.cache;
             if let Fetched::Answer(entry) = &fetched
                 && cacheable(entry.status)
             {
-                cache.store.insert(spec.key.clone(), entry.clone());
+                state.cache.store.insert(spec.key.clone(), entry.clone());
             }
             // Stored first, then unlisted, then announced: a request arriving in between finds
             // the stored entry; one that joined earlier gets the announcement.
-            cache
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&spec.key);
+            drop(unlist);
             let _ = tx.send(Some(fetched));
         });
         (rx, true)
+    }
+}
+
+/// Removes a key from the single-flight table when dropped.
+struct Unlist {
+    state: Arc<AppState>,
+    key: String,
+}
+
+impl Drop for Unlist {
+    fn drop(&mut self) {
+        self.state
+            .cache
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
     }
 }
 
@@ -531,7 +549,7 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
 }
 
 /// Buffers a body up to `limit` bytes.
-async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Failure> {
+pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Failure> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Failure::Unreachable)?;
