@@ -45,6 +45,8 @@ const HIT_PATH: &str = "/orgs/acme/packages/container/pkg-0/versions?per_page=30
 const PAGES_PREFIX: &str = "/orgs/acme/packages/container/pkg-1/versions?per_page=30&page=";
 /// First page number of the key-count runs (well past the last real page).
 const FIRST_PAGE: u32 = 1_000;
+/// A per-minute quota no run reaches (u32, like the config field).
+const QUOTA_OFF: u32 = 4_000_000_000;
 
 // === settings ===
 
@@ -245,6 +247,13 @@ impl Outcome {
             self.errors,
             self.bad_status,
         );
+        if self.bad_status > 0 {
+            println!(
+                "   (!) {} answers were not 200 (a quota? see proxy_config): this point measures \
+                 errors, not hits",
+                self.bad_status
+            );
+        }
         if self.server_cpu < 0.9 && self.load_cpu < 0.9 {
             println!(
                 "   (!) neither side reached 90% of its core: something else used the machine; \
@@ -479,6 +488,9 @@ fn rss() -> String {
 
 fn proxy_config(upstream: &str, client_token: &str) -> String {
     let hash = TokenHash::of(client_token).to_hex();
+    // Client quotas out of the way (the defaults, 6,000 hits and 300 misses a minute, would turn
+    // most of a run into 429s: a token bucket refilling at 100 hits/s). The bucket is still taken
+    // on every request, so its cost is measured.
     // Long TTLs: nothing may expire (and turn hits into revalidations) during the run. The byte
     // bound is far above what a million small entries weigh.
     format!(
@@ -486,9 +498,12 @@ fn proxy_config(upstream: &str, client_token: &str) -> String {
          [upstream]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n\
          token_env = \"PACKAGES_PROXY_BENCH_UNUSED\"\nowners = [\"acme\"]\n\n\
          [[clients]]\nname = \"bench\"\ntoken_sha256 = \"{hash}\"\n\n\
+         [quotas]\nupstream_per_minute = {unlimited}\nhits_per_minute = {unlimited}\n\
+         max_in_flight = 100000\n\n\
          [cache]\nmax_bytes = {max_bytes}\npackage_lists_ttl = \"1h\"\npackage_ttl = \"1h\"\n\
          version_lists_ttl = \"1h\"\nversion_ttl = \"1h\"\nnot_found_ttl = \"1h\"\n",
         max_bytes = 16u64 << 30,
+        unlimited = QUOTA_OFF,
     )
 }
 

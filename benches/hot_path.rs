@@ -21,6 +21,8 @@ use packages_proxy::{
     auth::Clients,
     cache::{self, Generations},
     config::{self, Config},
+    metrics,
+    quota::TokenBucket,
     route::Route,
     secret::{OrgToken, TokenHash, new_client_token},
     server::{self, Running},
@@ -136,10 +138,13 @@ fn stack() -> Stack {
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[upstream]\nbase_url = \"{}\"\n\
              allow_plain_http = true\ntoken_env = \"PACKAGES_PROXY_BENCH_UNUSED\"\n\
              owners = [\"acme\"]\n\n[[clients]]\nname = \"bench\"\ntoken_sha256 = \"{}\"\n\n\
+             [quotas]\nupstream_per_minute = 4000000000\nhits_per_minute = 4000000000\n\n\
              [cache]\nversion_lists_ttl = \"1h\"\n",
             sim.base_url(),
             TokenHash::of(&client_token).to_hex()
         );
+        // Quotas out of the way: the default 6,000 hits a minute would make most timed hits 429s
+        // (the bucket is still taken on every hit, so its cost is in the number).
         let config = Config::parse(&text).unwrap();
         let running = server::start(config, OrgToken::new(&org_token).unwrap())
             .await
@@ -271,7 +276,105 @@ fn loopback_hit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pieces, loopback_hit);
+/// What a hit adds since quotas and metrics: one `TokenBucket::take` (a std `Mutex`) and one
+/// `metrics::request` (label `String`s, a registry lookup per metric, a histogram sample). Next to
+/// them, two cheaper ways to record the same request, as evidence for a fix (benches/README.md).
+fn bookkeeping(c: &mut Criterion) {
+    let bucket = TokenBucket::per_minute(u32::MAX);
+    c.bench_function("token_bucket_take", |b| {
+        b.iter(|| black_box(&bucket).take().unwrap())
+    });
+    // Two threads taking from one bucket: what one client's hits cost on a 2-worker server.
+    c.bench_function("token_bucket_take_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let bucket = &bucket;
+            std::thread::scope(|scope| {
+                let other = scope.spawn(move || {
+                    for _ in 0..iters {
+                        black_box(bucket.take().unwrap());
+                    }
+                });
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(bucket.take().unwrap());
+                }
+                let elapsed = start.elapsed();
+                other.join().unwrap();
+                elapsed
+            })
+        })
+    });
+
+    // The proxy's recorder, as `server::start` installs it. Its histograms keep every sample
+    // until a scrape (or `run_upkeep`) drains them: drained after each batch, outside the time,
+    // except in `metrics_request_with_drain`.
+    let handle = metrics::handle();
+    let route = Route::parse(&Method::GET, PATH, Some(QUERY)).unwrap();
+    // What the proxy passes as the route label for this request.
+    assert_eq!(route.template(), STATIC_TEMPLATE);
+    let template = STATIC_TEMPLATE;
+    let client: Arc<str> = Arc::from("team-a");
+    let elapsed = std::time::Duration::from_micros(180);
+    let mut group = c.benchmark_group("metrics");
+    let mut timed = |name: &str, drain_in_time: bool, f: &mut dyn FnMut()| {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                if drain_in_time {
+                    handle.run_upkeep();
+                    return start.elapsed();
+                }
+                let elapsed = start.elapsed();
+                handle.run_upkeep();
+                elapsed
+            })
+        });
+    };
+    timed("request", false, &mut || {
+        metrics::request(black_box(template), 200, "hit", black_box(&client), elapsed)
+    });
+    timed("request_with_drain", true, &mut || {
+        metrics::request(black_box(template), 200, "hit", black_box(&client), elapsed)
+    });
+    // Same metrics and labels, no allocation: `&'static str` template and class, the client's
+    // `Arc<str>` shared. Still one registry lookup (hash of name + labels) per metric.
+    timed("request_static_labels", false, &mut || {
+        let client = black_box(&client).clone();
+        ::metrics::counter!(
+            metrics::REQUESTS,
+            "route" => STATIC_TEMPLATE,
+            "status_class" => metrics::status_class(200),
+            "cache" => "hit",
+            "client" => client,
+        )
+        .increment(1);
+        ::metrics::histogram!(metrics::REQUEST_DURATION, "route" => STATIC_TEMPLATE)
+            .record(elapsed.as_secs_f64());
+    });
+    // Handles registered once and kept (e.g. per client and route in the identity, or in a
+    // small map): an atomic add and a histogram push per request.
+    let counter = ::metrics::counter!(
+        metrics::REQUESTS,
+        "route" => STATIC_TEMPLATE,
+        "status_class" => "2xx",
+        "cache" => "hit",
+        "client" => client.clone(),
+    );
+    let histogram = ::metrics::histogram!(metrics::REQUEST_DURATION, "route" => STATIC_TEMPLATE);
+    timed("request_cached_handles", false, &mut || {
+        black_box(&counter).increment(1);
+        black_box(&histogram).record(elapsed.as_secs_f64());
+    });
+    group.finish();
+}
+
+/// The template `metrics::request` gets for the benched route, as a `&'static str` could be.
+const STATIC_TEMPLATE: &str = "/orgs/{org}/packages/{package_type}/{package_name}/versions";
+
+criterion_group!(benches, pieces, bookkeeping, loopback_hit);
 criterion_main!(benches);
 
 /// Any quota: authentication does not look at it.
