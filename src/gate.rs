@@ -267,20 +267,12 @@ fn refuse_past_drain(state: &AppState, wait: Duration) -> Result<(), ProxyError>
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
 async fn invalidate(state: &AppState, route: &Route) {
     let scopes = crate::cache::Generations::scopes_of(route);
-    if let Some(shared) = &state.shared {
-        match shared.bump(&scopes).await {
-            Ok(values) => {
-                for (scope, value) in values {
-                    state.cache.generations.raise(&scope, value);
-                }
-                return;
-            }
-            Err(error) => {
-                tracing::error!(%error, "fleet-wide invalidation failed; this replica only")
-            }
-        }
+    if let Err(error) = crate::cache::invalidate(state, &scopes).await {
+        // Only reachable if Redis failed between the send and now (mutations are refused while
+        // it is down): this replica is invalidated; the others' entries expire with their TTL.
+        tracing::error!(%error, "fleet-wide invalidation failed; this replica only");
+        state.cache.generations.bump_all(&scopes);
     }
-    state.cache.generations.package_changed(route);
 }
 
 /// The one place a mutation is sent upstream; never retried.

@@ -83,6 +83,8 @@ pub struct Policy {
 pub struct Rule {
     /// Its name.
     pub name: String,
+    /// A deny rule (owners then also cover `/user/...`).
+    deny: bool,
     clients: Option<HashSet<String>>,
     actions: Option<HashSet<Operation>>,
     owners: Option<HashSet<String>>,
@@ -231,13 +233,13 @@ impl RawRule {
             .transpose()?;
         let packages = self
             .packages
-            .map(|list| globs(&list, &format!("{field}.packages")))
+            .map(|list| globs(&list, &format!("{field}.packages"), true))
             .transpose()?;
         let protect = if self.protect_tags.is_empty() {
             None
         } else {
             Some((
-                globs(&self.protect_tags, &format!("{field}.protect_tags"))?,
+                globs(&self.protect_tags, &format!("{field}.protect_tags"), false)?,
                 self.protect_tags,
             ))
         };
@@ -247,6 +249,7 @@ impl RawRule {
             .transpose()?;
         Ok(Rule {
             name: self.name,
+            deny: !allow,
             clients,
             actions,
             owners,
@@ -275,11 +278,14 @@ fn action(name: &str, field: &str) -> Result<Operation, ConfigError> {
     })
 }
 
-fn globs(patterns: &[String], field: &str) -> Result<GlobSet, ConfigError> {
+/// Package names match case-insensitively (GitHub resolves them so; a deny rule must not be
+/// dodged by spelling `BASE/runtime`); tags are case-sensitive, as in OCI registries.
+fn globs(patterns: &[String], field: &str, case_insensitive: bool) -> Result<GlobSet, ConfigError> {
     let mut set = GlobSetBuilder::new();
     for pattern in patterns {
         let glob: Glob = GlobBuilder::new(pattern)
             .literal_separator(true) // `*` stays within one `/` part; `**` crosses
+            .case_insensitive(case_insensitive)
             .build()
             .map_err(|e| invalid(field, &format!("bad pattern {pattern:?}: {e}")))?;
         set.add(glob);
@@ -369,10 +375,12 @@ impl Rule {
                 .actions
                 .as_ref()
                 .is_none_or(|a| a.contains(&route.operation))
-            && self
-                .owners
-                .as_ref()
-                .is_none_or(|o| owner.as_ref().is_some_and(|owner| o.contains(owner)))
+            && self.owners.as_ref().is_none_or(|o| match &owner {
+                Some(owner) => o.contains(owner),
+                // `/user/...` acts as the token's own user, whose login the proxy does not know:
+                // a deny rule naming owners covers it (fail closed), an allow rule does not.
+                None => self.deny,
+            })
             && self
                 .package_types
                 .as_ref()

@@ -15,11 +15,11 @@ use hyper::body::{Body as _, Incoming};
 use crate::{
     auth::Identity,
     body::{self, Body},
-    cache::{self, ClientConditions, FetchSpec},
+    cache::{self, ClientConditions, FetchSpec, Generations},
     error::ProxyError,
     gate::{self, Mutation},
     link,
-    route::{Owner, Route},
+    route::{Owner, PackageType, Route},
     state::AppState,
     tls::PeerCert,
     upstream::{Forwarded, filter_response_headers},
@@ -225,25 +225,40 @@ async fn purge(
         serde_json::from_slice(&bytes)
             .map_err(|e| ProxyError::BadRequest(format!("Problems parsing JSON: {e}")))?
     };
-    let purged = match (&scope.owner, &scope.package_type, &scope.package_name) {
-        (None, None, None) => {
-            state.cache.purge_all();
-            "all".to_owned()
+    let known = |owner: &str| {
+        state
+            .config
+            .upstream
+            .owners
+            .contains(&owner.to_ascii_lowercase())
+    };
+    let (scopes, purged) = match (&scope.owner, &scope.package_type, &scope.package_name) {
+        (None, None, None) => (Generations::scope_of_everything(), "all".to_owned()),
+        (Some(owner), None, None) if known(owner) => (
+            Generations::scopes_of_owner(owner),
+            format!("owner {owner}"),
+        ),
+        (Some(owner), Some(ty), Some(name))
+            if known(owner) && PackageType::parse(ty).is_some() && name.len() <= 255 =>
+        {
+            let scopes = Generations::scopes_of_package(owner, ty, name);
+            (scopes, format!("package {owner}/{ty}/{name}"))
         }
-        (Some(owner), None, None) => {
-            state.cache.generations.purge_owner(owner);
-            format!("owner {owner}")
-        }
-        (Some(owner), Some(ty), Some(name)) => {
-            state.cache.generations.purge_package(owner, ty, name);
-            format!("package {owner}/{ty}/{name}")
-        }
+        (Some(_), None, None) | (Some(_), Some(_), Some(_)) => return Err(ProxyError::NotFound),
         _ => {
             return Err(ProxyError::BadRequest(
                 "Give nothing, an owner, or an owner with package_type and package_name".to_owned(),
             ));
         }
     };
+    cache::invalidate(state, &scopes).await.map_err(|_| {
+        ProxyError::Unavailable(
+            "The shared tier (Redis) is unavailable: a purge must reach every replica".to_owned(),
+        )
+    })?;
+    if scope.owner.is_none() {
+        state.cache.purge_all(); // memory back at once; the key scope already hides old entries
+    }
     tracing::info!(client = %identity.name, scope = %purged, "cache purged");
     let body = serde_json::json!({ "purged": purged });
     let mut response = Response::new(body::full(body.to_string()));

@@ -87,6 +87,7 @@ impl AppState {
         bound: SocketAddr,
     ) -> Result<Arc<Self>, StateError> {
         crate::metrics::handle(); // installed before the first metric is recorded
+        crate::metrics::spawn_upkeep();
         let upstream = Upstream::new(&config.upstream, token)?;
         let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None, config.replicas()));
         let cache = Cache::new(&config.cache);

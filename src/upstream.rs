@@ -372,6 +372,11 @@ fn sane(value: &HeaderValue, max: usize) -> bool {
     bytes.len() <= max && bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic())
 }
 
+/// Whether a response header is on the allow-list (`Link` aside, which is rewritten).
+pub fn is_passed_header(name: &HeaderName) -> bool {
+    PASS_HEADERS.contains(&name.as_str())
+}
+
 /// Copies the allow-listed response headers; `Link` is handled by the caller.
 ///
 /// The values are copied, not cloned: hyper's parsed values share the connection's read buffer,

@@ -674,3 +674,39 @@ async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
         .count();
     assert_eq!(restores, 3, "restores were not audited through the proxy");
 }
+
+// Found in review: deny rules naming owners did not cover `/user/...` (fail open), and package
+// names matched case-sensitively, so `BASE%2Fruntime` dodged a `base/**` deny rule.
+#[tokio::test]
+async fn deny_rules_cover_user_routes_and_any_spelling_of_a_name() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("deny-spelling").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\
+             [[policy.allow]]\nname = \"everything\"\n\
+             [[policy.deny]]\nname = \"not-octocat\"\nowners = [\"octocat\"]\n\
+             [[policy.deny]]\nname = \"never-base\"\npackages = [\"base/**\"]\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    for path in [
+        "/user/packages/container/hello_docker/versions/1",
+        "/users/octocat/packages/container/hello_docker/versions/1",
+        "/users/OctoCat/packages/container/hello_docker/versions/1",
+        "/orgs/acme/packages/container/BASE%2Fruntime/versions/1",
+        "/orgs/acme/packages/container/Base%2FRuntime",
+    ] {
+        let reply = delete(&proxy, 0, path).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Denied by rule"),
+            "{path}"
+        );
+    }
+    assert_eq!(deletes_seen(&sim), 0);
+}

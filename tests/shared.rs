@@ -471,3 +471,105 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
     get(&fleet[2].url(fresh), fleet[2].token()).await;
     assert_eq!(gets(&sim), before);
 }
+
+// Found in review: a purge changed only the purging replica's L1, so L2 served the purged
+// entry back, and purge generations diverged from the fleet's so a later delete was missed.
+#[tokio::test]
+async fn a_purge_reaches_every_replica_and_the_l2() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        let opts = ProxyOptions {
+            extra: format!("[shared]\nredis_url = \"{}\"\nreplicas = 2\n", redis.url()),
+            admins: vec!["team-b"],
+            ..ProxyOptions::default()
+        };
+        let proxy = spawn_proxy(&sim, opts).await;
+        wait_up(&proxy, true).await;
+        fleet.push(proxy);
+    }
+    get(&fleet[0].url(WEB), fleet[0].token()).await;
+    get(&fleet[1].url(WEB), fleet[1].token()).await;
+    assert_eq!(gets(&sim), 1);
+    for body in [
+        "{}",
+        r#"{"owner":"acme"}"#,
+        r#"{"owner":"acme","package_type":"container","package_name":"web"}"#,
+    ] {
+        let request = http::Request::post(fleet[0].url("/admin/cache/purge"))
+            .header("authorization", format!("Bearer {}", fleet[0].tokens[1]))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        assert_eq!(
+            client().request(request).await.unwrap().status(),
+            StatusCode::OK,
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // the publish reaches replica 2
+        let before = gets(&sim);
+        let reply = get(&fleet[1].url(WEB), fleet[1].token()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            gets(&sim),
+            before + 1,
+            "{body}: replica 2 served a purged entry"
+        );
+    }
+}
+
+// Found in review: a crafted L2 entry could panic the decoder (stranding the key) or smuggle
+// headers to every team. Whatever sits in Redis, answers come from GitHub's allow-list.
+#[tokio::test]
+async fn crafted_l2_entries_are_ignored() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "").await;
+    let key = "packages-proxy:c:2022-11-28|application/vnd.github+json|-|/orgs/acme/packages/container/web/versions?state=active&per_page=10&page=1|g0.0.0";
+    let mut crafted = vec![1u8, 0, 200];
+    crafted.extend_from_slice(&0u64.to_be_bytes()); // fetched at the epoch
+    crafted.extend_from_slice(&u64::MAX.to_be_bytes()); // fresh forever
+    crafted.extend_from_slice(&0u32.to_be_bytes()); // no etag
+    crafted.extend_from_slice(&u16::MAX.to_be_bytes()); // 65,535 headers
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // First a well-formed entry at that key: replica 1 serves it, which proves the key is right.
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let mut valid = vec![1u8, 0, 200];
+    valid.extend_from_slice(&now_ms.to_be_bytes());
+    valid.extend_from_slice(&60_000u64.to_be_bytes());
+    valid.extend_from_slice(&0u32.to_be_bytes());
+    valid.extend_from_slice(&0u16.to_be_bytes());
+    valid.extend_from_slice(&3u32.to_be_bytes());
+    valid.extend_from_slice(b"[7]");
+    let _: () = redis::AsyncCommands::set(&mut conn, key, valid)
+        .await
+        .unwrap();
+    assert_eq!(
+        &get(&fleet[0].url(WEB), fleet[0].token()).await.body[..],
+        b"[7]"
+    );
+    // Then crafted ones: replicas 2 and 3 ignore them and ask GitHub.
+    let mut forever = crafted.clone();
+    forever.truncate(forever.len() - 2);
+    forever.extend_from_slice(&0u16.to_be_bytes());
+    forever.extend_from_slice(&2u32.to_be_bytes());
+    forever.extend_from_slice(b"[]");
+    for (proxy, bytes) in fleet[1..].iter().zip([crafted, forever]) {
+        let _: () = redis::AsyncCommands::set(&mut conn, key, bytes)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            let reply = get(&proxy.url(WEB), proxy.token()).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            let served = reply.json().as_array().is_some_and(|a| a.len() == 10);
+            assert!(served, "a crafted entry was served");
+        }
+    }
+}

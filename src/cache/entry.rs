@@ -86,9 +86,9 @@ impl Entry {
         let age = self.age(now);
         if age < self.ttl {
             Freshness::Fresh
-        } else if age < self.ttl + swr {
+        } else if age < self.ttl.saturating_add(swr) {
             Freshness::StaleWhileRevalidate
-        } else if age < self.ttl + sie {
+        } else if age < self.ttl.saturating_add(sie) {
             Freshness::StaleIfError
         } else {
             Freshness::Expired
@@ -97,7 +97,7 @@ impl Entry {
 
     /// Usable as a stale fallback when the upstream fails.
     pub fn usable_if_error(&self, now: Instant, sie: Duration) -> bool {
-        self.age(now) < self.ttl + sie
+        self.age(now) < self.ttl.saturating_add(sie)
     }
 
     /// Bytes this entry costs, for the cache's weigher.

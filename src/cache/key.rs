@@ -49,41 +49,62 @@ impl Generations {
         *slot = (*slot).max(value);
     }
 
+    /// Bumps each scope by one (this replica only; see `cache::invalidate` for the fleet).
+    pub fn bump_all(&self, scopes: &[String]) {
+        for scope in scopes {
+            self.bump(scope.clone());
+        }
+    }
+
     /// The scopes a delete or restore of `route`'s package invalidates.
     pub fn scopes_of(route: &Route) -> Vec<String> {
         let ns = namespace(&route.owner);
         let mut scopes = Vec::with_capacity(2);
         if let Some(package) = &route.package {
-            scopes.push(format!(
-                "pkg:{ns}/{}/{}",
-                package.package_type, package.name
+            scopes.push(package_scope(
+                &ns,
+                package.package_type.as_str(),
+                &package.name,
             ));
         }
         scopes.push(format!("lists:{ns}"));
         scopes
     }
 
-    /// After a delete or restore of `route`'s package: its entries and its owner's lists go.
-    pub fn package_changed(&self, route: &Route) {
-        for scope in Self::scopes_of(route) {
-            self.bump(scope);
-        }
+    /// The scopes a purge of one package invalidates (the owner as org and as user).
+    pub fn scopes_of_package(owner: &str, package_type: &str, name: &str) -> Vec<String> {
+        owner_namespaces(owner)
+            .into_iter()
+            .flat_map(|ns| {
+                [
+                    package_scope(&ns, package_type, name),
+                    format!("lists:{ns}"),
+                ]
+            })
+            .collect()
     }
 
-    /// Purge of one package, addressed by owner login (as org and as user).
-    pub fn purge_package(&self, owner: &str, package_type: &str, name: &str) {
-        for ns in owner_namespaces(owner) {
-            self.bump(format!("pkg:{ns}/{package_type}/{name}"));
-            self.bump(format!("lists:{ns}"));
-        }
+    /// The scopes a purge of everything of one owner invalidates (as org and as user).
+    pub fn scopes_of_owner(owner: &str) -> Vec<String> {
+        owner_namespaces(owner)
+            .into_iter()
+            .map(|ns| format!("all:{ns}"))
+            .collect()
     }
 
-    /// Purge of everything of one owner (as org and as user).
-    pub fn purge_owner(&self, owner: &str) {
-        for ns in owner_namespaces(owner) {
-            self.bump(format!("all:{ns}"));
-        }
+    /// The scope every key carries: a purge of everything bumps it (L1 and L2 alike).
+    pub fn scope_of_everything() -> Vec<String> {
+        vec![GLOBAL.to_owned()]
     }
+}
+
+/// The scope in every key.
+const GLOBAL: &str = "global";
+
+/// Package names compare case-insensitively (as GitHub resolves them), so `Web` and `web`
+/// share their invalidation scope.
+fn package_scope(ns: &str, package_type: &str, name: &str) -> String {
+    format!("pkg:{ns}/{package_type}/{}", name.to_ascii_lowercase())
 }
 
 /// The user namespace is shared: `/user/...` and `/users/{login}/...` may name the same packages,
@@ -116,18 +137,21 @@ pub fn key(
     key.push('|');
     key.push_str(if ghes_links { "v3" } else { "-" });
     key.push('|');
-    key.push_str(&route.path());
+    // Logins and package names are case-insensitive: one entry for every spelling.
+    key.push_str(&route.path().to_ascii_lowercase());
     push_normalised_query(&mut key, route);
     let ns = namespace(&route.owner);
+    let global = generations.get(GLOBAL);
     let all = generations.get(&format!("all:{ns}"));
     let scoped = match &route.package {
-        Some(package) => generations.get(&format!(
-            "pkg:{ns}/{}/{}",
-            package.package_type, package.name
+        Some(package) => generations.get(&package_scope(
+            &ns,
+            package.package_type.as_str(),
+            &package.name,
         )),
         None => generations.get(&format!("lists:{ns}")),
     };
-    let _ = write!(key, "|g{all}.{scoped}");
+    let _ = write!(key, "|g{global}.{all}.{scoped}");
     key
 }
 

@@ -287,6 +287,22 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// Bumps invalidation scopes: fleet-wide through the shared tier when one is configured (every
+/// replica, L1 and L2 keys alike), else on this replica. With a shared tier configured but down,
+/// nothing is bumped locally (a local bump would make this replica's generations diverge from
+/// the fleet's for good) and the caller decides.
+pub async fn invalidate(state: &AppState, scopes: &[String]) -> Result<(), crate::shared::Down> {
+    match &state.shared {
+        Some(shared) => {
+            for (scope, value) in shared.bump(scopes).await? {
+                state.cache.generations.raise(&scope, value);
+            }
+        }
+        None => state.cache.generations.bump_all(scopes),
+    }
+    Ok(())
+}
+
 /// What the client asked of the cache besides the route.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConditions {
@@ -467,7 +483,6 @@ async fn fetch_fleet(
     };
     let config = &state.cache.config;
     let (swr, sie) = (config.stale_while_revalidate, config.stale_if_error);
-    let started = std::time::SystemTime::now();
     if let Some(entry) = shared.l2_get(&spec.key).await
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
@@ -475,7 +490,7 @@ async fn fetch_fleet(
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
     let locked = shared.lock(&spec.key).await.unwrap_or(true);
-    if !locked && let Some(entry) = shared.wait_for(&spec.key, started).await {
+    if !locked && let Some(entry) = shared.wait_for(&spec.key).await {
         return Fetched::Answer(Arc::new(entry));
     }
     let fetched = fetch(state, spec, stale).await;

@@ -14,6 +14,10 @@ use tokio::time::Instant;
 use crate::cache::Entry;
 
 const VERSION: u8 = 1;
+/// Longest freshness any route class may have; larger was not written by a replica.
+const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Most headers an entry carries (ours carry about a dozen); more is not ours.
+const MAX_HEADERS: u16 = 64;
 
 /// Encodes an entry for L2.
 pub(super) fn encode(entry: &Entry) -> Vec<u8> {
@@ -46,9 +50,16 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Entry> {
     if buf.remaining() < 19 || buf.get_u8() != VERSION {
         return None;
     }
+    // Only what the cache stores; anything else in Redis was not written by a replica.
     let status = StatusCode::from_u16(buf.get_u16()).ok()?;
+    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
+        return None;
+    }
     let fetched_wall = UNIX_EPOCH + Duration::from_millis(buf.get_u64());
     let ttl = Duration::from_millis(buf.get_u64());
+    if ttl > MAX_TTL {
+        return None;
+    }
     let etag = read(&mut buf)?;
     let etag = (!etag.is_empty())
         .then(|| HeaderValue::from_bytes(&etag).ok())
@@ -57,10 +68,17 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Entry> {
         return None;
     }
     let count = buf.get_u16();
+    if count > MAX_HEADERS {
+        return None;
+    }
     let mut headers = HeaderMap::with_capacity(usize::from(count));
     for _ in 0..count {
         let name = HeaderName::from_bytes(&read(&mut buf)?).ok()?;
         let value = HeaderValue::from_bytes(&read(&mut buf)?).ok()?;
+        // The same allow-list as answers from GitHub: an entry cannot smuggle other headers.
+        if !crate::upstream::is_passed_header(&name) && name != http::header::LINK {
+            return None;
+        }
         headers.append(name, value);
     }
     let body = Bytes::from(read(&mut buf)?);

@@ -164,17 +164,18 @@ impl Shared {
         let _ = self.run(async move { conn.del::<_, ()>(key).await }).await;
     }
 
-    /// Waits (polling L2) for another replica's fetch of `key`, up to the lock TTL. Returns an
-    /// entry fetched after `since`.
-    pub async fn wait_for(&self, key: &str, since: SystemTime) -> Option<Entry> {
+    /// Waits (polling L2) for another replica's fetch of `key`, up to the lock TTL. Returns the
+    /// first entry that is fresh (any fresh answer will do: the winner's may have landed a
+    /// moment before this replica started waiting).
+    pub async fn wait_for(&self, key: &str) -> Option<Entry> {
         let deadline = tokio::time::Instant::now() + self.config.lock_ttl;
         while tokio::time::Instant::now() < deadline && self.is_up() {
-            tokio::time::sleep(LOCK_POLL).await;
             if let Some(entry) = self.l2_get(key).await
-                && entry.fetched_wall >= since
+                && entry.age(tokio::time::Instant::now()) < entry.ttl
             {
                 return Some(entry);
             }
+            tokio::time::sleep(LOCK_POLL).await;
         }
         None
     }
