@@ -95,7 +95,8 @@ async fn walk(
 ) -> Result<Response<Body>, ProxyError> {
     check_limits(state, &request)?;
     let path = request.uri().path();
-    if let Some(response) = operational(state, request.method(), path) {
+    let metrics_here = state.config.server.admin_listen.is_none();
+    if let Some(response) = operational(state, request.method(), path, metrics_here) {
         return Ok(response);
     }
     if is_rate_limit_path(path) && request.method() == Method::GET {
@@ -397,11 +398,17 @@ pub fn response_headers(
 
 /// `/healthz` (alive), `/readyz` (ready unless draining) and `/metrics`, outside the Packages
 /// API and without authentication.
-fn operational(state: &AppState, method: &Method, path: &str) -> Option<Response<Body>> {
+/// `metrics` false: `/metrics` lives on the admin listener instead.
+pub fn operational(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    metrics: bool,
+) -> Option<Response<Body>> {
     if *method != Method::GET && *method != Method::HEAD {
         return None;
     }
-    if path == "/metrics" {
+    if metrics && path == "/metrics" {
         let mut response = Response::new(body::full(crate::metrics::render(state)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

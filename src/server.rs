@@ -102,9 +102,23 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
     let (stop, stopped) = oneshot::channel();
     let reloader = tls.as_ref().map(Tls::spawn_reloader);
     let acceptor = tls.as_ref().map(Tls::acceptor);
+    let admin = match state.config.server.admin_listen {
+        Some(admin_addr) => {
+            let admin_listener = bind(admin_addr).map_err(|source| StartError::Bind {
+                addr: admin_addr,
+                source,
+            })?;
+            tracing::info!(addr = %admin_addr, "admin listener (/metrics, /healthz, /readyz)");
+            Some(tokio::spawn(serve_admin(admin_listener, state.clone())))
+        }
+        None => None,
+    };
     let serving = serve(listener, state.clone(), svc, acceptor, stopped);
     let task = tokio::spawn(async move {
         serving.await;
+        if let Some(admin) = admin {
+            admin.abort(); // answers only probes and scrapes: nothing to drain
+        }
         if let Some(reloader) = reloader {
             reloader.abort(); // it only sleeps and reads files: nothing to finish
         }
@@ -116,6 +130,30 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
         stop,
         task,
     })
+}
+
+/// The admin listener: plain HTTP/1, only `/metrics`, `/healthz` and `/readyz`.
+async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let response =
+                    crate::proxy::operational(&state, request.method(), request.uri().path(), true)
+                        .unwrap_or_else(|| crate::error::ProxyError::NotFound.into_response());
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -93,3 +93,54 @@ async fn metrics_appear_with_their_names_and_move_with_traffic() {
     assert!(!after.contains("/repos/acme/app"));
     assert!(!after.contains("per_page"));
 }
+
+#[tokio::test]
+async fn an_admin_listener_takes_metrics_off_the_main_port() {
+    let sim = spawn_sim().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let opts = ProxyOptions {
+        extra_server: Box::leak(format!("admin_listen = \"127.0.0.1:{port}\"").into_boxed_str()),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let main = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
+    assert_eq!(
+        main.status,
+        StatusCode::NOT_FOUND,
+        "/metrics still on the main listener"
+    );
+    let admin = send(
+        Method::GET,
+        &format!("http://127.0.0.1:{port}/metrics"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(admin.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&admin.body).contains("packages_proxy_cache_entries"));
+    let ready = send(
+        Method::GET,
+        &format!("http://127.0.0.1:{port}/readyz"),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(ready.status, StatusCode::OK);
+    let other = send(
+        Method::GET,
+        &format!("http://127.0.0.1:{port}/orgs/acme/packages"),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        other.status,
+        StatusCode::NOT_FOUND,
+        "the admin listener proxied a request"
+    );
+    assert!(sim.handle.log().is_empty());
+}

@@ -175,6 +175,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most request headers; more is 431.
     pub max_headers: usize,
+    /// A second listener for `/metrics` (and the probes), e.g. on a port only Prometheus
+    /// reaches; `/metrics` then leaves the main listener.
+    pub admin_listen: Option<SocketAddr>,
     /// `[server.tls]`: serve HTTPS (and accept client certificates) instead of plain HTTP.
     pub tls: Option<TlsConfig>,
 }

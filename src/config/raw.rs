@@ -168,6 +168,7 @@ struct RawServer {
     max_header_bytes: usize,
     #[serde(default = "default_max_headers")]
     max_headers: usize,
+    admin_listen: Option<SocketAddr>,
     tls: Option<RawTls>,
 }
 
@@ -532,6 +533,7 @@ impl RawServer {
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            admin_listen: self.admin_listen,
             tls: self.tls.map(RawTls::validate).transpose()?,
         })
     }
