@@ -9,6 +9,7 @@
 //! Authorization and routing have run before anything here is touched.
 
 mod entry;
+mod fetch;
 mod key;
 
 use std::{
@@ -19,13 +20,15 @@ use std::{
     },
 };
 
-use bytes::Bytes;
-use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::BodyExt;
+use http::{HeaderValue, Response, StatusCode, header};
+
 use tokio::{sync::watch, time::Instant};
 
 pub use entry::{CacheStatus, Entry, ErrorReason, Freshness};
+pub(crate) use fetch::read_body;
 pub use key::{Generations, key};
+
+use fetch::fetch_fleet;
 
 use crate::{
     body::Body,
@@ -451,7 +454,7 @@ fn quota(
     }
 }
 
-fn cacheable(status: StatusCode) -> bool {
+pub(super) fn cacheable(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::NOT_FOUND
 }
 
@@ -469,121 +472,4 @@ fn error_reason(entry: &Entry) -> Option<ErrorReason> {
                     .get("x-ratelimit-remaining")
                     .is_some_and(|v| v == "0")));
     limited.then_some(ErrorReason::RateLimited(status))
-}
-
-/// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one
-/// replica fetches for the whole fleet; the answer is written through to L2.
-async fn fetch_fleet(
-    state: &Arc<AppState>,
-    spec: &FetchSpec,
-    stale: Option<Arc<Entry>>,
-) -> Fetched {
-    let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) else {
-        return fetch(state, spec, stale).await;
-    };
-    let config = &state.cache.config;
-    let (swr, sie) = (config.stale_while_revalidate, config.stale_if_error);
-    if let Some(entry) = shared.l2_get(&spec.key).await
-        && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
-    {
-        return Fetched::Answer(Arc::new(entry));
-    }
-    // Redis trouble while locking: fetch ourselves rather than wait.
-    let locked = shared.lock(&spec.key).await.unwrap_or(true);
-    if !locked && let Some(entry) = shared.wait_for(&spec.key).await {
-        return Fetched::Answer(Arc::new(entry));
-    }
-    let fetched = fetch(state, spec, stale).await;
-    if let Fetched::Answer(entry) = &fetched
-        && cacheable(entry.status)
-    {
-        shared
-            .l2_put(&spec.key, entry, entry.ttl + swr.max(sie))
-            .await;
-    }
-    if locked {
-        shared.unlock(&spec.key).await;
-    }
-    fetched
-}
-
-/// One upstream GET, revalidating `stale` by its ETag; the body is buffered.
-async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>>) -> Fetched {
-    let mut forwarded = spec.forwarded.clone();
-    forwarded.if_none_match = stale.as_ref().and_then(|entry| entry.etag.clone());
-    forwarded.if_modified_since = None;
-    let path = spec.route.path_and_query();
-    let response = match state.upstream.send(Method::GET, &path, &forwarded).await {
-        Ok(response) => response,
-        Err(error) => {
-            let failure = match error {
-                ProxyError::UpstreamTimeout => Failure::Timeout,
-                ProxyError::BackingOff { retry_after_secs } => {
-                    return Fetched::Failed(Failure::BackingOff { retry_after_secs });
-                }
-                ProxyError::UpstreamQueueFull => return Fetched::Failed(Failure::QueueFull),
-                _ => Failure::Unreachable,
-            };
-            tracing::warn!(error = %error, route = %spec.route.template(), "upstream fetch failed");
-            return Fetched::Failed(failure);
-        }
-    };
-    let (parts, body) = response.into_parts();
-    let now = Instant::now();
-    if parts.status == StatusCode::NOT_MODIFIED {
-        return match stale {
-            Some(stale) => {
-                let mut entry = (*stale).clone();
-                entry.fetched_at = now;
-                entry.fetched_wall = std::time::SystemTime::now();
-                refresh_rate_headers(&mut entry, &parts.headers);
-                Fetched::Answer(Arc::new(entry))
-            }
-            None => Fetched::Failed(Failure::Unreachable),
-        };
-    }
-    let limit = usize::try_from(state.cache.config.max_entry_bytes).unwrap_or(usize::MAX);
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(failure) => {
-            tracing::warn!(?failure, route = %spec.route.template(), "reading the upstream body failed");
-            return Fetched::Failed(failure);
-        }
-    };
-    let headers =
-        crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
-    Fetched::Answer(Arc::new(Entry {
-        status: parts.status,
-        etag: headers.get(header::ETAG).cloned(),
-        headers,
-        body,
-        fetched_at: now,
-        fetched_wall: std::time::SystemTime::now(),
-        ttl: state.cache.ttl(&spec.route, parts.status),
-    }))
-}
-
-/// Buffers a body up to `limit` bytes.
-pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Failure> {
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Failure::Unreachable)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(Failure::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    // Exactly sized: a grown buffer may hold up to twice the body in every cached entry.
-    Ok(Bytes::copy_from_slice(&buf))
-}
-
-/// A 304 carries fresh rate-limit numbers; the stored answer should show them.
-fn refresh_rate_headers(entry: &mut Entry, from: &http::HeaderMap) {
-    for (name, value) in from {
-        if name.as_str().starts_with("x-ratelimit-") {
-            entry.headers.insert(name.clone(), value.clone());
-        }
-    }
 }
