@@ -1,0 +1,146 @@
+//! Compatibility: a real GitHub client library, `@octokit/rest` (JavaScript), works through the
+//! proxy unchanged — pagination via the proxy's Link headers, `/` in package names, the refused
+//! delete (403) and a bad token (401). The client side is `tests/octokit/check.mjs`.
+//!
+//! Needs Node and `tests/octokit/node_modules` (`npm ci` in `tests/octokit`; `.ci/run` does it).
+//! Without `node` the test is skipped loudly, even in CI; with `node` but without `node_modules`
+//! it fails in CI (`CI` set) and is skipped otherwise.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use http::Method;
+use support::*;
+use tokio::process::Command;
+
+/// `tests/octokit`, or `None` (skip) when `node` or its `node_modules` is missing.
+async fn octokit_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/octokit");
+    let node = Command::new("node")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    if !node.is_ok_and(|out| out.status.success()) {
+        eprintln!(
+            "SKIPPED: the Octokit compatibility test needs `node` (Node >= 20), which is not \
+             installed; install nodejs and npm, then `npm ci` in tests/octokit"
+        );
+        return None;
+    }
+    if std::env::var_os("PACKAGES_PROXY_NO_OCTOKIT").is_some() {
+        eprintln!("SKIPPED: .ci/run could not install the Octokit packages (npm ci failed)");
+        return None;
+    }
+    if !dir.join("node_modules/@octokit/rest").is_dir() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "tests/octokit/node_modules is missing on CI: .ci/run should have run \
+             `npm ci` in tests/octokit"
+        );
+        eprintln!("SKIPPED: tests/octokit/node_modules is missing (run `npm ci` in tests/octokit)");
+        return None;
+    }
+    Some(dir)
+}
+
+// Guards the README's "Pointing clients at it" promise for Octokit: an unmodified client, given
+// only `baseUrl` and a proxy token, pages, reads and is refused exactly as against GitHub, and
+// upstream only ever sees the org token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octokit_rest_works_through_the_proxy_unchanged() {
+    let Some(dir) = octokit_dir().await else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+
+    let child = Command::new("node")
+        .arg(dir.join("check.mjs"))
+        .current_dir(&dir)
+        .env("BASE_URL", &proxy.base)
+        .env("TOKEN", proxy.token())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("node check.mjs timed out after 60s")
+        .expect("could not run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "check.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["ok"], true, "{stdout}");
+    assert_eq!(summary["results"].as_array().unwrap().len(), 5, "{stdout}");
+
+    // Upstream saw only the org token, never a client's (nor the wrong one check 5 sent).
+    let log = sim.handle.log();
+    assert!(!log.is_empty(), "no request reached the simulator");
+    let org_auth = format!("Bearer {}", sim.org_token);
+    for entry in &log {
+        let auth = entry
+            .headers
+            .get_all("authorization")
+            .iter()
+            .collect::<Vec<_>>();
+        assert_eq!(
+            auth.len(),
+            1,
+            "{} {}: expected one Authorization header",
+            entry.method,
+            entry.path
+        );
+        assert_eq!(
+            auth[0].to_str().unwrap(),
+            org_auth,
+            "{} {}: not the org token",
+            entry.method,
+            entry.path
+        );
+        for (name, value) in &entry.headers {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            assert!(
+                !value.contains(proxy.token()) && !value.contains("ppx_"),
+                "{} {}: header {name} carries a client token",
+                entry.method,
+                entry.path
+            );
+        }
+        let query = entry.query.as_deref().unwrap_or_default();
+        assert!(
+            !query.contains("ppx_"),
+            "{} {}: the query carries a client token",
+            entry.method,
+            entry.path
+        );
+    }
+
+    // What Octokit sent arrived as GitHub expects it: `%2F` in names, all three pages, no DELETE.
+    assert!(
+        log.iter()
+            .any(|e| e.path == "/orgs/acme/packages/container/base%2Fruntime"),
+        "no request for base%2Fruntime: {:?}",
+        log.iter().map(|e| &e.path).collect::<Vec<_>>()
+    );
+    let version_pages = log
+        .iter()
+        .filter(|e| e.path == "/orgs/acme/packages/container/web/versions")
+        .count();
+    assert!(
+        version_pages >= 3,
+        "expected 3 pages of acme/web versions upstream, saw {version_pages}"
+    );
+    assert!(
+        log.iter().all(|e| e.method != Method::DELETE),
+        "a DELETE reached the simulator"
+    );
+}
