@@ -151,6 +151,8 @@ async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
         let reply = get(&proxy.url(WEB), proxy.token()).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, first.body);
+        let status = reply.header("cache-status").unwrap();
+        assert!(status.contains("detail=shared"), "{status}");
     }
     assert_eq!(
         gets(&sim),

@@ -65,6 +65,8 @@ pub enum CacheStatus {
     Hit,
     /// Fetched from upstream and stored.
     Miss,
+    /// Not in this replica's memory, but fresh in the shared tier (another replica fetched it).
+    SharedHit,
     /// Waited for another request's identical upstream fetch.
     Coalesced,
     /// Was stale (or the client asked `no-cache`); the upstream confirmed or replaced it.
@@ -167,6 +169,7 @@ impl CacheStatus {
         match self {
             Self::Hit => "hit",
             Self::Miss => "miss",
+            Self::SharedHit => "shared_hit",
             Self::Coalesced => "coalesced",
             Self::Revalidated => "revalidated",
             Self::Stale => "stale",
@@ -180,6 +183,7 @@ impl CacheStatus {
         let text = match self {
             Self::Hit => format!("packages-proxy; hit; ttl={ttl}"),
             Self::Miss => "packages-proxy; fwd=miss; stored".to_owned(),
+            Self::SharedHit => format!("packages-proxy; hit; ttl={ttl}; detail=shared"),
             Self::Coalesced => "packages-proxy; fwd=miss; collapsed".to_owned(),
             Self::Revalidated => "packages-proxy; fwd=stale; stored".to_owned(),
             Self::Stale => format!("packages-proxy; hit; ttl={ttl}; detail=stale-while-revalidate"),

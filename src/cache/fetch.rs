@@ -26,12 +26,12 @@ pub(super) async fn fetch_fleet(
     if let Some(entry) = shared.l2_get(&spec.key).await
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
-        return Fetched::Answer(Arc::new(entry));
+        return Fetched::Shared(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
     let locked = shared.lock(&spec.key).await.unwrap_or(true);
     if !locked && let Some(entry) = shared.wait_for(&spec.key).await {
-        return Fetched::Answer(Arc::new(entry));
+        return Fetched::Shared(Arc::new(entry));
     }
     let fetched = fetch(state, spec, stale).await;
     if let Fetched::Answer(entry) = &fetched

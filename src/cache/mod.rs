@@ -45,6 +45,8 @@ use crate::{
 pub enum Fetched {
     /// The upstream answered (any status); the body is buffered.
     Answer(Arc<Entry>),
+    /// Another replica's fresh answer, from the shared tier's L2 (no upstream call).
+    Shared(Arc<Entry>),
     /// No usable answer.
     Failed(Failure),
 }
@@ -107,6 +109,8 @@ pub struct CacheStats {
     pub hit: AtomicU64,
     /// Misses that fetched.
     pub miss: AtomicU64,
+    /// Misses answered from the shared tier's L2.
+    pub shared_hit: AtomicU64,
     /// Requests that waited for another's fetch.
     pub coalesced: AtomicU64,
     /// Stale or `no-cache` entries confirmed or replaced by the upstream.
@@ -207,6 +211,7 @@ impl Cache {
         let counter = match status {
             CacheStatus::Hit => &self.stats.hit,
             CacheStatus::Miss => &self.stats.miss,
+            CacheStatus::SharedHit => &self.stats.shared_hit,
             CacheStatus::Coalesced => &self.stats.coalesced,
             CacheStatus::Revalidated => &self.stats.revalidated,
             CacheStatus::Stale => &self.stats.stale,
@@ -250,7 +255,7 @@ impl Cache {
                 key: spec.key.clone(),
             };
             let fetched = fetch_fleet(&state, &spec, stale).await;
-            if let Fetched::Answer(entry) = &fetched
+            if let Fetched::Answer(entry) | Fetched::Shared(entry) = &fetched
                 && cacheable(entry.status)
             {
                 state.cache.store.insert(spec.key.clone(), entry.clone());
@@ -410,6 +415,7 @@ async fn serve_inner(
     };
     let fetched = fetched.unwrap_or(Fetched::Failed(Failure::Unreachable));
     match fetched {
+        Fetched::Shared(entry) => Ok((respond(&entry, CacheStatus::SharedHit), None)),
         Fetched::Answer(entry) => {
             let upstream = Some(entry.status.as_u16());
             if let (Some(reason), Some(stale)) = (error_reason(&entry), &fallback) {
