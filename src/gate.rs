@@ -100,6 +100,14 @@ pub async fn execute(
             .map_err(ProxyError::Audit)?;
         return Ok((dry_run_response(m.route, &rule), None));
     }
+    let max = state.config.mutations.max_queue_per_client;
+    let Some(place) = state.per_client.enter(m.client, max) else {
+        let error = ProxyError::TooManyRequests {
+            message: format!("This client already has {max} destructive calls queued; retry later"),
+            retry_after_secs: state.config.mutations.pace.as_secs().max(1),
+        };
+        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+    };
     if let Err(wait) = take_budget(state, &rule, m.client).await {
         let error = ProxyError::TooManyRequests {
             message: format!(
@@ -136,6 +144,7 @@ pub async fn execute(
         forwarded: m.forwarded.clone(),
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
+        _place: place,
     };
     let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
     task.await
@@ -148,6 +157,8 @@ struct Owned {
     forwarded: Forwarded,
     public_base: String,
     request_id: String,
+    /// The client's place in the queue, held until the mutation is done.
+    _place: crate::pace::Place,
 }
 
 /// Slot, send, outcome record, invalidation: everything after the intent is on disk.

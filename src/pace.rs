@@ -9,6 +9,47 @@ use std::{sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
+/// Mutations per client queued or in flight. A std `Mutex`: two map operations per mutation.
+#[derive(Debug, Default)]
+pub struct PerClient {
+    counts: Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// A client's place in the queue; leaving (drop) frees it.
+#[derive(Debug)]
+pub struct Place {
+    owner: std::sync::Arc<PerClient>,
+    client: String,
+}
+
+impl PerClient {
+    /// Takes a place for `client` if it has fewer than `max`.
+    pub fn enter(self: &std::sync::Arc<Self>, client: &str, max: usize) -> Option<Place> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(client.to_owned()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Place {
+            owner: self.clone(),
+            client: client.to_owned(),
+        })
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
+}
+
 /// The mutation queue.
 #[derive(Debug)]
 pub struct Pacer {

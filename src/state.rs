@@ -19,7 +19,7 @@ use crate::{
     auth::Clients,
     cache::Cache,
     config::Config,
-    pace::Pacer,
+    pace::{Pacer, PerClient},
     policy::Policy,
     secret::OrgToken,
     shared::Shared,
@@ -63,6 +63,8 @@ pub struct AppState {
     pub audit: Audit,
     /// The one queue mutations go upstream through.
     pub pacer: Pacer,
+    /// Each client's mutations queued or in flight.
+    pub per_client: Arc<PerClient>,
     /// Audit records that could not be written (refusals and outcomes; intents refuse the call).
     pub audit_failures: AtomicU64,
     /// Config reloads applied.
@@ -121,6 +123,7 @@ impl AppState {
             policy,
             audit,
             pacer,
+            per_client: Arc::default(),
             audit_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),

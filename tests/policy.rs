@@ -710,3 +710,63 @@ async fn deny_rules_cover_user_routes_and_any_spelling_of_a_name() {
     }
     assert_eq!(deletes_seen(&sim), 0);
 }
+
+// Found in review: one client could fill the mutation queue (and its minutes of pace) for every
+// team. Each client now has its own cap on queued mutations.
+#[tokio::test]
+async fn one_client_cannot_fill_the_mutation_queue_for_others() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("per-client").join("audit.jsonl");
+    let extra = policy(&audit, "300ms").replace(
+        "budget_window = \"1s\"",
+        "budget_window = \"1s\"\nmax_queue_per_client = 2",
+    );
+    let extra = extra.replace(
+        "packages = [\"team-b/**\"]\nmax_per_hour = 2",
+        "packages = [\"team-b/**\", \"web\"]",
+    );
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let web = versions(&sim, "web").await;
+    let mut tasks = Vec::new();
+    for id in &web[1..5] {
+        let (url, token) = (
+            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+            proxy.tokens[0].clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            send(Method::DELETE, &url, Some(&token), &[]).await.status
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let other = delete(
+        &proxy,
+        1,
+        &format!("/orgs/acme/packages/container/web/versions/{}", web[6]),
+    )
+    .await;
+    assert_eq!(
+        other.status,
+        StatusCode::NO_CONTENT,
+        "team-b was starved by team-a's queue"
+    );
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let done = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::NO_CONTENT)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((done, refused), (2, 2), "{statuses:?}");
+}

@@ -118,6 +118,9 @@ pub struct MutationsConfig {
     pub max_queue: usize,
     /// Longest wait for a slot; a later slot is refused with 429 and `Retry-After`.
     pub max_queue_wait: Duration,
+    /// Mutations one client may have queued or in flight at once, so one job cannot fill the
+    /// queue (and its minutes of pace) for every team.
+    pub max_queue_per_client: usize,
     /// Append-only JSON Lines audit log; required once any allow rule exists.
     pub audit_log: Option<PathBuf>,
     /// The window `max_per_hour` budgets refill over (one hour; shorter only in tests).

@@ -86,6 +86,8 @@ struct RawMutations {
     max_queue: usize,
     #[serde(default = "default_max_queue_wait", with = "humantime_serde")]
     max_queue_wait: Duration,
+    #[serde(default = "default_max_queue_per_client")]
+    max_queue_per_client: usize,
     audit_log: Option<PathBuf>,
     #[serde(default = "default_budget_window", with = "humantime_serde")]
     budget_window: Duration,
@@ -97,6 +99,7 @@ impl Default for RawMutations {
             pace: default_pace(),
             max_queue: default_max_queue(),
             max_queue_wait: default_max_queue_wait(),
+            max_queue_per_client: default_max_queue_per_client(),
             audit_log: None,
             budget_window: default_budget_window(),
         }
@@ -238,6 +241,9 @@ fn default_pace() -> Duration {
 }
 fn default_max_queue() -> usize {
     100
+}
+fn default_max_queue_per_client() -> usize {
+    10
 }
 fn default_max_queue_wait() -> Duration {
     Duration::from_secs(60)

@@ -47,6 +47,7 @@ impl RawShared {
 impl RawMutations {
     pub(super) fn validate(self) -> Result<MutationsConfig, ConfigError> {
         positive(self.max_queue, "mutations.max_queue")?;
+        positive(self.max_queue_per_client, "mutations.max_queue_per_client")?;
         nonzero(self.budget_window, "mutations.budget_window")?;
         if self
             .audit_log
@@ -59,6 +60,7 @@ impl RawMutations {
             pace: self.pace,
             max_queue: self.max_queue,
             max_queue_wait: self.max_queue_wait,
+            max_queue_per_client: self.max_queue_per_client,
             audit_log: self.audit_log,
             budget_window: self.budget_window,
         })
