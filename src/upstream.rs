@@ -380,14 +380,27 @@ pub fn is_passed_header(name: &HeaderName) -> bool {
 /// Copies the allow-listed response headers; `Link` is handled by the caller.
 ///
 /// The values are copied, not cloned: hyper's parsed values share the connection's read buffer,
-/// and a cached entry holding one would keep that whole buffer (kilobytes) alive per entry.
+/// and a cached entry holding one would keep that whole buffer (kilobytes) alive per entry. They
+/// are copied into *one* buffer and sliced from it, so an entry's dozen values are one allocation
+/// and one reference count: cloning them for each cache hit touches one cache line, not twelve.
 pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(PASS_HEADERS.len() + 2);
+    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
+        Vec::with_capacity(PASS_HEADERS.len());
+    let mut buffer = bytes::BytesMut::with_capacity(512);
     for name in PASS_HEADERS {
         let name = HeaderName::from_static(name);
         for value in from.get_all(&name) {
-            let owned = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-            out.append(name.clone(), owned);
+            let start = buffer.len();
+            buffer.extend_from_slice(value.as_bytes());
+            kept.push((name.clone(), start..buffer.len()));
+        }
+    }
+    let shared = buffer.freeze();
+    for (name, range) in kept {
+        // The bytes came from valid header values, so this cannot fail; skip if it ever did.
+        if let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(range)) {
+            out.append(name, value);
         }
     }
     out
