@@ -412,6 +412,17 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
         .collect();
     get(&fleet[0].url(WEB), fleet[0].token()).await;
 
+    // A delete before Redis goes away: the generations count 1 now, on every replica.
+    let earlier = format!("/orgs/acme/packages/container/web/versions/{}", ids[3]);
+    let gone = send(
+        Method::DELETE,
+        &fleet[0].url(&earlier),
+        Some(fleet[0].token()),
+        &[],
+    )
+    .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+
     redis.kill();
     for proxy in &fleet {
         // Reads: warm from L1 or cold from upstream, Redis or not.
@@ -451,13 +462,25 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
             .iter()
             .filter(|r| r.method == Method::DELETE)
             .count(),
-        0
+        1, // the delete before Redis went away
     );
 
     redis.spawn();
     for proxy in &fleet {
         wait_up(proxy, true).await;
     }
+    // Redis came back empty: a new generation epoch. A delete must still reach every replica.
+    let shown = |reply: &Reply| -> Vec<u64> {
+        let list = reply.json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    let listing = "/orgs/acme/packages/container/web/versions?per_page=20";
+    assert!(shown(&get(&fleet[0].url(listing), fleet[0].token()).await).contains(&ids[2]));
+    assert!(shown(&get(&fleet[2].url(listing), fleet[2].token()).await).contains(&ids[2]));
     let done = send(
         Method::DELETE,
         &fleet[1].url(&path),
@@ -466,6 +489,13 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
     )
     .await;
     assert_eq!(done.status, StatusCode::NO_CONTENT);
+    for proxy in [&fleet[0], &fleet[2]] {
+        let after = shown(&get(&proxy.url(listing), proxy.token()).await);
+        assert!(
+            !after.contains(&ids[2]),
+            "a replica shows a version deleted after Redis restarted"
+        );
+    }
     // The L2 works again: a key warmed on one replica is served by another without GitHub.
     let fresh = "/orgs/acme/packages/container/web/versions?per_page=77";
     get(&fleet[0].url(fresh), fleet[0].token()).await;
@@ -527,7 +557,6 @@ async fn crafted_l2_entries_are_ignored() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
     let fleet = fleet(&sim, &redis, "").await;
-    let key = "packages-proxy:c:2022-11-28|application/vnd.github+json|-|/orgs/acme/packages/container/web/versions?state=active&per_page=10&page=1|g0.0.0";
     let mut crafted = vec![1u8, 0, 200];
     crafted.extend_from_slice(&0u64.to_be_bytes()); // fetched at the epoch
     crafted.extend_from_slice(&u64::MAX.to_be_bytes()); // fresh forever
@@ -535,6 +564,13 @@ async fn crafted_l2_entries_are_ignored() {
     crafted.extend_from_slice(&u16::MAX.to_be_bytes()); // 65,535 headers
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let epoch: u64 = redis::AsyncCommands::get(&mut conn, "packages-proxy:g:epoch")
+        .await
+        .unwrap();
+    let key = format!(
+        "packages-proxy:c:2022-11-28|application/vnd.github+json|-|/orgs/acme/packages/container/web/versions?state=active&per_page=10&page=1|g{epoch}.0.0.0"
+    );
+    let key = key.as_str();
     // First a well-formed entry at that key: replica 1 serves it, which proves the key is right.
     let now_ms = u64::try_from(
         std::time::SystemTime::now()

@@ -20,7 +20,10 @@ use crate::{
 /// on deletes, restores and purges; never held across an `.await`.
 #[derive(Debug, Default)]
 pub struct Generations {
-    map: RwLock<HashMap<String, u64>>,
+    /// (epoch, scope -> generation). The epoch names the shared tier's generation table: when
+    /// Redis loses it (a restart), counting starts again from zero under a new epoch, so the
+    /// epoch in every key keeps old keys from coming back. 0 without a shared tier.
+    map: RwLock<(u64, HashMap<String, u64>)>,
 }
 
 // === impl Generations ===
@@ -28,7 +31,31 @@ pub struct Generations {
 impl Generations {
     fn get(&self, scope: &str) -> u64 {
         let map = self.map.read().unwrap_or_else(|poison| poison.into_inner());
-        map.get(scope).copied().unwrap_or(0)
+        map.1.get(scope).copied().unwrap_or(0)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.map
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .0
+    }
+
+    /// Adopts the shared tier's table: a new epoch replaces every value (the old ones belong to
+    /// a table Redis no longer has); the same epoch only raises.
+    pub fn adopt(&self, epoch: u64, values: &HashMap<String, u64>) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if map.0 != epoch {
+            *map = (epoch, values.clone());
+            return;
+        }
+        for (scope, value) in values {
+            let slot = map.1.entry(scope.clone()).or_insert(0);
+            *slot = (*slot).max(*value);
+        }
     }
 
     fn bump(&self, scope: String) {
@@ -36,7 +63,7 @@ impl Generations {
             .map
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
-        *map.entry(scope).or_insert(0) += 1;
+        *map.1.entry(scope).or_insert(0) += 1;
     }
 
     /// Raises a scope to `value` (from the shared tier); never lowers it.
@@ -45,7 +72,7 @@ impl Generations {
             .map
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
-        let slot = map.entry(scope.to_owned()).or_insert(0);
+        let slot = map.1.entry(scope.to_owned()).or_insert(0);
         *slot = (*slot).max(value);
     }
 
@@ -141,6 +168,7 @@ pub fn key(
     key.push_str(&route.path().to_ascii_lowercase());
     push_normalised_query(&mut key, route);
     let ns = namespace(&route.owner);
+    let epoch = generations.epoch();
     let global = generations.get(GLOBAL);
     let all = generations.get(&format!("all:{ns}"));
     let scoped = match &route.package {
@@ -151,7 +179,7 @@ pub fn key(
         )),
         None => generations.get(&format!("lists:{ns}")),
     };
-    let _ = write!(key, "|g{global}.{all}.{scoped}");
+    let _ = write!(key, "|g{epoch}.{global}.{all}.{scoped}");
     key
 }
 

@@ -431,14 +431,20 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
         .get()
         .cloned()
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
+    // The table's epoch: set once by whichever replica comes first after Redis (re)starts empty.
+    let mut fresh = [0u8; 8];
+    let _ = getrandom::fill(&mut fresh);
+    let epoch_key = shared.key("g", "epoch");
+    let _: bool = conn
+        .set_nx(&epoch_key, u64::from_le_bytes(fresh) >> 1)
+        .await?;
+    let epoch: u64 = conn.get(&epoch_key).await?;
     let generations: HashMap<String, u64> = conn.hgetall(shared.key("g", "generations")).await?;
     let backoff: Option<u64> = conn.get(shared.key("b", "backoff-until")).await?;
     let Some(state) = state.upgrade() else {
         return Ok(());
     };
-    for (scope, value) in &generations {
-        state.cache.generations.raise(scope, *value);
-    }
+    state.cache.generations.adopt(epoch, &generations);
     state.cache.purge_all();
     if let Some(until) = backoff {
         state
