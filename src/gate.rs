@@ -282,7 +282,7 @@ async fn invalidate(state: &AppState, route: &Route) {
         // Only reachable if Redis failed between the send and now (mutations are refused while
         // it is down): this replica is invalidated; the others' entries expire with their TTL.
         tracing::error!(%error, "fleet-wide invalidation failed; this replica only");
-        state.cache.generations.bump_all(&scopes);
+        state.cache.generations.bump_alone(&scopes);
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Generations {
     /// Redis loses it (a restart), counting starts again from zero under a new epoch, so the
     /// epoch in every key keeps old keys from coming back. 0 without a shared tier.
     map: RwLock<(u64, HashMap<String, u64>)>,
+    /// Set when this replica bumped on its own while a shared tier exists (Redis failed mid-way):
+    /// its numbers no longer match the fleet's, so the next resync replaces them outright.
+    diverged: std::sync::atomic::AtomicBool,
 }
 
 // === impl Generations ===
@@ -74,6 +77,14 @@ impl Generations {
             .unwrap_or_else(|poison| poison.into_inner());
         let slot = map.1.entry(scope.to_owned()).or_insert(0);
         *slot = (*slot).max(value);
+    }
+
+    /// Bumps each scope by one on this replica only, when the fleet cannot be told (see
+    /// `cache::invalidate`); the next resync with the shared tier replaces these numbers.
+    pub fn bump_alone(&self, scopes: &[String]) {
+        self.diverged
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.bump_all(scopes);
     }
 
     /// Bumps each scope by one (this replica only; see `cache::invalidate` for the fleet).
