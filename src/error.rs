@@ -216,7 +216,7 @@ pub fn is_caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> 
 }
 
 /// Displays an error with its chain of sources, for the one log line.
-struct DisplayChain<'a>(&'a (dyn StdError + 'static));
+pub(crate) struct DisplayChain<'a>(pub(crate) &'a (dyn StdError + 'static));
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

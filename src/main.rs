@@ -160,7 +160,18 @@ enum TokenCommand {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One readable line with its causes (`{:#}`), not a Debug dump with a backtrace.
+            eprintln!("packages-proxy: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Command::Serve { config: path } = &cli.command {
         // The config's [log] table applies to serve; a bad config is reported on stderr.

@@ -41,7 +41,7 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
         }
         Err(error) => {
             state.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %error, "config reload rejected; the last good config stays in force");
+            tracing::error!(error = %crate::error::DisplayChain(&error), "config reload rejected; the last good config stays in force");
             Err(error)
         }
     }

@@ -25,7 +25,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML does not parse or has unknown keys or wrong types.
-    #[error("invalid config: {0}")]
+    #[error("invalid config")]
     Parse(#[source] toml::de::Error),
     /// A key has a value we cannot use.
     #[error("invalid config: `{field}`: {reason}")]
