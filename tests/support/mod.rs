@@ -21,8 +21,11 @@ use packages_proxy::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod corpus;
+mod redis;
 #[allow(unused_imports)] // each test crate uses part of the support module
 pub use corpus::hostile_corpus;
+#[allow(unused_imports)] // only the shared-tier tests use it
+pub use redis::Redis;
 
 /// A fresh fake token (never a real one).
 pub fn fake_token(prefix: &str) -> String {
