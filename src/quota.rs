@@ -95,6 +95,12 @@ impl TokenBucket {
         }
     }
 
+    /// Returns one token (never above capacity).
+    pub fn give_back(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = (state.0 + 1.0).min(self.capacity);
+    }
+
     /// The state without spending.
     pub fn peek(&self) -> BucketSnapshot {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,7 +115,7 @@ pub async fn take_upstream(
     state: &AppState,
     client: &str,
     limits: &ClientLimits,
-) -> Result<BucketSnapshot, ProxyError> {
+) -> Result<Taken, ProxyError> {
     let quota = |snapshot| ProxyError::Quota {
         message: "This client's quota of requests that need GitHub is spent; retry later",
         resource: "proxy-upstream",
@@ -120,9 +126,31 @@ pub async fn take_upstream(
             .take(client, "upstream", limits.quota.upstream_per_minute)
             .await
     {
-        return result.map_err(quota);
+        return result.map(|_| Taken::Shared).map_err(quota);
     }
-    limits.upstream.take().map_err(quota)
+    limits.upstream.take().map(|_| Taken::Local).map_err(quota)
+}
+
+/// Which bucket a request that needs GitHub was charged to, so it can be refunded when it turned
+/// out not to (another replica's answer arrived through the shared tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The fleet-wide bucket in Redis.
+    Shared,
+    /// This replica's bucket.
+    Local,
+}
+
+/// Gives back a token taken by [`take_upstream`].
+pub async fn refund_upstream(state: &AppState, client: &str, limits: &ClientLimits, taken: Taken) {
+    match (taken, &state.shared) {
+        (Taken::Shared, Some(shared)) => {
+            let _ = shared
+                .refund(client, "upstream", limits.quota.upstream_per_minute)
+                .await;
+        }
+        _ => limits.upstream.give_back(),
+    }
 }
 
 // === impl ClientLimits ===

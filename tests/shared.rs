@@ -525,3 +525,35 @@ async fn crafted_l2_entries_are_ignored() {
         }
     }
 }
+
+// An answer another replica fetched (an L2 hit) costs GitHub nothing, so it costs the client's
+// upstream quota nothing either: the token taken before the fleet lookup is given back.
+#[tokio::test]
+async fn an_l2_hit_does_not_spend_the_clients_upstream_quota() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, "[quotas]\nupstream_per_minute = 2\n").await;
+    assert_eq!(
+        get(&fleet[0].url(WEB), fleet[0].token()).await.status,
+        StatusCode::OK
+    );
+    let shared = get(&fleet[1].url(WEB), fleet[1].token()).await;
+    assert!(
+        shared
+            .header("cache-status")
+            .unwrap()
+            .contains("detail=shared")
+    );
+    let cold = get(
+        &fleet[2].url("/orgs/acme/packages/container/web/versions?per_page=44"),
+        fleet[2].token(),
+    )
+    .await;
+    assert_eq!(cold.status, StatusCode::OK, "the L2 hit spent a token");
+    let over = get(
+        &fleet[2].url("/orgs/acme/packages/container/web/versions?per_page=45"),
+        fleet[2].token(),
+    )
+    .await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+}

@@ -405,9 +405,11 @@ async fn serve_inner(
             None,
         ));
     }
-    if !cache.in_flight(&spec.key) {
-        crate::quota::take_upstream(state, client, limits).await?;
-    }
+    let charged = if cache.in_flight(&spec.key) {
+        None
+    } else {
+        Some(crate::quota::take_upstream(state, client, limits).await?)
+    };
     let (mut rx, leader) = cache.join_or_start(state, &spec, stale.clone());
     let fetched = match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone(),
@@ -415,7 +417,13 @@ async fn serve_inner(
     };
     let fetched = fetched.unwrap_or(Fetched::Failed(Failure::Unreachable));
     match fetched {
-        Fetched::Shared(entry) => Ok((respond(&entry, CacheStatus::SharedHit), None)),
+        Fetched::Shared(entry) => {
+            // Another replica's answer: no GitHub request was made for this client.
+            if let Some(taken) = charged {
+                crate::quota::refund_upstream(state, client, limits, taken).await;
+            }
+            Ok((respond(&entry, CacheStatus::SharedHit), None))
+        }
         Fetched::Answer(entry) => {
             let upstream = Some(entry.status.as_u16());
             if let (Some(reason), Some(stale)) = (error_reason(&entry), &fallback) {

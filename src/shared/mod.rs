@@ -262,6 +262,18 @@ impl Shared {
         .await
     }
 
+    /// Gives one token back to a fleet-wide bucket of `per_minute`.
+    pub async fn refund(&self, client: &str, bucket: &str, per_minute: u32) -> Result<(), Down> {
+        self.bucket(
+            &format!("{bucket}:{client}"),
+            per_minute,
+            Duration::from_secs(60),
+            -1,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Reads a fleet-wide bucket of `per_minute` without spending.
     pub async fn peek(
         &self,
@@ -296,7 +308,7 @@ impl Shared {
         name: &str,
         capacity: u32,
         window: Duration,
-        cost: u32,
+        cost: i32,
     ) -> Result<Result<BucketSnapshot, BucketSnapshot>, Down> {
         let mut conn = self.conn()?;
         let key = self.key("q", name);

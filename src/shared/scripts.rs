@@ -29,7 +29,7 @@ redis.call('SET', KEYS[1], now, 'PX', 3600000)
 return 0
 ";
 
-/// Takes ARGV[3] (0 or 1) tokens from a bucket of ARGV[1] per ARGV[2] ms. KEYS[1] hash
+/// Takes ARGV[3] (1, 0 to read, -1 to give one back) tokens from a bucket of ARGV[1] per ARGV[2] ms. KEYS[1] hash
 /// {tokens, ts}. Returns {taken 0|1, remaining, full-at epoch ms, retry-after ms}; a cost of 0
 /// reads the bucket without spending.
 const BUCKET: &str = r"
@@ -44,7 +44,7 @@ local tokens = tonumber(state[1]) or capacity
 local ts = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + (now - ts) * rate)
 local taken = 0
-if tokens >= cost then tokens = tokens - cost; taken = 1 end
+if tokens >= cost then tokens = math.min(capacity, tokens - cost); taken = 1 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
 redis.call('PEXPIRE', KEYS[1], window * 2)
 local full_at = now + math.ceil((capacity - tokens) / rate)
