@@ -169,12 +169,9 @@ async fn the_upstream_concurrency_cap_holds() {
 #[tokio::test]
 async fn gets_are_retried_and_mutations_never() {
     let sim = spawn_sim().await;
-    let audit = temp_dir("retries").join("audit.jsonl");
     let opts = ProxyOptions {
         retries: 2,
-        extra: format!(
-            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
-        ),
+        extra: allow_everything("0s"),
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;

@@ -254,11 +254,8 @@ async fn failures_serve_stale_for_cached_keys_and_clear_errors_for_uncached_ones
 #[tokio::test]
 async fn a_delete_is_never_followed_by_a_read_showing_the_version() {
     let sim = spawn_sim().await;
-    let audit = temp_dir("cache-audit").join("audit.jsonl");
     let opts = ProxyOptions {
-        extra: format!(
-            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\n[[policy.allow]]\nname = \"all\"\n"
-        ),
+        extra: allow_everything("0s"),
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;
@@ -293,14 +290,7 @@ async fn a_delete_is_never_followed_by_a_read_showing_the_version() {
     .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for path in &variants[..4] {
-        let ids: Vec<u64> = get(&proxy.url(path), proxy.token())
-            .await
-            .json()
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_u64().unwrap())
-            .collect();
+        let ids: Vec<u64> = get(&proxy.url(path), proxy.token()).await.ids();
         assert!(
             !ids.contains(&victim),
             "{path} still shows the deleted version"

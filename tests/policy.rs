@@ -70,14 +70,7 @@ async fn versions(sim: &Sim, package: &str) -> Vec<u64> {
         "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
         sim.handle.base_url()
     );
-    get(&url, &sim.org_token)
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect()
+    get(&url, &sim.org_token).await.ids()
 }
 
 fn deletes_seen(sim: &Sim) -> usize {
@@ -275,14 +268,7 @@ async fn budgets_run_out_and_refill() {
         "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
         sim.handle.base_url()
     );
-    let ids: Vec<u64> = get(&url, &sim.org_token)
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = get(&url, &sim.org_token).await.ids();
     let path = |id: u64| format!("/orgs/acme/packages/container/team-b%2Fworker/versions/{id}");
     assert_eq!(
         delete(&proxy, 1, &path(ids[1])).await.status,

@@ -100,19 +100,9 @@ async fn concurrent_cold_requests_across_replicas_make_one_upstream_call() {
 async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let audit = temp_dir("shared-audit").join("audit.jsonl");
-    let extra = format!(
-        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
-    );
+    let extra = allow_everything("0s");
     let fleet = fleet(&sim, &redis, &extra).await;
-    let ids: Vec<u64> = get(&fleet[1].url(WEB), fleet[1].token())
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = get(&fleet[1].url(WEB), fleet[1].token()).await.ids();
     get(&fleet[2].url(WEB), fleet[2].token()).await;
     let victim = ids[1];
     let path = format!("/orgs/acme/packages/container/web/versions/{victim}");
@@ -143,23 +133,13 @@ async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
 async fn mutations_through_all_replicas_are_paced_fleet_wide() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let audit = temp_dir("shared-pace").join("audit.jsonl");
-    let extra = format!(
-        "[mutations]\npace = \"200ms\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
-    );
+    let extra = allow_everything("200ms");
     let fleet = fleet(&sim, &redis, &extra).await;
     let url = format!(
         "{}/orgs/acme/packages/container/web/versions?per_page=20",
         sim.handle.base_url()
     );
-    let ids: Vec<u64> = get(&url, &sim.org_token)
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = get(&url, &sim.org_token).await.ids();
     let mut tasks = Vec::new();
     for (i, id) in ids[1..7].iter().enumerate() {
         let proxy = &fleet[i % 3];
@@ -236,14 +216,7 @@ async fn a_rules_budget_holds_across_replicas() {
         "{}/orgs/acme/packages/container/web/versions?per_page=20",
         sim.handle.base_url()
     );
-    let ids: Vec<u64> = get(&url, &sim.org_token)
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = get(&url, &sim.org_token).await.ids();
     let mut statuses = Vec::new();
     for (i, id) in ids[1..4].iter().enumerate() {
         let proxy = &fleet[i];
@@ -307,23 +280,13 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
         return;
     };
     let sim = spawn_sim().await;
-    let audit = temp_dir("shared-down").join("audit.jsonl");
-    let extra = format!(
-        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
-    );
+    let extra = allow_everything("0s");
     let fleet = fleet(&sim, &redis, &extra).await;
     let url = format!(
         "{}/orgs/acme/packages/container/web/versions?per_page=20",
         sim.handle.base_url()
     );
-    let ids: Vec<u64> = get(&url, &sim.org_token)
-        .await
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = get(&url, &sim.org_token).await.ids();
     get(&fleet[0].url(WEB), fleet[0].token()).await;
 
     // A delete before Redis goes away: the generations count 1 now, on every replica.

@@ -108,13 +108,7 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
     );
 
     // A delete through process 1 is invisible on 2 and 3 at once.
-    let ids: Vec<u64> = first
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect();
+    let ids: Vec<u64> = first.ids();
     let path = format!("/orgs/acme/packages/container/web/versions/{}", ids[1]);
     let deleted = send(Method::DELETE, &fleet[0].url(&path), Some(&token), &[]).await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);

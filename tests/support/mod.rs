@@ -189,6 +189,16 @@ impl Reply {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
+    /// The `id` of every object in a JSON array answer (package versions, packages).
+    pub fn ids(&self) -> Vec<u64> {
+        self.json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
@@ -268,6 +278,15 @@ pub fn links(value: &str) -> Vec<(String, String)> {
             ))
         })
         .collect()
+}
+
+/// Config lines that allow every destructive call, paced `pace` apart, audited into a fresh
+/// file (tests of what happens *after* the policy said yes).
+pub fn allow_everything(pace: &str) -> String {
+    let audit = temp_dir("audit").join("audit.jsonl");
+    format!(
+        "[mutations]\npace = \"{pace}\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+    )
 }
 
 /// A fresh empty directory under the system temp dir, unique per call.
