@@ -154,14 +154,7 @@ impl ProxyError {
             resource, snapshot, ..
         } = &self
         {
-            let headers = response.headers_mut();
-            headers.insert("x-ratelimit-limit", HeaderValue::from(snapshot.limit));
-            headers.insert(
-                "x-ratelimit-remaining",
-                HeaderValue::from(snapshot.remaining),
-            );
-            headers.insert("x-ratelimit-reset", HeaderValue::from(snapshot.reset));
-            headers.insert("x-ratelimit-resource", HeaderValue::from_static(resource));
+            snapshot.write_headers(response.headers_mut(), resource);
         }
         let retry_after = match &self {
             Self::Overloaded | Self::ShuttingDown | Self::UpstreamQueueFull => Some(1),

@@ -348,14 +348,7 @@ async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    headers.insert("x-ratelimit-limit", HeaderValue::from(snapshot.limit));
-    headers.insert(
-        "x-ratelimit-remaining",
-        HeaderValue::from(snapshot.remaining),
-    );
-    headers.insert("x-ratelimit-reset", HeaderValue::from(snapshot.reset));
-    headers.insert("x-ratelimit-used", HeaderValue::from(used));
-    headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
+    snapshot.write_headers(headers, "core");
     let scopes = if state.policy.load().allows_anything_for(&identity.name) {
         "read:packages, write:packages, delete:packages"
     } else {

@@ -36,6 +36,21 @@ pub struct BucketSnapshot {
     pub retry_after: Duration,
 }
 
+// === impl BucketSnapshot ===
+
+impl BucketSnapshot {
+    /// Writes GitHub's `x-ratelimit-*` headers describing this bucket as `resource`.
+    pub fn write_headers(&self, headers: &mut http::HeaderMap, resource: &'static str) {
+        use http::HeaderValue;
+        let used = self.limit.saturating_sub(self.remaining);
+        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset));
+        headers.insert("x-ratelimit-used", HeaderValue::from(used));
+        headers.insert("x-ratelimit-resource", HeaderValue::from_static(resource));
+    }
+}
+
 /// One client's limits, built from its [`Quota`] and kept across its requests.
 #[derive(Debug)]
 pub struct ClientLimits {
