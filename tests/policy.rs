@@ -347,27 +347,20 @@ async fn an_unwritable_audit_log_refuses_the_call() {
 async fn every_destructive_request_is_audited_and_mutations_are_paced() {
     let Setup { sim, proxy, audit } = setup("150ms").await;
     let web = versions(&sim, "web").await;
-    let mut tasks = Vec::new();
-    for id in &web[1..5] {
-        let (url, token) = (
-            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
-            proxy.token().to_owned(),
-        );
-        tasks.push(tokio::spawn(async move {
-            send(Method::DELETE, &url, Some(&token), &[]).await.status
-        }));
-    }
-    for task in tasks {
+    let targets = web[1..5]
+        .iter()
+        .map(|id| {
+            (
+                proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+                proxy.token().to_owned(),
+            )
+        })
+        .collect();
+    for task in spawn_deletes(targets) {
         assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
     }
     delete(&proxy, 1, "/orgs/acme/packages/container/web/versions/1").await; // a denial
-    let times: Vec<_> = sim
-        .handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .map(|r| r.at)
-        .collect();
+    let times = sim.arrivals(&Method::DELETE);
     assert_eq!(times.len(), 4);
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
@@ -720,16 +713,16 @@ async fn one_client_cannot_fill_the_mutation_queue_for_others() {
     )
     .await;
     let web = versions(&sim, "web").await;
-    let mut tasks = Vec::new();
-    for id in &web[1..5] {
-        let (url, token) = (
-            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
-            proxy.tokens[0].clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            send(Method::DELETE, &url, Some(&token), &[]).await.status
-        }));
-    }
+    let targets = web[1..5]
+        .iter()
+        .map(|id| {
+            (
+                proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+                proxy.tokens[0].clone(),
+            )
+        })
+        .collect();
+    let tasks = spawn_deletes(targets);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let other = delete(
         &proxy,

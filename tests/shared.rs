@@ -115,13 +115,7 @@ async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
     .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
     for proxy in &fleet[1..] {
-        let list = get(&proxy.url(WEB), proxy.token()).await.json();
-        let shown: Vec<u64> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_u64().unwrap())
-            .collect();
+        let shown = get(&proxy.url(WEB), proxy.token()).await.ids();
         assert!(
             !shown.contains(&victim),
             "a replica still shows the deleted version"
@@ -140,27 +134,21 @@ async fn mutations_through_all_replicas_are_paced_fleet_wide() {
         sim.handle.base_url()
     );
     let ids: Vec<u64> = get(&url, &sim.org_token).await.ids();
-    let mut tasks = Vec::new();
-    for (i, id) in ids[1..7].iter().enumerate() {
-        let proxy = &fleet[i % 3];
-        let (url, token) = (
-            proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
-            proxy.token().to_owned(),
-        );
-        tasks.push(tokio::spawn(async move {
-            send(Method::DELETE, &url, Some(&token), &[]).await.status
-        }));
-    }
-    for task in tasks {
+    let targets = ids[1..7]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let proxy = &fleet[i % 3];
+            (
+                proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+                proxy.token().to_owned(),
+            )
+        })
+        .collect();
+    for task in spawn_deletes(targets) {
         assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
     }
-    let times: Vec<_> = sim
-        .handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .map(|r| r.at)
-        .collect();
+    let times = sim.arrivals(&Method::DELETE);
     assert_eq!(times.len(), 6);
     for pair in times.windows(2) {
         assert!(
@@ -347,14 +335,7 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
         wait_up(proxy, true).await;
     }
     // Redis came back empty: a new generation epoch. A delete must still reach every replica.
-    let shown = |reply: &Reply| -> Vec<u64> {
-        let list = reply.json();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_u64().unwrap())
-            .collect()
-    };
+    let shown = |reply: &Reply| reply.ids();
     let listing = "/orgs/acme/packages/container/web/versions?per_page=20";
     assert!(shown(&get(&fleet[0].url(listing), fleet[0].token()).await).contains(&ids[2]));
     assert!(shown(&get(&fleet[2].url(listing), fleet[2].token()).await).contains(&ids[2]));

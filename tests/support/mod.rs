@@ -41,6 +41,17 @@ pub struct Sim {
     pub org_token: String,
 }
 
+impl Sim {
+    /// When each request with `method` reached the simulator, in order.
+    pub fn arrivals(&self, method: &Method) -> Vec<std::time::Instant> {
+        let log = self.handle.log();
+        log.iter()
+            .filter(|r| r.method == *method)
+            .map(|r| r.at)
+            .collect()
+    }
+}
+
 pub async fn spawn_sim() -> Sim {
     spawn_sim_with(Dataset::sample()).await
 }
@@ -240,6 +251,16 @@ pub async fn send(
 
 pub async fn get(url: &str, token: &str) -> Reply {
     send(Method::GET, url, Some(token), &[]).await
+}
+
+/// Sends one DELETE per (url, client token) at once; join the handles for the statuses, in order.
+pub fn spawn_deletes(targets: Vec<(String, String)>) -> Vec<tokio::task::JoinHandle<StatusCode>> {
+    targets
+        .into_iter()
+        .map(|(url, token)| {
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+        })
+        .collect()
 }
 
 /// Writes `request` bytes as they are on a fresh connection and returns the status code (0 if the
