@@ -1,16 +1,24 @@
-//! The org token's upstream budget: what GitHub's `x-ratelimit-*` headers last said, the reserve
-//! below which the proxy stops spending on background work, and the global back-off that opens
-//! when GitHub says "slow down" (primary limit at zero, secondary limit, `retry-after`).
+//! The org token's rate limit as GitHub reports it: what the `x-ratelimit-*` headers last said
+//! (per `x-ratelimit-resource`), the reserve below which the proxy stops spending on background
+//! work, and the global back-off that opens when GitHub says "slow down".
 //!
-//! During a back-off *nothing* is sent upstream (`Upstream::send` refuses before sending), so
-//! one replica cannot keep hammering a token GitHub is about to block.
+//! The state follows time: once GitHub's `x-ratelimit-reset` instant has passed, the window it
+//! described is over, so the reserve no longer applies and background revalidation resumes
+//! without any client request having to bring a fresh figure first. A back-off ends by itself at
+//! its deadline.
+//!
+//! Every kind of limit opens a back-off ([`BackoffKind`]): the primary limit at zero (until the
+//! reset), a secondary limit with `retry-after` (that long) or without it (at least a minute,
+//! growing on repeats, as GitHub's docs ask), and a 429 with or without `retry-after`. During a
+//! back-off *nothing* is sent upstream (`Upstream::send` and the admission point refuse before
+//! sending), so one replica cannot keep hammering a token GitHub is about to block.
 
 use std::{
     sync::{Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::{sync::mpsc, time::Instant};
 
 /// Longest exponential back-off when GitHub gives no hint.
@@ -20,6 +28,33 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_HONOURED: Duration = Duration::from_secs(2 * 3600);
 /// First back-off when GitHub gives no hint (GitHub asks for at least a minute).
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+/// The resource the Packages API is counted against.
+pub const CORE: &str = "core";
+/// Resources remembered at most (GitHub reports a handful; a hostile upstream cannot grow this).
+const MAX_RESOURCES: usize = 8;
+
+/// Which limit GitHub reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackoffKind {
+    /// The primary limit is spent (`x-ratelimit-remaining: 0`): wait for the reset.
+    Primary,
+    /// A secondary limit (403 or 429 saying so): wait `retry-after`, or at least a minute.
+    Secondary,
+    /// A 429 (GitHub's other status for secondary limits): wait `retry-after`, or at least a
+    /// minute.
+    TooManyRequests,
+}
+
+/// An open back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// What opened it.
+    pub kind: BackoffKind,
+    /// When it ends (monotonic).
+    pub until: Instant,
+    /// When it ends (wall clock, for `x-ratelimit-reset` and the fleet).
+    pub until_wall: SystemTime,
+}
 
 /// Shared upstream budget state. A std `Mutex`: a handful of field updates per upstream
 /// response, never held across an `.await`.
@@ -28,30 +63,97 @@ pub struct UpstreamBudget {
     reserve: f64,
     state: Mutex<State>,
     /// Where a back-off this replica opens is announced (the shared tier tells the fleet).
-    announce: OnceLock<mpsc::UnboundedSender<SystemTime>>,
+    announce: OnceLock<mpsc::UnboundedSender<(SystemTime, BackoffKind)>>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    used: Option<u64>,
-    reset: Option<u64>,
-    backoff_until: Option<Instant>,
+    /// One window per `x-ratelimit-resource` (requests without the header count as `core`).
+    windows: Vec<(String, Window)>,
+    backoff: Option<Backoff>,
+    /// Back-offs without a hint in a row; reset by a success after the back-off.
     strikes: u32,
 }
 
-/// What the budget looks like now (for metrics and logs).
+/// What GitHub last said about one resource's window.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    used: Option<u64>,
+    /// Epoch seconds when the window ends.
+    reset: Option<u64>,
+}
+
+/// What the budget looks like now (for metrics, logs and answers to clients).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BudgetSnapshot {
     /// `x-ratelimit-limit`.
     pub limit: Option<u64>,
-    /// `x-ratelimit-remaining`.
+    /// `x-ratelimit-remaining` (the full limit again once the window's reset has passed).
     pub remaining: Option<u64>,
+    /// `x-ratelimit-used`.
+    pub used: Option<u64>,
     /// `x-ratelimit-reset` (epoch seconds).
     pub reset: Option<u64>,
     /// Time left in a back-off.
     pub backoff: Option<Duration>,
+    /// The open back-off's kind.
+    pub backoff_kind: Option<BackoffKind>,
+}
+
+/// How an upstream answer was classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    /// The limit it reports.
+    pub kind: BackoffKind,
+}
+
+// === impl BackoffKind ===
+
+impl BackoffKind {
+    /// Stable name for metrics, logs and the fleet's messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Secondary => "secondary",
+            Self::TooManyRequests => "too_many_requests",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str).
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Primary, Self::Secondary, Self::TooManyRequests]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+
+    /// Every kind, for metrics.
+    pub const ALL: [Self; 3] = [Self::Primary, Self::Secondary, Self::TooManyRequests];
+}
+
+// === impl Backoff ===
+
+impl Backoff {
+    /// Time left (zero once over).
+    pub fn remaining(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+
+    /// Whole seconds a client should wait (at least one).
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.remaining().as_secs_f64().ceil() as u64).max(1)
+    }
+
+    /// The end as epoch seconds, rounded up (a client waking at `reset` must find it over).
+    pub fn reset_epoch(&self) -> u64 {
+        let ms = self
+            .until_wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX)
+    }
 }
 
 // === impl UpstreamBudget ===
@@ -70,123 +172,212 @@ impl UpstreamBudget {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads an upstream response's rate-limit headers and opens a back-off when GitHub asks.
-    pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
+    /// Reads an upstream answer's rate-limit headers and opens a back-off when GitHub asks.
+    /// `says_secondary`: the body carries GitHub's "secondary rate limit" wording (the caller
+    /// read it; headers alone cannot tell a secondary limit without `retry-after` from any other
+    /// 403). Returns the limit the answer reports, if it is a rate-limit answer.
+    pub fn observe(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        says_secondary: bool,
+    ) -> Option<RateLimited> {
         let number =
             |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
         let retry_after = headers
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut state = self.lock();
-        if let Some(limit) = number("x-ratelimit-limit") {
-            state.limit = Some(limit);
-        }
+        let resource = headers
+            .get("x-ratelimit-resource")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or(CORE);
         let remaining = number("x-ratelimit-remaining");
-        if remaining.is_some() {
-            state.remaining = remaining;
-        }
-        if let Some(used) = number("x-ratelimit-used") {
-            state.used = Some(used);
-        }
-        if let Some(reset) = number("x-ratelimit-reset") {
-            state.reset = Some(reset);
-        }
-        let limited = status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS;
-        let wait = if let (true, Some(secs)) = (limited, retry_after) {
-            Some(Duration::from_secs(secs.clamp(1, MAX_HONOURED.as_secs())))
-        } else if remaining == Some(0) {
-            Some(until_epoch(state.reset).max(Duration::from_secs(1)))
-        } else if status == StatusCode::TOO_MANY_REQUESTS {
-            Some(exponential(&mut state))
-        } else {
-            None
-        };
-        match wait {
-            Some(wait) if open(&mut state, wait) => {
-                drop(state);
-                self.announce(wait);
+        let mut state = self.lock();
+        if let Some(window) = state.window(resource) {
+            let fields = [
+                (&mut window.limit, number("x-ratelimit-limit")),
+                (&mut window.remaining, remaining),
+                (&mut window.used, number("x-ratelimit-used")),
+                (&mut window.reset, number("x-ratelimit-reset")),
+            ];
+            for (field, value) in fields {
+                if value.is_some() {
+                    *field = value;
+                }
             }
-            Some(_) => {}
-            None if status.is_success() || status == StatusCode::NOT_MODIFIED => state.strikes = 0,
-            None => {}
         }
+        let reset = state.window(resource).and_then(|w| w.reset);
+        let hinted = |state: &mut State| match retry_after {
+            Some(secs) => Duration::from_secs(secs.max(1)),
+            None => exponential(state),
+        };
+        let forbidden = status == StatusCode::FORBIDDEN;
+        let (kind, wait) = if remaining == Some(0) && !says_secondary {
+            // Spent, whatever the status: the next request would be refused.
+            let wait = until_epoch(reset).max(Duration::from_secs(1));
+            (BackoffKind::Primary, wait)
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            (BackoffKind::TooManyRequests, hinted(&mut state))
+        } else if forbidden && (says_secondary || retry_after.is_some()) {
+            // A 403 with `retry-after` is how GitHub words a secondary limit's wait.
+            (BackoffKind::Secondary, hinted(&mut state))
+        } else {
+            if (status.is_success() || status == StatusCode::NOT_MODIFIED)
+                && state.backoff.is_none_or(|b| b.until <= Instant::now())
+            {
+                state.strikes = 0;
+            }
+            return None;
+        };
+        let opened = open(&mut state, kind, wait);
+        drop(state);
+        if let Some(backoff) = opened {
+            self.announce(backoff);
+        }
+        Some(RateLimited { kind })
     }
 
     /// Announces back-offs this replica opens to `sender` (set once, by the shared tier).
-    pub fn announce_to(&self, sender: mpsc::UnboundedSender<SystemTime>) {
+    pub fn announce_to(&self, sender: mpsc::UnboundedSender<(SystemTime, BackoffKind)>) {
         let _ = self.announce.set(sender);
     }
 
-    fn announce(&self, wait: Duration) {
+    fn announce(&self, backoff: Backoff) {
         if let Some(sender) = self.announce.get() {
-            let _ = sender.send(SystemTime::now() + wait);
+            let _ = sender.send((backoff.until_wall, backoff.kind));
         }
     }
 
     /// Applies a back-off another replica opened (not announced again).
-    pub fn open_until(&self, until: SystemTime) {
+    pub fn open_until(&self, until: SystemTime, kind: BackoffKind) {
         if let Ok(wait) = until.duration_since(SystemTime::now()) {
-            let _ = open(&mut self.lock(), wait);
+            let _ = open(&mut self.lock(), kind, wait);
         }
     }
 
-    /// A 403 whose body says "secondary rate limit" but that carried no `retry-after`.
-    pub fn observe_secondary_limit(&self) {
-        let mut state = self.lock();
-        let wait = exponential(&mut state);
-        if open(&mut state, wait) {
-            drop(state);
-            self.announce(wait);
-        }
+    /// The open back-off, if any.
+    pub fn backoff(&self) -> Option<Backoff> {
+        self.lock()
+            .backoff
+            .filter(|backoff| backoff.until > Instant::now())
     }
 
     /// Time left in the back-off, if one is open.
     pub fn backoff_remaining(&self) -> Option<Duration> {
-        let state = self.lock();
-        let until = state.backoff_until?;
-        let now = Instant::now();
-        (until > now).then(|| until - now)
+        self.backoff().map(|backoff| backoff.remaining())
     }
 
-    /// True when the remaining primary budget is below the reserve.
+    /// True when the remaining primary budget is below the reserve and the window GitHub
+    /// reported has not yet reset.
     pub fn below_reserve(&self) -> bool {
-        let state = self.lock();
-        match (state.limit, state.remaining) {
+        let mut state = self.lock();
+        let Some(window) = state.window(CORE).copied() else {
+            return false;
+        };
+        if window.reset.is_some_and(|reset| reset <= now_epoch()) {
+            return false; // a new window began: its figures are not known yet, but full
+        }
+        match (window.limit, window.remaining) {
             (Some(limit), Some(remaining)) => (remaining as f64) < (limit as f64) * self.reserve,
             _ => false,
         }
     }
 
-    /// The current numbers.
+    /// The current numbers of the `core` resource.
     pub fn snapshot(&self) -> BudgetSnapshot {
-        let backoff = self.backoff_remaining();
-        let state = self.lock();
+        let backoff = self.backoff();
+        let mut state = self.lock();
+        let window = state.window(CORE).copied().unwrap_or_default();
+        let reset_passed = window.reset.is_some_and(|reset| reset <= now_epoch());
+        let (remaining, used) = if reset_passed {
+            (window.limit, Some(0))
+        } else {
+            (window.remaining, window.used)
+        };
         BudgetSnapshot {
-            limit: state.limit,
-            remaining: state.remaining,
-            reset: state.reset,
-            backoff,
+            limit: window.limit,
+            remaining,
+            used,
+            reset: window.reset,
+            backoff: backoff.map(|b| b.remaining()),
+            backoff_kind: backoff.map(|b| b.kind),
         }
+    }
+
+    /// GitHub's `x-ratelimit-*` headers describing the org token now, as a client would see them
+    /// from GitHub: during a back-off, `remaining: 0` and the back-off's end as `reset`.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        let snapshot = self.snapshot();
+        let backoff = self.backoff();
+        let (remaining, reset) = match backoff {
+            Some(backoff) => (Some(0), Some(backoff.reset_epoch())),
+            None => (snapshot.remaining, snapshot.reset),
+        };
+        let used = match (backoff, snapshot.limit) {
+            (Some(_), Some(limit)) => Some(limit),
+            _ => snapshot.used,
+        };
+        let fields = [
+            ("x-ratelimit-limit", snapshot.limit),
+            ("x-ratelimit-remaining", remaining),
+            ("x-ratelimit-reset", reset),
+            ("x-ratelimit-used", used),
+        ];
+        for (name, value) in fields {
+            match value {
+                Some(value) => {
+                    headers.insert(name, HeaderValue::from(value));
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+        }
+        headers.insert("x-ratelimit-resource", HeaderValue::from_static(CORE));
     }
 }
 
-/// Opens or extends the back-off; true when it changed.
-fn open(state: &mut State, wait: Duration) -> bool {
+// === impl State ===
+
+impl State {
+    /// The window of `resource`, created on first sight (bounded: past the cap, unknown
+    /// resources are not tracked).
+    fn window(&mut self, resource: &str) -> Option<&mut Window> {
+        let at = match self.windows.iter().position(|(name, _)| name == resource) {
+            Some(at) => at,
+            None if self.windows.len() < MAX_RESOURCES => {
+                self.windows.push((resource.to_owned(), Window::default()));
+                self.windows.len() - 1
+            }
+            None => return None,
+        };
+        Some(&mut self.windows[at].1)
+    }
+}
+
+/// Opens or extends the back-off; the new one when it changed.
+fn open(state: &mut State, kind: BackoffKind, wait: Duration) -> Option<Backoff> {
     let wait = wait.min(MAX_HONOURED);
     let until = Instant::now() + wait;
-    if state
-        .backoff_until
-        .is_none_or(|current| current + Duration::from_millis(50) < until)
-    {
-        tracing::warn!(
-            seconds = wait.as_secs(),
-            "GitHub rate limit: backing off; no upstream requests until it ends"
-        );
-        state.backoff_until = Some(until);
-        return true;
+    let current = state.backoff.filter(|b| b.until > Instant::now());
+    if current.is_some_and(|current| until <= current.until + Duration::from_millis(50)) {
+        return None;
     }
-    false
+    tracing::warn!(
+        seconds = wait.as_secs(),
+        kind = kind.as_str(),
+        "GitHub rate limit: backing off; no upstream requests until it ends"
+    );
+    crate::metrics::backoff_opened(kind.as_str());
+    let backoff = Backoff {
+        kind,
+        until,
+        until_wall: SystemTime::now() + wait,
+    };
+    state.backoff = Some(backoff);
+    Some(backoff)
 }
 
 fn exponential(state: &mut State) -> Duration {
@@ -197,14 +388,101 @@ fn exponential(state: &mut State) -> Duration {
     wait
 }
 
-/// Time until a Unix epoch second (zero if past or unknown: then a minute).
+fn now_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Time until a Unix epoch second (zero if past; a minute if unknown).
 fn until_epoch(reset: Option<u64>) -> Duration {
     let Some(reset) = reset else {
         return FIRST_BACKOFF;
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    Duration::from_secs(reset.saturating_sub(now))
+    Duration::from_secs(reset.saturating_sub(now_epoch()))
+}
+
+/// What a client is told while the proxy backs off: GitHub's own answer to a rate-limited
+/// request (403 or 429 with `x-ratelimit-*`, `retry-after` for secondary limits), so GitHub's
+/// clients (Octokit's throttling plugin, githubkit) wait for the end and retry instead of giving
+/// up as they do on a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitAnswer {
+    /// What opened the back-off.
+    pub kind: BackoffKind,
+    /// Whole seconds until it ends.
+    pub retry_after_secs: u64,
+    /// Its end, epoch seconds (`x-ratelimit-reset`).
+    pub reset: u64,
+    /// The token's `x-ratelimit-limit`, if GitHub said.
+    pub limit: Option<u64>,
+}
+
+// === impl LimitAnswer ===
+
+impl LimitAnswer {
+    /// The answer for an open back-off.
+    pub fn new(backoff: Backoff, limit: Option<u64>) -> Self {
+        Self {
+            kind: backoff.kind,
+            retry_after_secs: backoff.retry_after_secs(),
+            reset: backoff.reset_epoch(),
+            limit,
+        }
+    }
+
+    /// 403 as GitHub answers a spent primary or a secondary limit; 429 when GitHub said 429.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            BackoffKind::Primary | BackoffKind::Secondary => StatusCode::FORBIDDEN,
+            BackoffKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// GitHub's wording (clients match "rate limit exceeded" and "secondary rate limit"), and
+    /// that the proxy's shared token is what waits.
+    pub fn message(&self) -> String {
+        let secs = self.retry_after_secs;
+        match self.kind {
+            BackoffKind::Primary => format!(
+                "API rate limit exceeded for the shared GitHub token of packages-proxy; it sends \
+                 nothing to GitHub until the limit resets in {secs} s (x-ratelimit-reset)"
+            ),
+            BackoffKind::Secondary | BackoffKind::TooManyRequests => format!(
+                "You have exceeded a secondary rate limit: GitHub asked the shared token of \
+                 packages-proxy to slow down; it sends nothing to GitHub for {secs} s \
+                 (retry-after)"
+            ),
+        }
+    }
+
+    /// GitHub's docs page for the kind.
+    pub fn documentation_url(&self) -> &'static str {
+        match self.kind {
+            BackoffKind::Primary => {
+                "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-primary-rate-limits"
+            }
+            _ => {
+                "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+            }
+        }
+    }
+
+    /// `x-ratelimit-*` (and `retry-after` for secondary limits and 429s) as GitHub sends them.
+    pub fn write_headers(&self, headers: &mut HeaderMap) {
+        if let Some(limit) = self.limit {
+            headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
+            headers.insert("x-ratelimit-used", HeaderValue::from(limit));
+        }
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset));
+        headers.insert("x-ratelimit-resource", HeaderValue::from_static(CORE));
+        if self.kind != BackoffKind::Primary {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs),
+            );
+        }
+    }
 }

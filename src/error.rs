@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// The request is malformed (query parameter, header value).
     #[error("{0}")]
     BadRequest(String),
+    /// The request is well formed but cannot be carried out as asked (422, as GitHub says).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The request target is longer than `server.max_uri_bytes`.
     #[error("Request URI too long")]
     UriTooLong,
@@ -60,12 +63,13 @@ pub enum ProxyError {
         /// The bucket's state.
         snapshot: crate::quota::BucketSnapshot,
     },
-    /// GitHub told us to slow down; nothing is sent upstream until the back-off ends.
-    #[error("GitHub's rate limit for the shared token was reached; retry later")]
-    BackingOff {
-        /// Seconds until the back-off ends.
-        retry_after_secs: u64,
-    },
+    /// GitHub told us to slow down; nothing is sent upstream until the back-off ends. Answered
+    /// as GitHub answers a rate-limited request, so GitHub's clients wait and retry.
+    #[error("{}", .0.message())]
+    BackingOff(crate::budget::LimitAnswer),
+    /// Background work (a revalidation nobody waits for) is not spent below the reserve.
+    #[error("The shared token's rate limit is below the reserve kept for clients' requests")]
+    ReserveKept,
     /// Too many requests wait for an upstream slot.
     #[error("Too many requests are waiting for GitHub; retry later")]
     UpstreamQueueFull,
@@ -102,11 +106,13 @@ impl ProxyError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests { .. } | Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::BackingOff { .. } | Self::UpstreamQueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BackingOff(answer) => answer.status(),
+            Self::UpstreamQueueFull | Self::ReserveKept => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) | Self::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -149,6 +155,12 @@ impl ProxyError {
         } else {
             tracing::debug!(error = %self, status = status.as_u16(), "request refused");
         }
+        if let Self::BackingOff(answer) = &self {
+            let mut response =
+                error_response_with_docs(status, &answer.message(), answer.documentation_url());
+            answer.write_headers(response.headers_mut());
+            return response;
+        }
         let mut response = error_response(status, &self.public_message());
         if let Self::Quota {
             resource, snapshot, ..
@@ -159,7 +171,6 @@ impl ProxyError {
         let retry_after = match &self {
             Self::Overloaded | Self::ShuttingDown | Self::UpstreamQueueFull => Some(1),
             Self::Quota { snapshot, .. } => Some(snapshot.retry_after.as_secs_f64().ceil() as u64),
-            Self::BackingOff { retry_after_secs } => Some(*retry_after_secs),
             Self::TooManyRequests {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
@@ -182,9 +193,14 @@ impl From<BoxError> for ProxyError {
 
 /// A JSON error body in GitHub's shape, with `status` as GitHub adds it.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    error_response_with_docs(status, message, DOCS)
+}
+
+/// [`error_response`] pointing at another page of GitHub's docs.
+pub fn error_response_with_docs(status: StatusCode, message: &str, docs: &str) -> Response<Body> {
     let body = serde_json::json!({
         "message": message,
-        "documentation_url": DOCS,
+        "documentation_url": docs,
         "status": status.as_str(),
     });
     let mut response = Response::new(body::full(body.to_string()));

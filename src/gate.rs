@@ -11,6 +11,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::{
+    admission::{self, Payer, Ticket, Work},
     audit::AuditRecord,
     body::{self, Body},
     error::ProxyError,
@@ -20,9 +21,6 @@ use crate::{
     upstream::Forwarded,
 };
 
-/// Most version pages read when checking a whole package for protected tags.
-const MAX_TAG_PAGES: u32 = 100;
-
 /// Everything a destructive request brings.
 #[derive(Debug)]
 pub struct Mutation<'a> {
@@ -31,9 +29,9 @@ pub struct Mutation<'a> {
     /// The client's validated headers.
     pub forwarded: &'a Forwarded,
     /// The client's name.
-    pub client: &'a str,
+    pub client: &'a Arc<str>,
     /// The client's quotas.
-    pub limits: &'a crate::quota::ClientLimits,
+    pub limits: &'a Arc<crate::quota::ClientLimits>,
     /// The proxy's request id.
     pub request_id: &'a str,
     /// `X-Packages-Proxy-Dry-Run: 1` was sent.
@@ -82,7 +80,8 @@ pub async fn execute(
     };
     record.rule = Some(rule.name.clone());
     record.dry_run = policy.dry_run || m.dry_run_requested;
-    if let Err(error) = check_protected_tags(state, m.route, &rule).await {
+    let payer = Payer::client(m.client, m.limits);
+    if let Err(error) = check_protected_tags(state, m.route, &rule, &payer).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
             "denied"
         } else {
@@ -118,19 +117,16 @@ pub async fn execute(
         };
         return Err(refuse(state, record, "refused", Some(&rule), error).await);
     }
-    if let Err(error) = crate::quota::take_upstream(state, m.client, m.limits).await {
-        return Err(refuse(state, record, "refused", Some(&rule), error).await);
-    }
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
-    if let Some(wait) = state.upstream.budget.backoff_remaining() {
-        if wait > state.config.mutations.max_queue_wait {
-            let error = ProxyError::BackingOff {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            };
-            return Err(refuse(state, record, "refused", Some(&rule), error).await);
-        }
+    if let Some(wait) = state.upstream.budget.backoff_remaining()
+        && wait <= state.config.mutations.max_queue_wait
+    {
         tokio::time::sleep(wait).await;
     }
+    let ticket = match admission::admit(state, &payer, Work::Mutation).await {
+        Ok(ticket) => ticket,
+        Err(error) => return Err(refuse(state, record, "refused", Some(&rule), error).await),
+    };
     let intent = record.at("intent", "allowed");
     state
         .audit
@@ -144,6 +140,7 @@ pub async fn execute(
         forwarded: m.forwarded.clone(),
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
+        ticket,
         _place: place,
     };
     let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
@@ -157,6 +154,8 @@ struct Owned {
     forwarded: Forwarded,
     public_base: String,
     request_id: String,
+    /// The admission point's ticket for the one upstream request.
+    ticket: Ticket,
     /// The client's place in the queue, held until the mutation is done.
     _place: crate::pace::Place,
 }
@@ -295,6 +294,7 @@ async fn send_mutation(
     let response = state
         .upstream
         .send(
+            &m.ticket,
             m.route.operation.method(),
             &m.route.path_and_query(),
             &m.forwarded,
@@ -356,10 +356,15 @@ fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
 
 /// Refuses a delete that would remove a protected tag. Reads fresh from upstream (never the
 /// cache); if that read fails, refuses (fail closed).
+///
+/// Each page read is an upstream request admitted and charged to the client (dry runs and
+/// refused deletes too); a whole-package delete reads at most `mutations.max_check_pages`
+/// pages and is refused with 422 past them.
 async fn check_protected_tags(
     state: &AppState,
     route: &Route,
     rule: &Rule,
+    payer: &Payer,
 ) -> Result<(), ProxyError> {
     let deleting = matches!(
         route.operation,
@@ -378,7 +383,7 @@ async fn check_protected_tags(
         1
     } else {
         read.operation = Operation::ListVersions;
-        MAX_TAG_PAGES
+        state.config.mutations.max_check_pages
     };
     for page in 1..=pages {
         if read.operation == Operation::ListVersions {
@@ -388,7 +393,8 @@ async fn check_protected_tags(
                 ..Query::default()
             };
         }
-        let versions = fresh_read(state, &read).await?;
+        let ticket = admission::admit(state, payer, Work::Check).await?;
+        let versions = fresh_read(state, &ticket, &read).await?;
         let versions = match versions {
             serde_json::Value::Array(list) => list,
             one => vec![one],
@@ -405,17 +411,23 @@ async fn check_protected_tags(
             return Ok(());
         }
     }
-    Err(ProxyError::Unavailable(
-        "Too many versions to check for protected tags; delete versions first".to_owned(),
-    ))
+    Err(ProxyError::Unprocessable(format!(
+        "The package has more than {} versions to check for protected tags; delete versions \
+         one by one first",
+        u64::from(pages) * 100
+    )))
 }
 
-async fn fresh_read(state: &AppState, route: &Route) -> Result<serde_json::Value, ProxyError> {
+async fn fresh_read(
+    state: &AppState,
+    ticket: &Ticket,
+    route: &Route,
+) -> Result<serde_json::Value, ProxyError> {
     let unavailable =
         |why: String| ProxyError::Unavailable(format!("Cannot verify protected tags: {why}"));
     let forwarded = Forwarded::from_request(&http::HeaderMap::new())?;
     let path = route.path_and_query();
-    let read = state.upstream.send(Method::GET, &path, &forwarded);
+    let read = state.upstream.send(ticket, Method::GET, &path, &forwarded);
     let response = tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .map_err(|_| unavailable("upstream timed out".to_owned()))?

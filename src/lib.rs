@@ -7,6 +7,8 @@
 //! - [`proxy`]: the request walk and its log line.
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
 //! - [`auth`]: client credentials (token or certificate) -> client, with its [`quota`]s.
+//! - [`admission`]: the one gate every request to GitHub passes: back-off, reserve, and who
+//!   pays (the client's quota, fleet-wide with Redis; or the proxy for its background work).
 //! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
 //! - [`upstream`]: the pooled rustls client, forwarded and returned headers, the upstream slots,
 //!   retries, and the [`budget`] (GitHub's rate-limit headers, the reserve, the back-off).
@@ -27,6 +29,7 @@
 //! benchmarks and the demo).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;

@@ -137,6 +137,18 @@ pub fn upstream(method: &str, status: Option<u16>, elapsed: Duration) {
     histogram!(UPSTREAM_DURATION).record(elapsed.as_secs_f64());
 }
 
+/// A back-off opened on this replica (GitHub's answer or another replica's announcement).
+pub fn backoff_opened(kind: &'static str) {
+    counter!("packages_proxy_upstream_backoffs_total", "kind" => kind).increment(1);
+}
+
+/// One request to GitHub charged to `client`'s quota (`proxy` for the proxy's own background
+/// work), by why it was made.
+pub fn charged(client: &str, work: &'static str) {
+    counter!("packages_proxy_upstream_charged_total", "client" => client.to_owned(), "work" => work)
+        .increment(1);
+}
+
 /// One destructive decision.
 pub fn destructive(outcome: &str) {
     counter!(DESTRUCTIVE, "outcome" => outcome.to_owned()).increment(1);
@@ -160,6 +172,14 @@ pub fn render(state: &AppState) -> String {
     } else {
         0.0
     });
+    for kind in crate::budget::BackoffKind::ALL {
+        let left = match (budget.backoff_kind, budget.backoff) {
+            (Some(open), Some(left)) if open == kind => left.as_secs_f64(),
+            _ => 0.0,
+        };
+        gauge!("packages_proxy_upstream_backoff_remaining_seconds", "kind" => kind.as_str())
+            .set(left);
+    }
     let (in_flight, queued) = state.upstream.load();
     gauge!("packages_proxy_upstream_in_flight").set(in_flight as f64);
     gauge!("packages_proxy_upstream_queued").set(queued as f64);

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use crate::{
+    admission::{self, Payer, Ticket, Work},
     auth::Identity,
     body::{self, Body},
     cache::{self, ClientConditions, FetchSpec, Generations},
@@ -147,16 +148,9 @@ async fn walk(
         return Ok(response);
     }
     if !state.config.cache.enabled {
-        identity
-            .limits
-            .upstream
-            .take()
-            .map_err(|snapshot| ProxyError::Quota {
-                message: "This client's quota of requests that need GitHub is spent; retry later",
-                resource: "proxy-upstream",
-                snapshot,
-            })?;
-        return pass_through(state, &route, &forwarded, &public_base, log).await;
+        let payer = Payer::client(&identity.name, &identity.limits);
+        let ticket = admission::admit(state, &payer, Work::Read).await?;
+        return pass_through(state, &ticket, &route, &forwarded, &public_base, log).await;
     }
     let conditions = ClientConditions {
         no_cache: no_cache(request.headers()),
@@ -172,8 +166,12 @@ async fn walk(
         forwarded: upstream_headers,
         public_base,
     };
+    let asker = cache::Asker {
+        name: &identity.name,
+        limits: &identity.limits,
+    };
     let (response, upstream_status, cache_status) =
-        cache::serve(state, spec, conditions, &identity.name, &identity.limits).await?;
+        cache::serve(state, spec, conditions, asker).await?;
     log.upstream_status = upstream_status;
     log.cache = Some(cache_status.as_str());
     Ok(response)
@@ -182,6 +180,7 @@ async fn walk(
 /// Streams an upstream answer to the client without caching it.
 async fn pass_through(
     state: &AppState,
+    ticket: &Ticket,
     route: &Route,
     forwarded: &Forwarded,
     public_base: &str,
@@ -190,7 +189,12 @@ async fn pass_through(
     // HEAD is sent as GET (the operation's method): hyper drops the body of a response to HEAD.
     let upstream = state
         .upstream
-        .send(route.operation.method(), &route.path_and_query(), forwarded)
+        .send(
+            ticket,
+            route.operation.method(),
+            &route.path_and_query(),
+            forwarded,
+        )
         .await?;
     log.upstream_status = Some(upstream.status().as_u16());
     let (parts, body) = upstream.into_parts();

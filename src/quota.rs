@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::{config::Quota, error::ProxyError, state::AppState};
+use crate::config::Quota;
 
 /// A token bucket refilling continuously.
 #[derive(Debug)]
@@ -121,50 +121,6 @@ impl TokenBucket {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.refill(&mut state);
         self.snapshot(state.0)
-    }
-}
-
-/// Takes one request that needs GitHub from `client`'s quota: fleet-wide in Redis when the
-/// shared tier is up, else from the local bucket.
-pub async fn take_upstream(
-    state: &AppState,
-    client: &str,
-    limits: &ClientLimits,
-) -> Result<Taken, ProxyError> {
-    let quota = |snapshot| ProxyError::Quota {
-        message: "This client's quota of requests that need GitHub is spent; retry later",
-        resource: "proxy-upstream",
-        snapshot,
-    };
-    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up())
-        && let Ok(result) = shared
-            .take(client, "upstream", limits.quota.upstream_per_minute)
-            .await
-    {
-        return result.map(|_| Taken::Shared).map_err(quota);
-    }
-    limits.upstream.take().map(|_| Taken::Local).map_err(quota)
-}
-
-/// Which bucket a request that needs GitHub was charged to, so it can be refunded when it turned
-/// out not to (another replica's answer arrived through the shared tier).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Taken {
-    /// The fleet-wide bucket in Redis.
-    Shared,
-    /// This replica's bucket.
-    Local,
-}
-
-/// Gives back a token taken by [`take_upstream`].
-pub async fn refund_upstream(state: &AppState, client: &str, limits: &ClientLimits, taken: Taken) {
-    match (taken, &state.shared) {
-        (Taken::Shared, Some(shared)) => {
-            let _ = shared
-                .refund(client, "upstream", limits.quota.upstream_per_minute)
-                .await;
-        }
-        _ => limits.upstream.give_back(),
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -29,8 +29,9 @@ use tower_http::timeout::TimeoutBody;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
+    admission::Ticket,
     body::Body,
-    budget::UpstreamBudget,
+    budget::{LimitAnswer, UpstreamBudget},
     config::UpstreamConfig,
     error::{BoxError, ProxyError},
     secret::OrgToken,
@@ -159,8 +160,14 @@ impl Upstream {
     /// stalls longer than the timeout between chunks. Refuses during a back-off, waits for one of
     /// the upstream slots, and retries idempotent GETs on connection errors and 502/503/504
     /// (jittered exponential back-off, bounded by the timeout). Mutations are never retried.
+    ///
+    /// The [`Ticket`] is the admission point's proof that the request was checked against the
+    /// back-off and the reserve and charged to someone; a retry is part of the same request.
+    /// Rate-limit answers (403/429) are read whole, so a secondary limit is recognised by its
+    /// wording even without `retry-after`; the response then carries a [`RateLimited`](crate::budget::RateLimited) extension.
     pub async fn send(
         &self,
+        _ticket: &Ticket,
         method: Method,
         path_and_query: &str,
         forwarded: &Forwarded,
@@ -182,8 +189,12 @@ impl Upstream {
             let retry = match result {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
                 Ok(Ok(response)) => {
-                    self.budget.observe(response.status(), response.headers());
                     let status = response.status().as_u16();
+                    if matches!(status, 403 | 429) {
+                        return self.limited(response, permit).await;
+                    }
+                    self.budget
+                        .observe(response.status(), response.headers(), false);
                     if !(idempotent
                         && matches!(status, 502..=504)
                         && self.may_retry(attempt, started))
@@ -214,12 +225,38 @@ impl Upstream {
     }
 
     fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
-        match self.budget.backoff_remaining() {
-            Some(wait) => Err(ProxyError::BackingOff {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            }),
+        match self.budget.backoff() {
+            Some(backoff) => Err(ProxyError::BackingOff(LimitAnswer::new(
+                backoff,
+                self.budget.snapshot().limit,
+            ))),
             None => Ok(()),
         }
+    }
+
+    /// A 403 or 429: read whole (GitHub's error bodies are small; bounded all the same) so the
+    /// budget can tell a secondary limit by its wording, then handed on as a buffered response.
+    async fn limited(
+        &self,
+        response: Response<Incoming>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = response.into_parts();
+        let read = Limited::new(body, MAX_ERROR_BODY).collect();
+        let bytes = match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(error)) => return Err(ProxyError::Upstream(error)),
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
+        };
+        drop(permit);
+        let says_secondary = contains_ignore_case(&bytes, b"secondary rate limit");
+        if let Some(limited) = self
+            .budget
+            .observe(parts.status, &parts.headers, says_secondary)
+        {
+            parts.extensions.insert(limited);
+        }
+        Ok(Response::from_parts(parts, crate::body::full(bytes)))
     }
 
     /// One of the upstream slots; past `max_queue` waiters, refuses at once.
@@ -288,6 +325,16 @@ impl std::fmt::Debug for Upstream {
             .field("token", &self.token)
             .finish_non_exhaustive()
     }
+}
+
+/// Largest 403/429 body read to look for GitHub's rate-limit wording.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// ASCII case-insensitive substring search.
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
 /// Jittered exponential back-off between retries: 100 ms, 200 ms, 400 ms ... each +-50%.

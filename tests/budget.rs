@@ -55,16 +55,21 @@ async fn a_primary_limit_stops_all_upstream_traffic_while_cached_reads_keep_work
                 .unwrap()
                 .contains("stale-if-error")
         );
+        // Answered as GitHub answers a spent primary limit, so GitHub's clients wait for the
+        // reset instead of giving up on a 503.
         let uncached = get(&proxy.url(&cold(1)), proxy.token()).await;
-        assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(uncached.status, StatusCode::FORBIDDEN);
+        assert_eq!(uncached.header("x-ratelimit-remaining"), Some("0"));
+        let reset: u64 = uncached
+            .header("x-ratelimit-reset")
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(
-            uncached
-                .header("retry-after")
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-                > 60
+            reset > epoch_now() + 60,
+            "reset {reset} is not the primary window's end"
         );
+        assert!(uncached.text().contains("API rate limit exceeded"));
     }
     assert_eq!(
         sim.handle.log().len(),
@@ -88,8 +93,9 @@ async fn a_secondary_limit_backs_off_for_retry_after_then_traffic_resumes() {
     );
     let seen = sim.handle.log().len();
     let during = get(&proxy.url(&cold(1)), proxy.token()).await;
-    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(during.status, StatusCode::FORBIDDEN);
     assert_eq!(during.header("retry-after"), Some("1"));
+    assert!(during.text().contains("secondary rate limit"));
     assert_eq!(sim.handle.log().len(), seen);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(

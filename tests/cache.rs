@@ -367,7 +367,8 @@ async fn keys_differ_where_answers_differ_and_agree_where_they_do_not() {
 #[tokio::test]
 async fn client_conditionals_and_no_cache() {
     let sim = spawn_sim().await;
-    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    // Every `no-cache` goes upstream with the interval at zero (the behaviour before it existed).
+    let proxy = spawn_proxy(&sim, cache_options("min_revalidate_interval = \"0s\"")).await;
     let first = get(&proxy.url(VERSIONS), proxy.token()).await;
     let etag = first.header("etag").unwrap().to_owned();
     let not_modified = send(
@@ -393,7 +394,7 @@ async fn client_conditionals_and_no_cache() {
     .await;
     assert_eq!(forced.status, StatusCode::OK);
     assert!(
-        status_of(&forced).contains("fwd=stale"),
+        status_of(&forced).contains("fwd=request; fwd-status=304; stored"),
         "{}",
         status_of(&forced)
     );
@@ -403,6 +404,54 @@ async fn client_conditionals_and_no_cache() {
         log[1].headers["if-none-match"],
         etag.as_str(),
         "no-cache should revalidate cheaply"
+    );
+}
+
+// githubkit sends `Cache-Control: no-cache` on every call and Node's fetch adds it to every
+// conditional request: one client's header must not switch the shared cache off.
+#[tokio::test]
+async fn no_cache_requests_are_coalesced_per_key_and_interval() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await; // interval: 1 s by default
+    let url = proxy.url(VERSIONS);
+    assert_eq!(get(&url, proxy.token()).await.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for round in 0..4 {
+        // Ten at once, four rounds ~0.5 s apart: 40 requests within 2 s.
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (url, token) = (url.clone(), proxy.token().to_owned());
+            tasks.push(tokio::spawn(async move {
+                send(
+                    Method::GET,
+                    &url,
+                    Some(&token),
+                    &[("cache-control", "no-cache")],
+                )
+                .await
+            }));
+        }
+        for task in tasks {
+            let reply = task.await.unwrap();
+            assert_eq!(reply.status, StatusCode::OK);
+            statuses.push(status_of(&reply));
+        }
+        let next = Duration::from_millis(500 * (round + 1));
+        tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
+    }
+    assert!(started.elapsed() < Duration::from_millis(2_500));
+    let gets = upstream_gets(&sim);
+    assert!(
+        (2..=4).contains(&gets),
+        "40 no-cache GETs in 2 s cost {} upstream requests (at most 3 + the first miss)",
+        gets - 1
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.contains("detail=revalidated-recently")),
+        "{statuses:?}"
     );
 }
 

@@ -253,7 +253,11 @@ async fn a_back_off_opened_by_one_replica_stops_all_of_them() {
             proxy.token(),
         )
         .await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        // GitHub's answer to a rate-limited request, with the fleet's deadline.
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+        let wait: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=30).contains(&wait), "retry-after {wait}");
+        assert!(reply.text().contains("secondary rate limit"));
     }
     assert_eq!(
         sim.handle.log().len(),

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use tokio::time::Instant;
 
-use crate::body::{self, Body};
+use crate::{
+    body::{self, Body},
+    budget::BackoffKind,
+};
 
 /// Per-entry memory beyond payload and headers: the `Arc<Entry>`, moka's node and access-order
 /// bookkeeping, and allocator slack (measured, see `weight`).
@@ -45,17 +48,44 @@ pub enum Freshness {
     Expired,
 }
 
-/// Why a stale answer was served instead of the upstream's.
+/// Why a stale answer was served instead of the upstream's (after the entry's
+/// stale-while-revalidate window, or for a client that must wait for an answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorReason {
     /// The upstream did not answer in time.
     Timeout,
     /// The upstream could not be reached or broke the connection.
     Unreachable,
-    /// The upstream rate-limited the org token (403/429).
+    /// The upstream answered this key with a rate limit (403/429).
     RateLimited(u16),
     /// The upstream answered 5xx.
     ServerError(u16),
+    /// Nothing was sent: the proxy backs off after a limit of this kind.
+    BackingOff(BackoffKind),
+    /// Nothing was sent: the token's budget is below the reserve.
+    Reserve,
+}
+
+/// Why a stale answer was served at once, inside the stale-while-revalidate window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleWhy {
+    /// A background revalidation runs (or ran just now).
+    Revalidating,
+    /// None runs: the token's budget is below the reserve.
+    Reserve,
+    /// None runs: the proxy backs off after a limit of this kind.
+    BackingOff(BackoffKind),
+}
+
+/// How the upstream was asked (RFC 9211 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fwd {
+    /// Nothing usable was stored.
+    Miss,
+    /// The stored answer was stale.
+    Stale,
+    /// The client asked for it (`no-cache`).
+    Request,
 }
 
 /// What the cache did for a request: feeds metrics and the `Cache-Status` header.
@@ -63,19 +93,29 @@ pub enum ErrorReason {
 pub enum CacheStatus {
     /// Served from memory, fresh.
     Hit,
-    /// Fetched from upstream and stored.
-    Miss,
+    /// Served from memory for a client's `no-cache`: the upstream confirmed it less than
+    /// `cache.min_revalidate_interval` ago.
+    HitRecentlyRevalidated,
     /// Not in this replica's memory, but fresh in the shared tier (another replica fetched it).
     SharedHit,
-    /// Waited for another request's identical upstream fetch.
-    Coalesced,
-    /// Was stale (or the client asked `no-cache`); the upstream confirmed or replaced it.
-    Revalidated,
-    /// Served stale while a background revalidation runs.
-    Stale,
-    /// Served stale because the upstream failed or rate-limited us.
+    /// The upstream was asked (by this request, or by one it waited for).
+    Forwarded {
+        /// Why.
+        fwd: Fwd,
+        /// The status the upstream really sent for this key (304 for a confirmed entry).
+        fwd_status: u16,
+        /// Waited for another request's identical upstream fetch.
+        collapsed: bool,
+        /// The answer was stored.
+        stored: bool,
+    },
+    /// Served stale at once (stale-while-revalidate window).
+    Stale(StaleWhy),
+    /// Served stale because the upstream failed, rate-limited us, or could not be asked.
     StaleIfError(ErrorReason),
-    /// Not cacheable (uncacheable status, cache disabled): passed through.
+    /// Larger than `cache.max_entry_bytes`: streamed through, not stored.
+    TooLarge,
+    /// Not cacheable (cache disabled): passed through.
     Bypass,
 }
 
@@ -167,14 +207,16 @@ impl CacheStatus {
     /// Stable lower-case name for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Hit => "hit",
-            Self::Miss => "miss",
+            Self::Hit | Self::HitRecentlyRevalidated => "hit",
             Self::SharedHit => "shared_hit",
-            Self::Coalesced => "coalesced",
-            Self::Revalidated => "revalidated",
-            Self::Stale => "stale",
+            Self::Forwarded { stored: false, .. } | Self::TooLarge | Self::Bypass => "bypass",
+            Self::Forwarded {
+                collapsed: true, ..
+            } => "coalesced",
+            Self::Forwarded { fwd: Fwd::Miss, .. } => "miss",
+            Self::Forwarded { .. } => "revalidated",
+            Self::Stale(_) => "stale",
             Self::StaleIfError(_) => "stale_if_error",
-            Self::Bypass => "bypass",
         }
     }
 
@@ -182,26 +224,57 @@ impl CacheStatus {
     pub fn header_value(self, ttl: i128) -> HeaderValue {
         let text = match self {
             Self::Hit => format!("packages-proxy; hit; ttl={ttl}"),
-            Self::Miss => "packages-proxy; fwd=miss; stored".to_owned(),
-            Self::SharedHit => format!("packages-proxy; hit; ttl={ttl}; detail=shared"),
-            Self::Coalesced => "packages-proxy; fwd=miss; collapsed".to_owned(),
-            Self::Revalidated => "packages-proxy; fwd=stale; stored".to_owned(),
-            Self::Stale => format!("packages-proxy; hit; ttl={ttl}; detail=stale-while-revalidate"),
-            Self::StaleIfError(reason) => {
-                let (status, detail) = match reason {
-                    ErrorReason::Timeout => (None, "timeout"),
-                    ErrorReason::Unreachable => (None, "unreachable"),
-                    ErrorReason::RateLimited(status) => (Some(status), "rate-limited"),
-                    ErrorReason::ServerError(status) => (Some(status), "server-error"),
-                };
-                let status = status
-                    .map(|s| format!("; fwd-status={s}"))
-                    .unwrap_or_default();
-                format!(
-                    "packages-proxy; hit; ttl={ttl}; fwd=stale{status}; detail=stale-if-error-{detail}"
-                )
+            Self::HitRecentlyRevalidated => {
+                format!("packages-proxy; hit; ttl={ttl}; detail=revalidated-recently")
             }
-            Self::Bypass => "packages-proxy; fwd=uri-miss".to_owned(),
+            Self::SharedHit => format!("packages-proxy; hit; ttl={ttl}; detail=shared"),
+            Self::Forwarded {
+                fwd,
+                fwd_status,
+                collapsed,
+                stored,
+            } => {
+                let fwd = match fwd {
+                    Fwd::Miss => "miss",
+                    Fwd::Stale => "stale",
+                    Fwd::Request => "request",
+                };
+                let collapsed = if collapsed { "; collapsed" } else { "" };
+                let stored = if stored { "; stored" } else { "" };
+                format!("packages-proxy; fwd={fwd}; fwd-status={fwd_status}{stored}{collapsed}")
+            }
+            Self::Stale(why) => {
+                let detail = match why {
+                    StaleWhy::Revalidating => "stale-while-revalidate".to_owned(),
+                    StaleWhy::Reserve => "stale-rate-limit-reserve".to_owned(),
+                    StaleWhy::BackingOff(kind) => format!("stale-backing-off-{}", kind.as_str()),
+                };
+                format!("packages-proxy; hit; ttl={ttl}; detail={detail}")
+            }
+            Self::StaleIfError(reason) => {
+                // `fwd` only when the upstream was really asked for this key.
+                let (fwd, detail) = match reason {
+                    ErrorReason::Timeout => ("; fwd=stale".to_owned(), "timeout".to_owned()),
+                    ErrorReason::Unreachable => {
+                        ("; fwd=stale".to_owned(), "unreachable".to_owned())
+                    }
+                    ErrorReason::RateLimited(status) => (
+                        format!("; fwd=stale; fwd-status={status}"),
+                        "rate-limited".to_owned(),
+                    ),
+                    ErrorReason::ServerError(status) => (
+                        format!("; fwd=stale; fwd-status={status}"),
+                        "server-error".to_owned(),
+                    ),
+                    ErrorReason::BackingOff(kind) => {
+                        (String::new(), format!("backing-off-{}", kind.as_str()))
+                    }
+                    ErrorReason::Reserve => (String::new(), "rate-limit-reserve".to_owned()),
+                };
+                format!("packages-proxy; hit; ttl={ttl}{fwd}; detail=stale-if-error-{detail}")
+            }
+            Self::TooLarge => "packages-proxy; fwd=miss; detail=too-large".to_owned(),
+            Self::Bypass => "packages-proxy; fwd=bypass".to_owned(),
         };
         HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("packages-proxy"))
     }

@@ -9,32 +9,39 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use super::{Entry, Failure, FetchSpec, Fetched, Freshness, cacheable};
-use crate::{body::Body, error::ProxyError, state::AppState};
+use crate::{
+    admission::Ticket, body::Body, budget::RateLimited, error::ProxyError, state::AppState,
+};
 
 /// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one
 /// replica fetches for the whole fleet; the answer is written through to L2.
+///
+/// `ticket` pays for the upstream request; an answer from L2 gives it back.
 pub(super) async fn fetch_fleet(
     state: &Arc<AppState>,
     spec: &FetchSpec,
     stale: Option<Arc<Entry>>,
+    ticket: Ticket,
 ) -> Fetched {
     let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) else {
-        return fetch(state, spec, stale).await;
+        return fetch(state, spec, stale, &ticket).await;
     };
     let config = &state.cache.config;
     let (swr, sie) = (config.stale_while_revalidate, config.stale_if_error);
     if let Some(entry) = shared.l2_get(&spec.key).await
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
+        ticket.refund(state).await;
         return Fetched::Shared(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
     let locked = shared.lock(&spec.key).await.unwrap_or(true);
     if !locked && let Some(entry) = shared.wait_for(&spec.key).await {
+        ticket.refund(state).await;
         return Fetched::Shared(Arc::new(entry));
     }
-    let fetched = fetch(state, spec, stale).await;
-    if let Fetched::Answer(entry) = &fetched
+    let fetched = fetch(state, spec, stale, &ticket).await;
+    if let Fetched::Answer(entry, _) = &fetched
         && cacheable(entry.status)
     {
         shared
@@ -48,18 +55,27 @@ pub(super) async fn fetch_fleet(
 }
 
 /// One upstream GET, revalidating `stale` by its ETag; the body is buffered.
-async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>>) -> Fetched {
+async fn fetch(
+    state: &Arc<AppState>,
+    spec: &FetchSpec,
+    stale: Option<Arc<Entry>>,
+    ticket: &Ticket,
+) -> Fetched {
     let mut forwarded = spec.forwarded.clone();
     forwarded.if_none_match = stale.as_ref().and_then(|entry| entry.etag.clone());
     forwarded.if_modified_since = None;
     let path = spec.route.path_and_query();
-    let response = match state.upstream.send(Method::GET, &path, &forwarded).await {
+    let response = match state
+        .upstream
+        .send(ticket, Method::GET, &path, &forwarded)
+        .await
+    {
         Ok(response) => response,
         Err(error) => {
             let failure = match error {
                 ProxyError::UpstreamTimeout => Failure::Timeout,
-                ProxyError::BackingOff { retry_after_secs } => {
-                    return Fetched::Failed(Failure::BackingOff { retry_after_secs });
+                ProxyError::BackingOff(answer) => {
+                    return Fetched::Failed(Failure::BackingOff(answer));
                 }
                 ProxyError::UpstreamQueueFull => return Fetched::Failed(Failure::QueueFull),
                 _ => Failure::Unreachable,
@@ -70,6 +86,9 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
     };
     let (parts, body) = response.into_parts();
     let now = Instant::now();
+    // A rate limit for this key (it opened or met a back-off): never stored, and a stale
+    // answer is preferred to it.
+    let limited = parts.extensions.get::<RateLimited>().is_some();
     if parts.status == StatusCode::NOT_MODIFIED {
         return match stale {
             Some(stale) => {
@@ -77,7 +96,7 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
                 entry.fetched_at = now;
                 entry.fetched_wall = std::time::SystemTime::now();
                 refresh_rate_headers(&mut entry, &parts.headers);
-                Fetched::Answer(Arc::new(entry))
+                Fetched::Answer(Arc::new(entry), StatusCode::NOT_MODIFIED.as_u16())
             }
             None => Fetched::Failed(Failure::Unreachable),
         };
@@ -92,7 +111,8 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
     };
     let headers =
         crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
-    Fetched::Answer(Arc::new(Entry {
+    let status = parts.status.as_u16();
+    let entry = Arc::new(Entry {
         status: parts.status,
         etag: headers.get(header::ETAG).cloned(),
         headers,
@@ -100,7 +120,11 @@ async fn fetch(state: &Arc<AppState>, spec: &FetchSpec, stale: Option<Arc<Entry>
         fetched_at: now,
         fetched_wall: std::time::SystemTime::now(),
         ttl: state.cache.ttl(&spec.route, parts.status),
-    }))
+    });
+    if limited {
+        return Fetched::Limited(entry);
+    }
+    Fetched::Answer(entry, status)
 }
 
 /// Buffers a body up to `limit` bytes.

@@ -20,18 +20,20 @@ use std::{
     },
 };
 
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
 
-pub use entry::{CacheStatus, Entry, ErrorReason, Freshness};
+pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
 pub(crate) use fetch::read_body;
 pub use key::{Generations, key};
 
 use fetch::fetch_fleet;
 
 use crate::{
+    admission::{self, Payer, Ticket, Work},
     body::Body,
+    budget::LimitAnswer,
     config::CacheConfig,
     error::ProxyError,
     quota::ClientLimits,
@@ -43,10 +45,14 @@ use crate::{
 /// Outcome of one upstream fetch, shared with every request waiting for it.
 #[derive(Debug, Clone)]
 pub enum Fetched {
-    /// The upstream answered (any status); the body is buffered.
-    Answer(Arc<Entry>),
+    /// The upstream answered (any status but a rate limit); the body is buffered. With the
+    /// status the upstream really sent (304 when it confirmed the stale entry).
+    Answer(Arc<Entry>, u16),
     /// Another replica's fresh answer, from the shared tier's L2 (no upstream call).
     Shared(Arc<Entry>),
+    /// GitHub's rate-limit answer (403/429) for this key; a back-off is open. Never stored:
+    /// a stale answer is served instead when there is one, else GitHub's answer, whole.
+    Limited(Arc<Entry>),
     /// No usable answer.
     Failed(Failure),
 }
@@ -60,11 +66,8 @@ pub enum Failure {
     Unreachable,
     /// The answer is larger than `cache.max_entry_bytes`.
     TooLarge,
-    /// GitHub asked us to slow down; nothing was sent.
-    BackingOff {
-        /// Seconds until the back-off ends.
-        retry_after_secs: u64,
-    },
+    /// Nothing was sent: the proxy backs off.
+    BackingOff(LimitAnswer),
     /// Too many requests wait for an upstream slot.
     QueueFull,
 }
@@ -75,7 +78,7 @@ impl Failure {
             Self::Timeout => ProxyError::UpstreamTimeout,
             Self::Unreachable => ProxyError::Upstream("upstream fetch failed".into()),
             Self::TooLarge => ProxyError::Upstream("upstream answer too large to cache".into()),
-            Self::BackingOff { retry_after_secs } => ProxyError::BackingOff { retry_after_secs },
+            Self::BackingOff(answer) => ProxyError::BackingOff(answer),
             Self::QueueFull => ProxyError::UpstreamQueueFull,
         }
     }
@@ -83,7 +86,7 @@ impl Failure {
     fn reason(self) -> ErrorReason {
         match self {
             Self::Timeout => ErrorReason::Timeout,
-            Self::BackingOff { .. } => ErrorReason::RateLimited(503),
+            Self::BackingOff(answer) => ErrorReason::BackingOff(answer.kind),
             _ => ErrorReason::Unreachable,
         }
     }
@@ -136,6 +139,9 @@ pub struct Cache {
     /// `.await`.
     inflight: Mutex<HashMap<String, watch::Receiver<Option<Fetched>>>>,
     config: CacheConfig,
+    /// Keys whose answer was larger than `max_entry_bytes`: passed through without a first
+    /// attempt to buffer them, until the route's freshness lifetime passes.
+    oversized: moka::sync::Cache<String, ()>,
     /// Outcome counters.
     pub stats: Arc<CacheStats>,
 }
@@ -168,8 +174,13 @@ impl Cache {
                 }
             })
             .build();
+        let oversized = moka::sync::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(longest_ttl)
+            .build();
         Self {
             store,
+            oversized,
             generations: Generations::default(),
             inflight: Mutex::new(HashMap::new()),
             config: config.clone(),
@@ -208,17 +219,26 @@ impl Cache {
     }
 
     fn count(&self, status: CacheStatus) {
-        let counter = match status {
-            CacheStatus::Hit => &self.stats.hit,
-            CacheStatus::Miss => &self.stats.miss,
-            CacheStatus::SharedHit => &self.stats.shared_hit,
-            CacheStatus::Coalesced => &self.stats.coalesced,
-            CacheStatus::Revalidated => &self.stats.revalidated,
-            CacheStatus::Stale => &self.stats.stale,
-            CacheStatus::StaleIfError(_) => &self.stats.stale_if_error,
-            CacheStatus::Bypass => &self.stats.bypass,
+        let counter = match status.as_str() {
+            "hit" => &self.stats.hit,
+            "miss" => &self.stats.miss,
+            "shared_hit" => &self.stats.shared_hit,
+            "coalesced" => &self.stats.coalesced,
+            "revalidated" => &self.stats.revalidated,
+            "stale" => &self.stats.stale,
+            "stale_if_error" => &self.stats.stale_if_error,
+            _ => &self.stats.bypass,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Joins the fetch under way for `key`, if there is one (free).
+    fn join(&self, key: &str) -> Option<watch::Receiver<Option<Fetched>>> {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Whether a fetch for `key` is under way (joining it costs the client nothing).
@@ -231,15 +251,23 @@ impl Cache {
 
     /// Joins the fetch under way for `spec.key`, or starts one. Returns the channel the outcome
     /// arrives on and whether this call started it.
+    ///
+    /// The `ticket` pays for the fetch; when another request's fetch is joined after all (it
+    /// started after this request looked), it is given back.
     fn join_or_start(
         &self,
         state: &Arc<AppState>,
         spec: &FetchSpec,
         stale: Option<Arc<Entry>>,
+        ticket: Ticket,
     ) -> (watch::Receiver<Option<Fetched>>, bool) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = inflight.get(&spec.key) {
-            return (rx.clone(), false);
+            let rx = rx.clone();
+            drop(inflight);
+            let state = state.clone();
+            tokio::spawn(async move { ticket.refund(&state).await });
+            return (rx, false);
         }
         let (tx, rx) = watch::channel(None);
         inflight.insert(spec.key.clone(), rx.clone());
@@ -254,14 +282,17 @@ impl Cache {
                 state: state.clone(),
                 key: spec.key.clone(),
             };
-            let fetched = fetch_fleet(&state, &spec, stale).await;
-            if let Fetched::Answer(entry) | Fetched::Shared(entry) = &fetched
+            let fetched = fetch_fleet(&state, &spec, stale, ticket).await;
+            if let Fetched::Answer(entry, _) | Fetched::Shared(entry) = &fetched
                 && cacheable(entry.status)
             {
                 state.cache.store.insert(spec.key.clone(), entry.clone());
             }
             // Stored first, then unlisted, then announced: a request arriving in between finds
             // the stored entry; one that joined earlier gets the announcement.
+            if matches!(fetched, Fetched::Failed(Failure::TooLarge)) {
+                state.cache.oversized.insert(spec.key.clone(), ());
+            }
             drop(unlist);
             let _ = tx.send(Some(fetched));
         });
@@ -314,136 +345,173 @@ pub async fn invalidate(state: &AppState, scopes: &[String]) -> Result<(), crate
 /// What the client asked of the cache besides the route.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConditions {
-    /// `Cache-Control: no-cache` (or `Pragma: no-cache`): revalidate before answering.
+    /// `Cache-Control: no-cache` (or `max-age=0`, `Pragma: no-cache`): revalidate before
+    /// answering, at most once per `cache.min_revalidate_interval` and key.
     pub no_cache: bool,
     /// The client's `If-None-Match`, answered from the cache.
     pub if_none_match: Option<HeaderValue>,
 }
 
+/// Who asks: the client's name and quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    /// The client's name.
+    pub name: &'a Arc<str>,
+    /// Its quotas.
+    pub limits: &'a Arc<ClientLimits>,
+}
+
+/// What [`serve`] answers: the response, the status GitHub sent for this request (if it was
+/// asked), and what the cache did.
+pub type Served = (Response<Body>, Option<u16>, CacheStatus);
+
 /// Serves a cacheable GET: hit, stale, coalesced miss or revalidation. Hits spend the client's
-/// hit quota; a request that starts an upstream fetch spends its upstream quota (joining one
-/// under way is free). Below the rate-limit reserve or during a back-off, a usable stale entry
-/// is served instead of going upstream.
+/// hit quota; a request that starts an upstream fetch is admitted and charged by
+/// [`admission`](crate::admission) (joining one under way is free). While the proxy saves the
+/// token (back-off, reserve), a usable stale entry is served instead of going upstream.
 pub async fn serve(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
-    client: &str,
-    limits: &ClientLimits,
-) -> Result<(Response<Body>, Option<u16>, CacheStatus), ProxyError> {
-    // Set by whichever branch answers; a Mutex (not a Cell) because the future must be Send.
-    let outcome = Mutex::new(CacheStatus::Bypass);
-    let (response, upstream) =
-        serve_inner(state, spec, conditions, client, limits, &outcome).await?;
-    let status = *outcome.lock().unwrap_or_else(|p| p.into_inner());
-    Ok((response, upstream, status))
-}
-
-async fn serve_inner(
-    state: &Arc<AppState>,
-    spec: FetchSpec,
-    conditions: ClientConditions,
-    client: &str,
-    limits: &ClientLimits,
-    outcome: &Mutex<CacheStatus>,
-) -> Result<(Response<Body>, Option<u16>), ProxyError> {
+    asker: Asker<'_>,
+) -> Result<Served, ProxyError> {
     let cache = &state.cache;
     let now = Instant::now();
-    let respond = |entry: &Entry, status: CacheStatus| {
-        *outcome.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    let saving = admission::saving(state);
+    let respond = |entry: &Entry, status: CacheStatus, upstream: Option<u16>| {
         cache.count(status);
         let not_modified = entry.status == StatusCode::OK
             && conditions
                 .if_none_match
                 .as_ref()
                 .is_some_and(|inm| entry.matches(inm));
-        entry.respond(status, now, not_modified)
+        let mut response = entry.respond(status, now, not_modified);
+        if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
+            // The stored figures may say `remaining: 4999` while the proxy backs off.
+            state.upstream.budget.write_headers(response.headers_mut());
+        }
+        (response, upstream, status)
     };
-    let (swr, sie) = (
-        cache.config.stale_while_revalidate,
+    if cache.oversized.contains_key(&spec.key) {
+        return pass_through(state, &spec, asker).await;
+    }
+    let (sie, swr, interval) = (
         cache.config.stale_if_error,
+        cache.config.stale_while_revalidate,
+        cache.config.min_revalidate_interval,
     );
-    let budget = &state.upstream.budget;
-    let saving = budget.below_reserve() || budget.backoff_remaining().is_some();
     let stale = match cache.store.get(&spec.key) {
-        Some(entry) if !conditions.no_cache => match entry.freshness(now, swr, sie) {
+        Some(entry) if conditions.no_cache => {
+            let freshness = entry.freshness(now, swr, sie);
+            if freshness != Freshness::Expired && entry.age(now) < interval {
+                admission::charge_hit(asker.limits)?;
+                return Ok(respond(&entry, CacheStatus::HitRecentlyRevalidated, None));
+            }
+            (freshness != Freshness::Expired).then_some(entry)
+        }
+        Some(entry) => match entry.freshness(now, swr, sie) {
             Freshness::Fresh => {
-                limits
-                    .hits
-                    .take()
-                    .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
-                return Ok((respond(&entry, CacheStatus::Hit), None));
+                admission::charge_hit(asker.limits)?;
+                return Ok(respond(&entry, CacheStatus::Hit, None));
             }
             Freshness::StaleWhileRevalidate => {
-                limits
-                    .hits
-                    .take()
-                    .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
-                if !saving {
-                    let _background = cache.join_or_start(state, &spec, Some(entry.clone()));
-                }
-                return Ok((respond(&entry, CacheStatus::Stale), None));
+                admission::charge_hit(asker.limits)?;
+                let why = revalidate_in_background(state, &spec, &entry).await;
+                return Ok(respond(&entry, CacheStatus::Stale(why), None));
             }
             Freshness::StaleIfError => Some(entry),
             Freshness::Expired => None,
         },
-        other => other,
+        None => None,
     };
     let fallback = stale
         .clone()
         .filter(|entry| entry.usable_if_error(now, sie));
-    if saving && let Some(entry) = &fallback {
-        limits
-            .hits
-            .take()
-            .map_err(|s| quota("cache-hit", "proxy-hits", s))?;
-        return Ok((
-            respond(
-                entry,
-                CacheStatus::StaleIfError(ErrorReason::RateLimited(429)),
-            ),
-            None,
-        ));
+    let forced = conditions.no_cache && stale.is_some();
+    if !forced
+        && saving
+        && let Some(entry) = &fallback
+    {
+        admission::charge_hit(asker.limits)?;
+        let reason = match admission::may_spend(state, Work::Background) {
+            Err(ProxyError::BackingOff(answer)) => ErrorReason::BackingOff(answer.kind),
+            _ => ErrorReason::Reserve,
+        };
+        return Ok(respond(entry, CacheStatus::StaleIfError(reason), None));
     }
-    let charged = if cache.in_flight(&spec.key) {
-        None
+    let (mut rx, leader) = if let Some(rx) = cache.join(&spec.key) {
+        (rx, false)
     } else {
-        Some(crate::quota::take_upstream(state, client, limits).await?)
+        let work = if forced { Work::Revalidate } else { Work::Read };
+        match admission::admit(state, &Payer::client(asker.name, asker.limits), work).await {
+            Ok(ticket) => cache.join_or_start(state, &spec, stale.clone(), ticket),
+            Err(ProxyError::BackingOff(answer)) => match &fallback {
+                Some(entry) => {
+                    admission::charge_hit(asker.limits)?;
+                    let reason = ErrorReason::BackingOff(answer.kind);
+                    return Ok(respond(entry, CacheStatus::StaleIfError(reason), None));
+                }
+                None => return Err(ProxyError::BackingOff(answer)),
+            },
+            Err(error) => return Err(error),
+        }
     };
-    let (mut rx, leader) = cache.join_or_start(state, &spec, stale.clone());
     let fetched = match rx.wait_for(Option::is_some).await {
         Ok(value) => value.clone(),
         Err(_) => None,
     };
-    let fetched = fetched.unwrap_or(Fetched::Failed(Failure::Unreachable));
-    match fetched {
-        Fetched::Shared(entry) => {
-            // Another replica's answer: no GitHub request was made for this client.
-            if let Some(taken) = charged {
-                crate::quota::refund_upstream(state, client, limits, taken).await;
-            }
-            Ok((respond(&entry, CacheStatus::SharedHit), None))
-        }
-        Fetched::Answer(entry) => {
-            let upstream = Some(entry.status.as_u16());
+    match fetched.unwrap_or(Fetched::Failed(Failure::Unreachable)) {
+        Fetched::Shared(entry) => Ok(respond(&entry, CacheStatus::SharedHit, None)),
+        Fetched::Answer(entry, fwd_status) => {
             if let (Some(reason), Some(stale)) = (error_reason(&entry), &fallback) {
-                return Ok((respond(stale, CacheStatus::StaleIfError(reason)), upstream));
+                return Ok(respond(
+                    stale,
+                    CacheStatus::StaleIfError(reason),
+                    Some(fwd_status),
+                ));
             }
-            let status = match (
-                cacheable(entry.status),
-                fallback.is_some() || conditions.no_cache,
-                leader,
-            ) {
-                (false, _, _) => CacheStatus::Bypass,
-                (true, true, _) => CacheStatus::Revalidated,
-                (true, false, true) => CacheStatus::Miss,
-                (true, false, false) => CacheStatus::Coalesced,
+            let fwd = match (forced, stale.is_some()) {
+                (true, _) => Fwd::Request,
+                (false, true) => Fwd::Stale,
+                (false, false) => Fwd::Miss,
             };
-            Ok((respond(&entry, status), upstream))
+            let status = CacheStatus::Forwarded {
+                fwd,
+                fwd_status,
+                collapsed: !leader,
+                stored: cacheable(entry.status),
+            };
+            Ok(respond(&entry, status, Some(fwd_status)))
+        }
+        Fetched::Failed(Failure::TooLarge) => pass_through(state, &spec, asker).await,
+        Fetched::Limited(entry) => {
+            let fwd_status = entry.status.as_u16();
+            let status = match &fallback {
+                Some(stale) => {
+                    let reason = ErrorReason::RateLimited(fwd_status);
+                    return Ok(respond(
+                        stale,
+                        CacheStatus::StaleIfError(reason),
+                        Some(fwd_status),
+                    ));
+                }
+                None => CacheStatus::Forwarded {
+                    fwd: if stale.is_some() {
+                        Fwd::Stale
+                    } else {
+                        Fwd::Miss
+                    },
+                    fwd_status,
+                    collapsed: !leader,
+                    stored: false,
+                },
+            };
+            Ok(respond(&entry, status, Some(fwd_status)))
         }
         Fetched::Failed(failure) => match fallback {
-            Some(stale) => Ok((
-                respond(&stale, CacheStatus::StaleIfError(failure.reason())),
+            Some(stale) => Ok(respond(
+                &stale,
+                CacheStatus::StaleIfError(failure.reason()),
                 None,
             )),
             None => Err(failure.into_error()),
@@ -451,28 +519,60 @@ async fn serve_inner(
     }
 }
 
-fn quota(
-    what: &'static str,
-    resource: &'static str,
-    snapshot: crate::quota::BucketSnapshot,
-) -> ProxyError {
-    let message = if what == "upstream" {
-        "This client's quota of requests that need GitHub is spent; retry later"
-    } else {
-        "This client's quota of cached reads is spent; retry later"
-    };
-    ProxyError::Quota {
-        message,
-        resource,
-        snapshot,
+/// Starts the proxy's own revalidation of a stale entry, unless one runs or the token is being
+/// saved; says which, for `Cache-Status`.
+async fn revalidate_in_background(
+    state: &Arc<AppState>,
+    spec: &FetchSpec,
+    entry: &Arc<Entry>,
+) -> StaleWhy {
+    if state.cache.in_flight(&spec.key) {
+        return StaleWhy::Revalidating;
     }
+    match admission::admit(state, &Payer::Proxy, Work::Background).await {
+        Ok(ticket) => {
+            let _background = state
+                .cache
+                .join_or_start(state, spec, Some(entry.clone()), ticket);
+            StaleWhy::Revalidating
+        }
+        Err(ProxyError::BackingOff(answer)) => StaleWhy::BackingOff(answer.kind),
+        Err(_) => StaleWhy::Reserve,
+    }
+}
+
+/// An answer too large to cache, streamed to the client without holding it whole (admitted and
+/// charged like any read).
+async fn pass_through(
+    state: &Arc<AppState>,
+    spec: &FetchSpec,
+    asker: Asker<'_>,
+) -> Result<Served, ProxyError> {
+    let payer = Payer::client(asker.name, asker.limits);
+    let ticket = admission::admit(state, &payer, Work::Read).await?;
+    let path = spec.route.path_and_query();
+    let response = state
+        .upstream
+        .send(&ticket, Method::GET, &path, &spec.forwarded)
+        .await?;
+    let (parts, body) = response.into_parts();
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    *response.headers_mut() =
+        crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+    response
+        .headers_mut()
+        .insert("cache-status", CacheStatus::TooLarge.header_value(0));
+    state.cache.count(CacheStatus::TooLarge);
+    Ok((response, Some(parts.status.as_u16()), CacheStatus::TooLarge))
 }
 
 pub(super) fn cacheable(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::NOT_FOUND
 }
 
-/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit.
+/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit the budget did
+/// not recognise as one.
 fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     let status = entry.status.as_u16();
     if entry.status.is_server_error() {

@@ -125,6 +125,9 @@ pub struct MutationsConfig {
     pub audit_log: Option<PathBuf>,
     /// The window `max_per_hour` budgets refill over (one hour; shorter only in tests).
     pub budget_window: Duration,
+    /// Most pages of 100 versions a safety check reads for one whole-package delete (each page
+    /// is an upstream request charged to the client); a larger package is refused with 422.
+    pub max_check_pages: u32,
 }
 
 /// `[cache]`
@@ -151,6 +154,10 @@ pub struct CacheConfig {
     pub stale_while_revalidate: Duration,
     /// Past freshness, how long a stale answer is served when GitHub fails or rate-limits us.
     pub stale_if_error: Duration,
+    /// A client's `no-cache` revalidates a key at most once per this interval (joining a
+    /// revalidation under way, or served what the upstream confirmed less than this ago), so
+    /// one client's header cannot switch the shared cache off. Zero: every `no-cache` goes up.
+    pub min_revalidate_interval: Duration,
 }
 
 /// `[server]`

@@ -91,6 +91,12 @@ struct RawMutations {
     audit_log: Option<PathBuf>,
     #[serde(default = "default_budget_window", with = "humantime_serde")]
     budget_window: Duration,
+    #[serde(default = "default_max_check_pages")]
+    max_check_pages: u32,
+}
+
+fn default_max_check_pages() -> u32 {
+    10
 }
 
 impl Default for RawMutations {
@@ -102,6 +108,7 @@ impl Default for RawMutations {
             max_queue_per_client: default_max_queue_per_client(),
             audit_log: None,
             budget_window: default_budget_window(),
+            max_check_pages: default_max_check_pages(),
         }
     }
 }
@@ -129,6 +136,12 @@ struct RawCache {
     stale_while_revalidate: Duration,
     #[serde(default = "default_sie", with = "humantime_serde")]
     stale_if_error: Duration,
+    #[serde(default = "default_min_revalidate", with = "humantime_serde")]
+    min_revalidate_interval: Duration,
+}
+
+fn default_min_revalidate() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for RawCache {
@@ -144,6 +157,7 @@ impl Default for RawCache {
             not_found_ttl: default_ttl_10(),
             stale_while_revalidate: default_swr(),
             stale_if_error: default_sie(),
+            min_revalidate_interval: default_min_revalidate(),
         }
     }
 }

@@ -32,7 +32,9 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
-use crate::{cache::Entry, config::SharedConfig, quota::BucketSnapshot, state::AppState};
+use crate::{
+    budget::BackoffKind, cache::Entry, config::SharedConfig, quota::BucketSnapshot, state::AppState,
+};
 
 /// Poll interval of a replica waiting for another's fetch.
 const LOCK_POLL: Duration = Duration::from_millis(20);
@@ -364,8 +366,11 @@ fn epoch_ms(t: SystemTime) -> u64 {
 }
 
 /// Publishes back-offs this replica opens, and stores the latest for replicas that join later.
-async fn announce_backoffs(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<SystemTime>) {
-    while let Some(until) = rx.recv().await {
+async fn announce_backoffs(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<(SystemTime, BackoffKind)>,
+) {
+    while let Some((until, kind)) = rx.recv().await {
         let Ok(mut conn) = shared.conn() else {
             continue;
         };
@@ -373,10 +378,11 @@ async fn announce_backoffs(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<
         let channel = shared.key("ch", "events");
         let until_ms = epoch_ms(until);
         let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
+        let value = format!("{until_ms} {}", kind.as_str());
         let _ = shared
             .run(async move {
-                let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
-                conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
+                let _: () = conn.pset_ex(&key, &value, ttl).await?;
+                conn.publish::<_, _, ()>(&channel, format!("backoff {value}"))
                     .await
             })
             .await;
@@ -452,22 +458,36 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
         .await?;
     let epoch: u64 = conn.get(&epoch_key).await?;
     let generations: HashMap<String, u64> = conn.hgetall(shared.key("g", "generations")).await?;
-    let backoff: Option<u64> = conn.get(shared.key("b", "backoff-until")).await?;
+    let backoff: Option<String> = conn.get(shared.key("b", "backoff-until")).await?;
     let Some(state) = state.upgrade() else {
         return Ok(());
     };
     state.cache.generations.adopt(epoch, &generations);
     state.cache.purge_all();
-    if let Some(until) = backoff {
-        state
-            .upstream
-            .budget
-            .open_until(UNIX_EPOCH + Duration::from_millis(until));
+    if let Some(backoff) = backoff {
+        apply_backoff(&state, &backoff);
     }
     Ok(())
 }
 
-/// One published event: `gen <value> <scope>` or `backoff <until_ms>`.
+/// A back-off another replica opened: `<until_ms> <kind>` (a bare `<until_ms>` from an older
+/// replica counts as a secondary limit: a wait with a deadline).
+fn apply_backoff(state: &AppState, text: &str) {
+    let mut parts = text.split(' ');
+    let until = parts.next().and_then(|until| until.parse::<u64>().ok());
+    let kind = parts
+        .next()
+        .and_then(BackoffKind::parse)
+        .unwrap_or(BackoffKind::Secondary);
+    if let Some(until) = until {
+        state
+            .upstream
+            .budget
+            .open_until(UNIX_EPOCH + Duration::from_millis(until), kind);
+    }
+}
+
+/// One published event: `gen <value> <scope>` or `backoff <until_ms> <kind>`.
 fn apply(state: &AppState, text: &str) {
     let mut parts = text.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
@@ -476,13 +496,12 @@ fn apply(state: &AppState, text: &str) {
                 state.cache.generations.raise(scope, value);
             }
         }
-        (Some("backoff"), Some(until), None) => {
-            if let Ok(until) = until.parse::<u64>() {
-                state
-                    .upstream
-                    .budget
-                    .open_until(UNIX_EPOCH + Duration::from_millis(until));
-            }
+        (Some("backoff"), Some(until), rest) => {
+            let value = match rest {
+                Some(kind) => format!("{until} {kind}"),
+                None => until.to_owned(),
+            };
+            apply_backoff(state, &value);
         }
         _ => tracing::debug!(message = text, "unknown shared-tier event"),
     }

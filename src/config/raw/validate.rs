@@ -49,6 +49,12 @@ impl RawMutations {
         positive(self.max_queue, "mutations.max_queue")?;
         positive(self.max_queue_per_client, "mutations.max_queue_per_client")?;
         nonzero(self.budget_window, "mutations.budget_window")?;
+        if !(1..=100).contains(&self.max_check_pages) {
+            return Err(invalid(
+                "mutations.max_check_pages",
+                "must be between 1 and 100",
+            ));
+        }
         if self
             .audit_log
             .as_ref()
@@ -63,6 +69,7 @@ impl RawMutations {
             max_queue_per_client: self.max_queue_per_client,
             audit_log: self.audit_log,
             budget_window: self.budget_window,
+            max_check_pages: self.max_check_pages,
         })
     }
 }
@@ -92,6 +99,7 @@ impl RawCache {
             not_found_ttl: self.not_found_ttl,
             stale_while_revalidate: self.stale_while_revalidate,
             stale_if_error: self.stale_if_error,
+            min_revalidate_interval: self.min_revalidate_interval,
         })
     }
 }

@@ -1,0 +1,209 @@
+//! Admission: the one place that decides whether a request may cost the org token anything, and
+//! who pays for it.
+//!
+//! Every request the proxy sends to GitHub needs a [`Ticket`], and [`Upstream::send`] takes one:
+//! only [`admit`] issues them, after checking, in this order,
+//!
+//! 1. the back-off (any kind GitHub reported, on this replica or announced by the fleet):
+//!    refused with GitHub's own rate-limit answer ([`ProxyError::BackingOff`]);
+//! 2. the reserve: below it, the proxy's own background work is refused (clients' requests are
+//!    not: the reserve is kept for them);
+//! 3. the payer's quota: a client's `upstream_per_minute` (fleet-wide in Redis when the shared
+//!    tier is up, this replica's share of it otherwise). The proxy's own work charges no client.
+//!
+//! So "every upstream request is charged once" holds by construction: misses, revalidations a
+//! client forced, pass-through reads, each page of the fresh tag read before a delete (dry runs
+//! and refused deletes included), registry reads and the mutation itself all get their ticket
+//! here. Joining a fetch already under way needs none; an answer that turned out to come from
+//! another replica (the shared tier's L2) gives its ticket back with [`Ticket::refund`].
+//!
+//! Cache hits are charged to the client's hit quota by [`charge_hit`], also here.
+//!
+//! [`Upstream::send`]: crate::upstream::Upstream::send
+
+use std::sync::Arc;
+
+use crate::{
+    budget::LimitAnswer,
+    error::ProxyError,
+    quota::{BucketSnapshot, ClientLimits},
+    state::AppState,
+};
+
+/// Who pays for an upstream request.
+#[derive(Debug, Clone)]
+pub enum Payer {
+    /// A client, with its quotas.
+    Client {
+        /// The client's name (metrics, the fleet-wide bucket's key).
+        name: Arc<str>,
+        /// Its quotas.
+        limits: Arc<ClientLimits>,
+    },
+    /// The proxy itself: background revalidation, start-up reconciliation. Charges no client
+    /// and is refused below the reserve.
+    Proxy,
+}
+
+/// Why a request goes to GitHub (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// A cache miss, or a read the cache does not keep.
+    Read,
+    /// A revalidation a client asked for (`no-cache`).
+    Revalidate,
+    /// The proxy's own revalidation of a stale entry.
+    Background,
+    /// A fresh read a safety check needs before a mutation (protected tags, the image guard).
+    Check,
+    /// The delete or restore itself.
+    Mutation,
+}
+
+/// Proof that a request to GitHub was admitted and paid for. `Upstream::send` takes one, so no
+/// path to GitHub goes around [`admit`].
+#[derive(Debug)]
+#[must_use = "a ticket is paid for; use it for a request or refund it"]
+pub struct Ticket {
+    charge: Charge,
+}
+
+#[derive(Debug)]
+enum Charge {
+    /// The proxy's own work.
+    Proxy,
+    /// This replica's bucket of the client.
+    Local(Arc<ClientLimits>),
+    /// The fleet-wide bucket of the client in Redis.
+    Fleet {
+        name: Arc<str>,
+        limits: Arc<ClientLimits>,
+    },
+}
+
+/// Whether the token may be spent on work of this kind now, without charging anybody: `Err`
+/// says why not (the cache then serves a stale answer instead, if it has one).
+pub fn may_spend(state: &AppState, work: Work) -> Result<(), ProxyError> {
+    let budget = &state.upstream.budget;
+    if let Some(backoff) = budget.backoff() {
+        let limit = budget.snapshot().limit;
+        return Err(ProxyError::BackingOff(LimitAnswer::new(backoff, limit)));
+    }
+    if work == Work::Background && budget.below_reserve() {
+        return Err(ProxyError::ReserveKept);
+    }
+    Ok(())
+}
+
+/// True while the proxy saves the token: a back-off is open or the budget is below the reserve.
+/// Cached answers that are usable stale are then served instead of going upstream.
+pub fn saving(state: &AppState) -> bool {
+    may_spend(state, Work::Background).is_err()
+}
+
+/// Admits one request to GitHub and charges it to `payer`.
+pub async fn admit(state: &AppState, payer: &Payer, work: Work) -> Result<Ticket, ProxyError> {
+    may_spend(state, work)?;
+    let charge = match payer {
+        Payer::Proxy => Charge::Proxy,
+        Payer::Client { name, limits } => charge_client(state, name, limits).await?,
+    };
+    let who = match payer {
+        Payer::Proxy => "proxy",
+        Payer::Client { name, .. } => name,
+    };
+    crate::metrics::charged(who, work.as_str());
+    Ok(Ticket { charge })
+}
+
+/// Takes one request that needs GitHub from the client's quota: fleet-wide in Redis when the
+/// shared tier is up, else from this replica's bucket.
+async fn charge_client(
+    state: &AppState,
+    name: &Arc<str>,
+    limits: &Arc<ClientLimits>,
+) -> Result<Charge, ProxyError> {
+    let spent = |snapshot| ProxyError::Quota {
+        message: "This client's quota of requests that need GitHub is spent; retry later",
+        resource: "proxy-upstream",
+        snapshot,
+    };
+    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up())
+        && let Ok(result) = shared
+            .take(name, "upstream", limits.quota.upstream_per_minute)
+            .await
+    {
+        return result
+            .map(|_| Charge::Fleet {
+                name: name.clone(),
+                limits: limits.clone(),
+            })
+            .map_err(spent);
+    }
+    limits
+        .upstream
+        .take()
+        .map(|_| Charge::Local(limits.clone()))
+        .map_err(spent)
+}
+
+/// Charges one cache hit to the client's hit quota.
+pub fn charge_hit(limits: &ClientLimits) -> Result<(), ProxyError> {
+    limits
+        .hits
+        .take()
+        .map(drop)
+        .map_err(|snapshot: BucketSnapshot| ProxyError::Quota {
+            message: "This client's quota of cached reads is spent; retry later",
+            resource: "proxy-hits",
+            snapshot,
+        })
+}
+
+// === impl Ticket ===
+
+impl Ticket {
+    /// Gives the charge back: the request was not sent (the answer came from another replica
+    /// through the shared tier, or another request's fetch was joined after all).
+    pub async fn refund(self, state: &AppState) {
+        match self.charge {
+            Charge::Proxy => {}
+            Charge::Local(limits) => limits.upstream.give_back(),
+            Charge::Fleet { name, limits } => match &state.shared {
+                Some(shared) => {
+                    let _ = shared
+                        .refund(&name, "upstream", limits.quota.upstream_per_minute)
+                        .await;
+                }
+                None => limits.upstream.give_back(),
+            },
+        }
+    }
+}
+
+// === impl Work ===
+
+impl Work {
+    /// Stable name for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Revalidate => "revalidate",
+            Self::Background => "background",
+            Self::Check => "check",
+            Self::Mutation => "mutation",
+        }
+    }
+}
+
+// === impl Payer ===
+
+impl Payer {
+    /// The client paying, from its identity.
+    pub fn client(name: &Arc<str>, limits: &Arc<ClientLimits>) -> Self {
+        Self::Client {
+            name: name.clone(),
+            limits: limits.clone(),
+        }
+    }
+}
