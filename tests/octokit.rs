@@ -144,3 +144,61 @@ async fn octokit_rest_works_through_the_proxy_unchanged() {
         "a DELETE reached the simulator"
     );
 }
+
+// Octokit with @octokit/plugin-throttling and @octokit/plugin-retry (as GitHub recommends) asks
+// for an uncached key while the proxy backs off after GitHub's primary limit: the proxy answers
+// as GitHub would (403, `x-ratelimit-remaining: 0`, `x-ratelimit-reset`), so the plugin waits for
+// the reset and succeeds, instead of giving up after ~14 s of 503s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn octokit_throttling_waits_out_the_shared_tokens_primary_limit() {
+    let Some(dir) = octokit_dir().await else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let window = 12;
+    sim.handle.set_rate_window(0, window);
+    let reset = epoch_now() + window;
+    let trigger = get(
+        &proxy.url("/orgs/acme/packages/container/web/versions?per_page=3"),
+        proxy.token(),
+    )
+    .await;
+    assert_eq!(trigger.status, http::StatusCode::FORBIDDEN);
+    let seen = sim.handle.log().len();
+
+    let child = Command::new("node")
+        .arg(dir.join("throttle.mjs"))
+        .current_dir(&dir)
+        .env("BASE_URL", &proxy.base)
+        .env("TOKEN", proxy.token())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), child)
+        .await
+        .expect("node throttle.mjs timed out after 90s")
+        .expect("could not run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "throttle.mjs failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let events = summary["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{stdout}");
+    assert_eq!(events[0]["kind"], "rate-limit", "{stdout}");
+    assert!(events[0]["retryAfter"].as_u64().unwrap() >= 5, "{stdout}");
+    assert!(epoch_now() >= reset, "succeeded before the window ended");
+    // Nothing reached GitHub during the back-off; one request after it.
+    let after: Vec<_> = sim.handle.log().into_iter().skip(seen).collect();
+    assert_eq!(
+        after.len(),
+        1,
+        "{:?}",
+        after.iter().map(|e| &e.path).collect::<Vec<_>>()
+    );
+}

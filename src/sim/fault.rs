@@ -35,6 +35,12 @@ pub enum FaultKind {
         /// Value of the `retry-after` header, in seconds.
         retry_after_secs: u64,
     },
+    /// `status` (403 or 429) with GitHub's secondary rate limit message and *no* `retry-after`
+    /// (GitHub then asks for at least a minute's wait).
+    SecondaryRateLimitWithoutRetryAfter {
+        /// 403 or 429.
+        status: StatusCode,
+    },
 }
 
 /// FIFO of pending faults with their remaining counts.

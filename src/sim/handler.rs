@@ -151,7 +151,10 @@ fn fault_reply(shared: &Shared, kind: FaultKind, request_id: &str) -> Reply {
         FaultKind::SecondaryRateLimit {
             status,
             retry_after_secs,
-        } => Reply::secondary_rate_limit(status, retry_after_secs, request_id),
+        } => Reply::secondary_rate_limit(status, Some(retry_after_secs), request_id),
+        FaultKind::SecondaryRateLimitWithoutRetryAfter { status } => {
+            Reply::secondary_rate_limit(status, None, request_id)
+        }
         FaultKind::Latency(_) | FaultKind::Reset => Reply::not_found(),
     }
 }

@@ -214,6 +214,13 @@ impl SimHandle {
         self.inner.shared.rate().snapshot()
     }
 
+    /// Leaves `remaining` requests of the primary rate limit in a window that resets `secs`
+    /// from now. At zero, every authenticated request until then gets GitHub's 403 with
+    /// `x-ratelimit-remaining: 0`.
+    pub fn set_rate_window(&self, remaining: u64, secs: u64) {
+        self.inner.shared.rate().set_window(remaining, secs);
+    }
+
     /// The highest number of requests handled at once since start.
     pub fn max_in_flight(&self) -> usize {
         self.inner.shared.max_in_flight()

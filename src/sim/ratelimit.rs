@@ -42,6 +42,13 @@ impl RateLimiter {
         }
     }
 
+    /// Leaves `remaining` requests in a window that ends `secs` from now (a token another tool
+    /// has been draining).
+    pub(super) fn set_window(&mut self, remaining: u64, secs: u64) {
+        self.remaining = remaining.min(self.limit);
+        self.reset = clock::now_epoch() + secs;
+    }
+
     /// Counts one request against the bucket.
     pub(super) fn consume(&mut self) {
         self.remaining = self.remaining.saturating_sub(1);

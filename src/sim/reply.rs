@@ -86,10 +86,10 @@ impl Reply {
             .not_counted()
     }
 
-    /// `status` (403 or 429) secondary rate limit, with `retry-after`.
+    /// `status` (403 or 429) secondary rate limit, with `retry-after` when given.
     pub(super) fn secondary_rate_limit(
         status: StatusCode,
-        retry_after: u64,
+        retry_after: Option<u64>,
         request_id: &str,
     ) -> Self {
         let message = format!(
@@ -98,9 +98,11 @@ impl Reply {
              {request_id}."
         );
         let docs = format!("{DOCS_RATE_LIMITS}#about-secondary-rate-limits");
-        Self::error(status, &message, &docs)
-            .header("retry-after", &retry_after.to_string())
-            .not_counted()
+        let reply = Self::error(status, &message, &docs).not_counted();
+        match retry_after {
+            Some(secs) => reply.header("retry-after", &secs.to_string()),
+            None => reply,
+        }
     }
 
     /// Adds or replaces a header; values that are not valid header text are skipped.

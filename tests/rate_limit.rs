@@ -1,0 +1,421 @@
+//! The org token's rate limit when GitHub says "slow down" in each of its ways, and the one
+//! admission point that charges every upstream request: the budget follows GitHub's reset
+//! without a client's help, every limit kind opens a back-off answered in GitHub's own shape,
+//! and safety-check reads before a delete are charged to the client like any other request.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use packages_proxy::sim::{Fault, FaultKind};
+use support::*;
+
+const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
+
+fn cold(i: usize) -> String {
+    format!(
+        "/orgs/acme/packages/container/web/versions?per_page={}",
+        20 + i
+    )
+}
+
+fn cache_status(reply: &Reply) -> String {
+    reply.header("cache-status").unwrap_or_default().to_owned()
+}
+
+fn upstream_gets(sim: &Sim) -> usize {
+    sim.handle
+        .log()
+        .iter()
+        .filter(|e| e.method == Method::GET)
+        .count()
+}
+
+/// A proxy whose version lists go stale after `ttl` and are then served at once while the
+/// proxy revalidates them in the background.
+async fn proxy_with_swr(sim: &Sim, ttl: &str) -> TestProxy {
+    let opts = ProxyOptions {
+        extra: format!("[cache]\nversion_lists_ttl = \"{ttl}\"\nstale_while_revalidate = \"1h\"\n"),
+        ..ProxyOptions::default()
+    };
+    spawn_proxy(sim, opts).await
+}
+
+// With only cached reads, nothing but time can end a back-off: the proxy must resume
+// revalidating by itself once GitHub's reset has passed (it used to wait for a client's miss).
+#[tokio::test]
+async fn revalidation_resumes_after_the_reset_with_only_cached_reads() {
+    let sim = spawn_sim().await;
+    let proxy = proxy_with_swr(&sim, "200ms").await;
+    let url = proxy.url(WEB);
+    assert_eq!(get(&url, proxy.token()).await.status, StatusCode::OK);
+    let window = 3;
+    sim.handle.set_rate_window(0, window);
+    let reset = epoch_now() + window;
+    // Stale now: the background revalidation meets the spent limit and opens the back-off.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let first = get(&url, proxy.token()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    eventually(Duration::from_secs(5), "the back-off to open", || async {
+        let reply = get(&url, proxy.token()).await;
+        cache_status(&reply).contains("stale-backing-off-primary")
+    })
+    .await;
+    let during = get(&url, proxy.token()).await;
+    assert_eq!(during.status, StatusCode::OK);
+    assert_eq!(
+        during.header("x-ratelimit-remaining"),
+        Some("0"),
+        "a stale answer contradicts the back-off"
+    );
+    let seen = upstream_gets(&sim);
+    if epoch_now() < reset {
+        let refused = get(&proxy.url(&cold(0)), proxy.token()).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(upstream_gets(&sim), seen, "sent during the back-off");
+    }
+    // Only cached reads from here on: the proxy revalidates again once the window reset.
+    eventually(
+        Duration::from_secs(15),
+        "a revalidation after the reset",
+        || async {
+            let reply = get(&url, proxy.token()).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            upstream_gets(&sim) > seen && !cache_status(&reply).contains("backing-off")
+        },
+    )
+    .await;
+    assert!(epoch_now() >= reset, "revalidated before GitHub's reset");
+    let fresh = get(&url, proxy.token()).await;
+    assert!(
+        cache_status(&fresh).contains("hit; ttl=")
+            || cache_status(&fresh).contains("stale-while-revalidate"),
+        "{}",
+        cache_status(&fresh)
+    );
+}
+
+// Below the reserve background revalidation stops; once the window GitHub reported has reset,
+// the reserve no longer applies, again without any client miss bringing a new figure.
+#[tokio::test]
+async fn below_the_reserve_revalidation_resumes_once_the_window_resets() {
+    let sim = spawn_sim().await;
+    let proxy = proxy_with_swr(&sim, "200ms").await;
+    let url = proxy.url(WEB);
+    assert_eq!(get(&url, proxy.token()).await.status, StatusCode::OK);
+    sim.handle.set_rate_window(3, 3);
+    // One miss learns the low figure (2 of 5000 left: below the 10% reserve).
+    assert_eq!(
+        get(&proxy.url(&cold(0)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    let seen = upstream_gets(&sim);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let stale = get(&url, proxy.token()).await;
+    assert!(
+        cache_status(&stale).contains("detail=stale-rate-limit-reserve"),
+        "{}",
+        cache_status(&stale)
+    );
+    assert_eq!(
+        upstream_gets(&sim),
+        seen,
+        "the reserve was spent on background work"
+    );
+    eventually(
+        Duration::from_secs(15),
+        "a background revalidation after the reset",
+        || async {
+            get(&url, proxy.token()).await;
+            upstream_gets(&sim) > seen
+        },
+    )
+    .await;
+}
+
+// A secondary limit without `retry-after` (GitHub: wait at least a minute) and a 429 without
+// one each open a back-off: cached keys are served stale, nothing more reaches GitHub, and an
+// uncached key gets GitHub's own shape with a `retry-after` of at least a minute.
+#[tokio::test]
+async fn limits_without_retry_after_open_a_back_off_of_at_least_a_minute() {
+    for status in [StatusCode::FORBIDDEN, StatusCode::TOO_MANY_REQUESTS] {
+        let sim = spawn_sim().await;
+        let opts = ProxyOptions {
+            extra: "[cache]\nversion_lists_ttl = \"100ms\"\nstale_while_revalidate = \"0s\"\n"
+                .to_owned(),
+            ..ProxyOptions::default()
+        };
+        let proxy = spawn_proxy(&sim, opts).await;
+        let warm = get(&proxy.url(WEB), proxy.token()).await;
+        let kind = FaultKind::SecondaryRateLimitWithoutRetryAfter { status };
+        sim.handle.inject(Fault::new(kind, 1));
+        let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
+        assert_eq!(limited.status, status, "GitHub's own answer passes through");
+        assert!(limited.text().contains("secondary rate limit"));
+        let seen = sim.handle.log().len();
+        tokio::time::sleep(Duration::from_millis(150)).await; // the warm entry is stale now
+        let stale = get(&proxy.url(WEB), proxy.token()).await;
+        assert_eq!(stale.status, StatusCode::OK);
+        assert_eq!(stale.body, warm.body);
+        assert!(
+            cache_status(&stale).contains("stale-if-error-backing-off"),
+            "{status}: {}",
+            cache_status(&stale)
+        );
+        assert_eq!(stale.header("x-ratelimit-remaining"), Some("0"));
+        let uncached = get(&proxy.url(&cold(1)), proxy.token()).await;
+        assert_eq!(uncached.status, status);
+        let wait: u64 = uncached.header("retry-after").unwrap().parse().unwrap();
+        assert!((59..=60).contains(&wait), "{status}: retry-after {wait}");
+        assert_eq!(uncached.header("x-ratelimit-remaining"), Some("0"));
+        let message = uncached.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("secondary rate limit"), "{message}");
+        assert!(message.contains("packages-proxy"), "{message}");
+        assert_eq!(
+            sim.handle.log().len(),
+            seen,
+            "{status}: sent during the back-off"
+        );
+        let metrics = get(&proxy.url("/metrics"), proxy.token()).await.text();
+        assert!(
+            metrics.contains("packages_proxy_upstream_backoffs_total"),
+            "no back-off counter in /metrics"
+        );
+    }
+}
+
+/// A proxy whose client `dry` has `upstream_per_minute` requests to GitHub a minute and may
+/// delete acme's container versions under a protected tag none of them carries (so every
+/// check reads everything it may).
+async fn quota_setup(per_minute: u32, extra_mutations: &str) -> (Sim, TestProxy) {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("rate-limit").join("audit.jsonl");
+    let extra = format!(
+        r#"
+[quotas]
+upstream_per_minute = {per_minute}
+
+[mutations]
+pace = "0s"
+audit_log = {audit:?}
+{extra_mutations}
+
+[[policy.allow]]
+name = "cleanup"
+clients = ["dry-runner"]
+actions = ["delete_version", "delete_package"]
+owners = ["acme"]
+package_types = ["container"]
+protect_tags = ["keep-forever"]
+"#
+    );
+    let opts = ProxyOptions {
+        clients: vec!["dry-runner"],
+        extra,
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    (sim, proxy)
+}
+
+// The fresh read before a delete is an upstream request like any other: a client at its quota
+// cannot make more of them with dry runs (or deletes that are then refused) than the quota.
+#[tokio::test]
+async fn protected_tag_reads_of_dry_runs_are_charged_to_the_client() {
+    let (sim, proxy) = quota_setup(6, "").await;
+    // One request of the six: the version to dry-run deletes of.
+    let listed = get(
+        &proxy.url("/orgs/acme/packages/container/web/versions?per_page=5"),
+        proxy.token(),
+    )
+    .await;
+    let id = listed.ids()[4];
+    let url = proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}"));
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        let reply = send(
+            Method::DELETE,
+            &url,
+            Some(proxy.token()),
+            &[("x-packages-proxy-dry-run", "1")],
+        )
+        .await;
+        answers.push(reply.status);
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(reply.header("x-ratelimit-resource"), Some("proxy-upstream"));
+            assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+        }
+    }
+    let ok = answers.iter().filter(|s| s.is_success()).count();
+    assert_eq!(ok, 5, "{answers:?}");
+    assert_eq!(upstream_gets(&sim), 6, "more upstream reads than the quota");
+    assert!(
+        sim.handle.log().iter().all(|e| e.method != Method::DELETE),
+        "a dry run deleted"
+    );
+    let metrics = get(&proxy.url("/metrics"), proxy.token()).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("packages_proxy_upstream_charged_total")
+                && l.contains("client=\"dry-runner\"")
+                && l.contains("work=\"check\"")
+                && l.ends_with(" 5")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("charged"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+// A whole-package delete under protected tags reads its versions page by page, each page
+// charged; past `mutations.max_check_pages` it is refused with a clear 422, nothing deleted.
+#[tokio::test]
+async fn whole_package_checks_read_a_bounded_number_of_pages() {
+    let (sim, proxy) = quota_setup(100, "max_check_pages = 2").await;
+    // acme/web has 250 versions: three pages of 100.
+    let reply = send(
+        Method::DELETE,
+        &proxy.url("/orgs/acme/packages/container/web"),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text()
+    );
+    assert!(
+        reply.text().contains("more than 200 versions"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(upstream_gets(&sim), 2);
+    assert_eq!(
+        sim.handle.package_deleted("acme", "container", "web"),
+        Some(false)
+    );
+}
+
+/// Two replicas sharing `redis`, with the quota setup's policy and quota (fleet-wide).
+async fn pair(sim: &Sim, redis: &Redis, per_minute: u32) -> Vec<TestProxy> {
+    let audit = temp_dir("rate-limit-pair").join("audit.jsonl");
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        let extra = format!(
+            r#"
+[shared]
+redis_url = "{}"
+replicas = 2
+
+[quotas]
+upstream_per_minute = {per_minute}
+
+[mutations]
+pace = "0s"
+audit_log = {audit:?}
+
+[[policy.allow]]
+name = "cleanup"
+clients = ["dry-runner"]
+actions = ["delete_version"]
+owners = ["acme"]
+package_types = ["container"]
+protect_tags = ["keep-forever"]
+"#,
+            redis.url()
+        );
+        let opts = ProxyOptions {
+            clients: vec!["dry-runner"],
+            extra,
+            ..ProxyOptions::default()
+        };
+        proxies.push(spawn_proxy(sim, opts).await);
+    }
+    for proxy in &proxies {
+        let shared = proxy.running.state.shared.clone().unwrap();
+        eventually(Duration::from_secs(5), "the shared tier up", || {
+            let shared = shared.clone();
+            async move { shared.is_up() }
+        })
+        .await;
+    }
+    proxies
+}
+
+// Across replicas the quota is the fleet's: dry runs alternating between two replicas cost
+// GitHub no more reads than the one quota; and a back-off one replica opens (a secondary limit
+// without `retry-after`) is answered in GitHub's shape by the other, which sends nothing.
+#[tokio::test]
+async fn two_replicas_share_the_quota_and_every_kind_of_back_off() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = pair(&sim, &redis, 6).await;
+    let token = fleet[0].token().to_owned(); // same client, same token on both
+    let listed = get(
+        &fleet[0].url("/orgs/acme/packages/container/web/versions?per_page=5"),
+        &token,
+    )
+    .await;
+    let id = listed.ids()[4];
+    let path = format!("/orgs/acme/packages/container/web/versions/{id}");
+    let mut ok = 0;
+    for i in 0..12 {
+        let reply = send(
+            Method::DELETE,
+            &fleet[i % 2].url(&path),
+            Some(&fleet[i % 2].tokens[0]),
+            &[("x-packages-proxy-dry-run", "1")],
+        )
+        .await;
+        ok += usize::from(reply.status.is_success());
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(
+        upstream_gets(&sim),
+        6,
+        "the replicas spent more than one quota"
+    );
+
+    let kind = FaultKind::SecondaryRateLimitWithoutRetryAfter {
+        status: StatusCode::FORBIDDEN,
+    };
+    sim.handle.inject(Fault::new(kind, 1));
+    // The quota is spent (429s cost GitHub nothing): the next token (6 a minute) brings the
+    // miss that meets the secondary limit.
+    eventually(
+        Duration::from_secs(20),
+        "one token of the quota back",
+        || async {
+            let reply = get(&fleet[0].url(&cold(0)), &token).await;
+            reply.status == StatusCode::FORBIDDEN
+        },
+    )
+    .await;
+    let seen = sim.handle.log().len();
+    eventually(
+        Duration::from_secs(5),
+        "the other replica to back off",
+        || async {
+            let reply = get(&fleet[1].url(&cold(1)), &fleet[1].tokens[0]).await;
+            reply.status == StatusCode::FORBIDDEN
+                && reply.text().contains("secondary rate limit")
+                && reply
+                    .header("retry-after")
+                    .is_some_and(|v| v.parse::<u64>().unwrap() >= 55)
+        },
+    )
+    .await;
+    assert_eq!(
+        sim.handle.log().len(),
+        seen,
+        "a replica called GitHub during the back-off"
+    );
+}
