@@ -537,3 +537,65 @@ async fn purge_is_for_admins_and_empties_what_it_names() {
     get(&proxy.url(VERSIONS), proxy.token()).await;
     assert_eq!(upstream_gets(&sim), 3);
 }
+
+// Answers larger than `cache.max_entry_bytes` are streamed through, not cached (they used to
+// become a 502): the client gets GitHub's answer whole, and later requests skip the attempt to
+// buffer them.
+#[tokio::test]
+async fn answers_over_max_entry_bytes_are_passed_through_not_cached() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, cache_options("max_entry_bytes = 4096")).await;
+    let path = "/orgs/acme/packages/container/web/versions?per_page=100";
+    let direct = send(
+        Method::GET,
+        &format!("{}{path}", sim.handle.base_url()),
+        Some(&sim.org_token),
+        &[],
+    )
+    .await;
+    assert!(direct.body.len() > 4096);
+    let before = upstream_gets(&sim);
+    let first = get(&proxy.url(path), proxy.token()).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.ids(), direct.ids());
+    assert!(
+        status_of(&first).contains("detail=too-large"),
+        "{}",
+        status_of(&first)
+    );
+    let link = first.header("link").unwrap();
+    assert!(link.starts_with(&format!("<{}", proxy.base)), "{link}");
+    let probe = upstream_gets(&sim) - before;
+    assert!((1..=2).contains(&probe), "{probe} upstream requests");
+    let second = get(&proxy.url(path), proxy.token()).await;
+    assert_eq!(second.status, StatusCode::OK);
+    assert_eq!(second.body.len(), first.body.len());
+    assert_eq!(
+        upstream_gets(&sim) - before - probe,
+        1,
+        "not cached, and no second attempt to buffer it"
+    );
+}
+
+// RFC 9211: `fwd-status` is what the upstream really sent for this key: 200 on a miss, 304
+// when it confirmed a stale entry.
+#[tokio::test]
+async fn cache_status_names_the_upstream_status_of_this_key() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        cache_options("version_lists_ttl = \"100ms\"\nstale_while_revalidate = \"0s\""),
+    )
+    .await;
+    let miss = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert_eq!(
+        status_of(&miss),
+        "packages-proxy; fwd=miss; fwd-status=200; stored"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await; // stale
+    let revalidated = get(&proxy.url(VERSIONS), proxy.token()).await;
+    assert_eq!(
+        status_of(&revalidated),
+        "packages-proxy; fwd=stale; fwd-status=304; stored"
+    );
+}
