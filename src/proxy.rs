@@ -38,6 +38,9 @@ struct RequestLog {
     route: Option<&'static str>,
     upstream_status: Option<u16>,
     cache: Option<&'static str>,
+    /// The scopes the proxy grants the authenticated caller, sent as `X-OAuth-Scopes` on every
+    /// answer to it (GitHub's header would describe the org token instead).
+    scopes: Option<&'static str>,
 }
 
 /// Handles one request; never fails (errors become GitHub-shaped responses).
@@ -57,6 +60,10 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
+    if let Some(scopes) = log.scopes {
+        let headers = response.headers_mut();
+        headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+    }
     let elapsed = started.elapsed();
     crate::metrics::request(
         log.route.unwrap_or("-"),
@@ -79,13 +86,31 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     response
 }
 
-/// The client behind a request: its bearer token, else its TLS client certificate.
-fn authenticate<B>(state: &AppState, request: &Request<B>) -> Result<Identity, ProxyError> {
+/// The client behind a request: its bearer token, else its TLS client certificate. Records the
+/// client and the scopes it is granted for the log line and the answer's `X-OAuth-Scopes`.
+fn authenticate<B>(
+    state: &AppState,
+    request: &Request<B>,
+    log: &mut RequestLog,
+) -> Result<Identity, ProxyError> {
     let peer = request.extensions().get::<PeerCert>();
-    state
+    let identity = state
         .clients
         .load()
-        .authenticate_request(request.headers(), peer)
+        .authenticate_request(request.headers(), peer)?;
+    log.client = Some(identity.name.clone());
+    log.scopes = Some(granted_scopes(state, &identity));
+    Ok(identity)
+}
+
+/// The scopes the proxy effectively grants a client: deletes and restores only if some policy
+/// rule could allow one for it. Clean-up tools read `X-OAuth-Scopes` before they start.
+fn granted_scopes(state: &AppState, identity: &Identity) -> &'static str {
+    if state.policy.load().allows_anything_for(&identity.name) {
+        "read:packages, write:packages, delete:packages"
+    } else {
+        "read:packages"
+    }
 }
 
 async fn walk(
@@ -102,20 +127,17 @@ async fn walk(
     }
     if is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
-        let identity = authenticate(state, &request)?;
-        log.client = Some(identity.name.clone());
+        let identity = authenticate(state, &request, log)?;
         return Ok(rate_limit(state, &identity).await);
     }
     if path == PURGE_PATH {
         log.route = Some(PURGE_PATH);
-        let identity = authenticate(state, &request)?;
-        log.client = Some(identity.name.clone());
+        let identity = authenticate(state, &request, log)?;
         return purge(state, &identity, request).await;
     }
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
-    let identity = authenticate(state, &request)?;
-    log.client = Some(identity.name.clone());
+    let identity = authenticate(state, &request, log)?;
     check_owner(state, &route)?;
     // Held until the answer is built: the client's cap on requests in flight.
     let _in_flight = identity
@@ -322,8 +344,7 @@ fn is_rate_limit_path(path: &str) -> bool {
 }
 
 /// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
-/// requests that need GitHub, and the scopes the proxy effectively grants it (clean-up tools
-/// read `X-OAuth-Scopes` before they start).
+/// requests that need GitHub (its `X-OAuth-Scopes`, as on every answer, come from `handle`).
 async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
     let local = identity.limits.upstream.peek();
     let fleet = match state.shared.as_ref().filter(|s| s.is_up()) {
@@ -352,13 +373,7 @@ async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    snapshot.write_headers(headers, "core");
-    let scopes = if state.policy.load().allows_anything_for(&identity.name) {
-        "read:packages, write:packages, delete:packages"
-    } else {
-        "read:packages"
-    };
-    headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+    snapshot.write_headers(headers, "core"); // `X-OAuth-Scopes` is added by `handle`
     response
 }
 
