@@ -108,3 +108,83 @@ async fn x_oauth_scopes_describes_the_caller_on_every_answer() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert!(anonymous.headers.get("x-oauth-scopes").is_none());
 }
+
+fn cache_status(reply: &Reply) -> &str {
+    reply.header("cache-status").unwrap_or("-")
+}
+
+// Guards issue 14: a 304 revalidation copied every `x-ratelimit-*` header GitHub sent into the
+// stored answer, so `x-ratelimit-evil` reached every later hit. Only the allow-list passes, from
+// the cache or not, and the 304 still refreshes what is on it.
+#[tokio::test]
+async fn headers_off_the_allow_list_never_reach_a_client_on_any_path() {
+    let sim = spawn_sim().await;
+    let cached = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let url = cached.url(WEB);
+    let token = cached.token();
+    let miss = get(&url, token).await;
+    assert!(cache_status(&miss).contains("fwd=miss"), "{miss:?}");
+    assert_nothing_off_the_list(&miss, "miss");
+    let hit = get(&url, token).await;
+    assert!(cache_status(&hit).contains("hit"), "{hit:?}");
+    assert_nothing_off_the_list(&hit, "hit");
+
+    // A forced revalidation: the simulator answers 304, with fresh headers and the evil one.
+    sim.handle.clear_log();
+    let revalidated = send(
+        Method::GET,
+        &url,
+        Some(token),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(revalidated.status, StatusCode::OK);
+    assert_eq!(revalidated.body, miss.body);
+    let log = sim.handle.log();
+    assert_eq!(log.len(), 1);
+    assert!(log[0].headers.contains_key("if-none-match"), "no 304 asked");
+    assert_nothing_off_the_list(&revalidated, "revalidated");
+    let request_id = |r: &Reply| r.header("x-github-request-id").unwrap().to_owned();
+    assert_ne!(
+        request_id(&revalidated),
+        request_id(&miss),
+        "the 304 did not refresh the allow-listed headers"
+    );
+    let after = get(&url, token).await;
+    assert!(cache_status(&after).contains("hit"), "{after:?}");
+    assert_nothing_off_the_list(&after, "hit after the 304");
+    assert_eq!(request_id(&after), request_id(&revalidated));
+    assert_eq!(after.header("etag"), miss.header("etag"));
+    assert_eq!(after.header("content-type"), miss.header("content-type"));
+
+    // The client's own conditional, answered from the cache; a cached 404.
+    let etag = miss.header("etag").unwrap();
+    let not_modified = send(Method::GET, &url, Some(token), &[("if-none-match", etag)]).await;
+    assert_eq!(not_modified.status, StatusCode::NOT_MODIFIED);
+    assert_nothing_off_the_list(&not_modified, "304 from the cache");
+    for _ in 0..2 {
+        let missing = get(&cached.url(&format!("{WEB}-nope")), token).await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_nothing_off_the_list(&missing, "404");
+    }
+
+    // The pass-through path (cache off): 200, 304 and 404 alike.
+    let uncached = spawn_proxy(&sim, ProxyOptions::uncached()).await;
+    let plain = get(&uncached.url(WEB), uncached.token()).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_nothing_off_the_list(&plain, "pass-through");
+    let etag = plain.header("etag").unwrap();
+    let headers = [("if-none-match", etag)];
+    let plain_304 = send(
+        Method::GET,
+        &uncached.url(WEB),
+        Some(uncached.token()),
+        &headers,
+    )
+    .await;
+    assert_eq!(plain_304.status, StatusCode::NOT_MODIFIED);
+    assert_nothing_off_the_list(&plain_304, "pass-through 304");
+    let plain_404 = get(&uncached.url(&format!("{WEB}-nope")), uncached.token()).await;
+    assert_eq!(plain_404.status, StatusCode::NOT_FOUND);
+    assert_nothing_off_the_list(&plain_404, "pass-through 404");
+}
