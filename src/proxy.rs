@@ -6,7 +6,7 @@
 //! unauthenticated caller learns nothing about configured owners), and the upstream request is
 //! rebuilt from the typed route.
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -16,6 +16,7 @@ use crate::{
     admission::{self, Payer, Ticket, Work},
     auth::Identity,
     body::{self, Body},
+    body_url,
     cache::{self, ClientConditions, FetchSpec, Generations},
     error::ProxyError,
     gate::{self, Mutation},
@@ -199,7 +200,8 @@ async fn walk(
     Ok(response)
 }
 
-/// Streams an upstream answer to the client without caching it.
+/// Passes an upstream answer to the client without caching it; API URLs in a JSON body are
+/// rewritten onto the public base (see `body_url`).
 async fn pass_through(
     state: &AppState,
     ticket: &Ticket,
@@ -208,6 +210,12 @@ async fn pass_through(
     public_base: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
+    // The client holds the proxy's ETags; GitHub is asked with its own (see `body_url`).
+    let mut forwarded = Cow::Borrowed(forwarded);
+    if let Some(tags) = &forwarded.if_none_match {
+        let mapped = body_url::upstream_if_none_match(tags, public_base);
+        forwarded.to_mut().if_none_match = mapped;
+    }
     // HEAD is sent as GET (the operation's method): hyper drops the body of a response to HEAD.
     let upstream = state
         .upstream
@@ -215,14 +223,31 @@ async fn pass_through(
             ticket,
             route.operation.method(),
             &route.path_and_query(),
-            forwarded,
+            &forwarded,
         )
         .await?;
     log.upstream_status = Some(upstream.status().as_u16());
     let (parts, body) = upstream.into_parts();
+    let mut headers = response_headers(state, route, public_base, &parts.headers);
+    if parts.status == StatusCode::NOT_MODIFIED {
+        // Unchanged at GitHub, so the client's copy is unchanged too: name it by our tag.
+        if let Some(ours) = headers
+            .get(header::ETAG)
+            .and_then(|etag| body_url::proxy_etag(etag, public_base))
+        {
+            headers.insert(header::ETAG, ours);
+        }
+    }
+    let body = if parts.status == StatusCode::OK {
+        let limit = usize::try_from(state.config.cache.max_entry_bytes).unwrap_or(usize::MAX);
+        let upstream_base = state.upstream.base();
+        body_url::apply_streamed(&mut headers, body, limit, upstream_base, public_base).await
+    } else {
+        body
+    };
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
-    *response.headers_mut() = response_headers(state, route, public_base, &parts.headers);
+    *response.headers_mut() = headers;
     Ok(response)
 }
 

@@ -188,3 +188,96 @@ async fn headers_off_the_allow_list_never_reach_a_client_on_any_path() {
     assert_eq!(plain_404.status, StatusCode::NOT_FOUND);
     assert_nothing_off_the_list(&plain_404, "pass-through 404");
 }
+
+/// `url` of a JSON answer, as a string.
+fn url_of(value: &serde_json::Value) -> String {
+    value["url"].as_str().unwrap().to_owned()
+}
+
+// Guards issue 14: package and version `url`s pointed at GitHub, so a client following one sent
+// its proxy token to GitHub. They point at the proxy now; other URLs stay GitHub's.
+#[tokio::test]
+async fn a_client_following_a_body_url_gets_the_answer_from_the_proxy() {
+    let sim = spawn_sim().await;
+    let upstream = sim.handle.base_url();
+    for opts in [ProxyOptions::default(), ProxyOptions::uncached()] {
+        let proxy = spawn_proxy(&sim, opts).await;
+        let token = proxy.token();
+        let package = get(&proxy.url(WEB), token).await.json();
+        assert_eq!(url_of(&package), proxy.url(WEB));
+        assert_eq!(url_of(&package["owner"]), format!("{upstream}/users/acme"));
+        let html = package["html_url"].as_str().unwrap();
+        assert!(html.starts_with("https://github.com/"), "{html}");
+        let ghes = get(&proxy.url(&format!("/api/v3{WEB}")), token)
+            .await
+            .json();
+        assert_eq!(url_of(&ghes), proxy.url(&format!("/api/v3{WEB}")));
+
+        let versions = get(&proxy.url(&format!("{WEB}/versions?per_page=5")), token).await;
+        let first = &versions.json()[0];
+        let url = url_of(first);
+        assert!(
+            url.starts_with(&proxy.url(&format!("{WEB}/versions/"))),
+            "{url}"
+        );
+        sim.handle.clear_log();
+        let followed = get(&url, token).await;
+        assert_eq!(followed.status, StatusCode::OK, "{url}");
+        assert_eq!(followed.json()["id"], first["id"]);
+        assert_eq!(url_of(&followed.json()), url);
+        let log = sim.handle.log();
+        assert_eq!(log.len(), 1, "the followed URL went through the proxy");
+        let auth = log[0].headers["authorization"].to_str().unwrap();
+        assert_eq!(auth, format!("Bearer {}", sim.org_token));
+    }
+}
+
+// Guards issue 14: the rewritten body is not GitHub's, so it must not carry GitHub's ETag (a
+// client holding GitHub's bytes would be told 304 for ours, and the reverse); revalidation
+// upstream still uses GitHub's tag, and each public base has its own.
+#[tokio::test]
+async fn a_rewritten_body_has_its_own_etag_and_304s_only_for_it() {
+    let sim = spawn_sim().await;
+    let direct = get(&format!("{}{WEB}", sim.handle.base_url()), &sim.org_token).await;
+    let github_etag = direct.header("etag").unwrap().to_owned();
+    for opts in [ProxyOptions::default(), ProxyOptions::uncached()] {
+        let proxy = spawn_proxy(&sim, opts).await;
+        let token = proxy.token();
+        let first = get(&proxy.url(WEB), token).await;
+        let ours = first.header("etag").unwrap().to_owned();
+        assert_ne!(ours, github_etag);
+        let ghes = get(&proxy.url(&format!("/api/v3{WEB}")), token).await;
+        let ghes_etag = ghes.header("etag").unwrap().to_owned();
+        assert_ne!(ghes_etag, ours, "two representations, one ETag");
+
+        let conditional = |path: String, tag: String| {
+            let url = proxy.url(&path);
+            async move { send(Method::GET, &url, Some(token), &[("if-none-match", &tag)]).await }
+        };
+        sim.handle.clear_log();
+        let held = conditional(WEB.to_owned(), ours.clone()).await;
+        assert_eq!(held.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(held.header("etag"), Some(ours.as_str()));
+        if let Some(seen) = sim.handle.log().first() {
+            // Pass-through: GitHub was asked with its own tag.
+            assert_eq!(seen.headers["if-none-match"], github_etag.as_str());
+        }
+        let githubs = conditional(WEB.to_owned(), github_etag.clone()).await;
+        assert_eq!(githubs.status, StatusCode::OK, "304 for GitHub's bytes");
+        assert_eq!(githubs.body, first.body);
+        let other = conditional(format!("/api/v3{WEB}"), ours.clone()).await;
+        assert_eq!(other.status, StatusCode::OK, "304 for another base's bytes");
+    }
+    // The cache revalidates upstream with GitHub's tag and keeps serving its own.
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let first = get(&proxy.url(WEB), proxy.token()).await;
+    sim.handle.clear_log();
+    let headers = [("cache-control", "no-cache")];
+    let again = send(Method::GET, &proxy.url(WEB), Some(proxy.token()), &headers).await;
+    assert_eq!(
+        sim.handle.log()[0].headers["if-none-match"],
+        github_etag.as_str()
+    );
+    assert_eq!(again.header("etag"), first.header("etag"));
+    assert_eq!(again.body, first.body);
+}

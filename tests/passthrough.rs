@@ -74,8 +74,12 @@ async fn every_operation_reaches_the_simulator_with_the_org_token_or_is_refused(
                 "{method} {path}: {:?}",
                 through.body
             );
+            // Byte for byte GitHub's, but for API URLs moved onto the proxy.
+            let through_text = String::from_utf8(through.body.to_vec()).unwrap();
+            let restored = through_text.replace(&proxy.base, &sim.handle.base_url());
             assert_eq!(
-                through.body, direct.body,
+                restored.as_bytes(),
+                direct.body,
                 "{path}: body differs from the upstream's"
             );
             let log = sim.handle.log();

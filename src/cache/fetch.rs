@@ -109,12 +109,15 @@ async fn fetch(
             return Fetched::Failed(failure);
         }
     };
-    let headers =
+    let mut headers =
         crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
     let status = parts.status.as_u16();
+    // GitHub's tag revalidates upstream; on JSON answers the client sees the proxy's own.
+    let etag = headers.get(header::ETAG).cloned();
+    let body = crate::body_url::apply(&mut headers, body, state.upstream.base(), &spec.public_base);
     let entry = Arc::new(Entry {
         status: parts.status,
-        etag: headers.get(header::ETAG).cloned(),
+        etag,
         headers,
         body,
         fetched_at: now,
