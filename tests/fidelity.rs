@@ -281,3 +281,59 @@ async fn a_rewritten_body_has_its_own_etag_and_304s_only_for_it() {
     assert_eq!(again.header("etag"), first.header("etag"));
     assert_eq!(again.body, first.body);
 }
+
+// Guards issue 14: the cache key folded package names, so a cached 404 for `WEB` answered `web`
+// (GitHub finds only `web`). Logins still share one entry; a delete through any spelling still
+// invalidates every spelling's entries.
+#[tokio::test]
+async fn one_spelling_of_a_package_never_answers_for_another() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: allow_everything("0s"),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let token = proxy.token();
+    let upper = "/orgs/acme/packages/container/WEB/versions";
+    let lower = "/orgs/acme/packages/container/web/versions?per_page=100";
+    assert_eq!(
+        get(&proxy.url(upper), token).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let listed = get(&proxy.url(lower), token).await;
+    assert_eq!(
+        listed.status,
+        StatusCode::OK,
+        "a cached 404 answered another spelling"
+    );
+    let owner_spelling = get(&proxy.url(&lower.replace("acme", "ACME")), token).await;
+    assert!(
+        cache_status(&owner_spelling).contains("hit"),
+        "{owner_spelling:?}"
+    );
+    assert_eq!(owner_spelling.body, listed.body);
+
+    let version = listed.ids()[0];
+    let delete = format!("/orgs/ACME/packages/container/web/versions/{version}");
+    let deleted = send(Method::DELETE, &proxy.url(&delete), Some(token), &[]).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{deleted:?}");
+    sim.handle.clear_log();
+    // Both package spellings were invalidated (fetched again); the owner's spellings share one.
+    let cases = [
+        (lower.to_owned(), false),
+        (lower.replace("acme", "Acme"), true),
+        (upper.to_owned(), false),
+    ];
+    for (path, hit) in cases {
+        let reply = get(&proxy.url(&path), token).await;
+        let status = cache_status(&reply);
+        assert_eq!(status.contains("hit"), hit, "{path}: {reply:?}");
+        if reply.status == StatusCode::OK {
+            assert!(
+                !reply.ids().contains(&version),
+                "{path} still lists {version}"
+            );
+        }
+    }
+    assert_eq!(sim.handle.log().len(), 2, "web and WEB each fetched once");
+}
