@@ -44,19 +44,26 @@ struct RequestLog {
     scopes: Option<&'static str>,
 }
 
+/// The proxy's own request id and the client's `X-Request-Id`, if it sent a plain one.
+#[derive(Clone, Copy)]
+struct RequestIds<'a> {
+    own: &'a str,
+    client: Option<&'a str>,
+}
+
 /// Handles one request; never fails (errors become GitHub-shaped responses).
 pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let request_id = request_id(&state, &request);
+    // Ours always: the audit log and the log line key on it. The client's is kept beside it.
+    let request_id = state.next_request_id();
+    let client_request_id = client_request_id(&request);
     let method = request.method().clone();
     let mut log = RequestLog::default();
-    let result = walk(
-        &state,
-        request,
-        request_id.to_str().unwrap_or_default(),
-        &mut log,
-    )
-    .await;
+    let ids = RequestIds {
+        own: request_id.to_str().unwrap_or_default(),
+        client: client_request_id.as_deref(),
+    };
+    let result = walk(&state, request, ids, &mut log).await;
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     response
         .headers_mut()
@@ -75,6 +82,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     );
     tracing::info!(
         request_id = request_id.to_str().unwrap_or_default(),
+        client_request_id = client_request_id.as_deref(),
         method = %method,
         client = log.client.as_deref().unwrap_or("-"),
         route = log.route.unwrap_or("-"),
@@ -117,7 +125,7 @@ fn granted_scopes(state: &AppState, identity: &Identity) -> &'static str {
 async fn walk(
     state: &Arc<AppState>,
     request: Request<Incoming>,
-    request_id: &str,
+    ids: RequestIds<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
     check_limits(state, &request)?;
@@ -159,7 +167,8 @@ async fn walk(
             forwarded: &forwarded,
             client: &identity.name,
             limits: &identity.limits,
-            request_id,
+            request_id: ids.own,
+            client_request_id: ids.client,
             dry_run_requested: request
                 .headers()
                 .get("x-packages-proxy-dry-run")
@@ -498,18 +507,13 @@ fn public_base(state: &AppState, ghes: bool) -> String {
     base
 }
 
-/// The client's `X-Request-Id` if it is short and plain, else a new one.
-fn request_id(state: &AppState, request: &Request<Incoming>) -> HeaderValue {
-    request
-        .headers()
-        .get("x-request-id")
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty()
-                && b.len() <= 64
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        })
-        .cloned()
-        .unwrap_or_else(|| state.next_request_id())
+/// The client's `X-Request-Id` if it is short and plain (it goes into logs and the audit log).
+fn client_request_id(request: &Request<Incoming>) -> Option<String> {
+    let value = request.headers().get("x-request-id")?;
+    let b = value.as_bytes();
+    let plain = !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c));
+    plain.then(|| String::from_utf8_lossy(b).into_owned())
 }

@@ -337,3 +337,57 @@ async fn one_spelling_of_a_package_never_answers_for_another() {
     }
     assert_eq!(sim.handle.log().len(), 2, "web and WEB each fetched once");
 }
+
+// Guards issue 14: a client's `X-Request-Id` became the request id, so two clients sending the
+// same one collided in the audit log. The proxy's id keys every record; the client's sits beside.
+#[tokio::test]
+async fn audit_records_key_on_the_proxys_id_and_keep_the_clients_apart() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("audit-ids").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"all\"\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let versions = get(&proxy.url(&format!("{WEB}/versions")), proxy.token()).await;
+    let ids = versions.ids();
+    let sent = [
+        (0, ids[0], Some("deploy-1")),
+        (1, ids[1], Some("deploy-1")),
+        (0, ids[2], None),
+        (1, ids[3], Some("not plain; dropped")),
+    ];
+    let mut answers = Vec::new();
+    for (client, version, header) in sent {
+        let url = proxy.url(&format!("{WEB}/versions/{version}"));
+        let headers: Vec<(&str, &str)> = header.map(|h| ("x-request-id", h)).into_iter().collect();
+        let reply = send(Method::DELETE, &url, Some(&proxy.tokens[client]), &headers).await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{reply:?}");
+        answers.push(reply.header("x-request-id").unwrap().to_owned());
+    }
+    let distinct: std::collections::HashSet<&String> = answers.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        answers.len(),
+        "request ids collided: {answers:?}"
+    );
+
+    let (records, bad) = packages_proxy::audit::read(&audit).unwrap();
+    assert!(bad.is_empty());
+    let names = ["team-a", "team-b"];
+    let expected_client_ids = [Some("deploy-1"), Some("deploy-1"), None, None];
+    for (((client, version, _), ours), client_id) in
+        sent.iter().zip(&answers).zip(expected_client_ids)
+    {
+        let mine: Vec<_> = records.iter().filter(|r| &r.request_id == ours).collect();
+        let phases: Vec<&str> = mine.iter().map(|r| r.phase.as_str()).collect();
+        assert_eq!(phases, ["intent", "outcome"], "{ours}: {records:#?}");
+        for record in mine {
+            assert_eq!(record.client, names[*client]);
+            assert_eq!(record.version, Some(*version));
+            assert_eq!(record.client_request_id.as_deref(), client_id);
+        }
+    }
+}
