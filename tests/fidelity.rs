@@ -109,6 +109,14 @@ async fn x_oauth_scopes_describes_the_caller_on_every_answer() {
     assert!(anonymous.headers.get("x-oauth-scopes").is_none());
 }
 
+/// A cached proxy where `Cache-Control: no-cache` always revalidates upstream.
+fn revalidating() -> ProxyOptions {
+    ProxyOptions {
+        extra: "[cache]\nmin_revalidate_interval = \"0s\"\n".to_owned(),
+        ..ProxyOptions::default()
+    }
+}
+
 fn cache_status(reply: &Reply) -> &str {
     reply.header("cache-status").unwrap_or("-")
 }
@@ -119,7 +127,7 @@ fn cache_status(reply: &Reply) -> &str {
 #[tokio::test]
 async fn headers_off_the_allow_list_never_reach_a_client_on_any_path() {
     let sim = spawn_sim().await;
-    let cached = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let cached = spawn_proxy(&sim, revalidating()).await;
     let url = cached.url(WEB);
     let token = cached.token();
     let miss = get(&url, token).await;
@@ -269,7 +277,7 @@ async fn a_rewritten_body_has_its_own_etag_and_304s_only_for_it() {
         assert_eq!(other.status, StatusCode::OK, "304 for another base's bytes");
     }
     // The cache revalidates upstream with GitHub's tag and keeps serving its own.
-    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let proxy = spawn_proxy(&sim, revalidating()).await;
     let first = get(&proxy.url(WEB), proxy.token()).await;
     sim.handle.clear_log();
     let headers = [("cache-control", "no-cache")];
