@@ -24,8 +24,12 @@ pub struct AuditRecord {
     pub time: String,
     /// `decision` (denied, dry-run or refused before sending), `intent` or `outcome`.
     pub phase: String,
-    /// The proxy's request id.
+    /// The proxy's request id: what records and log lines key on, unique per proxy.
     pub request_id: String,
+    /// The client's own `X-Request-Id`, if it sent a plain one: kept beside the proxy's, never
+    /// instead of it, so two clients choosing the same id cannot collide in the log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// The client's configured name.
     pub client: String,
     /// `delete_version`, `restore_version`, `delete_package` or `restore_package`.
@@ -77,6 +81,7 @@ impl AuditRecord {
             time: now(),
             phase: "decision".to_owned(),
             request_id: request_id.to_owned(),
+            client_request_id: None,
             client: client.to_owned(),
             action: route.operation.as_str().to_owned(),
             owner: route.owner_login().unwrap_or_else(|| "@me".to_owned()),
@@ -131,6 +136,7 @@ impl Audit {
             target: "packages_proxy::audit",
             phase = %record.phase,
             request_id = %record.request_id,
+            client_request_id = record.client_request_id.as_deref(),
             client = %record.client,
             action = %record.action,
             owner = %record.owner,

@@ -34,6 +34,8 @@ pub struct Mutation<'a> {
     pub limits: &'a Arc<crate::quota::ClientLimits>,
     /// The proxy's request id.
     pub request_id: &'a str,
+    /// The client's own `X-Request-Id`, if it sent a plain one (audited beside ours).
+    pub client_request_id: Option<&'a str>,
     /// `X-Packages-Proxy-Dry-Run: 1` was sent.
     pub dry_run_requested: bool,
     /// Base for `Link` rewriting (unused by 204s, kept for symmetry with reads).
@@ -50,6 +52,7 @@ pub async fn execute(
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     let policy = state.policy.load_full();
     let mut record = AuditRecord::new(m.request_id, m.client, m.route);
+    record.client_request_id = m.client_request_id.map(str::to_owned);
     let rule = match policy.decide(m.client, m.route) {
         Decision::Allow(rule) => rule,
         Decision::NoRule => {

@@ -14,7 +14,8 @@
 //!   retries, and the [`budget`] (GitHub's rate-limit headers, the reserve, the back-off).
 //! - [`shared`]: the optional Redis tier replicas share (L2, fleet-wide locks, pace, quotas,
 //!   invalidations, back-offs).
-//! - [`link`]: `Link` rewriting onto the proxy's public URL.
+//! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
+//!   in JSON bodies, and the proxy's ETag for a rewritten body.
 //! - [`gate`]: the destructive path: [`policy`] decision, protected tags, dry run, budget,
 //!   [`pace`] slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
@@ -33,6 +34,7 @@ pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod body_url;
 pub mod budget;
 pub mod cache;
 pub mod config;

@@ -4,7 +4,9 @@
 //! `/user/{id}/...`). The proxy does not serve those forms; it maps each URL back onto the route
 //! of the request that produced it (same operation and package, the upstream's query), checked by
 //! the same parser that guards every request. `rel` names and `page=` numbers are kept exactly.
-//! A URL on the upstream that does not map back is dropped rather than leaked.
+//! Every other entry is dropped rather than passed on: a URL on the upstream that does not map
+//! back, and any URL that does not point into the upstream API at all (another host, another
+//! scheme, `javascript:`, `//host/x`, userinfo tricks).
 
 use crate::route::{LinkOwner, Route};
 
@@ -19,26 +21,33 @@ pub fn rewrite(
 ) -> Option<String> {
     let mut out = String::with_capacity(value.len());
     for (url, params) in entries(value) {
-        let url = match url.strip_prefix(upstream_base) {
-            Some(rest) if rest.starts_with('/') => match map_back(rest, request) {
-                Some(path_and_query) => format!("{public_base}{path_and_query}"),
-                None => {
-                    tracing::debug!(rel = %params, "dropping a Link entry that maps to no route");
-                    continue;
-                }
-            },
-            // Not on the upstream: harmless to pass (it does not lead through the token).
-            _ => url.to_owned(),
+        let Some(path_and_query) =
+            on_upstream(url, upstream_base).and_then(|r| map_back(r, request))
+        else {
+            // Another host, another scheme, `javascript:`, a userinfo trick, or a route of
+            // another resource: passing it on would send clients (and their tokens) elsewhere.
+            tracing::debug!(rel = %params, "dropping a Link entry that maps to no route");
+            continue;
         };
         if !out.is_empty() {
             out.push_str(", ");
         }
         out.push('<');
-        out.push_str(&url);
+        out.push_str(public_base);
+        out.push_str(&path_and_query);
         out.push('>');
         out.push_str(params);
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// The path and query of `url` if it points into the upstream API: it starts with the upstream
+/// base (scheme, host, port and prefix, exactly) followed by a path. `https://api.github.com@evil/`,
+/// `https://api.github.com.evil/`, `//host/x` and other schemes do not; nor does a path that
+/// starts with `//`, which a client could read as a new authority.
+pub(crate) fn on_upstream<'u>(url: &'u str, upstream_base: &str) -> Option<&'u str> {
+    let rest = url.strip_prefix(upstream_base)?;
+    (rest.starts_with('/') && !rest.starts_with("//")).then_some(rest)
 }
 
 /// Maps an upstream path and query onto the request's owner, if it names the same resource.
@@ -91,4 +100,74 @@ fn params_end(params: &str) -> usize {
         }
     }
     params.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Method;
+
+    use super::rewrite;
+    use crate::route::Route;
+
+    const UPSTREAM: &str = "https://api.github.com";
+    const PUBLIC: &str = "https://proxy.example";
+    const TAIL: &str = "/packages/container/web/versions?per_page=10&page=2";
+
+    fn request() -> Route {
+        let path = "/orgs/acme/packages/container/web/versions";
+        Route::parse(&Method::GET, path, Some("per_page=10")).unwrap()
+    }
+
+    // Guards issue 14: entries that did not start with the upstream base were passed on as
+    // "harmless"; a client paginating would follow them off to another host with its token.
+    #[test]
+    fn only_entries_into_the_upstream_api_survive() {
+        let kept = [
+            format!("{UPSTREAM}/organizations/9919{TAIL}"),
+            format!("{UPSTREAM}/orgs/acme{TAIL}"),
+            format!("{UPSTREAM}/orgs/ACME{TAIL}"),
+        ];
+        let dropped = [
+            format!("https://evil.example/orgs/acme{TAIL}"),
+            format!("http://api.github.com/orgs/acme{TAIL}"),
+            format!("ftp://api.github.com/orgs/acme{TAIL}"),
+            format!("//evil.example/orgs/acme{TAIL}"),
+            format!("//api.github.com/orgs/acme{TAIL}"),
+            format!("/orgs/acme{TAIL}"),
+            format!("https://api.github.com@evil.example/orgs/acme{TAIL}"),
+            format!("https://api.github.com:443@evil.example/orgs/acme{TAIL}"),
+            format!("https://api.github.com.evil.example/orgs/acme{TAIL}"),
+            format!("https://api.github.com\\@evil.example/orgs/acme{TAIL}"),
+            format!("https://api.github.com//evil.example/orgs/acme{TAIL}"),
+            format!("{UPSTREAM}/orgs/other{TAIL}"),
+            format!("{UPSTREAM}/orgs/acme/packages/container/other/versions?page=2"),
+            "javascript:alert(document.cookie)".to_owned(),
+            "data:text/html,<script>alert(1)</script>".to_owned(),
+            String::new(),
+        ];
+        for url in &kept {
+            let value = format!("<{url}>; rel=\"next\"");
+            let out = rewrite(&value, UPSTREAM, PUBLIC, &request());
+            let out = out.unwrap_or_else(|| panic!("{url} was dropped"));
+            assert!(
+                out.starts_with("<https://proxy.example/orgs/acme/"),
+                "{url}: {out}"
+            );
+            assert!(out.ends_with(">; rel=\"next\""), "{url}: {out}");
+            assert!(
+                out.contains("page=2") && !out.contains("github.com"),
+                "{out}"
+            );
+        }
+        for url in &dropped {
+            let value = format!("<{url}>; rel=\"next\"");
+            assert_eq!(rewrite(&value, UPSTREAM, PUBLIC, &request()), None, "{url}");
+            // Beside a good entry, only the good one is left.
+            let good = format!("<{}>; rel=\"last\"", kept[0]);
+            let mixed = format!("{value}, {good}");
+            let out = rewrite(&mixed, UPSTREAM, PUBLIC, &request()).unwrap();
+            assert!(!out.contains("rel=\"next\""), "{url}: {out}");
+            assert!(out.contains("rel=\"last\""), "{url}: {out}");
+        }
+    }
 }

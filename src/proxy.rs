@@ -6,7 +6,7 @@
 //! unauthenticated caller learns nothing about configured owners), and the upstream request is
 //! rebuilt from the typed route.
 
-use std::{sync::Arc, time::Instant};
+use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -16,6 +16,7 @@ use crate::{
     admission::{self, Payer, Ticket, Work},
     auth::Identity,
     body::{self, Body},
+    body_url,
     cache::{self, ClientConditions, FetchSpec, Generations},
     error::ProxyError,
     gate::{self, Mutation},
@@ -38,25 +39,39 @@ struct RequestLog {
     route: Option<&'static str>,
     upstream_status: Option<u16>,
     cache: Option<&'static str>,
+    /// The scopes the proxy grants the authenticated caller, sent as `X-OAuth-Scopes` on every
+    /// answer to it (GitHub's header would describe the org token instead).
+    scopes: Option<&'static str>,
+}
+
+/// The proxy's own request id and the client's `X-Request-Id`, if it sent a plain one.
+#[derive(Clone, Copy)]
+struct RequestIds<'a> {
+    own: &'a str,
+    client: Option<&'a str>,
 }
 
 /// Handles one request; never fails (errors become GitHub-shaped responses).
 pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let request_id = request_id(&state, &request);
+    // Ours always: the audit log and the log line key on it. The client's is kept beside it.
+    let request_id = state.next_request_id();
+    let client_request_id = client_request_id(&request);
     let method = request.method().clone();
     let mut log = RequestLog::default();
-    let result = walk(
-        &state,
-        request,
-        request_id.to_str().unwrap_or_default(),
-        &mut log,
-    )
-    .await;
+    let ids = RequestIds {
+        own: request_id.to_str().unwrap_or_default(),
+        client: client_request_id.as_deref(),
+    };
+    let result = walk(&state, request, ids, &mut log).await;
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     response
         .headers_mut()
         .insert("x-request-id", request_id.clone());
+    if let Some(scopes) = log.scopes {
+        let headers = response.headers_mut();
+        headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+    }
     let elapsed = started.elapsed();
     crate::metrics::request(
         log.route.unwrap_or("-"),
@@ -67,6 +82,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     );
     tracing::info!(
         request_id = request_id.to_str().unwrap_or_default(),
+        client_request_id = client_request_id.as_deref(),
         method = %method,
         client = log.client.as_deref().unwrap_or("-"),
         route = log.route.unwrap_or("-"),
@@ -79,19 +95,37 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     response
 }
 
-/// The client behind a request: its bearer token, else its TLS client certificate.
-fn authenticate<B>(state: &AppState, request: &Request<B>) -> Result<Identity, ProxyError> {
+/// The client behind a request: its bearer token, else its TLS client certificate. Records the
+/// client and the scopes it is granted for the log line and the answer's `X-OAuth-Scopes`.
+fn authenticate<B>(
+    state: &AppState,
+    request: &Request<B>,
+    log: &mut RequestLog,
+) -> Result<Identity, ProxyError> {
     let peer = request.extensions().get::<PeerCert>();
-    state
+    let identity = state
         .clients
         .load()
-        .authenticate_request(request.headers(), peer)
+        .authenticate_request(request.headers(), peer)?;
+    log.client = Some(identity.name.clone());
+    log.scopes = Some(granted_scopes(state, &identity));
+    Ok(identity)
+}
+
+/// The scopes the proxy effectively grants a client: deletes and restores only if some policy
+/// rule could allow one for it. Clean-up tools read `X-OAuth-Scopes` before they start.
+fn granted_scopes(state: &AppState, identity: &Identity) -> &'static str {
+    if state.policy.load().allows_anything_for(&identity.name) {
+        "read:packages, write:packages, delete:packages"
+    } else {
+        "read:packages"
+    }
 }
 
 async fn walk(
     state: &Arc<AppState>,
     request: Request<Incoming>,
-    request_id: &str,
+    ids: RequestIds<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
     check_limits(state, &request)?;
@@ -102,20 +136,17 @@ async fn walk(
     }
     if is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
-        let identity = authenticate(state, &request)?;
-        log.client = Some(identity.name.clone());
+        let identity = authenticate(state, &request, log)?;
         return Ok(rate_limit(state, &identity).await);
     }
     if path == PURGE_PATH {
         log.route = Some(PURGE_PATH);
-        let identity = authenticate(state, &request)?;
-        log.client = Some(identity.name.clone());
+        let identity = authenticate(state, &request, log)?;
         return purge(state, &identity, request).await;
     }
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
-    let identity = authenticate(state, &request)?;
-    log.client = Some(identity.name.clone());
+    let identity = authenticate(state, &request, log)?;
     check_owner(state, &route)?;
     // Held until the answer is built: the client's cap on requests in flight.
     let _in_flight = identity
@@ -136,7 +167,8 @@ async fn walk(
             forwarded: &forwarded,
             client: &identity.name,
             limits: &identity.limits,
-            request_id,
+            request_id: ids.own,
+            client_request_id: ids.client,
             dry_run_requested: request
                 .headers()
                 .get("x-packages-proxy-dry-run")
@@ -177,7 +209,8 @@ async fn walk(
     Ok(response)
 }
 
-/// Streams an upstream answer to the client without caching it.
+/// Passes an upstream answer to the client without caching it; API URLs in a JSON body are
+/// rewritten onto the public base (see `body_url`).
 async fn pass_through(
     state: &AppState,
     ticket: &Ticket,
@@ -186,6 +219,12 @@ async fn pass_through(
     public_base: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
+    // The client holds the proxy's ETags; GitHub is asked with its own (see `body_url`).
+    let mut forwarded = Cow::Borrowed(forwarded);
+    if let Some(tags) = &forwarded.if_none_match {
+        let mapped = body_url::upstream_if_none_match(tags, public_base);
+        forwarded.to_mut().if_none_match = mapped;
+    }
     // HEAD is sent as GET (the operation's method): hyper drops the body of a response to HEAD.
     let upstream = state
         .upstream
@@ -193,14 +232,31 @@ async fn pass_through(
             ticket,
             route.operation.method(),
             &route.path_and_query(),
-            forwarded,
+            &forwarded,
         )
         .await?;
     log.upstream_status = Some(upstream.status().as_u16());
     let (parts, body) = upstream.into_parts();
+    let mut headers = response_headers(state, route, public_base, &parts.headers);
+    if parts.status == StatusCode::NOT_MODIFIED {
+        // Unchanged at GitHub, so the client's copy is unchanged too: name it by our tag.
+        if let Some(ours) = headers
+            .get(header::ETAG)
+            .and_then(|etag| body_url::proxy_etag(etag, public_base))
+        {
+            headers.insert(header::ETAG, ours);
+        }
+    }
+    let body = if parts.status == StatusCode::OK {
+        let limit = usize::try_from(state.config.cache.max_entry_bytes).unwrap_or(usize::MAX);
+        let upstream_base = state.upstream.base();
+        body_url::apply_streamed(&mut headers, body, limit, upstream_base, public_base).await
+    } else {
+        body
+    };
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
-    *response.headers_mut() = response_headers(state, route, public_base, &parts.headers);
+    *response.headers_mut() = headers;
     Ok(response)
 }
 
@@ -322,8 +378,7 @@ fn is_rate_limit_path(path: &str) -> bool {
 }
 
 /// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
-/// requests that need GitHub, and the scopes the proxy effectively grants it (clean-up tools
-/// read `X-OAuth-Scopes` before they start).
+/// requests that need GitHub (its `X-OAuth-Scopes`, as on every answer, come from `handle`).
 async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
     let local = identity.limits.upstream.peek();
     let fleet = match state.shared.as_ref().filter(|s| s.is_up()) {
@@ -352,13 +407,7 @@ async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
-    snapshot.write_headers(headers, "core");
-    let scopes = if state.policy.load().allows_anything_for(&identity.name) {
-        "read:packages, write:packages, delete:packages"
-    } else {
-        "read:packages"
-    };
-    headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+    snapshot.write_headers(headers, "core"); // `X-OAuth-Scopes` is added by `handle`
     response
 }
 
@@ -458,18 +507,13 @@ fn public_base(state: &AppState, ghes: bool) -> String {
     base
 }
 
-/// The client's `X-Request-Id` if it is short and plain, else a new one.
-fn request_id(state: &AppState, request: &Request<Incoming>) -> HeaderValue {
-    request
-        .headers()
-        .get("x-request-id")
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty()
-                && b.len() <= 64
-                && b.iter()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        })
-        .cloned()
-        .unwrap_or_else(|| state.next_request_id())
+/// The client's `X-Request-Id` if it is short and plain (it goes into logs and the audit log).
+fn client_request_id(request: &Request<Incoming>) -> Option<String> {
+    let value = request.headers().get("x-request-id")?;
+    let b = value.as_bytes();
+    let plain = !b.is_empty()
+        && b.len() <= 64
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c));
+    plain.then(|| String::from_utf8_lossy(b).into_owned())
 }

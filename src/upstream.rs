@@ -4,8 +4,9 @@
 //! Requests are rebuilt from scratch: the client's `Authorization`, cookies, hop-by-hop and
 //! forwarding headers never reach GitHub. Only `Accept`, `X-GitHub-Api-Version`, `If-None-Match`,
 //! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back an
-//! allow-list of headers passes; those describing the org token (`X-OAuth-Scopes`, ...) and
-//! `Set-Cookie` are dropped because they are not on it.
+//! allow-list of headers passes, on every path (pass-through, cache, 304 revalidation, shared
+//! tier); anything else (`X-OAuth-Scopes`, which describes the org token, `Set-Cookie`, unknown
+//! headers) is dropped because it is not on it.
 
 use std::{
     sync::{
@@ -45,7 +46,7 @@ pub const DEFAULT_API_VERSION: &str = "2022-11-28";
 const DEFAULT_ACCEPT: &str = "application/vnd.github+json";
 
 /// Response headers a client may see (`link` is rewritten separately).
-const PASS_HEADERS: [&str; 12] = [
+const PASS_HEADERS: [&str; 15] = [
     "content-type",
     "etag",
     "last-modified",
@@ -58,6 +59,12 @@ const PASS_HEADERS: [&str; 12] = [
     "x-ratelimit-reset",
     "x-ratelimit-resource",
     "retry-after",
+    // Which API version answered, and what the answer varies on: clients and their caches read them.
+    "x-github-api-version-selected",
+    "vary",
+    // What the endpoint needs (the same for every caller); `x-oauth-scopes` describes the org
+    // token, so it is not here: the proxy writes the caller's own scopes instead.
+    "x-accepted-oauth-scopes",
 ];
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;

@@ -1,5 +1,6 @@
 //! `cache::key` both ways: inputs that must differ give different keys; spellings that must not
-//! (query order, defaults, slashes, the `%2f` case) give one. A wrong key poisons every team.
+//! (query order, defaults, slashes, the `%2f` case, the owner's case) give one. A wrong key
+//! poisons every team.
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
 
@@ -36,7 +37,7 @@ fn spellings_of_one_request_share_a_key() {
         "/orgs/acme/packages/container/base%2Fruntime/versions?per_page=30&page=1&state=active",
         "/orgs/acme/packages/container/base%2Fruntime/versions?state=active&page=1&per_page=30",
         "/api/v3/orgs/acme/packages/container/base%2Fruntime/versions",
-        "/orgs/ACME/packages/container/Base%2FRuntime/versions",
+        "/orgs/ACME/packages/container/base%2Fruntime/versions",
     ];
     let first = key_of(same[0], &[], false, &gens);
     for spelling in &same[1..] {
@@ -88,6 +89,19 @@ fn different_answers_get_different_keys() {
             &gens,
         ),
         key_of("/orgs/acme/packages/npm/web/versions", &[], false, &gens),
+        // GitHub finds `web`, not `WEB`: one spelling's 404 must not answer for the other.
+        key_of(
+            "/orgs/acme/packages/container/WEB/versions",
+            &[],
+            false,
+            &gens,
+        ),
+        key_of(
+            "/orgs/acme/packages/container/Web/versions",
+            &[],
+            false,
+            &gens,
+        ),
         key_of(
             "/orgs/other/packages/container/web/versions",
             &[],
@@ -140,4 +154,28 @@ fn a_write_changes_the_keys_of_its_package_and_owner_lists_only() {
         "another package's entries were dropped"
     );
     assert_ne!(before[2], after[2], "the owner's lists survived");
+}
+
+// Guards issue 14: keys stopped folding package names, so invalidation must still reach every
+// spelling's entries through the case-folded package scope.
+#[test]
+fn a_write_changes_the_keys_of_every_spelling_of_its_package() {
+    let gens = Generations::default();
+    let spellings = [
+        "/orgs/acme/packages/container/web/versions",
+        "/orgs/Acme/packages/container/WEB/versions",
+        "/orgs/acme/packages/container/Web",
+    ];
+    let before = spellings.map(|t| key_of(t, &[], false, &gens));
+    let delete = Route::parse(
+        &Method::DELETE,
+        "/orgs/ACME/packages/container/wEb/versions/1",
+        None,
+    )
+    .unwrap();
+    gens.bump_all(&Generations::scopes_of(&delete));
+    let after = spellings.map(|t| key_of(t, &[], false, &gens));
+    for ((spelling, old), new) in spellings.iter().zip(&before).zip(&after) {
+        assert_ne!(old, new, "{spelling} survived the delete");
+    }
 }

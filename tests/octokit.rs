@@ -1,6 +1,7 @@
 //! Compatibility: a real GitHub client library, `@octokit/rest` (JavaScript), works through the
 //! proxy unchanged — pagination via the proxy's Link headers, `/` in package names, the refused
-//! delete (403) and a bad token (401). The client side is `tests/octokit/check.mjs`.
+//! delete (403), a bad token (401), and the `x-github-api-version-selected` and `x-oauth-scopes`
+//! headers it reads. The client side is `tests/octokit/check.mjs`.
 //!
 //! Needs Node and `tests/octokit/node_modules` (`npm ci` in `tests/octokit`; `.ci/run` does it).
 //! Without `node` the test is skipped loudly, even in CI; with `node` but without `node_modules`
@@ -83,7 +84,7 @@ async fn octokit_rest_works_through_the_proxy_unchanged() {
     );
     let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(summary["ok"], true, "{stdout}");
-    assert_eq!(summary["results"].as_array().unwrap().len(), 5, "{stdout}");
+    assert_eq!(summary["results"].as_array().unwrap().len(), 6, "{stdout}");
 
     // Upstream saw only the org token, never a client's (nor the wrong one check 5 sent).
     let log = sim.handle.log();

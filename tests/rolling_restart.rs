@@ -462,7 +462,7 @@ packages = [\"web\"]
             "completed outcomes for {id}: {completed:?}; logs: {logs}"
         );
         for record in completed {
-            assert_eq!(record["request_id"], format!("e2e-del-{id}"));
+            assert_eq!(record["client_request_id"], format!("e2e-del-{id}"));
         }
     }
 

@@ -25,7 +25,8 @@ pub struct Entry {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
-    /// The upstream `ETag`, used to revalidate.
+    /// GitHub's `ETag`, sent upstream to revalidate. The client's (in `headers`) is the proxy's
+    /// own when the body's API URLs were rewritten (see `body_url`).
     pub etag: Option<HeaderValue>,
     /// When the upstream last confirmed this answer (200 or 304).
     pub fetched_at: Instant,
@@ -163,9 +164,12 @@ impl Entry {
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 
-    /// True when the client's `If-None-Match` names this entry's ETag (weak comparison).
+    /// True when the client's `If-None-Match` names the ETag the client was sent (weak
+    /// comparison): a 304 only for the representation the client holds.
     pub fn matches(&self, if_none_match: &HeaderValue) -> bool {
-        let Some(etag) = &self.etag else { return false };
+        let Some(etag) = self.headers.get(header::ETAG) else {
+            return false;
+        };
         let strip = |s: &[u8]| -> Vec<u8> { s.strip_prefix(b"W/").unwrap_or(s).to_vec() };
         let ours = strip(etag.as_bytes());
         if_none_match

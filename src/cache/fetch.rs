@@ -95,7 +95,7 @@ async fn fetch(
                 let mut entry = (*stale).clone();
                 entry.fetched_at = now;
                 entry.fetched_wall = std::time::SystemTime::now();
-                refresh_rate_headers(&mut entry, &parts.headers);
+                refresh_headers(&mut entry, &parts.headers);
                 Fetched::Answer(Arc::new(entry), StatusCode::NOT_MODIFIED.as_u16())
             }
             None => Fetched::Failed(Failure::Unreachable),
@@ -109,12 +109,15 @@ async fn fetch(
             return Fetched::Failed(failure);
         }
     };
-    let headers =
+    let mut headers =
         crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
     let status = parts.status.as_u16();
+    // GitHub's tag revalidates upstream; on JSON answers the client sees the proxy's own.
+    let etag = headers.get(header::ETAG).cloned();
+    let body = crate::body_url::apply(&mut headers, body, state.upstream.base(), &spec.public_base);
     let entry = Arc::new(Entry {
         status: parts.status,
-        etag: headers.get(header::ETAG).cloned(),
+        etag,
         headers,
         body,
         fetched_at: now,
@@ -143,11 +146,19 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Fai
     Ok(Bytes::copy_from_slice(&buf))
 }
 
-/// A 304 carries fresh rate-limit numbers; the stored answer should show them.
-fn refresh_rate_headers(entry: &mut Entry, from: &http::HeaderMap) {
-    for (name, value) in from {
-        if name.as_str().starts_with("x-ratelimit-") {
-            entry.headers.insert(name.clone(), value.clone());
+/// A 304 refreshes the stored answer's headers (RFC 9111 section 4.3.4: fresh rate-limit
+/// numbers, a new request id), but only those the allow-list admits: a header off the list must
+/// not reach clients through a revalidation either. `ETag` and `Content-Type` stay as stored:
+/// they describe the representation clients hold.
+fn refresh_headers(entry: &mut Entry, from: &http::HeaderMap) {
+    let fresh = crate::upstream::filter_response_headers(from);
+    for name in fresh.keys() {
+        if name == header::ETAG || name == header::CONTENT_TYPE {
+            continue;
+        }
+        entry.headers.remove(name);
+        for value in fresh.get_all(name) {
+            entry.headers.append(name.clone(), value.clone());
         }
     }
 }

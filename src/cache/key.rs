@@ -1,7 +1,7 @@
 //! The cache key, and the invalidation generations inside it.
 //!
 //! One function, [`key`], with explicit inputs: the canonical route (path rebuilt from the typed
-//! route), the query with defaults made explicit, `Accept`, `X-GitHub-Api-Version`, whether `Link`
+//! route, the owner's login case-folded, the package name as spelled), the query with defaults made explicit, `Accept`, `X-GitHub-Api-Version`, whether `Link`
 //! URLs carry the `/api/v3` prefix, and the generations of the owner and package. A mistake here
 //! poisons the cache for every team, so `tests/cache_key.rs` checks both directions: inputs that
 //! must differ give different keys, spellings that must not (query order, defaults) give one.
@@ -175,8 +175,7 @@ pub fn key(
     key.push('|');
     key.push_str(if ghes_links { "v3" } else { "-" });
     key.push('|');
-    // Logins and package names are case-insensitive: one entry for every spelling.
-    key.push_str(&route.path().to_ascii_lowercase());
+    push_path(&mut key, route);
     push_normalised_query(&mut key, route);
     let ns = namespace(&route.owner);
     let epoch = generations.epoch();
@@ -192,6 +191,25 @@ pub fn key(
     };
     let _ = write!(key, "|g{epoch}.{global}.{all}.{scoped}");
     key
+}
+
+/// The canonical path with the owner's login in lower case. Logins are case-insensitive at GitHub:
+/// one entry for every spelling. Package names are not folded: GitHub (and the simulator) finds
+/// `web` but not `WEB`, so an answer for one spelling (a cached 404 above all) must never be served
+/// for another. Invalidation still covers every spelling: the package's generation scope is
+/// case-folded (`package_scope`), and it is in every spelling's key.
+fn push_path(key: &mut String, route: &Route) {
+    let path = route.path();
+    let owner_end = match route.owner {
+        Owner::AuthenticatedUser => 0,
+        // `/orgs/{login}` or `/users/{login}`: up to the slash after the login.
+        Owner::Org(_) | Owner::User(_) => path
+            .match_indices('/')
+            .nth(2)
+            .map_or(path.len(), |(at, _)| at),
+    };
+    key.push_str(&path[..owner_end].to_ascii_lowercase());
+    key.push_str(&path[owner_end..]);
 }
 
 /// The query with GitHub's defaults written out, in a fixed order.

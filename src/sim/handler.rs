@@ -27,8 +27,10 @@ use super::state::Shared;
 /// API versions GitHub serves; absent means the default, 2022-11-28.
 const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
 
-/// Headers GitHub sends on every response that do not depend on the request.
-const FIXED_HEADERS: [(&str, &str); 7] = [
+/// Headers GitHub sends on every response that do not depend on the request, plus one GitHub does
+/// not send (`x-ratelimit-evil`): a header outside the proxy's allow-list that looks like one on
+/// it, which must never reach a client, not even through a 304 revalidation.
+const FIXED_HEADERS: [(&str, &str); 8] = [
     ("x-github-media-type", "github.v3; format=json"),
     ("x-oauth-scopes", "read:packages, delete:packages, repo"),
     ("x-accepted-oauth-scopes", "read:packages"),
@@ -36,6 +38,7 @@ const FIXED_HEADERS: [(&str, &str); 7] = [
     ("cache-control", "private, max-age=60, s-maxage=60"),
     ("vary", "Accept, Authorization, Cookie, X-GitHub-OTP"),
     ("x-ratelimit-resource", "core"),
+    ("x-ratelimit-evil", "leaked"),
 ];
 
 /// Serves one request. `Err` only for an injected reset: hyper then drops the connection unanswered.

@@ -130,6 +130,22 @@ await check("wrong token refused with 401", async () => {
   );
 });
 
+// (6) Headers a client reads pass through: the API version GitHub answered with (Octokit users
+// check it before relying on a version's behaviour) and the caller's own scopes.
+await check("api version selected and caller scopes", async () => {
+  const response = await octokit.request("GET /orgs/{org}/packages/{package_type}/{package_name}", {
+    org: "acme",
+    package_type: "container",
+    package_name: "web",
+    headers: { "x-github-api-version": "2022-11-28" },
+  });
+  const selected = response.headers["x-github-api-version-selected"];
+  assert(selected === "2022-11-28", `expected x-github-api-version-selected 2022-11-28, got ${selected}`);
+  const scopes = response.headers["x-oauth-scopes"];
+  assert(scopes === "read:packages", `expected the caller's scopes (read:packages), got ${scopes}`);
+  return { selected, scopes };
+});
+
 const ok = results.every((r) => r.ok);
 console.log(JSON.stringify({ ok, octokit_core: Octokit.VERSION, node: process.version, results }, null, 2));
 process.exit(ok ? 0 : 1);
