@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+mod limits;
 mod validate;
 
 use validate::{invalid, validate_clients};
@@ -391,7 +392,7 @@ impl RawConfig {
         }
         let shared = self.shared.validate()?;
         let log = self.log.validate()?;
-        Ok(Config {
+        let config = Config {
             server,
             upstream,
             clients,
@@ -401,7 +402,9 @@ impl RawConfig {
             policy: Arc::new(policy),
             mutations,
             policy_file,
-        })
+        };
+        limits::check(&config)?;
+        Ok(config)
     }
 }
 
