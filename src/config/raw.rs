@@ -177,6 +177,8 @@ struct RawServer {
     drain_timeout: Duration,
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     header_read_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     #[serde(default, with = "humantime_serde")]
     shutdown_delay: Duration,
     #[serde(default = "default_max_uri_bytes")]
@@ -304,6 +306,9 @@ fn default_max_connections() -> usize {
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)

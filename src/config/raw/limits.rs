@@ -47,6 +47,7 @@ fn durations(config: &Config) -> Vec<(&'static str, Duration)> {
     let mut all = vec![
         ("server.drain_timeout", server.drain_timeout),
         ("server.header_read_timeout", server.header_read_timeout),
+        ("server.idle_timeout", server.idle_timeout),
         ("server.shutdown_delay", server.shutdown_delay),
         ("upstream.connect_timeout", upstream.connect_timeout),
         ("upstream.timeout", upstream.timeout),
