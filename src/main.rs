@@ -159,9 +159,25 @@ enum TokenCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    match run().await {
+fn main() -> std::process::ExitCode {
+    // First of all: until a handler is installed, SIGHUP (a reload) kills the process and systemd
+    // does not restart it. Building the multi-threaded runtime takes milliseconds on a busy host,
+    // so the handlers are installed from a bare single-threaded one first: tokio's handlers are
+    // process-wide and stay, and the streams work under any runtime with a signal driver.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map(|early| {
+            let _entered = early.enter();
+            Signals::install()
+        });
+    let result = signals.map_err(anyhow::Error::from).and_then(|signals| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(signals))
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // One readable line with its causes (`{:#}`), not a Debug dump with a backtrace.
@@ -171,13 +187,13 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<()> {
+async fn run(signals: Signals) -> Result<()> {
     let cli = Cli::parse();
     if let Command::Serve { config: path } = &cli.command {
         // The config's [log] table applies to serve; a bad config is reported on stderr.
         let config = Config::load(path)?;
         init_tracing(cli.log_json || config.log.json, &config.log.level);
-        return serve(path.clone(), config).await;
+        return serve(path.clone(), config, signals).await;
     }
     init_tracing(cli.log_json, "info");
     match cli.command {
@@ -191,7 +207,7 @@ async fn run() -> Result<()> {
             token,
             packages,
             versions,
-        } => simulate(listen, token, packages, versions).await,
+        } => simulate(listen, token, packages, versions, signals).await,
         Command::Policy {
             command:
                 PolicyCommand::Explain {
@@ -324,15 +340,22 @@ fn init_tracing(json: bool, level: &str) {
     }
 }
 
-async fn serve(path: PathBuf, config: Config) -> Result<()> {
+async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()> {
     let token = config.load_token().context("loading the org token")?;
-    let running = server::start(config, token).await?;
+    // SIGTERM while starting (a deploy rolled back at once) is a clean exit, not a kill.
+    let running = tokio::select! {
+        running = server::start(config, token) => running?,
+        () = signals.shutdown() => {
+            eprintln!("packages-proxy: stopped while starting");
+            return Ok(());
+        }
+    };
     let watcher = reload::spawn(
         running.state.clone(),
         path,
         std::time::Duration::from_secs(2),
     );
-    shutdown_signal().await;
+    signals.shutdown().await;
     watcher.abort();
     tracing::info!("shutting down: readiness fails, draining in-flight requests");
     running.shutdown().await;
@@ -367,6 +390,7 @@ async fn simulate(
     token: String,
     packages: Option<usize>,
     versions: usize,
+    mut signals: Signals,
 ) -> Result<()> {
     let dataset = match packages {
         Some(n) => Dataset::generated("acme", n, versions),
@@ -380,31 +404,62 @@ async fn simulate(
         .run_on(listener)
         .await?;
     println!("simulated GitHub Packages API on {}", handle.base_url());
-    shutdown_signal().await;
+    signals.shutdown().await;
     handle.shutdown().await;
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+/// The process' signal handlers, installed before anything else runs.
+struct Signals {
+    /// SIGTERM; `None` where it cannot be listened for (then Ctrl-C only).
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM; Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+// === impl Signals ===
+
+impl Signals {
+    /// Installs the SIGTERM and SIGHUP handlers. SIGHUP's stream is dropped at once: installing
+    /// is what matters (tokio's handler then stays), so a SIGHUP before the reload watcher runs
+    /// is ignored instead of killing the process; the watcher listens for later ones.
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            if let Err(error) = signal(SignalKind::hangup()) {
+                eprintln!("packages-proxy: cannot handle SIGHUP: {error}");
+            }
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|error| {
+                    eprintln!("packages-proxy: cannot handle SIGTERM (Ctrl-C only): {error}");
+                })
+                .ok();
+            Self { term }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on SIGTERM or Ctrl-C (including one that arrived before this was called).
+    async fn shutdown(&mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut self.term {
+                    Some(term) => {
+                        term.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
             };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+            tokio::select! {
+                () = term => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -18,16 +18,19 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
-    service::TowerToHyperService,
+    server::conn::auto,
 };
 use tokio::{
-    net::{TcpListener, TcpSocket},
-    sync::{Semaphore, oneshot},
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
+
+mod conn;
+
+use conn::{Drain, IdleLimits};
 
 use crate::{
     config::Config,
@@ -132,15 +135,18 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
     })
 }
 
-/// The admin listener: plain HTTP/1, only `/metrics`, `/healthz` and `/readyz`.
+/// The admin listener: plain HTTP/1, only `/metrics`, `/healthz` and `/readyz`. It has its own
+/// `server.max_connections` slots (so a flood on one listener cannot starve the other's probes)
+/// and the same accept back-off.
 async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
+    let server = &state.config.server;
+    let slots = Arc::new(Semaphore::new(server.max_connections));
+    let header_read_timeout = server.header_read_timeout;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
+        let (stream, permit) = accept(&listener, &slots).await;
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit; // released when the connection ends
             let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let response =
                     crate::proxy::operational(&state, request.method(), request.uri().path(), true)
@@ -149,7 +155,7 @@ async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(stream), svc);
             let _ = conn.await;
         });
@@ -176,6 +182,57 @@ async fn serve(
     stopped: oneshot::Receiver<()>,
 ) {
     let server = &state.config.server;
+    let builder = builder(server);
+    let limits = IdleLimits {
+        first: server.header_read_timeout,
+        between: server.idle_timeout,
+    };
+    let connections = Arc::new(Semaphore::new(server.max_connections));
+    let (start_drain, draining) = watch::channel(false);
+    let (alive, mut all_ended) = mpsc::channel::<()>(1);
+    let drain = Drain {
+        draining,
+        _alive: alive,
+    };
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let (stream, permit) = tokio::select! {
+            accepted = accept(&listener, &connections) => accepted,
+            _ = &mut stopped => break,
+        };
+        let conn = Conn {
+            builder: builder.clone(),
+            svc: svc.clone(),
+            limits,
+            drain: drain.clone(),
+            _permit: permit,
+        };
+        match &tls {
+            Some(acceptor) => {
+                let handshake = Handshake {
+                    acceptor: acceptor.clone(),
+                    timeout: server.header_read_timeout,
+                    conn,
+                };
+                tokio::spawn(handshake.serve(stream));
+            }
+            None => {
+                tokio::spawn(conn.serve_plain(stream));
+            }
+        }
+    }
+    drop(listener); // stop accepting, then drain with a deadline
+    drop(drain);
+    let _ = start_drain.send(true);
+    let drain = state.config.server.drain_timeout;
+    tokio::select! {
+        _ = all_ended.recv() => tracing::info!("drained"),
+        () = tokio::time::sleep(drain) => tracing::warn!("drain deadline hit"),
+    }
+}
+
+/// The HTTP/1 and HTTP/2 settings of the main listener.
+fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No timer: hyper silently skips its header timeout.
     builder
@@ -185,81 +242,67 @@ async fn serve(
         // Hyper answers 431 past these; our own checks give the configured limits exact statuses.
         .max_headers(server.max_headers.saturating_mul(2).max(16))
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
-    // Pings find dead HTTP/2 peers; a live one that opens no stream still holds its slot until
-    // it goes away (hyper has no idle timeout for HTTP/2 connections).
+    // Pings find dead HTTP/2 peers; live ones that open no stream are closed by `conn`.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(256);
-    let connections = Arc::new(Semaphore::new(server.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut stopped = std::pin::pin!(stopped);
+    builder
+}
+
+/// Waits for a free connection slot, then for a connection. Pending connections stay in the
+/// kernel's backlog meanwhile; an accept error (e.g. EMFILE) backs off instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (TcpStream, OwnedSemaphorePermit) {
     loop {
-        // At the connection cap, wait for a free slot; pending connections stay in the backlog.
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = &mut stopped => break,
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            // Never closed; if it were, accepting without a cap would be wrong: wait for stop.
+            return std::future::pending().await;
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut stopped => break,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(conn) => conn,
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, permit);
+            }
             Err(error) => {
-                // e.g. EMFILE: back off, don't spin.
                 tracing::warn!(%error, "accept failed");
+                drop(permit);
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        if let Some(acceptor) = &tls {
-            let handshake = Handshake {
-                acceptor: acceptor.clone(),
-                timeout: server.header_read_timeout,
-                builder: builder.clone(),
-                svc: svc.clone(),
-                watcher: graceful.watcher(),
-            };
-            tokio::spawn(async move {
-                let _permit = permit; // released when the connection ends
-                handshake.serve(stream).await;
-            });
-            continue;
         }
-        let (builder, svc, watcher) = (builder.clone(), svc.clone(), graceful.watcher());
-        let first_byte = server.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit; // released when the connection ends
-            // Hyper's header timer starts with the first byte: a connection that sends nothing
-            // would hold its slot forever, so it gets as long as a request head would.
-            let mut first = [0u8; 1];
-            if tokio::time::timeout(first_byte, stream.peek(&mut first))
-                .await
-                .is_err()
-            {
-                tracing::debug!("connection closed: nothing sent within the header timeout");
-                return;
-            }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-                .into_owned();
-            if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(error = %error, "connection ended with an error");
-            }
-        });
     }
-    drop(listener); // stop accepting, then drain with a deadline
-    let drain = state.config.server.drain_timeout;
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("drained"),
-        () = tokio::time::sleep(drain) => tracing::warn!("drain deadline hit"),
+}
+
+/// What a connection's task needs besides its stream.
+struct Conn {
+    builder: auto::Builder<TokioExecutor>,
+    svc: ProxyService,
+    limits: IdleLimits,
+    drain: Drain,
+    /// One of `server.max_connections`, released when the connection ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+// === impl Conn ===
+
+impl Conn {
+    async fn serve_plain(self, stream: TcpStream) {
+        // Hyper's header timer starts with the first byte: a connection that sends nothing
+        // would hold its slot forever, so it gets as long as a request head would.
+        let mut first = [0u8; 1];
+        if tokio::time::timeout(self.limits.first, stream.peek(&mut first))
+            .await
+            .is_err()
+        {
+            tracing::debug!("connection closed: nothing sent within the header timeout");
+            return;
+        }
+        let io = TokioIo::new(stream);
+        conn::serve(&self.builder, io, self.svc, self.limits, self.drain).await;
     }
 }
 
@@ -268,16 +311,14 @@ struct Handshake {
     acceptor: TlsAcceptor,
     /// `server.header_read_timeout`: the handshake gets as long as a request head would.
     timeout: Duration,
-    builder: auto::Builder<TokioExecutor>,
-    svc: ProxyService,
     /// Taken before the handshake, so a drain waits for (at most) the handshake timeout.
-    watcher: hyper_util::server::graceful::Watcher,
+    conn: Conn,
 }
 
 // === impl Handshake ===
 
 impl Handshake {
-    async fn serve(self, stream: tokio::net::TcpStream) {
+    async fn serve(self, stream: TcpStream) {
         let stream = match tokio::time::timeout(self.timeout, self.acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
@@ -291,19 +332,20 @@ impl Handshake {
             }
         };
         let peer = PeerCert::of(stream.get_ref().1);
+        let Conn {
+            builder,
+            svc,
+            limits,
+            drain,
+            _permit,
+        } = self.conn;
         // Every request on this connection carries the client certificate it presented.
-        let svc = self.svc.map_request(move |mut request: Request<Incoming>| {
+        let svc = ProxyService::new(svc.map_request(move |mut request: Request<Incoming>| {
             if let Some(peer) = peer {
                 request.extensions_mut().insert(peer);
             }
             request
-        });
-        let conn = self
-            .builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        if let Err(error) = self.watcher.watch(conn).await {
-            tracing::debug!(error = %error, "connection ended with an error");
-        }
+        }));
+        conn::serve(&builder, TokioIo::new(stream), svc, limits, drain).await;
     }
 }

@@ -130,3 +130,116 @@ fn mistakes_name_the_key() {
         );
     }
 }
+
+/// Values that passed `check-config` and then panicked in `serve` (or at the first request):
+/// tokio's semaphore limit, moka's and `Instant`'s limits on lifetimes, hyper's buffer sizes.
+const RUNTIME_LIMITS: [(&str, &str, &str); 9] = [
+    (
+        "server",
+        "max_connections = 2305843009213693952",
+        "server.max_connections",
+    ),
+    (
+        "server",
+        "max_in_flight = 2305843009213693952",
+        "server.max_in_flight",
+    ),
+    (
+        "server",
+        "max_uri_bytes = 18446744073709551615",
+        "server.max_uri_bytes",
+    ),
+    (
+        "server",
+        "header_read_timeout = \"18446744073709551615s\"",
+        "server.header_read_timeout",
+    ),
+    (
+        "cache",
+        "version_ttl = \"18446744073709551615s\"",
+        "cache.version_ttl",
+    ),
+    (
+        "cache",
+        "stale_if_error = \"2000years\"",
+        "cache.stale_if_error",
+    ),
+    (
+        "mutations",
+        "pace = \"18446744073709551615s\"",
+        "mutations.pace",
+    ),
+    (
+        "upstream",
+        "max_queue = 18446744073709551615",
+        "upstream.max_queue",
+    ),
+    (
+        "quotas",
+        "max_in_flight = 2305843009213693952",
+        "clients[0].max_in_flight",
+    ),
+];
+
+/// `MINIMAL` with one client and `line` in `[table]`.
+fn with_line(table: &str, line: &str) -> String {
+    let mut text = format!(
+        "{MINIMAL}\n[[clients]]\nname = \"team-a\"\ntoken_sha256 = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    if text.contains(&format!("[{table}]\n")) {
+        text = text.replace(&format!("[{table}]\n"), &format!("[{table}]\n{line}\n"));
+    } else {
+        text.push_str(&format!("\n[{table}]\n{line}\n"));
+    }
+    text
+}
+
+#[test]
+fn values_the_runtime_cannot_hold_are_refused_with_their_key() {
+    for (table, line, key) in RUNTIME_LIMITS {
+        let field = field_of(&with_line(table, line));
+        assert!(field.starts_with(key), "{line}: got field {field:?}");
+    }
+    // The bounds leave every sensible value alone.
+    for (table, line) in [
+        ("server", "max_connections = 100000"),
+        ("cache", "version_ttl = \"30days\""),
+        ("mutations", "pace = \"1h\""),
+    ] {
+        Config::parse(&with_line(table, line)).unwrap();
+    }
+}
+
+/// Through the binary: `check-config` and `serve` both refuse, name the key, and do not panic.
+#[test]
+fn check_config_and_serve_refuse_what_would_panic() {
+    let dir = std::env::temp_dir().join(format!("packages-proxy-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, (table, line, key)) in RUNTIME_LIMITS.into_iter().enumerate() {
+        let text =
+            with_line(table, line).replace("[server]\n", "[server]\nlisten = \"127.0.0.1:0\"\n");
+        let path = dir.join(format!("limits-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let runs = [
+            vec!["check-config".into(), path.clone().into_os_string()],
+            vec![
+                "serve".into(),
+                "--config".into(),
+                path.clone().into_os_string(),
+            ],
+        ];
+        for args in runs {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+                .args(&args)
+                .env("GITHUB_TOKEN", "ghp_fake_not_a_real_token")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {line}: {stderr}");
+            assert!(stderr.contains(key), "{args:?} {line}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{args:?} {line}: {stderr}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

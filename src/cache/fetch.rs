@@ -23,7 +23,13 @@ pub(super) async fn fetch_fleet(
     stale: Option<Arc<Entry>>,
     ticket: Ticket,
 ) -> Fetched {
-    let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) else {
+    // A replica whose generations diverged from the fleet's keeps off the L2 until the shared
+    // tier replayed them: its keys may name entries the fleet wrote for other contents.
+    let Some(shared) = state
+        .shared
+        .as_ref()
+        .filter(|s| s.is_up() && !state.cache.generations.is_diverged())
+    else {
         return fetch(state, spec, stale, &ticket).await;
     };
     let config = &state.cache.config;
@@ -35,12 +41,26 @@ pub(super) async fn fetch_fleet(
         return Fetched::Shared(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
-    let locked = shared.lock(&spec.key).await.unwrap_or(true);
-    if !locked && let Some(entry) = shared.wait_for(&spec.key).await {
-        ticket.refund(state).await;
-        return Fetched::Shared(Arc::new(entry));
-    }
-    let fetched = fetch(state, spec, stale, &ticket).await;
+    let lock = match shared.lock(&spec.key).await {
+        Ok(Some(token)) => Some(token),
+        Ok(None) => match shared.wait_for(&spec.key).await {
+            Some(entry) => {
+                ticket.refund(state).await;
+                return Fetched::Shared(Arc::new(entry));
+            }
+            None => None, // the leader failed: fetch ourselves, without the lock
+        },
+        Err(_) => None,
+    };
+    // The lock lives `shared.lock_ttl`; an upstream call may last `upstream.timeout` (and
+    // retries), so the holder renews it for as long as the fetch runs.
+    let fetched = match &lock {
+        Some(token) => tokio::select! {
+            fetched = fetch(state, spec, stale, &ticket) => fetched,
+            never = shared.keep_renewed(&spec.key, token) => match never {},
+        },
+        None => fetch(state, spec, stale, &ticket).await,
+    };
     if let Fetched::Answer(entry, _) = &fetched
         && cacheable(entry.status)
     {
@@ -48,8 +68,9 @@ pub(super) async fn fetch_fleet(
             .l2_put(&spec.key, entry, entry.ttl + swr.max(sie))
             .await;
     }
-    if locked {
-        shared.unlock(&spec.key).await;
+    if let Some(token) = &lock {
+        // Also on failure: waiters see the lock gone without an answer and stop waiting.
+        shared.unlock(&spec.key, token).await;
     }
     fetched
 }

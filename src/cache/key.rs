@@ -9,7 +9,11 @@
 //! Invalidation never scans: a delete or restore bumps the package's generation and its owner's
 //! list generation, so every old key simply stops being asked for (moka evicts them by size/TTL).
 
-use std::{collections::HashMap, fmt::Write, sync::RwLock};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Write,
+    sync::{Mutex, RwLock},
+};
 
 use crate::{
     route::{Operation, Owner, Route},
@@ -24,9 +28,11 @@ pub struct Generations {
     /// Redis loses it (a restart), counting starts again from zero under a new epoch, so the
     /// epoch in every key keeps old keys from coming back. 0 without a shared tier.
     map: RwLock<(u64, HashMap<String, u64>)>,
-    /// Set when this replica bumped on its own while a shared tier exists (Redis failed mid-way):
-    /// its numbers no longer match the fleet's, so the next resync replaces them outright.
-    diverged: std::sync::atomic::AtomicBool,
+    /// Scopes this replica bumped on its own while a shared tier exists (Redis failed mid-way):
+    /// its numbers no longer match the fleet's. The shared tier replays these bumps fleet-wide
+    /// and then replaces the local numbers outright (`shared::resync`); until then this replica
+    /// keeps off the L2. A std `Mutex`: touched only on that rare failure and on resyncs.
+    diverged: Mutex<BTreeSet<String>>,
 }
 
 // === impl Generations ===
@@ -83,8 +89,44 @@ impl Generations {
     /// `cache::invalidate`); the next resync with the shared tier replaces these numbers.
     pub fn bump_alone(&self, scopes: &[String]) {
         self.diverged
-            .store(true, std::sync::atomic::Ordering::Release);
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .extend(scopes.iter().cloned());
         self.bump_all(scopes);
+    }
+
+    /// The scopes bumped on this replica alone and not yet replayed fleet-wide.
+    pub fn diverged(&self) -> Vec<String> {
+        let diverged = self
+            .diverged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        diverged.iter().cloned().collect()
+    }
+
+    /// Whether this replica's numbers may differ from the fleet's.
+    pub fn is_diverged(&self) -> bool {
+        !self
+            .diverged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_empty()
+    }
+
+    /// After `replayed` were bumped fleet-wide: takes the fleet's table outright (this
+    /// replica's own numbers may be higher than the fleet's and would swallow later bumps).
+    pub fn adopt_outright(&self, epoch: u64, values: &HashMap<String, u64>, replayed: &[String]) {
+        *self
+            .map
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = (epoch, values.clone());
+        let mut diverged = self
+            .diverged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for scope in replayed {
+            diverged.remove(scope);
+        }
     }
 
     /// Bumps each scope by one (this replica only; see `cache::invalidate` for the fleet).

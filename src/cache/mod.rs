@@ -200,9 +200,16 @@ impl Cache {
         self.store.weighted_size()
     }
 
-    /// Drops every entry.
+    /// Drops every entry, at once: moka's `invalidate_all` only hides entries and removes them
+    /// lazily, so the entry count (and the memory) stayed up for seconds after a full purge.
+    /// Each entry is invalidated by key (moka then drops it in the pending maintenance), and
+    /// `invalidate_all` still covers entries inserted meanwhile.
     pub fn purge_all(&self) {
+        for (key, _) in &self.store {
+            self.store.invalidate(key.as_str());
+        }
         self.store.invalidate_all();
+        self.store.run_pending_tasks();
     }
 
     /// Freshness lifetime for an answer of this route and status.

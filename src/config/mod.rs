@@ -176,6 +176,9 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// A client must send its request head within this time (slow-loris guard).
     pub header_read_timeout: Duration,
+    /// A connection (HTTP/1 keep-alive or HTTP/2) with no request in flight this long is closed
+    /// gracefully, so idle clients cannot hold every `max_connections` slot.
+    pub idle_timeout: Duration,
     /// After SIGTERM, how long readiness fails while the listener still serves, so load balancers
     /// stop sending before it closes.
     pub shutdown_delay: Duration,

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 
+mod limits;
 mod validate;
 
 use validate::{invalid, validate_clients};
@@ -176,6 +177,8 @@ struct RawServer {
     drain_timeout: Duration,
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     header_read_timeout: Duration,
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    idle_timeout: Duration,
     #[serde(default, with = "humantime_serde")]
     shutdown_delay: Duration,
     #[serde(default = "default_max_uri_bytes")]
@@ -304,6 +307,9 @@ fn default_max_connections() -> usize {
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -391,7 +397,7 @@ impl RawConfig {
         }
         let shared = self.shared.validate()?;
         let log = self.log.validate()?;
-        Ok(Config {
+        let config = Config {
             server,
             upstream,
             clients,
@@ -401,7 +407,9 @@ impl RawConfig {
             policy: Arc::new(policy),
             mutations,
             policy_file,
-        })
+        };
+        limits::check(&config)?;
+        Ok(config)
     }
 }
 

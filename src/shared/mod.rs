@@ -2,8 +2,10 @@
 //!
 //! - **L2 cache**: answers every replica can read (`codec.rs`), written through on each fresh
 //!   upstream answer, with a TTL covering the stale-if-error window. moka stays the L1.
-//! - **Fleet-wide single flight**: a `SET NX PX` lock per key; the winner fetches and writes L2,
-//!   the others poll L2 until the answer lands or the lock expires (then fetch themselves).
+//! - **Fleet-wide single flight**: an owned lock per key (`lock.rs`): the winner fetches, renews
+//!   its lock while the upstream call lasts, writes L2 and releases only its own lock; the
+//!   others poll L2 until the answer lands, or until the lock is gone without one (the leader
+//!   failed or died), then fetch themselves.
 //! - **Invalidation**: generations live in a Redis hash; a delete or restore `HINCRBY`s them and
 //!   publishes the new values, and every replica raises its local copy. A replica whose
 //!   subscription broke may have missed messages: on every (re)subscribe it drops its whole L1
@@ -14,10 +16,17 @@
 //!
 //! Redis down: reads keep working on L1 and upstream (L2 is skipped), quotas fall back to
 //! per-replica buckets of `quota / replicas`, and mutations are refused with 503 rather than
-//! sent without the shared pace. The subscriber task reconnects on its own.
+//! sent without the shared pace. The subscriber task reconnects on its own; one command that
+//! timed out (a stall: `DEBUG SLEEP`, a paused process) marks only this replica down, and a
+//! probe (`probe.rs`) PINGs it every few hundred milliseconds until it answers, then marks it
+//! up. A replica that had to invalidate alone replays those bumps fleet-wide first.
 
 mod codec;
+mod lock;
+mod probe;
 mod scripts;
+
+pub use lock::LockToken;
 
 use std::{
     collections::HashMap,
@@ -35,9 +44,6 @@ use tokio::sync::mpsc;
 use crate::{
     budget::BackoffKind, cache::Entry, config::SharedConfig, quota::BucketSnapshot, state::AppState,
 };
-
-/// Poll interval of a replica waiting for another's fetch.
-const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// The Redis tier.
 pub struct Shared {
@@ -94,7 +100,7 @@ impl Shared {
     {
         match tokio::time::timeout(self.config.timeout, op).await {
             Ok(Ok(value)) => {
-                self.up.store(true, Ordering::Relaxed);
+                self.mark_up();
                 Ok(value)
             }
             Ok(Err(error)) => {
@@ -105,6 +111,12 @@ impl Shared {
                 self.mark_down("timed out");
                 Err(Down)
             }
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("shared tier (Redis) answers again");
         }
     }
 
@@ -137,49 +149,6 @@ impl Shared {
         let _ = self
             .run(async move { conn.pset_ex::<_, _, ()>(key, bytes, millis).await })
             .await;
-    }
-
-    /// Tries to become the one replica fetching `key`.
-    pub async fn lock(&self, key: &str) -> Result<bool, Down> {
-        let mut conn = self.conn()?;
-        let key = self.key("l", key);
-        let ttl = u64::try_from(self.config.lock_ttl.as_millis()).unwrap_or(5000);
-        let set: Option<String> = self
-            .run(async move {
-                redis::cmd("SET")
-                    .arg(key)
-                    .arg("1")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(set.is_some())
-    }
-
-    /// Releases a fetch lock.
-    pub async fn unlock(&self, key: &str) {
-        let Ok(mut conn) = self.conn() else { return };
-        let key = self.key("l", key);
-        let _ = self.run(async move { conn.del::<_, ()>(key).await }).await;
-    }
-
-    /// Waits (polling L2) for another replica's fetch of `key`, up to the lock TTL. Returns the
-    /// first entry that is fresh (any fresh answer will do: the winner's may have landed a
-    /// moment before this replica started waiting).
-    pub async fn wait_for(&self, key: &str) -> Option<Entry> {
-        let deadline = tokio::time::Instant::now() + self.config.lock_ttl;
-        while tokio::time::Instant::now() < deadline && self.is_up() {
-            if let Some(entry) = self.l2_get(key).await
-                && entry.age(tokio::time::Instant::now()) < entry.ttl
-            {
-                return Some(entry);
-            }
-            tokio::time::sleep(LOCK_POLL).await;
-        }
-        None
     }
 
     /// Bumps generation scopes fleet-wide; returns the new values.
@@ -344,6 +313,7 @@ impl Shared {
             state.upstream.budget.announce_to(tx);
         }
         tokio::spawn(announce_backoffs(self.clone(), rx));
+        tokio::spawn(probe::probe_forever(self.clone(), state.clone()));
         tokio::spawn(subscribe_forever(self.clone(), state));
     }
 }
@@ -424,7 +394,7 @@ async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRe
     let mut pubsub = shared.client.get_async_pubsub().await?;
     pubsub.subscribe(shared.key("ch", "events")).await?;
     resync(shared, state).await?;
-    shared.up.store(true, Ordering::Relaxed);
+    shared.mark_up();
     tracing::info!("shared tier (Redis) connected");
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
@@ -442,13 +412,28 @@ async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRe
     )))
 }
 
-/// Drops L1 (messages may have been missed) and loads generations and any back-off.
+/// Drops L1 (messages may have been missed) and loads generations and any back-off. Bumps this
+/// replica made alone (Redis failed mid-invalidation) are first replayed fleet-wide, then the
+/// fleet's table replaces this replica's outright: its own higher numbers would otherwise
+/// swallow the fleet's next bumps, and the other replicas never learned of its deletes.
 async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisResult<()> {
     let mut conn = shared
         .conn
         .get()
         .cloned()
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
+    let replayed = match state.upgrade() {
+        Some(state) => state.cache.generations.diverged(),
+        None => return Ok(()),
+    };
+    let generations_key = shared.key("g", "generations");
+    let channel = shared.key("ch", "events");
+    for scope in &replayed {
+        let value: u64 = conn.hincr(&generations_key, scope, 1).await?;
+        let _: () = conn
+            .publish(&channel, format!("gen {value} {scope}"))
+            .await?;
+    }
     // The table's epoch: set once by whichever replica comes first after Redis (re)starts empty.
     let mut fresh = [0u8; 8];
     let _ = getrandom::fill(&mut fresh);
@@ -457,12 +442,23 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
         .set_nx(&epoch_key, u64::from_le_bytes(fresh) >> 1)
         .await?;
     let epoch: u64 = conn.get(&epoch_key).await?;
-    let generations: HashMap<String, u64> = conn.hgetall(shared.key("g", "generations")).await?;
+    let generations: HashMap<String, u64> = conn.hgetall(&generations_key).await?;
     let backoff: Option<String> = conn.get(shared.key("b", "backoff-until")).await?;
     let Some(state) = state.upgrade() else {
         return Ok(());
     };
-    state.cache.generations.adopt(epoch, &generations);
+    if replayed.is_empty() {
+        state.cache.generations.adopt(epoch, &generations);
+    } else {
+        state
+            .cache
+            .generations
+            .adopt_outright(epoch, &generations, &replayed);
+        tracing::info!(
+            scopes = replayed.len(),
+            "invalidations made alone replayed fleet-wide"
+        );
+    }
     state.cache.purge_all();
     if let Some(backoff) = backoff {
         apply_backoff(&state, &backoff);

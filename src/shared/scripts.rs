@@ -53,11 +53,25 @@ if taken == 0 then retry = math.ceil((1 - tokens) / rate) end
 return {taken, math.floor(tokens), full_at, retry}
 ";
 
+/// Deletes KEYS[1] only while it holds ARGV[1] (the holder's token). Returns 1 if deleted.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Extends KEYS[1] to ARGV[2] ms only while it holds ARGV[1]. Returns 1 if extended.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
 /// The loaded scripts (hashed once; `EVALSHA` with a fallback to `EVAL`).
 pub(super) struct Scripts {
     pub(super) pace: Script,
     pub(super) send: Script,
     pub(super) bucket: Script,
+    pub(super) unlock: Script,
+    pub(super) renew: Script,
 }
 
 impl Scripts {
@@ -66,6 +80,8 @@ impl Scripts {
             pace: Script::new(PACE),
             send: Script::new(SEND),
             bucket: Script::new(BUCKET),
+            unlock: Script::new(UNLOCK),
+            renew: Script::new(RENEW),
         }
     }
 }

@@ -55,6 +55,9 @@ impl Redis {
                 "",
                 "--appendonly",
                 "no",
+                // tests/shared_faults.rs stalls it with DEBUG SLEEP (loopback only).
+                "--enable-debug-command",
+                "local",
             ])
             .arg("--dir")
             .arg(&self.dir)

@@ -116,6 +116,7 @@ impl RawServer {
         positive(self.max_in_flight, "server.max_in_flight")?;
         positive(self.max_connections, "server.max_connections")?;
         nonzero(self.header_read_timeout, "server.header_read_timeout")?;
+        nonzero(self.idle_timeout, "server.idle_timeout")?;
         Ok(ServerConfig {
             listen: self.listen,
             public_url,
@@ -123,6 +124,7 @@ impl RawServer {
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
             shutdown_delay: self.shutdown_delay,
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,

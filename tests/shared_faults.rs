@@ -1,0 +1,308 @@
+//! The shared tier's soft failures, with a real `redis-server`: a stall (`DEBUG SLEEP`) heals by
+//! itself, the fetch lock is owned and renewed, waiters learn that the leader failed, and a
+//! replica that had to invalidate alone resyncs so no replica serves a deleted version.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use packages_proxy::sim::{Fault, FaultKind};
+use support::*;
+
+const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
+
+async fn fleet(sim: &Sim, redis: &Redis, n: usize, extra: &str, upstream: &str) -> Vec<TestProxy> {
+    let mut proxies = Vec::new();
+    for _ in 0..n {
+        let opts = ProxyOptions {
+            extra: format!(
+                "[shared]\nredis_url = \"{}\"\nreplicas = {n}\n{extra}",
+                redis.url()
+            ),
+            extra_upstream: "",
+            upstream_timeout: Box::leak(upstream.to_owned().into_boxed_str()),
+            ..ProxyOptions::default()
+        };
+        proxies.push(spawn_proxy(sim, opts).await);
+    }
+    for proxy in &proxies {
+        wait_up(proxy, true, Duration::from_secs(5)).await;
+    }
+    proxies
+}
+
+/// Polls until the replica's tier is `up`; returns how long that took.
+async fn wait_up(proxy: &TestProxy, up: bool, limit: Duration) -> Duration {
+    let shared = proxy.running.state.shared.as_ref().unwrap();
+    let start = Instant::now();
+    while shared.is_up() != up {
+        assert!(
+            start.elapsed() < limit,
+            "the shared tier did not become {} within {limit:?}",
+            if up { "up" } else { "down" }
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// Blocks Redis for `secs` (`DEBUG SLEEP`), from a task that ends once Redis answers again.
+async fn stall(redis: &Redis, secs: f64) -> tokio::task::JoinHandle<()> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    tokio::spawn(async move {
+        let sleep = redis::cmd("DEBUG").arg("SLEEP").arg(secs).to_owned();
+        // The client's own response timeout may end this call before the sleep does.
+        let _ = sleep.query_async::<()>(&mut conn).await;
+        let start = Instant::now();
+        loop {
+            let ping = redis::cmd("PING").query_async::<String>(&mut conn).await;
+            if ping.is_ok() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "Redis never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+fn gets(sim: &Sim) -> usize {
+    sim.arrivals(&Method::GET).len()
+}
+
+async fn metrics(proxy: &TestProxy) -> String {
+    let reply = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
+    String::from_utf8(reply.body.to_vec()).unwrap()
+}
+
+async fn delete(proxy: &TestProxy, id: u64) -> StatusCode {
+    let path = format!("/orgs/acme/packages/container/web/versions/{id}");
+    send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[])
+        .await
+        .status
+}
+
+async fn version(proxy: &TestProxy, id: u64) -> StatusCode {
+    let path = format!("/orgs/acme/packages/container/web/versions/{id}");
+    get(&proxy.url(&path), proxy.token()).await.status
+}
+
+// Regression: one command slower than `shared.timeout` marked the tier down and nothing probed
+// it again: the replica refused every delete for minutes while Redis answered PING.
+#[tokio::test]
+async fn a_stalled_redis_is_marked_up_again_and_deletes_go_through_on_every_replica() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 3, &allow_everything("0s"), "5s").await;
+    let ids = get(&fleet[0].url(WEB), fleet[0].token()).await.ids();
+    let stalled = stall(&redis, 2.0).await;
+    // Each replica asks Redis (an L2 read for a cold key) while it sleeps: timed out, down.
+    let cold: Vec<_> = fleet
+        .iter()
+        .enumerate()
+        .map(|(i, proxy)| {
+            let url = proxy.url(&format!(
+                "/orgs/acme/packages/container/web/versions?per_page={}",
+                40 + i
+            ));
+            let token = proxy.token().to_owned();
+            tokio::spawn(async move { get(&url, &token).await.status })
+        })
+        .collect();
+    for proxy in &fleet {
+        wait_up(proxy, false, Duration::from_secs(2)).await;
+        assert!(
+            metrics(proxy)
+                .await
+                .contains("packages_proxy_shared_tier_up 0")
+        );
+    }
+    for status in cold {
+        assert_eq!(
+            status.await.unwrap(),
+            StatusCode::OK,
+            "reads work while Redis stalls"
+        );
+    }
+    stalled.await.unwrap();
+    for proxy in &fleet {
+        let took = wait_up(proxy, true, Duration::from_secs(3)).await;
+        assert!(took < Duration::from_secs(3), "marked up after {took:?}");
+        assert!(
+            metrics(proxy)
+                .await
+                .contains("packages_proxy_shared_tier_up 1")
+        );
+    }
+    for (proxy, id) in fleet.iter().zip(&ids[..3]) {
+        assert_eq!(delete(proxy, *id).await, StatusCode::NO_CONTENT);
+    }
+}
+
+// Regression: `SET NX PX` then a plain `DEL`: a holder whose lock expired deleted the next one's.
+#[tokio::test]
+async fn a_slow_leader_cannot_release_another_replicas_lock() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 3, "lock_ttl = \"300ms\"\n", "5s").await;
+    let shared: Vec<_> = fleet
+        .iter()
+        .map(|p| p.running.state.shared.clone().unwrap())
+        .collect();
+    let slow = shared[0].lock("k").await.unwrap().expect("first lock");
+    let start = Instant::now();
+    let next = loop {
+        if let Some(token) = shared[1].lock("k").await.unwrap() {
+            break token;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "lock never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The slow leader finishes now and releases "its" lock: the new holder's stays.
+    shared[0].unlock("k", &slow).await;
+    assert!(!shared[0].renew("k", &slow).await, "renewed a lock it lost");
+    assert!(
+        shared[2].lock("k").await.unwrap().is_none(),
+        "lock was stolen"
+    );
+    assert!(shared[1].renew("k", &next).await);
+    shared[1].unlock("k", &next).await;
+    assert!(
+        shared[2].lock("k").await.unwrap().is_some(),
+        "own release failed"
+    );
+}
+
+// Regression: the lock lived 5 s while an upstream call may take 30: a slow fetch lost its lock
+// and the fleet fetched the same key twice.
+#[tokio::test]
+async fn a_leader_slower_than_the_lock_ttl_keeps_its_lock() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 2, "lock_ttl = \"300ms\"\n", "5s").await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(1500)),
+        1,
+    ));
+    let leader = {
+        let (url, token) = (fleet[0].url(WEB), fleet[0].token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    let start = Instant::now();
+    while gets(&sim) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let follower = get(&fleet[1].url(WEB), fleet[1].token()).await;
+    assert_eq!(follower.status, StatusCode::OK);
+    assert_eq!(leader.await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        gets(&sim),
+        1,
+        "the follower fetched too: the leader's lock expired"
+    );
+}
+
+// Regression: when GitHub failed, every waiting replica polled L2 for the lock's whole life.
+#[tokio::test]
+async fn waiters_learn_that_the_leader_failed() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 3, "lock_ttl = \"20s\"\n", "1s").await;
+    // The leader's call outlives upstream.timeout (1 s) and fails.
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(3)), 1));
+    let leader = {
+        let (url, token) = (fleet[0].url(WEB), fleet[0].token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    let start = Instant::now();
+    while gets(&sim) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiters: Vec<_> = fleet[1..]
+        .iter()
+        .map(|proxy| {
+            let (url, token) = (proxy.url(WEB), proxy.token().to_owned());
+            tokio::spawn(async move { get(&url, &token).await.status })
+        })
+        .collect();
+    assert!(leader.await.unwrap().is_server_error());
+    for waiter in waiters {
+        assert_eq!(waiter.await.unwrap(), StatusCode::OK);
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(6),
+        "waiters stalled {took:?} (lock 20 s)"
+    );
+}
+
+// Regression: after a replica invalidated alone (Redis failed mid-delete), its `diverged` flag
+// was never read: the other replicas kept the deleted version, and its own higher generation
+// swallowed the fleet's next bump, so it kept serving a version another replica deleted.
+#[tokio::test]
+async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 2, &allow_everything("0s"), "5s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let ids = get(&a.url(WEB), a.token()).await.ids();
+    let (first, second) = (ids[1], ids[2]);
+    for proxy in [a, b] {
+        assert_eq!(version(proxy, first).await, StatusCode::OK);
+        assert_eq!(version(proxy, second).await, StatusCode::OK);
+    }
+    // A's delete reaches GitHub after 1 s; Redis stalls from just after it is sent until 2 s,
+    // so A's fleet-wide invalidation times out and A invalidates alone.
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(1)), 1));
+    let deleting = {
+        let (url, token) = (
+            a.url(&format!(
+                "/orgs/acme/packages/container/web/versions/{first}"
+            )),
+            a.token().to_owned(),
+        );
+        tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+    };
+    let start = Instant::now();
+    while sim.arrivals(&Method::DELETE).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stalled = stall(&redis, 2.0).await;
+    assert_eq!(deleting.await.unwrap(), StatusCode::NO_CONTENT);
+    assert!(
+        a.running.state.cache.generations.is_diverged(),
+        "the stall did not hit A's invalidation: the test would prove nothing"
+    );
+    assert_eq!(version(a, first).await, StatusCode::NOT_FOUND);
+    stalled.await.unwrap();
+    // Redis is back: A replays its invalidation, so B drops the deleted version too.
+    let start = Instant::now();
+    while version(b, first).await != StatusCode::NOT_FOUND {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the other replica still serves the version deleted while Redis stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_up(a, true, Duration::from_secs(5)).await;
+    assert_eq!(version(a, second).await, StatusCode::OK); // cached on A again
+    assert_eq!(delete(b, second).await, StatusCode::NO_CONTENT);
+    for proxy in [a, b] {
+        assert_eq!(version(proxy, first).await, StatusCode::NOT_FOUND);
+        assert_eq!(version(proxy, second).await, StatusCode::NOT_FOUND);
+    }
+}
