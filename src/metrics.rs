@@ -27,6 +27,8 @@ pub const UPSTREAM_REQUESTS: &str = "packages_proxy_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "packages_proxy_upstream_duration_seconds";
 /// Destructive calls by outcome (completed, failed, denied, refused, dry_run).
 pub const DESTRUCTIVE: &str = "packages_proxy_destructive_decisions_total";
+/// Access log lines dropped because the writer's buffer was full (stdout blocked or too slow).
+pub const ACCESS_LOG_DROPPED: &str = "packages_proxy_access_log_dropped_total";
 
 /// Latency buckets, 0.5 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -193,6 +195,7 @@ pub fn render(state: &AppState) -> String {
         .absolute(stats.coalesced.load(Ordering::Relaxed));
     counter!("packages_proxy_cache_evictions_total")
         .absolute(stats.evicted.load(Ordering::Relaxed));
+    counter!(ACCESS_LOG_DROPPED).absolute(crate::access_log::dropped());
     counter!("packages_proxy_audit_write_failures_total")
         .absolute(state.audit_failures.load(Ordering::Relaxed));
     counter!("packages_proxy_config_reloads_total", "result" => "ok")
