@@ -230,6 +230,11 @@ impl Outcome {
         self.requests as f64 / self.secs
     }
 
+    /// Microseconds of server core per request: the server's cost whichever side saturated.
+    fn server_us(&self) -> f64 {
+        self.server_cpu * 1e6 / self.rps().max(1.0)
+    }
+
     fn quantile_ms(&self, q: f64) -> f64 {
         self.latency.value_at_quantile(q) as f64 / 1e6
     }
@@ -237,13 +242,14 @@ impl Outcome {
     fn print(&self, name: &str, conns: usize) {
         println!(
             "{name:<14} conns={conns:<4} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  \
-             cpu: server {:>4.0}% load {:>4.0}%  errors {} non-200 {}",
+             cpu: server {:>4.0}% load {:>4.0}%  server {:>5.1} us/req  errors {} non-200 {}",
             self.rps(),
             self.quantile_ms(0.50),
             self.quantile_ms(0.99),
             self.quantile_ms(0.999),
             self.server_cpu * 100.0,
             self.load_cpu * 100.0,
+            self.server_us(),
             self.errors,
             self.bad_status,
         );
@@ -252,6 +258,12 @@ impl Outcome {
                 "   (!) {} answers were not 200 (a quota? see proxy_config): this point measures \
                  errors, not hits",
                 self.bad_status
+            );
+        }
+        if self.load_cpu >= 0.95 && self.server_cpu < 0.9 {
+            println!(
+                "   (!) the load generator saturated its core before the server did: req/s is the \
+                 generator's; compare server us/req (or run ../shared/bench/proxy.sh, which uses wrk)"
             );
         }
         if self.server_cpu < 0.9 && self.load_cpu < 0.9 {
@@ -785,8 +797,9 @@ fn main() {
     println!();
     for (conns, p, b, n) in &ratios {
         print!(
-            "conns={conns:<4} proxy/bare: throughput {:.2}, p50 {:.2}x, p99 {:.2}x",
+            "conns={conns:<4} proxy/bare: throughput {:.2}, server cost {:.2}x, p50 {:.2}x, p99 {:.2}x",
             p.rps() / b.rps(),
+            p.server_us() / b.server_us(),
             p.quantile_ms(0.5) / b.quantile_ms(0.5),
             p.quantile_ms(0.99) / b.quantile_ms(0.99),
         );

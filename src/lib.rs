@@ -4,7 +4,8 @@
 //!
 //! - [`server`]: accept loop, connection cap, readiness, drain.
 //! - [`service`]: the one tower stack (sensitive headers, load shed, concurrency limit).
-//! - [`proxy`]: the request walk and its log line.
+//! - [`proxy`]: the request walk and its log line, written by [`access_log`] (batched, off the
+//!   request path).
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
 //! - [`auth`]: client credentials (token or certificate) -> client, with its [`quota`]s.
 //! - [`admission`]: the one gate every request to GitHub passes: back-off, reserve, and who
@@ -30,6 +31,7 @@
 //! benchmarks and the demo).
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admission;
 pub mod audit;
 pub mod auth;

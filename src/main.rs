@@ -2,12 +2,12 @@
 //! the demo. Thin on purpose: everything it runs lives in the library.
 #![forbid(unsafe_code)]
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use packages_proxy::{
-    audit,
+    access_log, audit,
     config::Config,
     demo,
     policy::Decision,
@@ -192,10 +192,10 @@ async fn run(signals: Signals) -> Result<()> {
     if let Command::Serve { config: path } = &cli.command {
         // The config's [log] table applies to serve; a bad config is reported on stderr.
         let config = Config::load(path)?;
-        init_tracing(cli.log_json || config.log.json, &config.log.level);
+        init_tracing(cli.log_json || config.log.json, &config.log.level, true)?;
         return serve(path.clone(), config, signals).await;
     }
-    init_tracing(cli.log_json, "info");
+    init_tracing(cli.log_json, "info", false)?;
     match cli.command {
         Command::Serve { .. } => Ok(()),
         Command::CheckConfig { file } => check_config(file),
@@ -329,15 +329,29 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
     }
 }
 
-/// `RUST_LOG` wins over the config's level.
-fn init_tracing(json: bool, level: &str) {
+/// `RUST_LOG` wins over the config's level. `serve` also starts the access log writer (one line
+/// per request, batched off the request path, same format); other commands log through `tracing`.
+fn init_tracing(json: bool, level: &str, access_log: bool) -> Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or collector gets plain text, like the access lines.
+    let ansi = std::io::stdout().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    if access_log {
+        let format = if json {
+            access_log::Format::Json
+        } else {
+            access_log::Format::Text
+        };
+        access_log::install(format, Box::new(std::io::stdout()))?;
+    }
+    Ok(())
 }
 
 async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()> {
@@ -359,6 +373,8 @@ async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()
     watcher.abort();
     tracing::info!("shutting down: readiness fails, draining in-flight requests");
     running.shutdown().await;
+    // Drained: no request is left to log. A blocked stdout gets a few seconds, not forever.
+    access_log::close(std::time::Duration::from_secs(5));
     Ok(())
 }
 

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body as _, Incoming};
 
 use crate::{
+    access_log::AccessRecord,
     admission::{self, Payer, Ticket, Work},
     auth::Identity,
     body::{self, Body},
@@ -80,18 +81,17 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
         log.client.as_deref().unwrap_or("-"),
         elapsed,
     );
-    tracing::info!(
-        request_id = request_id.to_str().unwrap_or_default(),
-        client_request_id = client_request_id.as_deref(),
-        method = %method,
-        client = log.client.as_deref().unwrap_or("-"),
-        route = log.route.unwrap_or("-"),
-        status = response.status().as_u16(),
-        upstream_status = log.upstream_status,
-        cache = log.cache.unwrap_or("none"),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        "request"
-    );
+    crate::access_log::record(&AccessRecord {
+        request_id: request_id.to_str().unwrap_or_default(),
+        client_request_id: client_request_id.as_deref(),
+        method: &method,
+        client: log.client.as_deref(),
+        route: log.route,
+        status: response.status().as_u16(),
+        upstream_status: log.upstream_status,
+        cache: log.cache,
+        duration: elapsed,
+    });
     response
 }
 

@@ -10,6 +10,7 @@
 //! list generation, so every old key simply stops being asked for (moka evicts them by size/TTL).
 
 use std::{
+    cell::RefCell,
     collections::{BTreeSet, HashMap},
     fmt::Write,
     sync::{Mutex, RwLock},
@@ -38,16 +39,49 @@ pub struct Generations {
 // === impl Generations ===
 
 impl Generations {
-    fn get(&self, scope: &str) -> u64 {
-        let map = self.map.read().unwrap_or_else(|poison| poison.into_inner());
-        map.1.get(scope).copied().unwrap_or(0)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (u64, HashMap<String, u64>)> {
+        self.map.read().unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn epoch(&self) -> u64 {
-        self.map
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .0
+    /// The epoch and the three generations a key of `route` carries (global, owner, package or
+    /// lists), under one read lock. Nothing was ever bumped on most replicas most of the time:
+    /// then no scope name is built at all; else they are built in one per-thread buffer.
+    fn of_route(&self, route: &Route) -> [u64; 4] {
+        let map = self.read();
+        let (epoch, table) = (&map.0, &map.1);
+        if table.is_empty() {
+            return [*epoch, 0, 0, 0];
+        }
+        SCOPE.with(|scope| {
+            let mut scope = scope.borrow_mut();
+            let mut get = |build: &dyn Fn(&mut String)| {
+                scope.clear();
+                build(&mut scope);
+                table.get(scope.as_str()).copied().unwrap_or(0)
+            };
+            let global = get(&|s| s.push_str(GLOBAL));
+            let all = get(&|s| {
+                s.push_str("all:");
+                push_namespace(s, &route.owner);
+            });
+            let scoped = get(&|s| match &route.package {
+                Some(package) => {
+                    s.push_str("pkg:");
+                    push_namespace(s, &route.owner);
+                    s.push('/');
+                    s.push_str(package.package_type.as_str());
+                    s.push('/');
+                    let start = s.len();
+                    s.push_str(&package.name);
+                    s[start..].make_ascii_lowercase();
+                }
+                None => {
+                    s.push_str("lists:");
+                    push_namespace(s, &route.owner);
+                }
+            });
+            [*epoch, global, all, scoped]
+        })
     }
 
     /// Adopts the shared tier's table: a new epoch replaces every value (the old ones belong to
@@ -181,6 +215,11 @@ impl Generations {
 /// The scope in every key.
 const GLOBAL: &str = "global";
 
+thread_local! {
+    /// Scope names looked up while building a key, built here instead of in a new `String`.
+    static SCOPE: RefCell<String> = RefCell::new(String::with_capacity(128));
+}
+
 /// Package names compare case-insensitively (as GitHub resolves them), so `Web` and `web`
 /// share their invalidation scope.
 fn package_scope(ns: &str, package_type: &str, name: &str) -> String {
@@ -190,9 +229,20 @@ fn package_scope(ns: &str, package_type: &str, name: &str) -> String {
 /// The user namespace is shared: `/user/...` and `/users/{login}/...` may name the same packages,
 /// and the token's login is not known, so every user-owned package lives in one namespace.
 fn namespace(owner: &Owner) -> String {
+    let mut ns = String::with_capacity(48);
+    push_namespace(&mut ns, owner);
+    ns
+}
+
+fn push_namespace(out: &mut String, owner: &Owner) {
     match owner {
-        Owner::Org(login) => format!("org/{}", login.to_ascii_lowercase()),
-        Owner::User(_) | Owner::AuthenticatedUser => "users".to_owned(),
+        Owner::Org(login) => {
+            out.push_str("org/");
+            let start = out.len();
+            out.push_str(login);
+            out[start..].make_ascii_lowercase();
+        }
+        Owner::User(_) | Owner::AuthenticatedUser => out.push_str("users"),
     }
 }
 
@@ -219,18 +269,7 @@ pub fn key(
     key.push('|');
     push_path(&mut key, route);
     push_normalised_query(&mut key, route);
-    let ns = namespace(&route.owner);
-    let epoch = generations.epoch();
-    let global = generations.get(GLOBAL);
-    let all = generations.get(&format!("all:{ns}"));
-    let scoped = match &route.package {
-        Some(package) => generations.get(&package_scope(
-            &ns,
-            package.package_type.as_str(),
-            &package.name,
-        )),
-        None => generations.get(&format!("lists:{ns}")),
-    };
+    let [epoch, global, all, scoped] = generations.of_route(route);
     let _ = write!(key, "|g{epoch}.{global}.{all}.{scoped}");
     key
 }
@@ -241,17 +280,16 @@ pub fn key(
 /// for another. Invalidation still covers every spelling: the package's generation scope is
 /// case-folded (`package_scope`), and it is in every spelling's key.
 fn push_path(key: &mut String, route: &Route) {
-    let path = route.path();
-    let owner_end = match route.owner {
-        Owner::AuthenticatedUser => 0,
-        // `/orgs/{login}` or `/users/{login}`: up to the slash after the login.
-        Owner::Org(_) | Owner::User(_) => path
-            .match_indices('/')
-            .nth(2)
-            .map_or(path.len(), |(at, _)| at),
-    };
-    key.push_str(&path[..owner_end].to_ascii_lowercase());
-    key.push_str(&path[owner_end..]);
+    let start = key.len();
+    route.push_path(key);
+    // `/orgs/{login}` or `/users/{login}`: logins are case-insensitive, package names are not.
+    let owner_end = start
+        + match &route.owner {
+            Owner::AuthenticatedUser => 0,
+            Owner::Org(login) => "/orgs/".len() + login.len(),
+            Owner::User(login) => "/users/".len() + login.len(),
+        };
+    key[start..owner_end].make_ascii_lowercase();
 }
 
 /// The query with GitHub's defaults written out, in a fixed order.

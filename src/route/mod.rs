@@ -308,19 +308,24 @@ impl Route {
     /// The canonical path (percent-encoded, `/` in names as `%2F`) for this route.
     pub fn path(&self) -> String {
         let mut path = String::with_capacity(96);
+        self.push_path(&mut path);
+        path
+    }
+
+    /// Appends [`Route::path`] to `out` (the cache key builds into one buffer).
+    pub fn push_path(&self, out: &mut String) {
         match &self.owner {
             Owner::Org(org) => {
-                path.push_str("/orgs/");
-                path.push_str(org);
+                out.push_str("/orgs/");
+                out.push_str(org);
             }
             Owner::User(user) => {
-                path.push_str("/users/");
-                path.push_str(user);
+                out.push_str("/users/");
+                out.push_str(user);
             }
-            Owner::AuthenticatedUser => path.push_str("/user"),
+            Owner::AuthenticatedUser => out.push_str("/user"),
         }
-        self.push_tail(&mut path);
-        path
+        self.push_tail(out);
     }
 
     fn push_tail(&self, path: &mut String) {

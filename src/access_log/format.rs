@@ -1,0 +1,274 @@
+//! The two line layouts, written straight into a byte buffer: no `fmt::Write`, no `dyn`, no
+//! allocation once the buffer is warm. They follow `tracing-subscriber`'s text and JSON layouts,
+//! so access lines read like the other log lines.
+
+use std::{
+    cell::Cell,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use super::{AccessRecord, TARGET};
+
+thread_local! {
+    /// The last whole second formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS` text:
+    /// the date arithmetic runs once a second, not once a line.
+    static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `2026-11-30T03:47:00.123456Z  INFO packages_proxy::proxy: request request_id="..." ...`:
+/// strings quoted as `tracing` prints them (`Debug`), the method bare (`Display`).
+pub(super) fn text(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
+    timestamp(out);
+    out.extend_from_slice(b"  INFO ");
+    out.extend_from_slice(TARGET.as_bytes());
+    out.extend_from_slice(b": request request_id=");
+    quoted(out, r.request_id, Escape::Debug);
+    if let Some(id) = r.client_request_id {
+        out.extend_from_slice(b" client_request_id=");
+        quoted(out, id, Escape::Debug);
+    }
+    out.extend_from_slice(b" method=");
+    out.extend_from_slice(r.method.as_str().as_bytes());
+    out.extend_from_slice(b" client=");
+    quoted(out, r.client.unwrap_or("-"), Escape::Debug);
+    out.extend_from_slice(b" route=");
+    quoted(out, r.route.unwrap_or("-"), Escape::Debug);
+    out.extend_from_slice(b" status=");
+    number(out, u64::from(r.status));
+    if let Some(upstream) = r.upstream_status {
+        out.extend_from_slice(b" upstream_status=");
+        number(out, u64::from(upstream));
+    }
+    out.extend_from_slice(b" cache=");
+    quoted(out, r.cache.unwrap_or("none"), Escape::Debug);
+    out.extend_from_slice(b" duration_ms=");
+    millis(out, r.duration.as_micros());
+    out.push(b'\n');
+}
+
+/// `{"timestamp":"...","level":"INFO","message":"request","request_id":"...",...,"target":"..."}`
+pub(super) fn json(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    timestamp(out);
+    out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
+    quoted(out, r.request_id, Escape::Json);
+    if let Some(id) = r.client_request_id {
+        out.extend_from_slice(b",\"client_request_id\":");
+        quoted(out, id, Escape::Json);
+    }
+    out.extend_from_slice(b",\"method\":");
+    quoted(out, r.method.as_str(), Escape::Json);
+    out.extend_from_slice(b",\"client\":");
+    quoted(out, r.client.unwrap_or("-"), Escape::Json);
+    out.extend_from_slice(b",\"route\":");
+    quoted(out, r.route.unwrap_or("-"), Escape::Json);
+    out.extend_from_slice(b",\"status\":");
+    number(out, u64::from(r.status));
+    if let Some(upstream) = r.upstream_status {
+        out.extend_from_slice(b",\"upstream_status\":");
+        number(out, u64::from(upstream));
+    }
+    out.extend_from_slice(b",\"cache\":");
+    quoted(out, r.cache.unwrap_or("none"), Escape::Json);
+    out.extend_from_slice(b",\"duration_ms\":");
+    millis(out, r.duration.as_micros());
+    out.extend_from_slice(b",\"target\":\"");
+    out.extend_from_slice(TARGET.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+}
+
+/// How a string is quoted.
+#[derive(Clone, Copy)]
+enum Escape {
+    /// Rust's `Debug` for `str` (what `tracing`'s text layout prints).
+    Debug,
+    /// A JSON string.
+    Json,
+}
+
+/// `"value"`, escaped. Request ids, routes and cache outcomes are plain ASCII, so the common case
+/// is one scan and one copy; client names come from the config and may need escaping.
+fn quoted(out: &mut Vec<u8>, value: &str, escape: Escape) {
+    out.push(b'"');
+    if value
+        .bytes()
+        .all(|b| b >= 0x20 && b != b'"' && b != b'\\' && b != 0x7f)
+    {
+        out.extend_from_slice(value.as_bytes());
+    } else {
+        escaped(out, value, escape);
+    }
+    out.push(b'"');
+}
+
+#[cold]
+fn escaped(out: &mut Vec<u8>, value: &str, escape: Escape) {
+    let mut text = String::new();
+    match escape {
+        Escape::Debug => {
+            for c in value.chars() {
+                text.extend(c.escape_debug());
+            }
+        }
+        Escape::Json => {
+            for c in value.chars() {
+                match c {
+                    '"' => text.push_str("\\\""),
+                    '\\' => text.push_str("\\\\"),
+                    '\n' => text.push_str("\\n"),
+                    '\r' => text.push_str("\\r"),
+                    '\t' => text.push_str("\\t"),
+                    c if u32::from(c) < 0x20 => {
+                        text.push_str(&format!("\\u{:04x}", u32::from(c)));
+                    }
+                    c => text.push(c),
+                }
+            }
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// A decimal integer.
+fn number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Microseconds as milliseconds with three decimals (`0.042`, `12.500`).
+fn millis(out: &mut Vec<u8>, micros: u128) {
+    let micros = u64::try_from(micros).unwrap_or(u64::MAX);
+    number(out, micros / 1000);
+    let frac = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// Now, as RFC 3339 UTC with microseconds (`2026-11-30T03:47:00.123456Z`).
+fn timestamp(out: &mut Vec<u8>) {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let text = SECOND.with(|cached| {
+        let (second, text) = cached.get();
+        if second == secs {
+            return text;
+        }
+        let text = civil(secs);
+        cached.set((secs, text));
+        text
+    });
+    out.extend_from_slice(&text);
+    out.push(b'.');
+    let micros = since.subsec_micros();
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for slot in digits.iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.push(b'Z');
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (Howard Hinnant's `civil_from_days`).
+fn civil(secs: u64) -> [u8; 19] {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut text = *b"0000-00-00T00:00:00";
+    let mut put = |at: usize, width: usize, value: u64| {
+        let mut value = value;
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999) as u64);
+    put(5, 2, month as u64);
+    put(8, 2, day as u64);
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::Method;
+
+    use super::*;
+
+    fn record(client: &str) -> AccessRecord<'_> {
+        AccessRecord {
+            request_id: "ab12-7",
+            client_request_id: None,
+            method: &Method::GET,
+            client: Some(client),
+            route: Some("/orgs/{org}/packages"),
+            status: 200,
+            upstream_status: None,
+            cache: Some("hit"),
+            duration: Duration::from_micros(12_345),
+        }
+    }
+
+    #[test]
+    fn civil_dates_match_known_instants() {
+        assert_eq!(&civil(0), b"1970-01-01T00:00:00");
+        assert_eq!(&civil(951_782_400), b"2000-02-29T00:00:00");
+        assert_eq!(&civil(1_795_923_296), b"2026-11-29T03:34:56");
+    }
+
+    #[test]
+    fn json_line_parses_with_the_fields_and_escapes_a_hostile_client_name() {
+        let mut out = Vec::new();
+        json(&mut out, &record("te\"am\\\n\u{1}"));
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["client"], "te\"am\\\n\u{1}");
+        assert_eq!(value["route"], "/orgs/{org}/packages");
+        assert_eq!(value["duration_ms"], 12.345);
+        assert_eq!(value["status"], 200);
+        assert!(value.get("upstream_status").is_none());
+        assert!(out.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn text_line_quotes_like_debug() {
+        let mut out = Vec::new();
+        text(&mut out, &record("a\"b"));
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.ends_with(
+                " INFO packages_proxy::proxy: request request_id=\"ab12-7\" method=GET \
+                 client=\"a\\\"b\" route=\"/orgs/{org}/packages\" status=200 cache=\"hit\" \
+                 duration_ms=12.345\n"
+            ),
+            "{line}"
+        );
+    }
+}
