@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::{
@@ -20,6 +20,12 @@ use crate::{
     state::AppState,
     upstream::Forwarded,
 };
+
+/// The request header a client sends to ask for a dry run.
+pub const DRY_RUN_HEADER: &str = "x-packages-proxy-dry-run";
+
+/// The only dry-run header values that let a call through for real (compared case-insensitively).
+const EXPLICIT_FALSE: [&str; 4] = ["0", "false", "no", "off"];
 
 /// Everything a destructive request brings.
 #[derive(Debug)]
@@ -36,10 +42,50 @@ pub struct Mutation<'a> {
     pub request_id: &'a str,
     /// The client's own `X-Request-Id`, if it sent a plain one (audited beside ours).
     pub client_request_id: Option<&'a str>,
-    /// `X-Packages-Proxy-Dry-Run: 1` was sent.
+    /// The client asked for a dry run ([`dry_run_requested`]).
     pub dry_run_requested: bool,
     /// Base for `Link` rewriting (unused by 204s, kept for symmetry with reads).
     pub public_base: &'a str,
+}
+
+/// Whether the request asks for a dry run, failing closed: a client that asked for one must never
+/// mutate. Absent: no. Exactly one header whose value is an explicit false (`0`, `false`, `no`,
+/// `off`; any case, surrounding whitespace ignored): no. Any other non-empty value (`1`, `yes`,
+/// `2`, `"1"`), alone or repeated (`1, 1`, two headers `true`): yes. An empty or unreadable value,
+/// a false that is repeated, or a false next to anything else (`0, 1`, headers `0` then `1`): 400,
+/// since the client's intent is unclear and guessing "no" could delete for real.
+pub fn dry_run_requested(headers: &HeaderMap) -> Result<bool, ProxyError> {
+    let bad = |why: &str| {
+        ProxyError::BadRequest(format!(
+            "Invalid X-Packages-Proxy-Dry-Run header: {why}. Send it once, as 1 or true for a dry \
+             run or 0 or false to send the call, or leave it out"
+        ))
+    };
+    let mut members = 0usize;
+    let mut falses = 0usize;
+    for value in headers.get_all(DRY_RUN_HEADER) {
+        let text = value
+            .to_str()
+            .map_err(|_| bad("the value is not plain text"))?;
+        for member in text.split(',').map(str::trim) {
+            if member.is_empty() {
+                return Err(bad("the value is empty"));
+            }
+            members += 1;
+            if EXPLICIT_FALSE
+                .iter()
+                .any(|f| member.eq_ignore_ascii_case(f))
+            {
+                falses += 1;
+            }
+        }
+    }
+    match (members, falses) {
+        (0, _) => Ok(false),
+        (_, 0) => Ok(true),
+        (1, 1) => Ok(false),
+        _ => Err(bad("it is repeated with a false value, so it is ambiguous")),
+    }
 }
 
 /// Proof that a mutation passed every check and its intent is on disk.
