@@ -46,8 +46,11 @@ pub struct AuditRecord {
     pub path: String,
     /// `allowed`, `denied`, `dry_run`, `refused`, `completed` or `failed`.
     pub decision: String,
-    /// The rule that decided, if any.
+    /// The rule that decided, if any: the deny rule, or the first matching allow rule.
     pub rule: Option<String>,
+    /// Every matching allow rule, whose protections all applied (absent in older logs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// Why, in words safe to show the client.
     pub reason: Option<String>,
     /// The upstream status, on outcome records.
@@ -93,6 +96,7 @@ impl AuditRecord {
             path: route.path(),
             decision: String::new(),
             rule: None,
+            rules: Vec::new(),
             reason: None,
             upstream_status: None,
             github_request_id: None,
@@ -145,6 +149,7 @@ impl Audit {
             version = record.version,
             decision = %record.decision,
             rule = record.rule.as_deref(),
+            rules = ?record.rules,
             reason = record.reason.as_deref(),
             upstream_status = record.upstream_status,
             github_request_id = record.github_request_id.as_deref(),

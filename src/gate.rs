@@ -15,7 +15,8 @@ use crate::{
     audit::AuditRecord,
     body::{self, Body},
     error::ProxyError,
-    policy::{Decision, Rule},
+    policy::Decision,
+    protections::Protections,
     route::{Operation, PackageType, Query, Route},
     state::AppState,
     upstream::Forwarded,
@@ -99,44 +100,33 @@ pub async fn execute(
     let policy = state.policy.load_full();
     let mut record = AuditRecord::new(m.request_id, m.client, m.route);
     record.client_request_id = m.client_request_id.map(str::to_owned);
-    let rule = match policy.decide(m.client, m.route) {
-        Decision::Allow(rule) => rule,
+    let protections = match policy.decide(m.client, m.route) {
+        Decision::Allow(protections) => protections,
         Decision::NoRule => {
             let message = format!(
                 "No policy rule allows {} for this client",
                 m.route.operation.as_str()
             );
-            return Err(refuse(
-                state,
-                record,
-                "denied",
-                None,
-                ProxyError::Forbidden(message),
-            )
-            .await);
+            let error = ProxyError::Forbidden(message);
+            return Err(refuse(state, record, "denied", error).await);
         }
         Decision::DeniedBy(rule) => {
-            let message = format!("Denied by rule {}", rule.name);
-            return Err(refuse(
-                state,
-                record,
-                "denied",
-                Some(&rule),
-                ProxyError::Forbidden(message),
-            )
-            .await);
+            record.rule = Some(rule.name.clone());
+            let error = ProxyError::Forbidden(format!("Denied by rule {}", rule.name));
+            return Err(refuse(state, record, "denied", error).await);
         }
     };
-    record.rule = Some(rule.name.clone());
-    record.dry_run = policy.dry_run || m.dry_run_requested;
+    record.rules = protections.rule_names();
+    record.rule = record.rules.first().cloned();
+    record.dry_run = protections.dry_run() || m.dry_run_requested;
     let payer = Payer::client(m.client, m.limits);
-    if let Err(error) = check_protected_tags(state, m.route, &rule, &payer).await {
+    if let Err(error) = check_protected_tags(state, m.route, &protections, &payer).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
             "denied"
         } else {
             "refused"
         };
-        return Err(refuse(state, record, decision, Some(&rule), error).await);
+        return Err(refuse(state, record, decision, error).await);
     }
     if record.dry_run {
         crate::metrics::destructive("dry_run");
@@ -146,7 +136,7 @@ pub async fn execute(
             .write(&record)
             .await
             .map_err(ProxyError::Audit)?;
-        return Ok((dry_run_response(m.route, &rule), None));
+        return Ok((dry_run_response(m.route, &protections), None));
     }
     let max = state.config.mutations.max_queue_per_client;
     let Some(place) = state.per_client.enter(m.client, max) else {
@@ -154,18 +144,21 @@ pub async fn execute(
             message: format!("This client already has {max} destructive calls queued; retry later"),
             retry_after_secs: state.config.mutations.pace.as_secs().max(1),
         };
-        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+        return Err(refuse(state, record, "refused", error).await);
     };
-    if let Err(wait) = take_budget(state, &rule, m.client).await {
-        let error = ProxyError::TooManyRequests {
-            message: format!(
-                "The destructive-call budget of rule {} is spent for this client",
-                rule.name
-            ),
-            retry_after_secs: wait.as_secs().max(1),
-        };
-        return Err(refuse(state, record, "refused", Some(&rule), error).await);
-    }
+    let _spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
+        Ok(spent) => spent,
+        Err(empty) => {
+            let error = ProxyError::TooManyRequests {
+                message: format!(
+                    "The destructive-call budget of rule {} is spent for this client",
+                    empty.rule
+                ),
+                retry_after_secs: empty.retry_after.as_secs().max(1),
+            };
+            return Err(refuse(state, record, "refused", error).await);
+        }
+    };
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
     if let Some(wait) = state.upstream.budget.backoff_remaining()
         && wait <= state.config.mutations.max_queue_wait
@@ -174,7 +167,7 @@ pub async fn execute(
     }
     let ticket = match admission::admit(state, &payer, Work::Mutation).await {
         Ok(ticket) => ticket,
-        Err(error) => return Err(refuse(state, record, "refused", Some(&rule), error).await),
+        Err(error) => return Err(refuse(state, record, "refused", error).await),
     };
     let intent = record.at("intent", "allowed");
     state
@@ -298,22 +291,6 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Takes one call from the rule's budget for `client`: fleet-wide in Redis when the shared tier
-/// is up, else this replica's own.
-async fn take_budget(state: &AppState, rule: &Rule, client: &str) -> Result<(), Duration> {
-    let Some(size) = rule.budget_size() else {
-        return Ok(());
-    };
-    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
-        let window = state.config.mutations.budget_window;
-        let name = format!("{}:{client}", rule.name);
-        if let Ok(result) = shared.take_budget(&name, size, window).await {
-            return result.map(|_| ()).map_err(|snapshot| snapshot.retry_after);
-        }
-    }
-    rule.take_budget(client)
-}
-
 /// While draining, a slot further away than half the drain deadline is refused (503) instead
 /// of being cut off mid-wait when the process exits.
 fn refuse_past_drain(state: &AppState, wait: Duration) -> Result<(), ProxyError> {
@@ -366,12 +343,10 @@ async fn refuse(
     state: &AppState,
     record: AuditRecord,
     decision: &str,
-    rule: Option<&Arc<Rule>>,
     error: ProxyError,
 ) -> ProxyError {
     crate::metrics::destructive(decision);
     let mut record = record.at("decision", decision);
-    record.rule = rule.map(|r| r.name.clone());
     record.reason = Some(error.to_string());
     if let Err(audit_error) = state.audit.write(&record).await {
         tracing::error!(error = %audit_error, "audit record of a refusal not written");
@@ -382,13 +357,20 @@ async fn refuse(
     error
 }
 
-fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
+fn dry_run_response(route: &Route, protections: &Protections) -> Response<Body> {
+    let rules = protections.rule_names();
     let body = json!({
         "dry_run": true,
         "decision": "allow",
-        "rule": rule.name,
+        "rule": rules.first(),
+        "rules": rules,
         "action": route.operation.as_str(),
-        "protected_tags": rule.protected_patterns(),
+        "protected_tags": protections.protected_patterns(),
+        "budgets": protections
+            .budgets()
+            .into_iter()
+            .map(|(rule, size)| json!({ "rule": rule, "max_per_hour": size }))
+            .collect::<Vec<_>>(),
         "upstream_request": {
             "method": route.operation.method().as_str(),
             "path": route.path(),
@@ -412,7 +394,7 @@ fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
 async fn check_protected_tags(
     state: &AppState,
     route: &Route,
-    rule: &Rule,
+    protections: &Protections,
     payer: &Payer,
 ) -> Result<(), ProxyError> {
     let deleting = matches!(
@@ -423,7 +405,7 @@ async fn check_protected_tags(
         .package
         .as_ref()
         .is_some_and(|p| matches!(p.package_type, PackageType::Container | PackageType::Docker));
-    if !(rule.protects_tags() && deleting && tagged_type) {
+    if !(protections.protects_tags() && deleting && tagged_type) {
         return Ok(());
     }
     let mut read = route.clone();
@@ -450,9 +432,9 @@ async fn check_protected_tags(
         };
         for version in &versions {
             let tags = tags_of(version);
-            if let Some(tag) = rule.protected_tag(&tags) {
+            if let Some((tag, rule)) = protections.protected_tag(&tags) {
                 return Err(ProxyError::Forbidden(format!(
-                    "The version carries the protected tag {tag}"
+                    "The version carries the tag {tag}, protected by rule {rule}"
                 )));
             }
         }

@@ -163,3 +163,146 @@ fn the_policy_dry_run_setting_is_a_strict_boolean() {
 
 /// Allows every destructive call.
 const ALLOW_ALL: &str = "[[policy.allow]]\nname = \"all\"\n";
+
+/// A broad rule first, then narrower ones that add protections for `web`.
+const LAYERED: &str = r#"
+[[policy.allow]]
+name = "broad"
+max_per_hour = 100
+
+[[policy.allow]]
+name = "web-guard"
+packages = ["web"]
+protect_tags = ["latest"]
+max_per_hour = 2
+
+[[policy.allow]]
+name = "team-b-rehearsal"
+clients = ["team-b"]
+packages = ["web"]
+dry_run = true
+
+[[policy.deny]]
+name = "never-base"
+packages = ["base/**"]
+"#;
+
+// Regression: the first matching allow rule decided alone, so a broad rule listed before a
+// narrow one switched off its protected tags and budget (a `latest` version was deleted).
+#[tokio::test]
+async fn protections_of_every_matching_allow_rule_combine() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", LAYERED).await;
+    let web = versions(&sim, "web").await;
+    let (a, b) = (&proxy.tokens[0], &proxy.tokens[1]);
+    let del = |token: &str, id: u64| {
+        let url = proxy.url(&version_path("web", id));
+        let token = token.to_owned();
+        async move { send(Method::DELETE, &url, Some(&token), &[]).await }
+    };
+
+    let latest = del(a, web[0]).await;
+    assert_eq!(latest.status, StatusCode::FORBIDDEN, "{:?}", latest.body);
+    let message = latest.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("latest") && message.contains("web-guard"),
+        "{message}"
+    );
+
+    // The tightest budget (2) holds, though the first rule alone would allow 100.
+    assert_eq!(del(a, web[1]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(del(a, web[2]).await.status, StatusCode::NO_CONTENT);
+    let spent = del(a, web[3]).await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        spent.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("web-guard")
+    );
+
+    // One matching rule asks for dry runs: team-b's delete only reports.
+    let rehearsal = del(b, web[4]).await;
+    assert_eq!(rehearsal.status, StatusCode::OK, "{:?}", rehearsal.body);
+    let body = rehearsal.json();
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(
+        body["rules"],
+        serde_json::json!(["broad", "web-guard", "team-b-rehearsal"])
+    );
+    assert_eq!(body["protected_tags"], serde_json::json!(["latest"]));
+
+    // Deny still wins over every allow rule.
+    let base = send(
+        Method::DELETE,
+        &proxy.url("/orgs/acme/packages/container/base%2Fruntime/versions/1"),
+        Some(a),
+        &[],
+    )
+    .await;
+    assert_eq!(base.status, StatusCode::FORBIDDEN);
+
+    assert_eq!(deletes_seen(&sim), 2);
+    for (i, deleted) in [(0, false), (1, true), (2, true), (3, false), (4, false)] {
+        let state = sim
+            .handle
+            .version_deleted("acme", "container", "web", web[i]);
+        assert_eq!(state, Some(deleted), "web[{i}]");
+    }
+    let records = records(&audit);
+    let completed = records.iter().find(|r| r.decision == "completed").unwrap();
+    assert_eq!(completed.rules, ["broad", "web-guard"]);
+    let dry = records.iter().find(|r| r.decision == "dry_run").unwrap();
+    assert_eq!(dry.rules, ["broad", "web-guard", "team-b-rehearsal"]);
+}
+
+#[tokio::test]
+async fn policy_explain_shows_every_matching_rule_and_the_combined_protections() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("explain");
+    let audit = dir.join("audit.jsonl");
+    let (text, _) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let config = dir.join("config.toml");
+    let extra = format!("[mutations]\naudit_log = {audit:?}\n{LAYERED}");
+    std::fs::write(&config, format!("{text}\n{extra}")).unwrap();
+    let explain = |client: &str, path: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .args(["--client", client, "DELETE", path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let web = explain("team-b", "/orgs/acme/packages/container/web/versions/7");
+    assert!(
+        web.starts_with(
+            "allow: matching allow rules \"broad\", \"web-guard\", \"team-b-rehearsal\"\n"
+        ),
+        "{web}"
+    );
+    assert!(
+        web.contains("protected tags (checked at request time): latest"),
+        "{web}"
+    );
+    assert!(
+        web.contains("tightest 2 per client per window (rule \"web-guard\")"),
+        "{web}"
+    );
+    assert!(
+        web.contains("dry run: yes (rule \"team-b-rehearsal\")"),
+        "{web}"
+    );
+    let other = explain("team-a", "/orgs/acme/packages/container/api/versions/7");
+    assert!(
+        other.starts_with("allow: matching allow rules \"broad\"\n"),
+        "{other}"
+    );
+    assert!(other.contains("protected tags: none") && other.contains("dry run: no"));
+    let base = explain("team-a", "/orgs/acme/packages/container/base%2Fruntime");
+    assert!(
+        base.starts_with("deny: denied by rule \"never-base\""),
+        "{base}"
+    );
+}
