@@ -212,9 +212,18 @@ async fn complete(
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once.
     if let Err(error) = wait_for_slot(&state).await {
-        let mut outcome = record.at("outcome", "refused");
-        outcome.reason = Some(error.to_string());
-        crate::metrics::destructive("refused");
+        // Shutdown left no time for this call's slot: it was not sent, and says so.
+        let decision = if matches!(error, ProxyError::ShuttingDown) {
+            "not_sent"
+        } else {
+            "refused"
+        };
+        let mut outcome = record.at("outcome", decision);
+        outcome.reason = Some(match decision {
+            "not_sent" => "Not sent: the proxy shut down before this call's pace slot".to_owned(),
+            _ => error.to_string(),
+        });
+        crate::metrics::destructive(decision);
         if let Err(audit_error) = state.audit.write(&outcome).await {
             tracing::error!(error = %audit_error, "audit outcome of a refused mutation not written");
         }
@@ -273,8 +282,11 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
             .await
             .map_err(|_| unavailable())?
             .map_err(too_long)?;
-        refuse_past_drain(state, wait)?;
-        tokio::time::sleep(wait).await;
+        state
+            .pacer
+            .wait_until(tokio::time::Instant::now() + wait)
+            .await
+            .map_err(|_| ProxyError::ShuttingDown)?;
         return shared
             .before_send(mutations.pace)
             .await
@@ -284,19 +296,9 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
         .pacer
         .reserve()
         .map_err(|busy| too_long(busy.retry_after))?;
-    refuse_past_drain(state, slot.wait_time())?;
-    slot.wait().await;
+    slot.wait().await.map_err(|_| ProxyError::ShuttingDown)?;
     drop(slot);
     state.pacer.before_send().await;
-    Ok(())
-}
-
-/// While draining, a slot further away than half the drain deadline is refused (503) instead
-/// of being cut off mid-wait when the process exits.
-fn refuse_past_drain(state: &AppState, wait: Duration) -> Result<(), ProxyError> {
-    if state.is_draining() && wait > state.config.server.drain_timeout / 2 {
-        return Err(ProxyError::ShuttingDown);
-    }
     Ok(())
 }
 

@@ -26,7 +26,7 @@
 //! SIGHUP or file change), [`secret`] (org token and client token hashes that cannot print),
 //! [`state`] (what requests share), [`tls`] (the optional HTTPS listener: reloading certificate,
 //! client certificates), [`body`] (the body type), [`undo`] (`audit list` and
-//! `audit restore`), [`demo`]
+//! `audit restore`), [`reconcile`] (intents left without an outcome, settled at start), [`demo`]
 //! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
 //! benchmarks and the demo).
 #![forbid(unsafe_code)]
@@ -49,6 +49,7 @@ pub mod policy;
 pub mod protections;
 pub mod proxy;
 pub mod quota;
+pub mod reconcile;
 pub mod reload;
 pub mod route;
 pub mod rule_budget;

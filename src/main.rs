@@ -11,7 +11,7 @@ use packages_proxy::{
     config::Config,
     demo,
     policy::Decision,
-    reload,
+    reconcile, reload,
     route::Route,
     secret::{TokenHash, new_client_token},
     server,
@@ -364,7 +364,20 @@ fn init_tracing(json: bool, level: &str) {
 
 async fn serve(path: PathBuf, config: Config) -> Result<()> {
     let token = config.load_token().context("loading the org token")?;
+    // Before serving, so this process's own new intents are never taken for a crash's orphans.
+    let orphans = reconcile::Snapshot::take(config.mutations.audit_log.as_deref())
+        .context("reading the audit log for intents without an outcome")?;
+    // A predecessor still draining on the same log may yet write outcomes: wait that long.
+    let grace =
+        config.server.shutdown_delay + config.server.drain_timeout + config.upstream.timeout;
     let running = server::start(config, token).await?;
+    if !orphans.is_empty() {
+        tracing::warn!(
+            intents = orphans.len(),
+            "audit intents without an outcome: reconciling them against GitHub"
+        );
+        tokio::spawn(reconcile::reconcile(running.state.clone(), orphans, grace));
+    }
     let watcher = reload::spawn(
         running.state.clone(),
         path,
