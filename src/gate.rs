@@ -146,19 +146,6 @@ pub async fn execute(
         };
         return Err(refuse(state, record, "refused", error).await);
     };
-    let _spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
-        Ok(spent) => spent,
-        Err(empty) => {
-            let error = ProxyError::TooManyRequests {
-                message: format!(
-                    "The destructive-call budget of rule {} is spent for this client",
-                    empty.rule
-                ),
-                retry_after_secs: empty.retry_after.as_secs().max(1),
-            };
-            return Err(refuse(state, record, "refused", error).await);
-        }
-    };
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
     if let Some(wait) = state.upstream.budget.backoff_remaining()
         && wait <= state.config.mutations.max_queue_wait
@@ -169,12 +156,16 @@ pub async fn execute(
         Ok(ticket) => ticket,
         Err(error) => return Err(refuse(state, record, "refused", error).await),
     };
+    // Rule budgets last, after every check that may refuse: a refused call never spends one.
+    let spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
+        Ok(spent) => spent,
+        Err(empty) => return Err(refuse(state, record, "refused", budget_spent(&empty)).await),
+    };
     let intent = record.at("intent", "allowed");
-    state
-        .audit
-        .write(&intent)
-        .await
-        .map_err(ProxyError::Audit)?;
+    if let Err(error) = state.audit.write(&intent).await {
+        spent.give_back(state).await;
+        return Err(ProxyError::Audit(error));
+    }
     // From here on the mutation runs in its own task: a client that hangs up must not cancel a
     // DELETE already sent, leaving no outcome record and stale cache entries behind.
     let owned = Owned {
@@ -183,6 +174,7 @@ pub async fn execute(
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
         ticket,
+        spent,
         _place: place,
     };
     let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
@@ -198,6 +190,8 @@ struct Owned {
     request_id: String,
     /// The admission point's ticket for the one upstream request.
     ticket: Ticket,
+    /// The rule budgets this call took, given back if it is not sent.
+    spent: crate::rule_budget::Spent,
     /// The client's place in the queue, held until the mutation is done.
     _place: crate::pace::Place,
 }
@@ -205,13 +199,15 @@ struct Owned {
 /// Slot, send, outcome record, invalidation: everything after the intent is on disk.
 async fn complete(
     state: Arc<AppState>,
-    m: Owned,
+    mut m: Owned,
     record: AuditRecord,
     cleared: Cleared,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once.
+    let spent = std::mem::take(&mut m.spent);
     if let Err(error) = wait_for_slot(&state).await {
+        spent.give_back(&state).await;
         // Shutdown left no time for this call's slot: it was not sent, and says so.
         let decision = if matches!(error, ProxyError::ShuttingDown) {
             "not_sent"
@@ -256,6 +252,17 @@ async fn complete(
     let response = sent?;
     let status = response.status().as_u16();
     Ok((response, Some(status)))
+}
+
+/// The 429 for a call refused because a matching rule's budget is spent.
+fn budget_spent(empty: &crate::rule_budget::Empty) -> ProxyError {
+    ProxyError::TooManyRequests {
+        message: format!(
+            "The destructive-call budget of rule {} is spent for this client",
+            empty.rule
+        ),
+        retry_after_secs: empty.retry_after.as_secs().max(1),
+    }
 }
 
 /// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured

@@ -306,3 +306,108 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
         "{base}"
     );
 }
+
+// Regression: `max_per_hour` was taken before the checks that may refuse (quota, the pace
+// queue), so refused calls ate it: a budget of 40 allowed 31 real deletes.
+#[tokio::test]
+async fn a_rule_budget_is_spent_only_by_mutations_that_are_sent() {
+    budget_equals_sent_deletes("").await;
+}
+
+// The same, with the budget fleet-wide in Redis: a refusal gives its token back there too.
+#[tokio::test]
+async fn a_shared_rule_budget_is_spent_only_by_mutations_that_are_sent() {
+    let Some(redis) = Redis::start() else { return };
+    budget_equals_sent_deletes(&format!("[shared]\nredis_url = \"{}\"\n", redis.url())).await;
+}
+
+/// Polls `/metrics` until the proxy reports its shared tier up.
+async fn wait_for_shared_tier(proxy: &TestProxy) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = get(&proxy.url("/metrics"), proxy.token()).await;
+        if String::from_utf8_lossy(&metrics.body).contains("packages_proxy_shared_tier_up 1") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shared tier never came up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A budget of 3 with pace-queue refusals along the way: exactly 3 real deletes.
+async fn budget_equals_sent_deletes(shared: &str) {
+    let sim = spawn_sim().await;
+    // Slots 400 ms apart and at most 500 ms of waiting: of three deletes at once, the third is
+    // refused by the pace queue, after its intent and after the budget used to be taken.
+    let mutations = "pace = \"400ms\"\nmax_queue_wait = \"500ms\"";
+    let policy = format!(
+        "{shared}[[policy.allow]]\nname = \"web-budget\"\npackages = [\"web\"]\nmax_per_hour = 3\n"
+    );
+    let (proxy, audit) = proxy_with(&sim, mutations, &policy).await;
+    if !shared.is_empty() {
+        wait_for_shared_tier(&proxy).await;
+    }
+    let web = versions(&sim, "web").await;
+    let mut next = 1;
+    let mut refused = 0;
+    let mut budget_429 = None;
+    for _round in 0..10 {
+        let targets = (0..3)
+            .map(|i| {
+                let path = version_path("web", web[next + i]);
+                (proxy.url(&path), proxy.token().to_owned())
+            })
+            .collect();
+        next += 3;
+        for task in spawn_deletes(targets) {
+            match task.await.unwrap() {
+                StatusCode::NO_CONTENT => {}
+                StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                other => panic!("{other}"),
+            }
+        }
+        let probe = send(
+            Method::DELETE,
+            &proxy.url(&version_path("web", web[next])),
+            Some(proxy.token()),
+            &[("x-packages-proxy-dry-run", "0")],
+        )
+        .await;
+        next += 1;
+        if probe.status == StatusCode::TOO_MANY_REQUESTS
+            && probe.json()["message"].as_str().unwrap().contains("budget")
+        {
+            budget_429 = Some(probe);
+            break;
+        }
+        assert!(
+            matches!(
+                probe.status,
+                StatusCode::NO_CONTENT | StatusCode::TOO_MANY_REQUESTS
+            ),
+            "{:?}",
+            probe.body
+        );
+    }
+    assert!(budget_429.is_some(), "the budget never ran out");
+    assert!(refused >= 1, "no refusal happened: the test shows nothing");
+    assert_eq!(
+        deletes_seen(&sim),
+        3,
+        "the budget of 3 did not give 3 real deletes"
+    );
+    let records = records(&audit);
+    let sent = records.iter().filter(|r| r.decision == "completed").count();
+    assert_eq!(sent, 3);
+    let queue_refusals = records
+        .iter()
+        .filter(|r| r.phase == "outcome" && r.decision == "refused")
+        .count();
+    assert!(
+        queue_refusals >= 1,
+        "no refusal after an intent: {records:?}"
+    );
+}
