@@ -44,10 +44,14 @@ pub struct AuditRecord {
     pub version: Option<u64>,
     /// The canonical API path of the call (what `audit restore` replays against).
     pub path: String,
-    /// `allowed`, `denied`, `dry_run`, `refused`, `completed` or `failed`.
+    /// `allowed`, `denied`, `dry_run`, `refused`, `completed`, `failed`, `not_sent` (queued at
+    /// shutdown, never sent) or `not_applied` (reconciled: GitHub shows it was not performed).
     pub decision: String,
-    /// The rule that decided, if any.
+    /// The rule that decided, if any: the deny rule, or the first matching allow rule.
     pub rule: Option<String>,
+    /// Every matching allow rule, whose protections all applied (absent in older logs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
     /// Why, in words safe to show the client.
     pub reason: Option<String>,
     /// The upstream status, on outcome records.
@@ -56,6 +60,10 @@ pub struct AuditRecord {
     pub github_request_id: Option<String>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// An outcome written at start for an intent a stopped process left without one, from what
+    /// GitHub showed then ([`crate::reconcile`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reconciled: bool,
 }
 
 /// Writes audit records; cheap to clone.
@@ -93,10 +101,12 @@ impl AuditRecord {
             path: route.path(),
             decision: String::new(),
             rule: None,
+            rules: Vec::new(),
             reason: None,
             upstream_status: None,
             github_request_id: None,
             dry_run: false,
+            reconciled: false,
         }
     }
 
@@ -145,10 +155,12 @@ impl Audit {
             version = record.version,
             decision = %record.decision,
             rule = record.rule.as_deref(),
+            rules = ?record.rules,
             reason = record.reason.as_deref(),
             upstream_status = record.upstream_status,
             github_request_id = record.github_request_id.as_deref(),
             dry_run = record.dry_run,
+            reconciled = record.reconciled,
             "audit"
         );
         let Some(path) = self.path.clone() else {

@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::{
@@ -15,11 +15,18 @@ use crate::{
     audit::AuditRecord,
     body::{self, Body},
     error::ProxyError,
-    policy::{Decision, Rule},
+    policy::Decision,
+    protections::Protections,
     route::{Operation, PackageType, Query, Route},
     state::AppState,
     upstream::Forwarded,
 };
+
+/// The request header a client sends to ask for a dry run.
+pub const DRY_RUN_HEADER: &str = "x-packages-proxy-dry-run";
+
+/// The only dry-run header values that let a call through for real (compared case-insensitively).
+const EXPLICIT_FALSE: [&str; 4] = ["0", "false", "no", "off"];
 
 /// Everything a destructive request brings.
 #[derive(Debug)]
@@ -36,10 +43,50 @@ pub struct Mutation<'a> {
     pub request_id: &'a str,
     /// The client's own `X-Request-Id`, if it sent a plain one (audited beside ours).
     pub client_request_id: Option<&'a str>,
-    /// `X-Packages-Proxy-Dry-Run: 1` was sent.
+    /// The client asked for a dry run ([`dry_run_requested`]).
     pub dry_run_requested: bool,
     /// Base for `Link` rewriting (unused by 204s, kept for symmetry with reads).
     pub public_base: &'a str,
+}
+
+/// Whether the request asks for a dry run, failing closed: a client that asked for one must never
+/// mutate. Absent: no. Exactly one header whose value is an explicit false (`0`, `false`, `no`,
+/// `off`; any case, surrounding whitespace ignored): no. Any other non-empty value (`1`, `yes`,
+/// `2`, `"1"`), alone or repeated (`1, 1`, two headers `true`): yes. An empty or unreadable value,
+/// a false that is repeated, or a false next to anything else (`0, 1`, headers `0` then `1`): 400,
+/// since the client's intent is unclear and guessing "no" could delete for real.
+pub fn dry_run_requested(headers: &HeaderMap) -> Result<bool, ProxyError> {
+    let bad = |why: &str| {
+        ProxyError::BadRequest(format!(
+            "Invalid X-Packages-Proxy-Dry-Run header: {why}. Send it once, as 1 or true for a dry \
+             run or 0 or false to send the call, or leave it out"
+        ))
+    };
+    let mut members = 0usize;
+    let mut falses = 0usize;
+    for value in headers.get_all(DRY_RUN_HEADER) {
+        let text = value
+            .to_str()
+            .map_err(|_| bad("the value is not plain text"))?;
+        for member in text.split(',').map(str::trim) {
+            if member.is_empty() {
+                return Err(bad("the value is empty"));
+            }
+            members += 1;
+            if EXPLICIT_FALSE
+                .iter()
+                .any(|f| member.eq_ignore_ascii_case(f))
+            {
+                falses += 1;
+            }
+        }
+    }
+    match (members, falses) {
+        (0, _) => Ok(false),
+        (_, 0) => Ok(true),
+        (1, 1) => Ok(false),
+        _ => Err(bad("it is repeated with a false value, so it is ambiguous")),
+    }
 }
 
 /// Proof that a mutation passed every check and its intent is on disk.
@@ -53,44 +100,33 @@ pub async fn execute(
     let policy = state.policy.load_full();
     let mut record = AuditRecord::new(m.request_id, m.client, m.route);
     record.client_request_id = m.client_request_id.map(str::to_owned);
-    let rule = match policy.decide(m.client, m.route) {
-        Decision::Allow(rule) => rule,
+    let protections = match policy.decide(m.client, m.route) {
+        Decision::Allow(protections) => protections,
         Decision::NoRule => {
             let message = format!(
                 "No policy rule allows {} for this client",
                 m.route.operation.as_str()
             );
-            return Err(refuse(
-                state,
-                record,
-                "denied",
-                None,
-                ProxyError::Forbidden(message),
-            )
-            .await);
+            let error = ProxyError::Forbidden(message);
+            return Err(refuse(state, record, "denied", error).await);
         }
         Decision::DeniedBy(rule) => {
-            let message = format!("Denied by rule {}", rule.name);
-            return Err(refuse(
-                state,
-                record,
-                "denied",
-                Some(&rule),
-                ProxyError::Forbidden(message),
-            )
-            .await);
+            record.rule = Some(rule.name.clone());
+            let error = ProxyError::Forbidden(format!("Denied by rule {}", rule.name));
+            return Err(refuse(state, record, "denied", error).await);
         }
     };
-    record.rule = Some(rule.name.clone());
-    record.dry_run = policy.dry_run || m.dry_run_requested;
+    record.rules = protections.rule_names();
+    record.rule = record.rules.first().cloned();
+    record.dry_run = protections.dry_run() || m.dry_run_requested;
     let payer = Payer::client(m.client, m.limits);
-    if let Err(error) = check_protected_tags(state, m.route, &rule, &payer).await {
+    if let Err(error) = check_protected_tags(state, m.route, &protections, &payer).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
             "denied"
         } else {
             "refused"
         };
-        return Err(refuse(state, record, decision, Some(&rule), error).await);
+        return Err(refuse(state, record, decision, error).await);
     }
     if record.dry_run {
         crate::metrics::destructive("dry_run");
@@ -100,7 +136,7 @@ pub async fn execute(
             .write(&record)
             .await
             .map_err(ProxyError::Audit)?;
-        return Ok((dry_run_response(m.route, &rule), None));
+        return Ok((dry_run_response(m.route, &protections), None));
     }
     let max = state.config.mutations.max_queue_per_client;
     let Some(place) = state.per_client.enter(m.client, max) else {
@@ -108,18 +144,8 @@ pub async fn execute(
             message: format!("This client already has {max} destructive calls queued; retry later"),
             retry_after_secs: state.config.mutations.pace.as_secs().max(1),
         };
-        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+        return Err(refuse(state, record, "refused", error).await);
     };
-    if let Err(wait) = take_budget(state, &rule, m.client).await {
-        let error = ProxyError::TooManyRequests {
-            message: format!(
-                "The destructive-call budget of rule {} is spent for this client",
-                rule.name
-            ),
-            retry_after_secs: wait.as_secs().max(1),
-        };
-        return Err(refuse(state, record, "refused", Some(&rule), error).await);
-    }
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
     if let Some(wait) = state.upstream.budget.backoff_remaining()
         && wait <= state.config.mutations.max_queue_wait
@@ -128,14 +154,18 @@ pub async fn execute(
     }
     let ticket = match admission::admit(state, &payer, Work::Mutation).await {
         Ok(ticket) => ticket,
-        Err(error) => return Err(refuse(state, record, "refused", Some(&rule), error).await),
+        Err(error) => return Err(refuse(state, record, "refused", error).await),
+    };
+    // Rule budgets last, after every check that may refuse: a refused call never spends one.
+    let spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
+        Ok(spent) => spent,
+        Err(empty) => return Err(refuse(state, record, "refused", budget_spent(&empty)).await),
     };
     let intent = record.at("intent", "allowed");
-    state
-        .audit
-        .write(&intent)
-        .await
-        .map_err(ProxyError::Audit)?;
+    if let Err(error) = state.audit.write(&intent).await {
+        spent.give_back(state).await;
+        return Err(ProxyError::Audit(error));
+    }
     // From here on the mutation runs in its own task: a client that hangs up must not cancel a
     // DELETE already sent, leaving no outcome record and stale cache entries behind.
     let owned = Owned {
@@ -144,6 +174,7 @@ pub async fn execute(
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
         ticket,
+        spent,
         _place: place,
     };
     let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
@@ -159,6 +190,8 @@ struct Owned {
     request_id: String,
     /// The admission point's ticket for the one upstream request.
     ticket: Ticket,
+    /// The rule budgets this call took, given back if it is not sent.
+    spent: crate::rule_budget::Spent,
     /// The client's place in the queue, held until the mutation is done.
     _place: crate::pace::Place,
 }
@@ -166,16 +199,27 @@ struct Owned {
 /// Slot, send, outcome record, invalidation: everything after the intent is on disk.
 async fn complete(
     state: Arc<AppState>,
-    m: Owned,
+    mut m: Owned,
     record: AuditRecord,
     cleared: Cleared,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once.
+    let spent = std::mem::take(&mut m.spent);
     if let Err(error) = wait_for_slot(&state).await {
-        let mut outcome = record.at("outcome", "refused");
-        outcome.reason = Some(error.to_string());
-        crate::metrics::destructive("refused");
+        spent.give_back(&state).await;
+        // Shutdown left no time for this call's slot: it was not sent, and says so.
+        let decision = if matches!(error, ProxyError::ShuttingDown) {
+            "not_sent"
+        } else {
+            "refused"
+        };
+        let mut outcome = record.at("outcome", decision);
+        outcome.reason = Some(match decision {
+            "not_sent" => "Not sent: the proxy shut down before this call's pace slot".to_owned(),
+            _ => error.to_string(),
+        });
+        crate::metrics::destructive(decision);
         if let Err(audit_error) = state.audit.write(&outcome).await {
             tracing::error!(error = %audit_error, "audit outcome of a refused mutation not written");
         }
@@ -210,6 +254,17 @@ async fn complete(
     Ok((response, Some(status)))
 }
 
+/// The 429 for a call refused because a matching rule's budget is spent.
+fn budget_spent(empty: &crate::rule_budget::Empty) -> ProxyError {
+    ProxyError::TooManyRequests {
+        message: format!(
+            "The destructive-call budget of rule {} is spent for this client",
+            empty.rule
+        ),
+        retry_after_secs: empty.retry_after.as_secs().max(1),
+    }
+}
+
 /// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured
 /// (refused with 503 while Redis is down, never sent unpaced), else from the local pacer.
 async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
@@ -234,8 +289,11 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
             .await
             .map_err(|_| unavailable())?
             .map_err(too_long)?;
-        refuse_past_drain(state, wait)?;
-        tokio::time::sleep(wait).await;
+        state
+            .pacer
+            .wait_until(tokio::time::Instant::now() + wait)
+            .await
+            .map_err(|_| ProxyError::ShuttingDown)?;
         return shared
             .before_send(mutations.pace)
             .await
@@ -245,35 +303,9 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
         .pacer
         .reserve()
         .map_err(|busy| too_long(busy.retry_after))?;
-    refuse_past_drain(state, slot.wait_time())?;
-    slot.wait().await;
+    slot.wait().await.map_err(|_| ProxyError::ShuttingDown)?;
     drop(slot);
     state.pacer.before_send().await;
-    Ok(())
-}
-
-/// Takes one call from the rule's budget for `client`: fleet-wide in Redis when the shared tier
-/// is up, else this replica's own.
-async fn take_budget(state: &AppState, rule: &Rule, client: &str) -> Result<(), Duration> {
-    let Some(size) = rule.budget_size() else {
-        return Ok(());
-    };
-    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
-        let window = state.config.mutations.budget_window;
-        let name = format!("{}:{client}", rule.name);
-        if let Ok(result) = shared.take_budget(&name, size, window).await {
-            return result.map(|_| ()).map_err(|snapshot| snapshot.retry_after);
-        }
-    }
-    rule.take_budget(client)
-}
-
-/// While draining, a slot further away than half the drain deadline is refused (503) instead
-/// of being cut off mid-wait when the process exits.
-fn refuse_past_drain(state: &AppState, wait: Duration) -> Result<(), ProxyError> {
-    if state.is_draining() && wait > state.config.server.drain_timeout / 2 {
-        return Err(ProxyError::ShuttingDown);
-    }
     Ok(())
 }
 
@@ -320,12 +352,10 @@ async fn refuse(
     state: &AppState,
     record: AuditRecord,
     decision: &str,
-    rule: Option<&Arc<Rule>>,
     error: ProxyError,
 ) -> ProxyError {
     crate::metrics::destructive(decision);
     let mut record = record.at("decision", decision);
-    record.rule = rule.map(|r| r.name.clone());
     record.reason = Some(error.to_string());
     if let Err(audit_error) = state.audit.write(&record).await {
         tracing::error!(error = %audit_error, "audit record of a refusal not written");
@@ -336,13 +366,20 @@ async fn refuse(
     error
 }
 
-fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
+fn dry_run_response(route: &Route, protections: &Protections) -> Response<Body> {
+    let rules = protections.rule_names();
     let body = json!({
         "dry_run": true,
         "decision": "allow",
-        "rule": rule.name,
+        "rule": rules.first(),
+        "rules": rules,
         "action": route.operation.as_str(),
-        "protected_tags": rule.protected_patterns(),
+        "protected_tags": protections.protected_patterns(),
+        "budgets": protections
+            .budgets()
+            .into_iter()
+            .map(|(rule, size)| json!({ "rule": rule, "max_per_hour": size }))
+            .collect::<Vec<_>>(),
         "upstream_request": {
             "method": route.operation.method().as_str(),
             "path": route.path(),
@@ -366,7 +403,7 @@ fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
 async fn check_protected_tags(
     state: &AppState,
     route: &Route,
-    rule: &Rule,
+    protections: &Protections,
     payer: &Payer,
 ) -> Result<(), ProxyError> {
     let deleting = matches!(
@@ -377,7 +414,7 @@ async fn check_protected_tags(
         .package
         .as_ref()
         .is_some_and(|p| matches!(p.package_type, PackageType::Container | PackageType::Docker));
-    if !(rule.protects_tags() && deleting && tagged_type) {
+    if !(protections.protects_tags() && deleting && tagged_type) {
         return Ok(());
     }
     let mut read = route.clone();
@@ -404,9 +441,9 @@ async fn check_protected_tags(
         };
         for version in &versions {
             let tags = tags_of(version);
-            if let Some(tag) = rule.protected_tag(&tags) {
+            if let Some((tag, rule)) = protections.protected_tag(&tags) {
                 return Err(ProxyError::Forbidden(format!(
-                    "The version carries the protected tag {tag}"
+                    "The version carries the tag {tag}, protected by rule {rule}"
                 )));
             }
         }

@@ -17,8 +17,9 @@
 //!   invalidations, back-offs).
 //! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
 //!   in JSON bodies, and the proxy's ETag for a rewritten body.
-//! - [`gate`]: the destructive path: [`policy`] decision, protected tags, dry run, budget,
-//!   [`pace`] slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
+//! - [`gate`]: the destructive path: [`policy`] decision, the [`protections`] of every matching
+//!   rule (protected tags, dry run, [`rule_budget`]s), [`pace`] slot, write-ahead [`audit`]
+//!   record, the one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
 //! - [`metrics`]: metric names and `/metrics`.
 //!
@@ -26,7 +27,7 @@
 //! SIGHUP or file change), [`secret`] (org token and client token hashes that cannot print),
 //! [`state`] (what requests share), [`tls`] (the optional HTTPS listener: reloading certificate,
 //! client certificates), [`body`] (the body type), [`undo`] (`audit list` and
-//! `audit restore`), [`demo`]
+//! `audit restore`), [`reconcile`] (intents left without an outcome, settled at start), [`demo`]
 //! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
 //! benchmarks and the demo).
 #![forbid(unsafe_code)]
@@ -47,10 +48,13 @@ pub mod link;
 pub mod metrics;
 pub mod pace;
 pub mod policy;
+pub mod protections;
 pub mod proxy;
 pub mod quota;
+pub mod reconcile;
 pub mod reload;
 pub mod route;
+pub mod rule_budget;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -11,7 +11,7 @@ use packages_proxy::{
     config::Config,
     demo,
     policy::Decision,
-    reload,
+    reconcile, reload,
     route::Route,
     secret::{TokenHash, new_client_token},
     server,
@@ -238,21 +238,7 @@ fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -
         return Ok(());
     }
     match config.policy.decide(client, &route) {
-        Decision::Allow(rule) => {
-            println!("allow: rule {:?}", rule.name);
-            if rule.protects_tags() {
-                println!(
-                    "  protected tags (checked at request time): {}",
-                    rule.protected_patterns().join(", ")
-                );
-            }
-            if let Some(n) = rule.budget_size() {
-                println!("  budget: {n} per client per window");
-            }
-            if config.policy.dry_run {
-                println!("  dry_run = true: the server only reports what it would do");
-            }
-        }
+        Decision::Allow(protections) => print_protections(&protections),
         Decision::NoRule => println!(
             "deny: no rule allows {} for {client}",
             route.operation.as_str()
@@ -260,6 +246,58 @@ fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -
         Decision::DeniedBy(rule) => println!("deny: denied by rule {:?}", rule.name),
     }
     Ok(())
+}
+
+/// Every matching allow rule, then the protections the server combines from them.
+fn print_protections(protections: &packages_proxy::protections::Protections) {
+    let names: Vec<String> = protections
+        .rule_names()
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect();
+    println!("allow: matching allow rules {}", names.join(", "));
+    println!("  combined protections (every matching rule applies):");
+    let patterns = protections.protected_patterns();
+    if patterns.is_empty() {
+        println!("    protected tags: none");
+    } else {
+        println!(
+            "    protected tags (checked at request time): {}",
+            patterns.join(", ")
+        );
+    }
+    let budgets = protections.budgets();
+    if let Some((tightest, size)) = protections.tightest_budget() {
+        let all: Vec<String> = budgets
+            .iter()
+            .map(|(rule, n)| format!("{rule:?} {n}"))
+            .collect();
+        println!(
+            "    budget: each must have room and each is spent ({}); tightest {size} per client \
+             per window (rule {tightest:?})",
+            all.join(", ")
+        );
+    } else {
+        println!("    budget: none");
+    }
+    if protections.policy_dry_run() {
+        println!(
+            "    dry run: yes (policy dry_run = true): the server only reports what it would do"
+        );
+    } else if protections.dry_run() {
+        let by: Vec<String> = protections
+            .rules()
+            .iter()
+            .filter(|r| r.dry_run())
+            .map(|r| format!("{:?}", r.name))
+            .collect();
+        println!(
+            "    dry run: yes (rule {}): the server only reports what it would do",
+            by.join(", ")
+        );
+    } else {
+        println!("    dry run: no");
+    }
 }
 
 fn filter_of(args: FilterArgs) -> Result<Filter> {
@@ -356,6 +394,12 @@ fn init_tracing(json: bool, level: &str, access_log: bool) -> Result<()> {
 
 async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()> {
     let token = config.load_token().context("loading the org token")?;
+    // Before serving, so this process's own new intents are never taken for a crash's orphans.
+    let orphans = reconcile::Snapshot::take(config.mutations.audit_log.as_deref())
+        .context("reading the audit log for intents without an outcome")?;
+    // A predecessor still draining on the same log may yet write outcomes: wait that long.
+    let grace =
+        config.server.shutdown_delay + config.server.drain_timeout + config.upstream.timeout;
     // SIGTERM while starting (a deploy rolled back at once) is a clean exit, not a kill.
     let running = tokio::select! {
         running = server::start(config, token) => running?,
@@ -364,6 +408,13 @@ async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()
             return Ok(());
         }
     };
+    if !orphans.is_empty() {
+        tracing::warn!(
+            intents = orphans.len(),
+            "audit intents without an outcome: reconciling them against GitHub"
+        );
+        tokio::spawn(reconcile::reconcile(running.state.clone(), orphans, grace));
+    }
     let watcher = reload::spawn(
         running.state.clone(),
         path,

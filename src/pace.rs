@@ -4,10 +4,14 @@
 //! Slots are handed out in arrival order under a std `Mutex` (held for a few instructions, never
 //! across an `.await`); each request then sleeps until its own slot. A request that gives up
 //! still used its slot: pacing errs on the slow side.
+//!
+//! At shutdown the pacer gets a send deadline ([`Pacer::drain_by`]): a mutation whose slot falls
+//! after it is woken at once and refused as not sent ([`Pacer::wait_until`]), so its client gets
+//! an answer and its intent an outcome before the process exits, instead of a reset connection.
 
 use std::{sync::Mutex, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 /// Mutations per client queued or in flight. A std `Mutex`: two map operations per mutation.
 #[derive(Debug, Default)]
@@ -57,7 +61,14 @@ pub struct Pacer {
     max_queue: usize,
     max_wait: Duration,
     state: Mutex<PacerState>,
+    /// The last moment a mutation may still be sent, once shutdown started. A `watch`: every
+    /// waiting mutation must see it the moment it is set, and late subscribers read it too.
+    drain: watch::Sender<Option<Instant>>,
 }
+
+/// The process is shutting down and this mutation's slot came too late: it was not sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Draining;
 
 #[derive(Debug)]
 struct PacerState {
@@ -97,6 +108,36 @@ impl Pacer {
                 last_send: None,
                 waiting: 0,
             }),
+            drain: watch::Sender::new(None),
+        }
+    }
+
+    /// Shutdown started: mutations whose slot comes after `deadline` are not sent.
+    pub fn drain_by(&self, deadline: Instant) {
+        self.drain.send_replace(Some(deadline));
+    }
+
+    /// Sleeps until `at` (a slot's time), or fails at once if shutdown started (now or while
+    /// waiting) with a send deadline before `at`.
+    pub async fn wait_until(&self, at: Instant) -> Result<(), Draining> {
+        let mut drain = self.drain.subscribe();
+        loop {
+            if drain
+                .borrow_and_update()
+                .is_some_and(|deadline| at > deadline)
+            {
+                return Err(Draining);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => return Ok(()),
+                changed = drain.changed() => {
+                    if changed.is_err() {
+                        // The pacer is gone with the state: nothing left to drain.
+                        tokio::time::sleep_until(at).await;
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 
@@ -149,9 +190,9 @@ impl Slot<'_> {
         self.at.saturating_duration_since(Instant::now())
     }
 
-    /// Sleeps until this slot's time.
-    pub async fn wait(&self) {
-        tokio::time::sleep_until(self.at).await;
+    /// Sleeps until this slot's time; fails if shutdown leaves no time to send in it.
+    pub async fn wait(&self) -> Result<(), Draining> {
+        self.pacer.wait_until(self.at).await
     }
 }
 

@@ -2,18 +2,20 @@
 //!
 //! A rule names clients, actions, owners, package types and package-name globs (anchored, `*`
 //! stays inside one `/` part, `**` crosses them), matched against the decoded name. Allow rules
-//! may also protect container tags and carry a per-client budget. [`Policy::decide`] is the one
-//! decision function: the server and `packages-proxy policy explain` both call it.
+//! may also protect container tags, carry a per-client budget and ask for dry runs; every matching
+//! allow rule's protections apply together ([`crate::protections`]). [`Policy::decide`] is the
+//! one decision function: the server and `packages-proxy policy explain` both call it.
 
-use std::{collections::HashSet, fmt, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, fmt, path::PathBuf, sync::Arc, time::Duration};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 
 use crate::{
     config::ConfigError,
+    protections::Protections,
     route::{Operation, Owner, PackageType, Route},
+    rule_budget::RuleBudget,
 };
 
 /// `[policy]` as written in the config.
@@ -69,6 +71,9 @@ pub struct RawRule {
     pub protect_tags: Vec<String>,
     /// Destructive calls per client per budget window under this rule (allow only).
     pub max_per_hour: Option<u32>,
+    /// Calls this rule allows only report what they would do (allow only).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The compiled policy: swapped whole on reload (budgets start afresh then).
@@ -91,14 +96,15 @@ pub struct Rule {
     package_types: Option<HashSet<PackageType>>,
     packages: Option<GlobSet>,
     protect: Option<(GlobSet, Vec<String>)>,
-    budget: Option<(u32, DefaultKeyedRateLimiter<String>)>,
+    budget: Option<RuleBudget>,
+    dry_run: bool,
 }
 
 /// What the policy says about one destructive request.
 #[derive(Debug, Clone)]
 pub enum Decision {
-    /// Allowed by this rule (protected tags and budget still apply).
-    Allow(Arc<Rule>),
+    /// Allowed by every one of these matching allow rules, whose protections all apply.
+    Allow(Protections),
     /// No allow rule matches.
     NoRule,
     /// A deny rule matches.
@@ -185,10 +191,11 @@ impl RawRule {
         if self.name.trim().is_empty() {
             return Err(invalid(&format!("{field}.name"), "must not be empty"));
         }
-        if !allow && (!self.protect_tags.is_empty() || self.max_per_hour.is_some()) {
+        if !allow && (!self.protect_tags.is_empty() || self.max_per_hour.is_some() || self.dry_run)
+        {
             return Err(invalid(
                 field,
-                "protect_tags and max_per_hour belong on allow rules",
+                "protect_tags, max_per_hour and dry_run belong on allow rules",
             ));
         }
         let clients = self
@@ -257,6 +264,7 @@ impl RawRule {
             packages,
             protect,
             budget,
+            dry_run: self.dry_run,
         })
     }
 }
@@ -293,18 +301,15 @@ fn globs(patterns: &[String], field: &str, case_insensitive: bool) -> Result<Glo
     set.build().map_err(|e| invalid(field, &e.to_string()))
 }
 
-/// A GCRA budget: `n` calls at once, refilling over `window`.
-fn budget(
-    n: u32,
-    window: Duration,
-    field: &str,
-) -> Result<(u32, DefaultKeyedRateLimiter<String>), ConfigError> {
-    let burst = NonZeroU32::new(n).ok_or_else(|| invalid(field, "must be at least 1"))?;
-    let period = window / n;
-    let quota = Quota::with_period(period)
-        .ok_or_else(|| invalid(field, "too large for the budget window"))?
-        .allow_burst(burst);
-    Ok((n, RateLimiter::keyed(quota)))
+/// A budget of `n` calls at once, refilling over `window`.
+fn budget(n: u32, window: Duration, field: &str) -> Result<RuleBudget, ConfigError> {
+    if n == 0 {
+        return Err(invalid(field, "must be at least 1"));
+    }
+    if window.is_zero() || (window / n).is_zero() {
+        return Err(invalid(field, "too large for the budget window"));
+    }
+    Ok(RuleBudget::new(n, window))
 }
 
 fn invalid(field: &str, reason: &str) -> ConfigError {
@@ -326,15 +331,22 @@ impl Policy {
         }
     }
 
-    /// The decision for `client` doing `route` (a destructive route).
+    /// The decision for `client` doing `route` (a destructive route): a matching deny rule
+    /// wins; else every matching allow rule's protections apply together.
     pub fn decide(&self, client: &str, route: &Route) -> Decision {
         if let Some(rule) = self.deny.iter().find(|r| r.matches(client, route)) {
             return Decision::DeniedBy(rule.clone());
         }
-        match self.allow.iter().find(|r| r.matches(client, route)) {
-            Some(rule) => Decision::Allow(rule.clone()),
-            None => Decision::NoRule,
+        let matching: Vec<Arc<Rule>> = self
+            .allow
+            .iter()
+            .filter(|r| r.matches(client, route))
+            .cloned()
+            .collect();
+        if matching.is_empty() {
+            return Decision::NoRule;
         }
+        Decision::Allow(Protections::new(matching, self.dry_run))
     }
 
     /// Whether any allow rule exists (then an audit log is required).
@@ -409,21 +421,14 @@ impl Rule {
         self.protect.as_ref().map_or(&[], |(_, p)| p.as_slice())
     }
 
-    /// Takes one call from `client`'s budget; `Err` says when the next one is allowed.
-    pub fn take_budget(&self, client: &str) -> Result<(), Duration> {
-        let Some((_, limiter)) = &self.budget else {
-            return Ok(());
-        };
-        limiter.check_key(&client.to_owned()).map_err(|not_until| {
-            not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ))
-        })
+    /// The rule's budget (`max_per_hour`), if any.
+    pub fn budget(&self) -> Option<&RuleBudget> {
+        self.budget.as_ref()
     }
 
-    /// The budget size, if any.
-    pub fn budget_size(&self) -> Option<u32> {
-        self.budget.as_ref().map(|(n, _)| *n)
+    /// True when calls this rule allows are only reported (`dry_run = true` on the rule).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
     }
 }
 

@@ -169,10 +169,7 @@ async fn walk(
             limits: &identity.limits,
             request_id: ids.own,
             client_request_id: ids.client,
-            dry_run_requested: request
-                .headers()
-                .get("x-packages-proxy-dry-run")
-                .is_some_and(|v| v == "1" || v.as_bytes().eq_ignore_ascii_case(b"true")),
+            dry_run_requested: gate::dry_run_requested(request.headers())?,
             public_base: &public_base,
         };
         let (response, upstream_status) = gate::execute(state, mutation).await?;

@@ -82,6 +82,12 @@ impl Running {
     /// drain deadline.
     pub async fn shutdown(self) {
         self.state.start_draining();
+        // Mutations whose pace slot falls past half the drain deadline are answered 503 now,
+        // with a "not sent" outcome, rather than cut off when the process exits.
+        let server = &self.state.config.server;
+        let send_by =
+            tokio::time::Instant::now() + server.shutdown_delay + server.drain_timeout / 2;
+        self.state.pacer.drain_by(send_by);
         // Keep serving while load balancers notice the failing readiness probe.
         tokio::time::sleep(self.state.config.server.shutdown_delay).await;
         let _ = self.stop.send(());

@@ -274,6 +274,18 @@ impl Shared {
             .await
     }
 
+    /// Gives one token back to a fleet-wide policy budget (a call refused before it was sent).
+    pub async fn refund_budget(
+        &self,
+        name: &str,
+        capacity: u32,
+        window: Duration,
+    ) -> Result<(), Down> {
+        self.bucket(&format!("budget:{name}"), capacity, window, -1)
+            .await
+            .map(|_| ())
+    }
+
     async fn bucket(
         &self,
         name: &str,

@@ -1,0 +1,200 @@
+//! Start-up reconciliation of the audit log: every intent ends in an outcome.
+//!
+//! A process killed between an intent record and its outcome (`kill -9`, a crash, a host lost)
+//! leaves an intent alone, and nobody knows whether GitHub performed the call. At start, `serve`
+//! takes a [`Snapshot`] of the audit log it owns *before* it serves (so its own new intents are
+//! never mistaken for orphans), then [`reconcile`] reads each orphan's target from GitHub through
+//! the normal upstream client and writes the outcome the read proves:
+//!
+//! - a delete whose target is gone (404), or a restore whose target is back (200): `completed`,
+//!   `reconciled: true` (so `audit restore` can undo a reconciled delete);
+//! - otherwise: `not_applied`, `reconciled: true`;
+//! - a read that fails (GitHub down, 5xx, timeout): no record; a warning and the
+//!   `packages_proxy_destructive_total{outcome="unreconciled"}` counter. The intent stays alone
+//!   and the next start tries again.
+//!
+//! An intent younger than the grace period (a previous process sharing the file may still be
+//! draining and about to write the outcome) is looked at only once the grace has passed, after
+//! reading the file again.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use http::{Method, StatusCode};
+
+use crate::{
+    admission::{self, Payer, Work},
+    audit::{self, AuditRecord},
+    state::AppState,
+    upstream::Forwarded,
+};
+
+/// Longest wait for one reconciling read.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The orphan intents found in the audit log before serving.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    path: Option<PathBuf>,
+    orphans: Vec<AuditRecord>,
+}
+
+/// What reconciling did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Orphans proven performed upstream.
+    pub completed: usize,
+    /// Orphans proven not performed.
+    pub not_applied: usize,
+    /// Orphans whose target could not be read (retried at the next start).
+    pub unresolved: usize,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Reads the audit log at `path` (if any) and keeps its intents without an outcome.
+    pub fn take(path: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        let (records, _) = audit::read(path)?;
+        Ok(Self {
+            path: Some(path.to_owned()),
+            orphans: orphans(&records),
+        })
+    }
+
+    /// How many intents have no outcome.
+    pub fn len(&self) -> usize {
+        self.orphans.len()
+    }
+
+    /// True when every intent has its outcome.
+    pub fn is_empty(&self) -> bool {
+        self.orphans.is_empty()
+    }
+}
+
+/// Intents with no outcome record of the same request id, action and path.
+fn orphans(records: &[AuditRecord]) -> Vec<AuditRecord> {
+    let same = |a: &AuditRecord, b: &AuditRecord| {
+        a.request_id == b.request_id && a.action == b.action && a.path == b.path
+    };
+    records
+        .iter()
+        .filter(|r| r.phase == "intent")
+        .filter(|intent| {
+            !records
+                .iter()
+                .any(|r| r.phase == "outcome" && same(r, intent))
+        })
+        .cloned()
+        .collect()
+}
+
+/// Reconciles the snapshot's orphans once they are older than `grace`.
+pub async fn reconcile(state: Arc<AppState>, snapshot: Snapshot, grace: Duration) -> Report {
+    let mut report = Report::default();
+    let Some(path) = snapshot.path else {
+        return report;
+    };
+    if snapshot.orphans.is_empty() {
+        return report;
+    }
+    let youngest = snapshot
+        .orphans
+        .iter()
+        .filter_map(|r| humantime::parse_rfc3339_weak(&r.time).ok())
+        .max();
+    if let Some(age) = youngest.and_then(|t| t.elapsed().ok())
+        && age < grace
+    {
+        tokio::time::sleep(grace - age).await;
+    }
+    // Read again: a draining predecessor may have written outcomes meanwhile.
+    let records = match audit::read(&path) {
+        Ok((records, _)) => records,
+        Err(error) => {
+            tracing::error!(%error, "audit log unreadable; intents not reconciled");
+            return report;
+        }
+    };
+    let still = orphans(&records);
+    for intent in snapshot.orphans.iter().filter(|o| still.contains(o)) {
+        match reconcile_one(&state, intent).await {
+            Some(true) => report.completed += 1,
+            Some(false) => report.not_applied += 1,
+            None => report.unresolved += 1,
+        }
+    }
+    tracing::info!(
+        completed = report.completed,
+        not_applied = report.not_applied,
+        unresolved = report.unresolved,
+        "audit intents without an outcome reconciled"
+    );
+    report
+}
+
+/// Reads the intent's target and records the outcome; `Some(performed)`, or `None` if the
+/// read failed (the intent stays alone).
+async fn reconcile_one(state: &AppState, intent: &AuditRecord) -> Option<bool> {
+    let target = intent.path.strip_suffix("/restore").unwrap_or(&intent.path);
+    let present = match target_present(state, target).await {
+        Ok(present) => present,
+        Err(why) => {
+            crate::metrics::destructive("unreconciled");
+            tracing::warn!(
+                request_id = %intent.request_id,
+                path = %intent.path,
+                reason = %why,
+                "cannot reconcile an intent without outcome; retried at the next start"
+            );
+            return None;
+        }
+    };
+    let performed = if intent.action.starts_with("delete") {
+        !present
+    } else {
+        present
+    };
+    let decision = if performed {
+        "completed"
+    } else {
+        "not_applied"
+    };
+    let mut outcome = intent.at("outcome", decision);
+    outcome.reconciled = true;
+    outcome.reason = Some(format!(
+        "Reconciled at start: the intent had no outcome, and GitHub shows the target {}",
+        if present { "present" } else { "gone" }
+    ));
+    crate::metrics::destructive(&format!("reconciled_{decision}"));
+    if let Err(error) = state.audit.write(&outcome).await {
+        tracing::error!(%error, "reconciled outcome not written; retried at the next start");
+        return None;
+    }
+    Some(performed)
+}
+
+/// GETs `path` (a version or a package) from GitHub: `Ok(true)` on 200, `Ok(false)` on 404.
+async fn target_present(state: &AppState, path: &str) -> Result<bool, String> {
+    let forwarded = Forwarded::from_request(&http::HeaderMap::new()).map_err(|e| e.to_string())?;
+    // The proxy pays for its own reads; refused below GitHub's reserve, then retried next start.
+    let ticket = admission::admit(state, &Payer::Proxy, Work::Check)
+        .await
+        .map_err(|e| e.to_string())?;
+    let read = state.upstream.send(&ticket, Method::GET, path, &forwarded);
+    let response = tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .map_err(|_| "GitHub did not answer in time".to_owned())?
+        .map_err(|e| e.to_string())?;
+    match response.status() {
+        StatusCode::OK => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        other => Err(format!("GitHub answered {other}")),
+    }
+}

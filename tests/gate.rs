@@ -1,0 +1,413 @@
+//! Holes found in the destructive gate (issue 15), each pinned through the real proxy in front
+//! of the simulator, asserted on the simulator's request log and state and on the audit log.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use http::{Method, StatusCode};
+use packages_proxy::audit::{self, AuditRecord};
+use support::*;
+
+/// A proxy whose policy is `policy` (TOML after `[mutations]`), auditing into a fresh file.
+async fn proxy_with(sim: &Sim, mutations: &str, policy: &str) -> (TestProxy, PathBuf) {
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let extra = format!("[mutations]\naudit_log = {audit:?}\n{mutations}\n{policy}");
+    let opts = ProxyOptions {
+        extra,
+        ..ProxyOptions::default()
+    };
+    (spawn_proxy(sim, opts).await, audit)
+}
+
+/// Version ids of a container package in org `acme`, read from the simulator directly.
+async fn versions(sim: &Sim, package: &str) -> Vec<u64> {
+    let url = format!(
+        "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
+        sim.handle.base_url()
+    );
+    get(&url, &sim.org_token).await.ids()
+}
+
+fn version_path(package: &str, id: u64) -> String {
+    format!("/orgs/acme/packages/container/{package}/versions/{id}")
+}
+
+fn deletes_seen(sim: &Sim) -> usize {
+    sim.handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count()
+}
+
+fn records(audit: &Path) -> Vec<AuditRecord> {
+    audit::read(audit).unwrap().0
+}
+
+// Regression: only `1` and `true` counted as a dry run; `yes`, `on`, `2`, `"1"`, `1, 1` and two
+// headers `0` then `1` each deleted for real.
+#[tokio::test]
+async fn no_dry_run_spelling_mutates_and_ambiguous_ones_are_400() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", ALLOW_ALL).await;
+    let web = versions(&sim, "web").await;
+    let dry = StatusCode::OK;
+    let bad = StatusCode::BAD_REQUEST;
+    let cases: Vec<(Vec<&str>, StatusCode)> = vec![
+        (vec!["1"], dry),
+        (vec!["true"], dry),
+        (vec!["TRUE"], dry),
+        (vec!["yes"], dry),
+        (vec!["on"], dry),
+        (vec!["y"], dry),
+        (vec!["t"], dry),
+        (vec!["2"], dry),
+        (vec!["\"1\""], dry),
+        (vec!["\"0\""], dry),
+        (vec!["dry"], dry),
+        (vec!["1, 1"], dry),
+        (vec!["1", "1"], dry),
+        (vec!["yes", "true"], dry),
+        (vec!["0", "1"], bad),
+        (vec!["1", "0"], bad),
+        (vec!["0, 1"], bad),
+        (vec!["false,true"], bad),
+        (vec!["0", "0"], bad),
+        (vec!["0, 0"], bad),
+        (vec![""], bad),
+        (vec!["  "], bad),
+        (vec!["1,"], bad),
+        (vec![",0"], bad),
+    ];
+    for (i, (values, expected)) in cases.iter().enumerate() {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("x-packages-proxy-dry-run", *v))
+            .collect();
+        let path = version_path("web", web[i + 1]);
+        let reply = send(
+            Method::DELETE,
+            &proxy.url(&path),
+            Some(proxy.token()),
+            &headers,
+        )
+        .await;
+        assert_eq!(reply.status, *expected, "{values:?}: {:?}", reply.body);
+        let body = reply.json();
+        if *expected == dry {
+            assert_eq!(body["dry_run"], true, "{values:?}");
+        } else {
+            assert!(body["message"].as_str().unwrap().contains("Dry-Run"));
+            assert!(body["documentation_url"].is_string());
+        }
+    }
+    // Bytes that are not text, sent raw (no client library would build them).
+    let raw_request = format!(
+        "DELETE {} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {}\r\n\
+         X-Packages-Proxy-Dry-Run: \u{ff}0\r\nConnection: close\r\n\r\n",
+        version_path("web", web[40]),
+        proxy.token()
+    );
+    let (status, _) = raw(proxy.addr(), raw_request.as_bytes()).await;
+    assert_eq!(status, 400, "a garbled value was not refused");
+
+    assert_eq!(deletes_seen(&sim), 0, "a dry-run spelling deleted for real");
+    for id in &web[1..=cases.len()] {
+        let deleted = sim.handle.version_deleted("acme", "container", "web", *id);
+        assert_eq!(deleted, Some(false), "{id} deleted");
+    }
+    let records = records(&audit);
+    assert!(records.iter().all(|r| r.phase != "intent"), "{records:?}");
+    let dry_runs = records.iter().filter(|r| r.decision == "dry_run").count();
+    assert_eq!(dry_runs, cases.iter().filter(|(_, s)| *s == dry).count());
+
+    // The explicit falses, each sent once, do send the call: the table above could fail.
+    for (i, value) in ["0", " FALSE ", "No", "off"].into_iter().enumerate() {
+        let path = version_path("web", web[50 + i]);
+        let headers = [("x-packages-proxy-dry-run", value)];
+        let reply = send(
+            Method::DELETE,
+            &proxy.url(&path),
+            Some(proxy.token()),
+            &headers,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{value:?}");
+    }
+    assert_eq!(deletes_seen(&sim), 4);
+}
+
+#[test]
+fn the_policy_dry_run_setting_is_a_strict_boolean() {
+    let (base, _) = proxy_config("http://127.0.0.1:9", 0, &ProxyOptions::default());
+    let audit = temp_dir("strict").join("audit.jsonl");
+    let with = |policy: &str| {
+        let text = format!("{base}\n[mutations]\naudit_log = {audit:?}\n{policy}\n{ALLOW_ALL}");
+        packages_proxy::config::Config::parse(&text)
+    };
+    assert!(with("[policy]\ndry_run = true").unwrap().policy.dry_run);
+    for garbage in ["\"yes\"", "\"true\"", "1", "\"\""] {
+        let error = with(&format!("[policy]\ndry_run = {garbage}")).unwrap_err();
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            chain.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(chain.contains("dry_run"), "{garbage}: {chain}");
+    }
+}
+
+/// Allows every destructive call.
+const ALLOW_ALL: &str = "[[policy.allow]]\nname = \"all\"\n";
+
+/// A broad rule first, then narrower ones that add protections for `web`.
+const LAYERED: &str = r#"
+[[policy.allow]]
+name = "broad"
+max_per_hour = 100
+
+[[policy.allow]]
+name = "web-guard"
+packages = ["web"]
+protect_tags = ["latest"]
+max_per_hour = 2
+
+[[policy.allow]]
+name = "team-b-rehearsal"
+clients = ["team-b"]
+packages = ["web"]
+dry_run = true
+
+[[policy.deny]]
+name = "never-base"
+packages = ["base/**"]
+"#;
+
+// Regression: the first matching allow rule decided alone, so a broad rule listed before a
+// narrow one switched off its protected tags and budget (a `latest` version was deleted).
+#[tokio::test]
+async fn protections_of_every_matching_allow_rule_combine() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", LAYERED).await;
+    let web = versions(&sim, "web").await;
+    let (a, b) = (&proxy.tokens[0], &proxy.tokens[1]);
+    let del = |token: &str, id: u64| {
+        let url = proxy.url(&version_path("web", id));
+        let token = token.to_owned();
+        async move { send(Method::DELETE, &url, Some(&token), &[]).await }
+    };
+
+    let latest = del(a, web[0]).await;
+    assert_eq!(latest.status, StatusCode::FORBIDDEN, "{:?}", latest.body);
+    let message = latest.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("latest") && message.contains("web-guard"),
+        "{message}"
+    );
+
+    // The tightest budget (2) holds, though the first rule alone would allow 100.
+    assert_eq!(del(a, web[1]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(del(a, web[2]).await.status, StatusCode::NO_CONTENT);
+    let spent = del(a, web[3]).await;
+    assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        spent.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("web-guard")
+    );
+
+    // One matching rule asks for dry runs: team-b's delete only reports.
+    let rehearsal = del(b, web[4]).await;
+    assert_eq!(rehearsal.status, StatusCode::OK, "{:?}", rehearsal.body);
+    let body = rehearsal.json();
+    assert_eq!(body["dry_run"], true);
+    assert_eq!(
+        body["rules"],
+        serde_json::json!(["broad", "web-guard", "team-b-rehearsal"])
+    );
+    assert_eq!(body["protected_tags"], serde_json::json!(["latest"]));
+
+    // Deny still wins over every allow rule.
+    let base = send(
+        Method::DELETE,
+        &proxy.url("/orgs/acme/packages/container/base%2Fruntime/versions/1"),
+        Some(a),
+        &[],
+    )
+    .await;
+    assert_eq!(base.status, StatusCode::FORBIDDEN);
+
+    assert_eq!(deletes_seen(&sim), 2);
+    for (i, deleted) in [(0, false), (1, true), (2, true), (3, false), (4, false)] {
+        let state = sim
+            .handle
+            .version_deleted("acme", "container", "web", web[i]);
+        assert_eq!(state, Some(deleted), "web[{i}]");
+    }
+    let records = records(&audit);
+    let completed = records.iter().find(|r| r.decision == "completed").unwrap();
+    assert_eq!(completed.rules, ["broad", "web-guard"]);
+    let dry = records.iter().find(|r| r.decision == "dry_run").unwrap();
+    assert_eq!(dry.rules, ["broad", "web-guard", "team-b-rehearsal"]);
+}
+
+#[tokio::test]
+async fn policy_explain_shows_every_matching_rule_and_the_combined_protections() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("explain");
+    let audit = dir.join("audit.jsonl");
+    let (text, _) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let config = dir.join("config.toml");
+    let extra = format!("[mutations]\naudit_log = {audit:?}\n{LAYERED}");
+    std::fs::write(&config, format!("{text}\n{extra}")).unwrap();
+    let explain = |client: &str, path: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .args(["--client", client, "DELETE", path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let web = explain("team-b", "/orgs/acme/packages/container/web/versions/7");
+    assert!(
+        web.starts_with(
+            "allow: matching allow rules \"broad\", \"web-guard\", \"team-b-rehearsal\"\n"
+        ),
+        "{web}"
+    );
+    assert!(
+        web.contains("protected tags (checked at request time): latest"),
+        "{web}"
+    );
+    assert!(
+        web.contains("tightest 2 per client per window (rule \"web-guard\")"),
+        "{web}"
+    );
+    assert!(
+        web.contains("dry run: yes (rule \"team-b-rehearsal\")"),
+        "{web}"
+    );
+    let other = explain("team-a", "/orgs/acme/packages/container/api/versions/7");
+    assert!(
+        other.starts_with("allow: matching allow rules \"broad\"\n"),
+        "{other}"
+    );
+    assert!(other.contains("protected tags: none") && other.contains("dry run: no"));
+    let base = explain("team-a", "/orgs/acme/packages/container/base%2Fruntime");
+    assert!(
+        base.starts_with("deny: denied by rule \"never-base\""),
+        "{base}"
+    );
+}
+
+// Regression: `max_per_hour` was taken before the checks that may refuse (quota, the pace
+// queue), so refused calls ate it: a budget of 40 allowed 31 real deletes.
+#[tokio::test]
+async fn a_rule_budget_is_spent_only_by_mutations_that_are_sent() {
+    budget_equals_sent_deletes("").await;
+}
+
+// The same, with the budget fleet-wide in Redis: a refusal gives its token back there too.
+#[tokio::test]
+async fn a_shared_rule_budget_is_spent_only_by_mutations_that_are_sent() {
+    let Some(redis) = Redis::start() else { return };
+    budget_equals_sent_deletes(&format!("[shared]\nredis_url = \"{}\"\n", redis.url())).await;
+}
+
+/// Polls `/metrics` until the proxy reports its shared tier up.
+async fn wait_for_shared_tier(proxy: &TestProxy) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = get(&proxy.url("/metrics"), proxy.token()).await;
+        if String::from_utf8_lossy(&metrics.body).contains("packages_proxy_shared_tier_up 1") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shared tier never came up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A budget of 3 with pace-queue refusals along the way: exactly 3 real deletes.
+async fn budget_equals_sent_deletes(shared: &str) {
+    let sim = spawn_sim().await;
+    // Slots 400 ms apart and at most 500 ms of waiting: of three deletes at once, the third is
+    // refused by the pace queue, after its intent and after the budget used to be taken.
+    let mutations = "pace = \"400ms\"\nmax_queue_wait = \"500ms\"";
+    let policy = format!(
+        "{shared}[[policy.allow]]\nname = \"web-budget\"\npackages = [\"web\"]\nmax_per_hour = 3\n"
+    );
+    let (proxy, audit) = proxy_with(&sim, mutations, &policy).await;
+    if !shared.is_empty() {
+        wait_for_shared_tier(&proxy).await;
+    }
+    let web = versions(&sim, "web").await;
+    let mut next = 1;
+    let mut refused = 0;
+    let mut budget_429 = None;
+    for _round in 0..10 {
+        let targets = (0..3)
+            .map(|i| {
+                let path = version_path("web", web[next + i]);
+                (proxy.url(&path), proxy.token().to_owned())
+            })
+            .collect();
+        next += 3;
+        for task in spawn_deletes(targets) {
+            match task.await.unwrap() {
+                StatusCode::NO_CONTENT => {}
+                StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                other => panic!("{other}"),
+            }
+        }
+        let probe = send(
+            Method::DELETE,
+            &proxy.url(&version_path("web", web[next])),
+            Some(proxy.token()),
+            &[("x-packages-proxy-dry-run", "0")],
+        )
+        .await;
+        next += 1;
+        if probe.status == StatusCode::TOO_MANY_REQUESTS
+            && probe.json()["message"].as_str().unwrap().contains("budget")
+        {
+            budget_429 = Some(probe);
+            break;
+        }
+        assert!(
+            matches!(
+                probe.status,
+                StatusCode::NO_CONTENT | StatusCode::TOO_MANY_REQUESTS
+            ),
+            "{:?}",
+            probe.body
+        );
+    }
+    assert!(budget_429.is_some(), "the budget never ran out");
+    assert!(refused >= 1, "no refusal happened: the test shows nothing");
+    assert_eq!(
+        deletes_seen(&sim),
+        3,
+        "the budget of 3 did not give 3 real deletes"
+    );
+    let records = records(&audit);
+    let sent = records.iter().filter(|r| r.decision == "completed").count();
+    assert_eq!(sent, 3);
+    let queue_refusals = records
+        .iter()
+        .filter(|r| r.phase == "outcome" && r.decision == "refused")
+        .count();
+    assert!(
+        queue_refusals >= 1,
+        "no refusal after an intent: {records:?}"
+    );
+}

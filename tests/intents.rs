@@ -1,0 +1,228 @@
+//! Every intent ends in an outcome: queued mutations at SIGTERM are answered 503 and recorded
+//! `not_sent`; an intent a crashed process left alone is reconciled against GitHub at the next
+//! start, and `audit restore` can undo it. The proxy runs as a real `serve` process.
+
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
+
+#[path = "support/e2e.rs"]
+mod e2e;
+mod support;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant, SystemTime},
+};
+
+use http::{Method, StatusCode};
+use packages_proxy::{
+    audit::{self, AuditRecord},
+    route::Route,
+};
+use support::{ProxyOptions, Sim, proxy_config, send, spawn_sim};
+
+/// Starts `serve` in front of the in-process simulator with `extra` config and its audit log.
+async fn serve(sim: &Sim, dir: &e2e::TempDir, extra: &str, server: &'static str) -> e2e::ProxyProc {
+    let port = e2e::free_ports(1)[0];
+    let opts = ProxyOptions {
+        extra: extra.to_owned(),
+        extra_server: server,
+        ..ProxyOptions::default()
+    };
+    let (text, _) = proxy_config(&sim.handle.base_url(), port, &opts);
+    let text = text.replace("PACKAGES_PROXY_TEST_UNUSED", e2e::ORG_TOKEN_ENV);
+    e2e::ProxyProc::start(dir, "proxy", port, &text, &sim.org_token).await
+}
+
+fn records(audit: &Path) -> Vec<AuditRecord> {
+    audit::read(audit).map(|r| r.0).unwrap_or_default()
+}
+
+/// Polls `audit` until `done` holds for its records, or panics at the deadline.
+async fn wait_for_records(audit: &Path, what: &str, done: impl Fn(&[AuditRecord]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if done(&records(audit)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {:?}", records(audit));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn web_versions(sim: &Sim) -> Vec<u64> {
+    let url = format!(
+        "{}/orgs/acme/packages/container/web/versions?per_page=100",
+        sim.handle.base_url()
+    );
+    support::get(&url, &sim.org_token).await.ids()
+}
+
+/// A client `cleanup` with a fresh fake token (returned), allowed to delete and restore `web`.
+fn policy(audit: &Path, mutations: &str) -> (String, String) {
+    let (token, hash) = e2e::token_pair();
+    let text = format!(
+        "[[clients]]\nname = \"cleanup\"\ntoken_sha256 = \"{hash}\"\n\
+         [mutations]\naudit_log = {audit:?}\n{mutations}\n\
+         [[policy.allow]]\nname = \"cleanup-web\"\nclients = [\"cleanup\"]\n\
+         actions = [\"delete_version\", \"restore_version\"]\npackages = [\"web\"]\n"
+    );
+    (text, token)
+}
+
+// Regression: at SIGTERM, deletes waiting for their pace slot had an intent, were never sent,
+// got no outcome, and their clients a reset connection.
+#[tokio::test]
+async fn sigterm_with_queued_deletes_answers_every_client_and_ends_every_intent() {
+    let sim = spawn_sim().await;
+    let dir = e2e::TempDir::new("intents-drain");
+    let audit = dir.path("audit.jsonl");
+    // Slots 2 s apart; a send deadline half the 4 s drain after the SIGTERM: the first one or two
+    // deletes are sent, the rest must be answered 503 and recorded as not sent.
+    let (extra, token) = policy(&audit, "pace = \"2s\"\nmax_queue_wait = \"60s\"");
+    let mut proxy = serve(&sim, &dir, &extra, "shutdown_delay = \"0s\"").await;
+    let proxy_url = proxy.url("");
+    let web = web_versions(&sim).await;
+    let tasks: Vec<_> = web[1..6]
+        .iter()
+        .map(|id| {
+            let url = format!("{proxy_url}/orgs/acme/packages/container/web/versions/{id}");
+            let token = token.clone();
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await })
+        })
+        .collect();
+    wait_for_records(&audit, "five intents", |r| {
+        r.iter().filter(|r| r.phase == "intent").count() == 5
+    })
+    .await;
+    let mut process = proxy.proc.take().unwrap();
+    process.terminate();
+    let mut answered = (0, 0);
+    for task in tasks {
+        let reply = task.await.expect("a client got no answer");
+        match reply.status {
+            StatusCode::NO_CONTENT => answered.0 += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(reply.json()["message"].is_string());
+                answered.1 += 1;
+            }
+            other => panic!("neither 204 nor 503: {other} {:?}", reply.body),
+        }
+    }
+    let status = process.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status}");
+    assert!(answered.1 >= 1, "no delete was still queued: {answered:?}");
+
+    let records = records(&audit);
+    let outcome_of = |intent: &AuditRecord| -> Vec<&AuditRecord> {
+        records
+            .iter()
+            .filter(|r| r.phase == "outcome" && r.request_id == intent.request_id)
+            .collect()
+    };
+    let mut decisions = (0, 0);
+    for intent in records.iter().filter(|r| r.phase == "intent") {
+        let outcomes = outcome_of(intent);
+        assert_eq!(outcomes.len(), 1, "{intent:?} has {outcomes:?}");
+        match outcomes[0].decision.as_str() {
+            "completed" => decisions.0 += 1,
+            "not_sent" => decisions.1 += 1,
+            other => panic!("outcome {other}"),
+        }
+    }
+    assert_eq!(decisions, answered, "audit vs clients");
+    let deletes = sim
+        .handle
+        .log()
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .count();
+    assert_eq!(deletes, answered.0, "GitHub vs clients");
+}
+
+/// An intent record as a process killed right after (or before) sending would leave it.
+fn orphan_intent(path: &str, request_id: &str, at: SystemTime) -> AuditRecord {
+    let route = Route::parse(&Method::DELETE, path, None).unwrap();
+    let mut intent = AuditRecord::new(request_id, "cleanup", &route).at("intent", "allowed");
+    intent.time = humantime::format_rfc3339_millis(at).to_string();
+    intent.rule = Some("cleanup-web".to_owned());
+    intent
+}
+
+// Regression: after `kill -9` right after a send the intent stayed alone, and `audit restore`
+// skipped it.
+#[tokio::test]
+async fn intents_a_crash_left_alone_are_reconciled_at_start_and_restorable() {
+    let sim = spawn_sim().await;
+    let dir = e2e::TempDir::new("intents-reconcile");
+    let audit = dir.path("audit.jsonl");
+    let web = web_versions(&sim).await;
+    let path = |id: u64| format!("/orgs/acme/packages/container/web/versions/{id}");
+    // The crashed process sent the first delete (GitHub performed it), not the second.
+    let deleted = send(
+        Method::DELETE,
+        &format!("{}{}", sim.handle.base_url(), path(web[1])),
+        Some(&sim.org_token),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let mut lines = String::new();
+    for (id, request_id) in [(web[1], "crash-sent"), (web[2], "crash-unsent")] {
+        let record = orphan_intent(&path(id), request_id, an_hour_ago);
+        lines.push_str(&serde_json::to_string(&record).unwrap());
+        lines.push('\n');
+    }
+    std::fs::write(&audit, lines).unwrap();
+
+    let (extra, token) = policy(&audit, "pace = \"0s\"");
+    let proxy = serve(&sim, &dir, &extra, "").await;
+    wait_for_records(&audit, "two reconciled outcomes", |r| {
+        r.iter().filter(|r| r.reconciled).count() == 2
+    })
+    .await;
+    let records = records(&audit);
+    let outcome = |request_id: &str| {
+        records
+            .iter()
+            .find(|r| r.phase == "outcome" && r.request_id == request_id)
+            .unwrap()
+    };
+    assert_eq!(outcome("crash-sent").decision, "completed");
+    assert_eq!(outcome("crash-unsent").decision, "not_applied");
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[2]),
+        Some(false),
+        "reconciling must only read"
+    );
+
+    let listed = std::process::Command::new(e2e::BIN)
+        .args(["audit", "list", "--decision", "completed", "--log"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("crash-sent") && listed.contains("\"reconciled\":true"));
+
+    let since = humantime::format_rfc3339_millis(an_hour_ago - Duration::from_secs(1));
+    let out = tokio::process::Command::new(e2e::BIN)
+        .args(["audit", "restore", "--client", "cleanup", "--since"])
+        .arg(since.to_string())
+        .arg("--log")
+        .arg(&audit)
+        .args(["--proxy", &proxy.url("")])
+        .env("PACKAGES_PROXY_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{:?}", out.stderr);
+    assert!(text.contains("1 versions, 0 failed"), "{text}");
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[1]),
+        Some(false),
+        "the reconciled delete was not restored"
+    );
+}
