@@ -56,6 +56,9 @@ pub struct AuditRecord {
     pub github_request_id: Option<String>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// The multi-arch guard's decision, for container deletes (absent in older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_arch_guard: Option<crate::guard::Report>,
 }
 
 /// Writes audit records; cheap to clone.
@@ -97,6 +100,7 @@ impl AuditRecord {
             upstream_status: None,
             github_request_id: None,
             dry_run: false,
+            multi_arch_guard: None,
         }
     }
 
@@ -149,6 +153,7 @@ impl Audit {
             upstream_status = record.upstream_status,
             github_request_id = record.github_request_id.as_deref(),
             dry_run = record.dry_run,
+            multi_arch_guard = record.multi_arch_guard.as_ref().map(|g| g.decision.as_str()),
             "audit"
         );
         let Some(path) = self.path.clone() else {

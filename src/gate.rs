@@ -92,6 +92,11 @@ pub async fn execute(
         };
         return Err(refuse(state, record, decision, Some(&rule), error).await);
     }
+    let guard = crate::guard::check(state, m.route, &rule, &payer).await;
+    record.multi_arch_guard = guard.report;
+    if let Some(error) = guard.refusal {
+        return Err(refuse(state, record, "refused", Some(&rule), error).await);
+    }
     if record.dry_run {
         crate::metrics::destructive("dry_run");
         let record = record.at("decision", "dry_run");
@@ -100,7 +105,8 @@ pub async fn execute(
             .write(&record)
             .await
             .map_err(ProxyError::Audit)?;
-        return Ok((dry_run_response(m.route, &rule), None));
+        let guard = record.multi_arch_guard.as_ref();
+        return Ok((dry_run_response(m.route, &rule, guard), None));
     }
     let max = state.config.mutations.max_queue_per_client;
     let Some(place) = state.per_client.enter(m.client, max) else {
@@ -336,8 +342,13 @@ async fn refuse(
     error
 }
 
-fn dry_run_response(route: &Route, rule: &Rule) -> Response<Body> {
+fn dry_run_response(
+    route: &Route,
+    rule: &Rule,
+    guard: Option<&crate::guard::Report>,
+) -> Response<Body> {
     let body = json!({
+        "multi_arch_guard": guard,
         "dry_run": true,
         "decision": "allow",
         "rule": rule.name,

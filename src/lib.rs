@@ -16,8 +16,9 @@
 //!   invalidations, back-offs).
 //! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
 //!   in JSON bodies, and the proxy's ETag for a rewritten body.
-//! - [`gate`]: the destructive path: [`policy`] decision, protected tags, dry run, budget,
-//!   [`pace`] slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
+//! - [`gate`]: the destructive path: [`policy`] decision, protected tags, the multi-arch
+//!   [`guard`] (image manifests read from the container [`registry`]), dry run, budget, [`pace`]
+//!   slot, write-ahead [`audit`] record, the one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
 //! - [`metrics`]: metric names and `/metrics`.
 //!
@@ -41,12 +42,14 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gate;
+pub mod guard;
 pub mod link;
 pub mod metrics;
 pub mod pace;
 pub mod policy;
 pub mod proxy;
 pub mod quota;
+pub mod registry;
 pub mod reload;
 pub mod route;
 pub mod secret;

@@ -69,6 +69,9 @@ pub struct RawRule {
     pub protect_tags: Vec<String>,
     /// Destructive calls per client per budget window under this rule (allow only).
     pub max_per_hour: Option<u32>,
+    /// Refuse deleting a container version a tagged image index references (allow only;
+    /// default on). See [`crate::guard`].
+    pub multi_arch_guard: Option<bool>,
 }
 
 /// The compiled policy: swapped whole on reload (budgets start afresh then).
@@ -92,6 +95,8 @@ pub struct Rule {
     packages: Option<GlobSet>,
     protect: Option<(GlobSet, Vec<String>)>,
     budget: Option<(u32, DefaultKeyedRateLimiter<String>)>,
+    /// The multi-arch guard runs for container deletes under this rule.
+    multi_arch_guard: bool,
 }
 
 /// What the policy says about one destructive request.
@@ -185,10 +190,14 @@ impl RawRule {
         if self.name.trim().is_empty() {
             return Err(invalid(&format!("{field}.name"), "must not be empty"));
         }
-        if !allow && (!self.protect_tags.is_empty() || self.max_per_hour.is_some()) {
+        if !allow
+            && (!self.protect_tags.is_empty()
+                || self.max_per_hour.is_some()
+                || self.multi_arch_guard.is_some())
+        {
             return Err(invalid(
                 field,
-                "protect_tags and max_per_hour belong on allow rules",
+                "protect_tags, max_per_hour and multi_arch_guard belong on allow rules",
             ));
         }
         let clients = self
@@ -257,6 +266,7 @@ impl RawRule {
             packages,
             protect,
             budget,
+            multi_arch_guard: self.multi_arch_guard.unwrap_or(true),
         })
     }
 }
@@ -419,6 +429,11 @@ impl Rule {
                 &governor::clock::DefaultClock::default(),
             ))
         })
+    }
+
+    /// Whether the multi-arch guard runs for container deletes under this rule (default on).
+    pub fn multi_arch_guard(&self) -> bool {
+        self.multi_arch_guard
     }
 
     /// The budget size, if any.

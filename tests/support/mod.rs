@@ -141,7 +141,8 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
          drain_timeout = \"{}\"\nmax_in_flight = {}\n{}\n\
          [upstream]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n\
-         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\nretries = {}\n{}\n",
+         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\nretries = {}\n{}\n\
+         [registry]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n",
         opts.public_url
             .map(|u| format!("public_url = \"{u}\""))
             .unwrap_or_default(),
