@@ -31,14 +31,19 @@ struct Setup {
 
 /// A proxy allowing every delete under one rule with `rule_extra` lines, audited, unpaced.
 async fn setup(rule_extra: &str) -> Setup {
+    setup_with(rule_extra, ProxyOptions::default()).await
+}
+
+async fn setup_with(rule_extra: &str, opts: ProxyOptions) -> Setup {
     let sim = spawn_sim_with(dataset()).await;
     let audit = temp_dir("guard").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: format!(
-            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\
-             [[policy.allow]]\nname = \"cleanup\"\n{rule_extra}\n"
+            "{}\n[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\
+             [[policy.allow]]\nname = \"cleanup\"\n{rule_extra}\n",
+            opts.extra
         ),
-        ..ProxyOptions::default()
+        ..opts
     };
     let proxy = spawn_proxy(&sim, opts).await;
     let url = format!("{}{APP}/versions?per_page=100", sim.handle.base_url());
@@ -274,4 +279,62 @@ async fn a_whole_package_delete_is_not_guarded() {
         s.audit().last().unwrap()["multi_arch_guard"]["decision"],
         "whole_package"
     );
+}
+
+#[tokio::test]
+async fn registry_reads_are_bounded_per_decision_and_a_retry_continues_from_the_cache() {
+    let opts = ProxyOptions {
+        extra_registry: "max_reads_per_decision = 2",
+        ..ProxyOptions::default()
+    };
+    let s = setup_with("", opts).await;
+    // Challenge and token use up the bound; the third read would pass it.
+    let first = s.delete(10, &[]).await;
+    assert_eq!(first.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        first.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("registry.max_reads_per_decision")
+    );
+    assert_eq!(s.registry_requests(), 2);
+    // Two more manifests, then the last one: three tagged images in all.
+    assert_eq!(
+        s.delete(10, &[]).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert!(!s.deleted(10));
+    assert_eq!(s.delete(10, &[]).await.status, StatusCode::NO_CONTENT);
+    assert!(s.deleted(10));
+}
+
+#[tokio::test]
+async fn registry_reads_are_charged_to_the_clients_quota() {
+    let opts = ProxyOptions {
+        extra: "[quotas]\nupstream_per_minute = 4\n".to_owned(),
+        ..ProxyOptions::default()
+    };
+    let s = setup_with("", opts).await;
+    // One version page and three registry requests spend the four; the next read is refused.
+    let reply = s.delete(10, &[]).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.header("x-ratelimit-resource"), Some("proxy-upstream"));
+    assert_eq!(s.registry_requests(), 3);
+    assert!(!s.deleted(10));
+}
+
+#[test]
+fn the_registry_base_url_is_validated_like_the_upstreams() {
+    let base = "[upstream]\ntoken_env = \"T\"\nowners = [\"acme\"]\n";
+    let plain = format!("{base}[registry]\nbase_url = \"http://ghcr.example\"\n");
+    let error = packages_proxy::config::Config::parse(&format!("[server]\n{plain}"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("registry.base_url"), "{error}");
+    let ghes =
+        format!("[server]\n{base}[registry]\nbase_url = \"https://containers.ghe.example\"\n");
+    let config = packages_proxy::config::Config::parse(&ghes).unwrap();
+    assert_eq!(config.registry.origin, "https://containers.ghe.example");
+    let default = packages_proxy::config::Config::parse(&format!("[server]\n{base}")).unwrap();
+    assert_eq!(default.registry.origin, "https://ghcr.io");
 }
