@@ -282,6 +282,14 @@ impl Dataset {
         })
     }
 
+    /// The version ids of a package, newest first (empty if unknown): for printing examples.
+    pub fn version_ids(&self, owner: &str, package_type: &str, name: &str) -> Vec<u64> {
+        self.find_owner(owner)
+            .and_then(|o| self.package_index(o.id, package_type, name))
+            .map(|at| self.packages[at].versions.iter().map(|v| v.id).collect())
+            .unwrap_or_default()
+    }
+
     /// The owner with this login, compared case-insensitively as GitHub does.
     pub(super) fn find_owner(&self, login: &str) -> Option<&Owner> {
         self.owners
