@@ -64,6 +64,9 @@ pub struct AuditRecord {
     /// GitHub showed then ([`crate::reconcile`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reconciled: bool,
+    /// The multi-arch guard's decision, for container deletes (absent in older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_arch_guard: Option<crate::guard::Report>,
 }
 
 /// Writes audit records; cheap to clone.
@@ -107,6 +110,7 @@ impl AuditRecord {
             github_request_id: None,
             dry_run: false,
             reconciled: false,
+            multi_arch_guard: None,
         }
     }
 
@@ -161,6 +165,7 @@ impl Audit {
             github_request_id = record.github_request_id.as_deref(),
             dry_run = record.dry_run,
             reconciled = record.reconciled,
+            multi_arch_guard = record.multi_arch_guard.as_ref().map(|g| g.decision.as_str()),
             "audit"
         );
         let Some(path) = self.path.clone() else {

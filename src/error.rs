@@ -33,6 +33,10 @@ pub enum ProxyError {
     /// The request is malformed (query parameter, header value).
     #[error("{0}")]
     BadRequest(String),
+    /// The call would break something that depends on its target (a tagged image index
+    /// references the version to delete).
+    #[error("{0}")]
+    Conflict(String),
     /// The request is well formed but cannot be carried out as asked (422, as GitHub says).
     #[error("{0}")]
     Unprocessable(String),
@@ -106,6 +110,7 @@ impl ProxyError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,

@@ -128,6 +128,12 @@ pub async fn execute(
         };
         return Err(refuse(state, record, decision, error).await);
     }
+    let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
+    let guard = crate::guard::check(state, m.route, enabled, &payer).await;
+    record.multi_arch_guard = guard.report;
+    if let Some(error) = guard.refusal {
+        return Err(refuse(state, record, "refused", error).await);
+    }
     if record.dry_run {
         crate::metrics::destructive("dry_run");
         let record = record.at("decision", "dry_run");
@@ -136,7 +142,8 @@ pub async fn execute(
             .write(&record)
             .await
             .map_err(ProxyError::Audit)?;
-        return Ok((dry_run_response(m.route, &protections), None));
+        let guard = record.multi_arch_guard.as_ref();
+        return Ok((dry_run_response(m.route, &protections, guard), None));
     }
     let max = state.config.mutations.max_queue_per_client;
     let Some(place) = state.per_client.enter(m.client, max) else {
@@ -366,9 +373,14 @@ async fn refuse(
     error
 }
 
-fn dry_run_response(route: &Route, protections: &Protections) -> Response<Body> {
+fn dry_run_response(
+    route: &Route,
+    protections: &Protections,
+    guard: Option<&crate::guard::Report>,
+) -> Response<Body> {
     let rules = protections.rule_names();
     let body = json!({
+        "multi_arch_guard": guard,
         "dry_run": true,
         "decision": "allow",
         "rule": rules.first(),

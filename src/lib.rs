@@ -18,8 +18,9 @@
 //! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
 //!   in JSON bodies, and the proxy's ETag for a rewritten body.
 //! - [`gate`]: the destructive path: [`policy`] decision, the [`protections`] of every matching
-//!   rule (protected tags, dry run, [`rule_budget`]s), [`pace`] slot, write-ahead [`audit`]
-//!   record, the one upstream mutation, invalidation.
+//!   rule (protected tags, the multi-arch [`guard`] over image manifests read from the container
+//!   [`registry`], dry run, [`rule_budget`]s), [`pace`] slot, write-ahead [`audit`] record, the
+//!   one upstream mutation, invalidation.
 //! - [`error`]: `ProxyError` and the one error -> response map.
 //! - [`metrics`]: metric names and `/metrics`.
 //!
@@ -44,6 +45,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod gate;
+pub mod guard;
 pub mod link;
 pub mod metrics;
 pub mod pace;
@@ -52,6 +54,7 @@ pub mod protections;
 pub mod proxy;
 pub mod quota;
 pub mod reconcile;
+pub mod registry;
 pub mod reload;
 pub mod route;
 pub mod rule_budget;

@@ -23,6 +23,13 @@ pub const REQUEST_DURATION: &str = "packages_proxy_request_duration_seconds";
 pub const UPSTREAM_REQUESTS: &str = "packages_proxy_upstream_requests_total";
 /// Time until GitHub's response head.
 pub const UPSTREAM_DURATION: &str = "packages_proxy_upstream_duration_seconds";
+/// Requests sent to the container registry (multi-arch guard), by status class (`error`: no
+/// answer).
+pub const REGISTRY_REQUESTS: &str = "packages_proxy_registry_requests_total";
+/// Time for one registry request, body included.
+pub const REGISTRY_DURATION: &str = "packages_proxy_registry_duration_seconds";
+/// Multi-arch guard decisions, by decision (allow, refuse, unavailable, off, whole_package).
+pub const GUARD: &str = "packages_proxy_multi_arch_guard_decisions_total";
 /// Destructive calls by outcome (completed, failed, denied, refused, dry_run).
 pub const DESTRUCTIVE: &str = "packages_proxy_destructive_decisions_total";
 /// Access log lines dropped because the writer's buffer was full (stdout blocked or too slow).
@@ -163,6 +170,18 @@ pub fn backoff_opened(kind: &'static str) {
 pub fn charged(client: &str, work: &'static str) {
     counter!("packages_proxy_upstream_charged_total", "client" => client.to_owned(), "work" => work)
         .increment(1);
+}
+
+/// One container registry exchange (`status` `None`: no answer).
+pub fn registry(status: Option<u16>, elapsed: Duration) {
+    let class = status.map_or("error", status_class);
+    counter!(REGISTRY_REQUESTS, "status_class" => class).increment(1);
+    histogram!(REGISTRY_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// One multi-arch guard decision.
+pub fn guard(decision: &'static str) {
+    counter!(GUARD, "decision" => decision).increment(1);
 }
 
 /// One destructive decision.

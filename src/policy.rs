@@ -74,6 +74,9 @@ pub struct RawRule {
     /// Calls this rule allows only report what they would do (allow only).
     #[serde(default)]
     pub dry_run: bool,
+    /// Refuse deleting a container version a tagged image index references (allow only;
+    /// default on). See [`crate::guard`].
+    pub multi_arch_guard: Option<bool>,
 }
 
 /// The compiled policy: swapped whole on reload (budgets start afresh then).
@@ -98,6 +101,8 @@ pub struct Rule {
     protect: Option<(GlobSet, Vec<String>)>,
     budget: Option<RuleBudget>,
     dry_run: bool,
+    /// The multi-arch guard runs for container deletes under this rule.
+    multi_arch_guard: bool,
 }
 
 /// What the policy says about one destructive request.
@@ -191,11 +196,15 @@ impl RawRule {
         if self.name.trim().is_empty() {
             return Err(invalid(&format!("{field}.name"), "must not be empty"));
         }
-        if !allow && (!self.protect_tags.is_empty() || self.max_per_hour.is_some() || self.dry_run)
+        if !allow
+            && (!self.protect_tags.is_empty()
+                || self.max_per_hour.is_some()
+                || self.dry_run
+                || self.multi_arch_guard.is_some())
         {
             return Err(invalid(
                 field,
-                "protect_tags, max_per_hour and dry_run belong on allow rules",
+                "protect_tags, max_per_hour, dry_run and multi_arch_guard belong on allow rules",
             ));
         }
         let clients = self
@@ -265,6 +274,7 @@ impl RawRule {
             protect,
             budget,
             dry_run: self.dry_run,
+            multi_arch_guard: self.multi_arch_guard.unwrap_or(true),
         })
     }
 }
@@ -429,6 +439,11 @@ impl Rule {
     /// True when calls this rule allows are only reported (`dry_run = true` on the rule).
     pub fn dry_run(&self) -> bool {
         self.dry_run
+    }
+
+    /// Whether the multi-arch guard runs for container deletes under this rule (default on).
+    pub fn multi_arch_guard(&self) -> bool {
+        self.multi_arch_guard
     }
 }
 

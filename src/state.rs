@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     pace::{Pacer, PerClient},
     policy::Policy,
+    registry::Registry,
     secret::OrgToken,
     shared::Shared,
     upstream::{BuildError, Upstream},
@@ -50,6 +51,8 @@ pub struct AppState {
     pub public_url: String,
     /// The one upstream client, holding the org token.
     pub upstream: Upstream,
+    /// The container registry client of the multi-arch guard (its own manifest cache inside).
+    pub registry: Registry,
     /// The metadata cache (also when disabled: then it is never asked).
     pub cache: Cache,
     /// The Redis tier, when `[shared] redis_url` is set.
@@ -90,6 +93,7 @@ impl AppState {
     ) -> Result<Arc<Self>, StateError> {
         crate::metrics::handle(); // installed before the first metric is recorded
         crate::metrics::spawn_upkeep();
+        let registry = Registry::new(&config.registry, token.clone())?;
         let upstream = Upstream::new(&config.upstream, token)?;
         let clients = ArcSwap::from_pointee(Clients::new(&config.clients, None, config.replicas()));
         let cache = Cache::new(&config.cache);
@@ -117,6 +121,7 @@ impl AppState {
             config,
             public_url,
             upstream,
+            registry,
             cache,
             shared,
             clients,

@@ -111,29 +111,7 @@ pub struct BuildError(#[source] BoxError);
 impl Upstream {
     /// One pooled client for the process; every request shares its connections.
     pub fn new(config: &UpstreamConfig, token: OrgToken) -> Result<Self, BuildError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false); // the TLS wrapper checks the scheme
-        http.set_connect_timeout(Some(config.connect_timeout));
-        http.set_nodelay(true);
-        let provider = rustls::crypto::ring::default_provider();
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(builder) => builder,
-            Err(error) => {
-                tracing::warn!(%error, "no system CA roots; using the bundled webpki roots");
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_webpki_roots(provider)
-                    .map_err(|error| BuildError(Box::new(error)))?
-            }
-        };
-        // Production: https only. Tests reach the in-process simulator over plain http.
-        let builder = if config.allow_plain_http {
-            builder.https_or_http()
-        } else {
-            builder.https_only()
-        };
-        let connector = builder.enable_http1().enable_http2().wrap_connector(http);
+        let connector = https_connector(config.connect_timeout, config.allow_plain_http)?;
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new()) // without it idle connections are never reaped
             .timer(TokioTimer::new()) // h2 keep-alive pings
@@ -342,6 +320,38 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
         .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+/// The rustls connector every outbound client uses (the upstream API and the container registry):
+/// the host's CA roots (else the bundled webpki roots), ring, h2 by ALPN, https only unless
+/// `allow_plain_http` (the simulator).
+pub(crate) fn https_connector(
+    connect_timeout: Duration,
+    allow_plain_http: bool,
+) -> Result<HttpsConnector<HttpConnector>, BuildError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false); // the TLS wrapper checks the scheme
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let provider = rustls::crypto::ring::default_provider();
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider.clone())
+    {
+        Ok(builder) => builder,
+        Err(error) => {
+            tracing::warn!(%error, "no system CA roots; using the bundled webpki roots");
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_webpki_roots(provider)
+                .map_err(|error| BuildError(Box::new(error)))?
+        }
+    };
+    // Production: https only. Tests reach the in-process simulator over plain http.
+    let builder = if allow_plain_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    Ok(builder.enable_http1().enable_http2().wrap_connector(http))
 }
 
 /// Jittered exponential back-off between retries: 100 ms, 200 ms, 400 ms ... each +-50%.

@@ -210,6 +210,9 @@ actions = ["delete_version", "delete_package"]
 owners = ["acme"]
 package_types = ["container"]
 protect_tags = ["keep-forever"]
+# These tests count the protected-tag reads; the multi-arch guard's own reads (tests/guard.rs)
+# would add web's 200 tagged manifests to them.
+multi_arch_guard = false
 "#
     );
     let opts = ProxyOptions {
@@ -329,6 +332,9 @@ actions = ["delete_version"]
 owners = ["acme"]
 package_types = ["container"]
 protect_tags = ["keep-forever"]
+# These tests count the protected-tag reads; the multi-arch guard's own reads (tests/guard.rs)
+# would add web's 200 tagged manifests to them.
+multi_arch_guard = false
 "#,
             redis.url()
         );

@@ -107,6 +107,10 @@ allow_plain_http = true
 token_env = \"{env}\"
 owners = [\"acme\"]
 
+[registry]
+base_url = \"{sim_url}\"
+allow_plain_http = true
+
 [[clients]]
 name = \"e2e\"
 token_sha256 = \"{hash}\"

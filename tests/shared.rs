@@ -54,6 +54,11 @@ fn gets(sim: &Sim) -> usize {
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
 
+/// The multi-arch guard off: each replica reads a package's tagged manifests once (its own
+/// digest cache), and `web`'s 200 tags would spend the fleet-wide quota before the deletes these
+/// tests are about (tests/guard.rs covers the guard).
+const GUARD_OFF: &str = "multi_arch_guard = false\n";
+
 #[tokio::test]
 async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
     let Some(redis) = Redis::start() else { return };
@@ -100,7 +105,7 @@ async fn concurrent_cold_requests_across_replicas_make_one_upstream_call() {
 async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let extra = allow_everything("0s");
+    let extra = allow_everything("0s") + GUARD_OFF;
     let fleet = fleet(&sim, &redis, &extra).await;
     let ids: Vec<u64> = get(&fleet[1].url(WEB), fleet[1].token()).await.ids();
     get(&fleet[2].url(WEB), fleet[2].token()).await;
@@ -127,7 +132,7 @@ async fn a_delete_on_one_replica_is_invisible_on_the_others_at_once() {
 async fn mutations_through_all_replicas_are_paced_fleet_wide() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let extra = allow_everything("200ms");
+    let extra = allow_everything("200ms") + GUARD_OFF;
     let fleet = fleet(&sim, &redis, &extra).await;
     let url = format!(
         "{}/orgs/acme/packages/container/web/versions?per_page=20",
@@ -197,7 +202,7 @@ async fn a_rules_budget_holds_across_replicas() {
     let sim = spawn_sim().await;
     let audit = temp_dir("shared-budget").join("audit.jsonl");
     let extra = format!(
-        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"two\"\nmax_per_hour = 2\n"
+        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"two\"\nmax_per_hour = 2\n{GUARD_OFF}"
     );
     let fleet = fleet(&sim, &redis, &extra).await;
     let url = format!(
@@ -272,7 +277,7 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
         return;
     };
     let sim = spawn_sim().await;
-    let extra = allow_everything("0s");
+    let extra = allow_everything("0s") + GUARD_OFF;
     let fleet = fleet(&sim, &redis, &extra).await;
     let url = format!(
         "{}/orgs/acme/packages/container/web/versions?per_page=20",

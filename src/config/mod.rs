@@ -67,6 +67,8 @@ pub struct Config {
     pub mutations: MutationsConfig,
     /// The Redis tier replicas share (cache L2, pace, quotas, back-off, invalidation).
     pub shared: Option<SharedConfig>,
+    /// The container registry the multi-arch guard reads image manifests from.
+    pub registry: RegistryConfig,
     /// Logging.
     pub log: LogConfig,
     /// The separate policy file, if the rules live in one (reload watches it too).
@@ -98,6 +100,25 @@ impl std::fmt::Debug for SharedConfig {
             .field("key_prefix", &self.key_prefix)
             .finish_non_exhaustive()
     }
+}
+
+/// `[registry]`: where the multi-arch guard reads image manifests (OCI distribution API).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Scheme and authority, e.g. `https://ghcr.io` (GHES: `https://containers.HOST`).
+    pub origin: String,
+    /// Path prefix before `/v2/`, usually empty.
+    pub prefix: String,
+    /// Whether `http://` is allowed (the simulator only).
+    pub allow_plain_http: bool,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest time for one registry request, body included.
+    pub timeout: Duration,
+    /// Bound on the bytes of parsed manifests kept (they are content-addressed: never stale).
+    pub manifest_cache_bytes: u64,
+    /// Registry requests one delete decision may make (token fetches included); past it, 422.
+    pub max_reads_per_decision: u32,
 }
 
 /// `[log]`

@@ -6,8 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use serde::Deserialize;
 
 mod limits;
+mod registry;
 mod validate;
 
+use registry::RawRegistry;
 use validate::{invalid, validate_clients};
 
 use super::{Config, ConfigError, LogConfig, Quota};
@@ -35,6 +37,8 @@ pub(super) struct RawConfig {
     quotas: RawQuotas,
     #[serde(default)]
     shared: RawShared,
+    #[serde(default)]
+    registry: RawRegistry,
     #[serde(default)]
     log: RawLog,
 }
@@ -396,12 +400,14 @@ impl RawConfig {
             ));
         }
         let shared = self.shared.validate()?;
+        let registry = self.registry.validate()?;
         let log = self.log.validate()?;
         let config = Config {
             server,
             upstream,
             clients,
             shared,
+            registry,
             log,
             cache,
             policy: Arc::new(policy),

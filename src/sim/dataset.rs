@@ -7,9 +7,8 @@
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
-
 use super::clock;
+use super::registry::{self, SimManifest};
 
 /// 2024-01-02T03:04:05Z: the base of every derived timestamp.
 const BASE_EPOCH: u64 = 1_704_164_645;
@@ -61,6 +60,8 @@ pub(super) struct Package {
     pub(super) repository_id: Option<u64>,
     pub(super) deleted: bool,
     pub(super) versions: Vec<Version>,
+    /// Container packages: every version's image manifest, by digest (the version's `name`).
+    pub(super) manifests: HashMap<String, SimManifest>,
 }
 
 /// One package version.
@@ -107,14 +108,101 @@ impl Dataset {
     /// tagged `latest` and `v1.0.<n>`, every 5th is untagged, the rest carry `v1.0.<n>`. Other types
     /// get version names `1.0.<n>` and a repository. An unknown owner is ignored.
     pub fn package(
-        mut self,
+        self,
         owner: &str,
         package_type: &str,
         name: &str,
         visibility: &str,
         versions: usize,
     ) -> Self {
-        let Some(owner) = self.find_owner(owner).map(|o| (o.id, o.login.clone())) else {
+        let container = package_type == "container";
+        let Some(login) = self.find_owner(owner).map(|o| o.login.clone()) else {
+            return self;
+        };
+        let mut manifests = HashMap::new();
+        let versions = (1..=versions as u64)
+            .map(|n| {
+                let name = if container {
+                    let (digest, manifest) = registry::image(&format!("{login}/{name}:{n}"), None);
+                    manifests.insert(digest.clone(), manifest);
+                    digest
+                } else {
+                    format!("1.0.{n}")
+                };
+                let tags = container.then(|| container_tags(n, n == versions as u64));
+                (name, tags)
+            })
+            .collect();
+        self.push(owner, package_type, name, visibility, versions, manifests)
+    }
+
+    /// Adds a container package of multi-arch images, oldest first: `orphans` untagged single
+    /// images nothing references, `singles` single-platform images tagged `single-<j>`, then
+    /// `indexes` images each pushed as buildx does (linux/amd64 and linux/arm64 manifests and an
+    /// attestation manifest, all untagged, then the index tagged `v<i>`; the last also `latest`).
+    pub fn multi_arch(
+        self,
+        owner: &str,
+        name: &str,
+        visibility: &str,
+        (indexes, singles, orphans): (usize, usize, usize),
+    ) -> Self {
+        let Some(login) = self.find_owner(owner).map(|o| o.login.clone()) else {
+            return self;
+        };
+        let seed = |what: String| format!("{login}/{name}:{what}");
+        let mut manifests = HashMap::new();
+        let mut versions = Vec::new();
+        let mut add = |(digest, manifest): (String, SimManifest), tags: Vec<String>| {
+            manifests.insert(digest.clone(), manifest);
+            versions.push((digest.clone(), Some(tags)));
+            digest
+        };
+        for k in 1..=orphans {
+            add(
+                registry::image(&seed(format!("orphan-{k}")), None),
+                Vec::new(),
+            );
+        }
+        for j in 1..=singles {
+            add(
+                registry::image(&seed(format!("single-{j}")), None),
+                vec![format!("single-{j}")],
+            );
+        }
+        for i in 1..=indexes {
+            let amd64 = add(
+                registry::image(&seed(format!("v{i}-amd64")), Some(("linux", "amd64"))),
+                Vec::new(),
+            );
+            let arm64 = add(
+                registry::image(&seed(format!("v{i}-arm64")), Some(("linux", "arm64"))),
+                Vec::new(),
+            );
+            let att = add(
+                registry::attestation(&seed(format!("v{i}-att")), &amd64),
+                Vec::new(),
+            );
+            let mut tags = vec![format!("v{i}")];
+            if i == indexes {
+                tags.insert(0, "latest".to_owned());
+            }
+            add(registry::index(&amd64, &arm64, &att), tags);
+        }
+        self.push(owner, "container", name, visibility, versions, manifests)
+    }
+
+    /// Adds a package whose versions (name, container tags) are given oldest first.
+    fn push(
+        mut self,
+        owner: &str,
+        package_type: &str,
+        name: &str,
+        visibility: &str,
+        versions: Vec<(String, Option<Vec<String>>)>,
+        manifests: HashMap<String, SimManifest>,
+    ) -> Self {
+        let Some(owner) = self.find_owner(owner).map(|o| o.id) else {
             return self;
         };
         if self.next_package_id == 0 {
@@ -124,27 +212,29 @@ impl Dataset {
         let id = self.next_package_id;
         self.next_package_id += 1;
         let first_version_id = self.next_version_id;
-        self.next_version_id += versions as u64;
+        self.next_version_id += versions.len() as u64;
         let start = BASE_EPOCH + (id - FIRST_PACKAGE_ID) * 86_400;
         let container = package_type == "container";
-        let versions: Vec<Version> = (1..=versions as u64)
-            .rev()
-            .map(|n| Version {
+        let count = versions.len() as u64;
+        let mut versions: Vec<Version> = (1..=count)
+            .zip(versions)
+            .map(|(n, (version_name, tags))| Version {
                 id: first_version_id + n - 1,
-                name: version_name(container, &owner.1, name, n),
-                tags: container.then(|| container_tags(n, n == versions as u64)),
+                name: version_name,
+                tags,
                 created_at: clock::rfc3339(start + n * 3_600),
                 deleted_at: None,
             })
             .collect();
-        let updated = start + versions.len() as u64 * 3_600;
+        versions.reverse(); // newest (highest id) first
+        let updated = start + count * 3_600;
         self.index.insert(
-            (owner.0, package_type.to_owned(), name.to_owned()),
+            (owner, package_type.to_owned(), name.to_owned()),
             self.packages.len(),
         );
         self.packages.push(Package {
             id,
-            owner_id: owner.0,
+            owner_id: owner,
             package_type: package_type.to_owned(),
             name: name.to_owned(),
             visibility: visibility.to_owned(),
@@ -153,6 +243,7 @@ impl Dataset {
             repository_id: (!container).then_some(id + REPOSITORY_ID_OFFSET),
             deleted: false,
             versions,
+            manifests,
         });
         self
     }
@@ -191,6 +282,14 @@ impl Dataset {
         })
     }
 
+    /// The version ids of a package, newest first (empty if unknown): for printing examples.
+    pub fn version_ids(&self, owner: &str, package_type: &str, name: &str) -> Vec<u64> {
+        self.find_owner(owner)
+            .and_then(|o| self.package_index(o.id, package_type, name))
+            .map(|at| self.packages[at].versions.iter().map(|v| v.id).collect())
+            .unwrap_or_default()
+    }
+
     /// The owner with this login, compared case-insensitively as GitHub does.
     pub(super) fn find_owner(&self, login: &str) -> Option<&Owner> {
         self.owners
@@ -201,6 +300,30 @@ impl Dataset {
     /// The owner with this numeric id.
     pub(super) fn owner_by_id(&self, id: u64) -> Option<&Owner> {
         self.owners.iter().find(|o| o.id == id)
+    }
+
+    /// The manifest `reference` (a digest or a tag) of container image `repository`
+    /// (`owner/name`), if its version exists and is not deleted.
+    pub(super) fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Option<(String, SimManifest)> {
+        let (login, name) = repository.split_once('/')?;
+        let owner = self.find_owner(login)?;
+        let package = &self.packages[self.package_index(owner.id, "container", name)?];
+        if package.deleted {
+            return None;
+        }
+        let version = package.versions.iter().find(|v| {
+            v.deleted_at.is_none()
+                && (v.name == reference
+                    || v.tags
+                        .as_ref()
+                        .is_some_and(|t| t.iter().any(|t| t == reference)))
+        })?;
+        let manifest = package.manifests.get(&version.name)?;
+        Some((version.name.clone(), manifest.clone()))
     }
 
     /// Index of a package, deleted or not.
@@ -237,15 +360,6 @@ impl Package {
     pub(super) fn version(&self, id: u64) -> Option<&Version> {
         let at = self.versions.binary_search_by(|v| id.cmp(&v.id)).ok()?;
         self.versions.get(at)
-    }
-}
-
-fn version_name(container: bool, owner: &str, name: &str, n: u64) -> String {
-    if container {
-        let digest = Sha256::digest(format!("{owner}/{name}:{n}").as_bytes());
-        format!("sha256:{}", hex::encode(digest))
-    } else {
-        format!("1.0.{n}")
     }
 }
 

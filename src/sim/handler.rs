@@ -48,6 +48,10 @@ pub(super) async fn handle<B>(
 ) -> io::Result<Response<Full<Bytes>>> {
     let _in_flight = shared.enter();
     shared.record(&req);
+    // The registry side (`/v2/...`, `/token`) has its own auth, faults and no API rate limit.
+    if let Some(answer) = super::registry::handle(&shared, &req) {
+        return answer;
+    }
     let request_id = shared.next_request_id();
     let reply = match reject_unauthenticated(&shared, req.headers()) {
         Some(reply) => reply,

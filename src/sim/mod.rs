@@ -16,6 +16,7 @@
 //! | `render.rs` | JSON bodies in the spec's shapes |
 //! | `reply.rs` | a response before the common headers are added |
 //! | `state.rs` | state shared by every connection |
+//! | `registry.rs` | the registry side: `/v2/.../manifests/...`, the token flow, generated manifests, registry faults |
 //! | `ratelimit.rs`, `clock.rs` | primary rate limit bucket; timestamps |
 //!
 //! ```no_run
@@ -34,6 +35,7 @@ mod fault;
 mod handler;
 mod paging;
 mod ratelimit;
+mod registry;
 mod render;
 mod reply;
 mod route;
@@ -49,6 +51,7 @@ use tokio::task::JoinHandle;
 
 pub use dataset::{Dataset, OwnerKind};
 pub use fault::{Fault, FaultKind};
+pub use registry::RegistryFault;
 
 use state::Shared;
 
@@ -202,6 +205,11 @@ impl SimHandle {
     /// Queues a fault for the next `fault.times` authenticated requests (FIFO after earlier ones).
     pub fn inject(&self, fault: Fault) {
         self.inner.shared.faults().push(fault);
+    }
+
+    /// Queues a registry fault (`/v2/...`, `/token`) for the next `times` registry requests.
+    pub fn inject_registry(&self, fault: RegistryFault, times: u32) {
+        self.inner.shared.registry_faults().push(fault, times);
     }
 
     /// Drops every queued fault.

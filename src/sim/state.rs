@@ -15,6 +15,7 @@ use super::LoggedRequest;
 use super::dataset::Dataset;
 use super::fault::FaultQueue;
 use super::ratelimit::RateLimiter;
+use super::registry::RegistryFaults;
 
 /// Everything a request handler needs.
 pub(super) struct Shared {
@@ -29,6 +30,8 @@ pub(super) struct Shared {
     /// Mutex: append-only, one push per request.
     log: Mutex<Vec<LoggedRequest>>,
     faults: Mutex<FaultQueue>,
+    /// Faults of the registry side (`/v2/...`, `/token`), separate from the API's.
+    registry_faults: Mutex<RegistryFaults>,
     rate: Mutex<RateLimiter>,
     /// Atomics: bumped twice per request, never need to agree with other state.
     in_flight: AtomicUsize,
@@ -61,6 +64,7 @@ impl Shared {
             data: RwLock::new(data),
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(FaultQueue::default()),
+            registry_faults: Mutex::new(RegistryFaults::default()),
             rate: Mutex::new(RateLimiter::new(limit)),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -94,6 +98,11 @@ impl Shared {
     /// The fault queue.
     pub(super) fn faults(&self) -> MutexGuard<'_, FaultQueue> {
         lock(&self.faults)
+    }
+
+    /// The registry's fault queue.
+    pub(super) fn registry_faults(&self) -> MutexGuard<'_, RegistryFaults> {
+        lock(&self.registry_faults)
     }
 
     /// The rate limit bucket.

@@ -84,6 +84,8 @@ pub struct ProxyOptions {
     pub retries: u32,
     /// Extra lines in `[upstream]`.
     pub extra_upstream: &'static str,
+    /// Extra lines in `[registry]` (which points at the simulator).
+    pub extra_registry: &'static str,
 }
 
 impl ProxyOptions {
@@ -111,6 +113,7 @@ impl Default for ProxyOptions {
             admins: Vec::new(),
             retries: 0,
             extra_upstream: "",
+            extra_registry: "",
         }
     }
 }
@@ -141,7 +144,8 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\n\
          drain_timeout = \"{}\"\nmax_in_flight = {}\n{}\n\
          [upstream]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n\
-         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\nretries = {}\n{}\n",
+         token_env = \"PACKAGES_PROXY_TEST_UNUSED\"\nowners = [{}]\nallow_user_routes = {}\ntimeout = \"{}\"\nretries = {}\n{}\n\
+         [registry]\nbase_url = \"{upstream}\"\nallow_plain_http = true\n{}\n",
         opts.public_url
             .map(|u| format!("public_url = \"{u}\""))
             .unwrap_or_default(),
@@ -153,6 +157,7 @@ pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, 
         opts.upstream_timeout,
         opts.retries,
         opts.extra_upstream,
+        opts.extra_registry,
     );
     let mut tokens = Vec::new();
     for name in &opts.clients {
