@@ -28,6 +28,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const MAX_HONOURED: Duration = Duration::from_secs(2 * 3600);
 /// First back-off when GitHub gives no hint (GitHub asks for at least a minute).
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+/// Shortest primary back-off, whatever `x-ratelimit-reset` says.
+const MIN_PRIMARY: Duration = Duration::from_secs(5);
+/// GitHub's primary rate-limit window.
+const WINDOW: Duration = Duration::from_secs(3600);
 /// The resource the Packages API is counted against.
 pub const CORE: &str = "core";
 /// Resources remembered at most (GitHub reports a handful; a hostile upstream cannot grow this).
@@ -194,13 +198,19 @@ impl UpstreamBudget {
             .filter(|v| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic()))
             .unwrap_or(CORE);
         let remaining = number("x-ratelimit-remaining");
+        // GitHub's window is an hour: a reset further away (a hostile or broken upstream), or
+        // figures without one, are taken to end an hour after they were heard, so neither can
+        // keep the reserve (and background revalidation) switched off for good.
+        let window_end = now_epoch() + WINDOW.as_secs();
+        let reset_heard = number("x-ratelimit-reset").map(|reset| reset.min(window_end));
+        let reset_heard = reset_heard.or_else(|| (remaining.is_some()).then_some(window_end));
         let mut state = self.lock();
         if let Some(window) = state.window(resource) {
             let fields = [
                 (&mut window.limit, number("x-ratelimit-limit")),
                 (&mut window.remaining, remaining),
                 (&mut window.used, number("x-ratelimit-used")),
-                (&mut window.reset, number("x-ratelimit-reset")),
+                (&mut window.reset, reset_heard),
             ];
             for (field, value) in fields {
                 if value.is_some() {
@@ -209,14 +219,21 @@ impl UpstreamBudget {
             }
         }
         let reset = state.window(resource).and_then(|w| w.reset);
+        // Answers to requests that were in flight together are one episode, not repeats: a
+        // strike counts only once the previous back-off has ended.
         let hinted = |state: &mut State| match retry_after {
             Some(secs) => Duration::from_secs(secs.max(1)),
+            None if state.backoff.is_some_and(|b| b.until > Instant::now()) => {
+                FIRST_BACKOFF.saturating_mul(1 << state.strikes.saturating_sub(1).min(4))
+            }
             None => exponential(state),
         };
         let forbidden = status == StatusCode::FORBIDDEN;
         let (kind, wait) = if remaining == Some(0) && !says_secondary {
-            // Spent, whatever the status: the next request would be refused.
-            let wait = until_epoch(reset).max(Duration::from_secs(1));
+            // Spent, whatever the status: the next request would be refused. Half a second of margin
+            // (clocks differ), and a floor: a reset already past by our clock (skew, or a window
+            // GitHub has not rolled yet) must not become a request a second to a spent token.
+            let wait = (until_epoch(reset) + Duration::from_millis(500)).max(MIN_PRIMARY);
             (BackoffKind::Primary, wait)
         } else if status == StatusCode::TOO_MANY_REQUESTS {
             (BackoffKind::TooManyRequests, hinted(&mut state))
@@ -395,12 +412,15 @@ fn now_epoch() -> u64 {
         .as_secs()
 }
 
-/// Time until a Unix epoch second (zero if past; a minute if unknown).
+/// Time until a Unix epoch second, to the millisecond (zero if past; a minute if unknown).
 fn until_epoch(reset: Option<u64>) -> Duration {
     let Some(reset) = reset else {
         return FIRST_BACKOFF;
     };
-    Duration::from_secs(reset.saturating_sub(now_epoch()))
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(reset).saturating_sub(now)
 }
 
 /// What a client is told while the proxy backs off: GitHub's own answer to a rate-limited

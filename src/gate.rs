@@ -483,10 +483,25 @@ async fn fresh_read(
     let response = tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .map_err(|_| unavailable("upstream timed out".to_owned()))?
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| match e {
+            // GitHub's own shape, so the client's throttling waits instead of retrying a 503.
+            ProxyError::BackingOff(answer) => ProxyError::BackingOff(answer),
+            other => unavailable(other.to_string()),
+        })?;
     let status = response.status();
     if status == StatusCode::NOT_FOUND {
         return Err(ProxyError::NotFound);
+    }
+    if response
+        .extensions()
+        .get::<crate::budget::RateLimited>()
+        .is_some()
+        && let Some(backoff) = state.upstream.budget.backoff()
+    {
+        let limit = state.upstream.budget.snapshot().limit;
+        return Err(ProxyError::BackingOff(crate::budget::LimitAnswer::new(
+            backoff, limit,
+        )));
     }
     if status != StatusCode::OK {
         return Err(unavailable(format!("upstream answered {status}")));

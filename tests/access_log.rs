@@ -69,7 +69,7 @@ async fn text_access_lines_are_written_and_flushed_at_shutdown() {
     let log = lines_written_by_a_run("text").await;
     let line = |id: &str| {
         log.lines()
-            .find(|l| l.contains(&format!("request_id=\"{id}\"")))
+            .find(|l| l.contains(&format!("client_request_id=\"{id}\"")))
             .unwrap_or_else(|| panic!("no access line for {id} in:\n{log}"))
             .to_owned()
     };
@@ -110,7 +110,7 @@ async fn json_access_lines_are_written_and_flushed_at_shutdown() {
     let by_id = |id: &str| {
         records
             .iter()
-            .find(|r| r["request_id"] == id)
+            .find(|r| r["client_request_id"] == id)
             .unwrap_or_else(|| panic!("no JSON access line for {id} in:\n{log}"))
     };
     let miss = by_id("access-miss");
@@ -234,7 +234,10 @@ async fn a_blocked_stdout_drops_and_counts_lines_and_never_blocks_requests() {
         answered += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let out = output.lock().unwrap().clone();
-        if request_lines(&out).iter().any(|r| r["request_id"] == id) {
+        if request_lines(&out)
+            .iter()
+            .any(|r| r["client_request_id"] == id)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the access log never recovered");

@@ -425,3 +425,102 @@ async fn two_replicas_share_the_quota_and_every_kind_of_back_off() {
         "a replica called GitHub during the back-off"
     );
 }
+
+// A client's `no-cache` is best effort: with its upstream quota spent it gets the stored answer,
+// never a 429 for a read the cache can serve; and during an upstream incident its revalidations
+// still cost GitHub one request per interval, not one per request.
+#[tokio::test]
+async fn no_cache_never_costs_more_than_the_cache_during_quota_or_incidents() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: "[quotas]\nupstream_per_minute = 2\n[cache]\nmin_revalidate_interval = \"1s\"\n"
+            .to_owned(),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let url = proxy.url(WEB);
+    assert_eq!(get(&url, proxy.token()).await.status, StatusCode::OK);
+    // The second and last token of the quota goes to another key.
+    assert_eq!(
+        get(&proxy.url(&cold(0)), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the interval
+    let forced = send(
+        Method::GET,
+        &url,
+        Some(proxy.token()),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(forced.status, StatusCode::OK, "{}", forced.text());
+    assert!(
+        cache_status(&forced).contains("detail=no-cache-not-sent"),
+        "{}",
+        cache_status(&forced)
+    );
+
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let url = proxy.url(WEB);
+    assert_eq!(get(&url, proxy.token()).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        100,
+    ));
+    let before = upstream_gets(&sim);
+    for _ in 0..40 {
+        let reply = send(
+            Method::GET,
+            &url,
+            Some(proxy.token()),
+            &[("cache-control", "no-cache")],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    let sent = upstream_gets(&sim) - before;
+    assert!(
+        sent <= 2,
+        "40 no-cache GETs during 500s cost {sent} upstream requests"
+    );
+}
+
+// Secondary limits met by requests that were in flight together are one episode: the back-off
+// stays at GitHub's minute instead of doubling once per answer.
+#[tokio::test]
+async fn concurrent_secondary_limits_are_one_episode() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let kind = FaultKind::Delayed {
+        fault: Box::new(FaultKind::SecondaryRateLimitWithoutRetryAfter {
+            status: StatusCode::FORBIDDEN,
+        }),
+        delay: Duration::from_millis(300),
+    };
+    sim.handle.inject(Fault::new(kind, 5));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (url, token) = (proxy.url(&cold(i)), proxy.token().to_owned());
+        tasks.push(tokio::spawn(async move { get(&url, &token).await.status }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(
+        upstream_gets(&sim),
+        5,
+        "the five were not in flight together"
+    );
+    let uncached = get(&proxy.url(&cold(9)), proxy.token()).await;
+    let wait: u64 = uncached
+        .header("retry-after")
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=60).contains(&wait),
+        "retry-after {wait}: one episode counted as several"
+    );
+}

@@ -99,7 +99,14 @@ async fn version(proxy: &TestProxy, id: u64) -> StatusCode {
 async fn a_stalled_redis_is_marked_up_again_and_deletes_go_through_on_every_replica() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(&sim, &redis, 3, &allow_everything("0s"), "5s").await;
+    let fleet = fleet(
+        &sim,
+        &redis,
+        3,
+        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
+        "5s",
+    )
+    .await;
     let ids = get(&fleet[0].url(WEB), fleet[0].token()).await.ids();
     let stalled = stall(&redis, 2.0).await;
     // Each replica asks Redis (an L2 read for a cold key) while it sleeps: timed out, down.
@@ -255,7 +262,14 @@ async fn waiters_learn_that_the_leader_failed() {
 async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(&sim, &redis, 2, &allow_everything("0s"), "5s").await;
+    let fleet = fleet(
+        &sim,
+        &redis,
+        2,
+        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
+        "5s",
+    )
+    .await;
     let (a, b) = (&fleet[0], &fleet[1]);
     let ids = get(&a.url(WEB), a.token()).await.ids();
     let (first, second) = (ids[1], ids[2]);

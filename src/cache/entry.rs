@@ -97,6 +97,9 @@ pub enum CacheStatus {
     /// Served from memory for a client's `no-cache`: the upstream confirmed it less than
     /// `cache.min_revalidate_interval` ago.
     HitRecentlyRevalidated,
+    /// Served from memory for a client's `no-cache` that its quota (or a full upstream queue)
+    /// could not send upstream: best effort, never a refusal of a read the cache can serve.
+    HitNoCacheRefused,
     /// Not in this replica's memory, but fresh in the shared tier (another replica fetched it).
     SharedHit,
     /// The upstream was asked (by this request, or by one it waited for).
@@ -211,7 +214,7 @@ impl CacheStatus {
     /// Stable lower-case name for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Hit | Self::HitRecentlyRevalidated => "hit",
+            Self::Hit | Self::HitRecentlyRevalidated | Self::HitNoCacheRefused => "hit",
             Self::SharedHit => "shared_hit",
             Self::Forwarded { stored: false, .. } | Self::TooLarge | Self::Bypass => "bypass",
             Self::Forwarded {
@@ -228,6 +231,9 @@ impl CacheStatus {
     pub fn header_value(self, ttl: i128) -> HeaderValue {
         let text = match self {
             Self::Hit => format!("packages-proxy; hit; ttl={ttl}"),
+            Self::HitNoCacheRefused => {
+                format!("packages-proxy; hit; ttl={ttl}; detail=no-cache-not-sent")
+            }
             Self::HitRecentlyRevalidated => {
                 format!("packages-proxy; hit; ttl={ttl}; detail=revalidated-recently")
             }

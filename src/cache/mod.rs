@@ -20,6 +20,8 @@ use std::{
     },
 };
 
+use std::time::Duration;
+
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
@@ -142,6 +144,9 @@ pub struct Cache {
     /// Keys whose answer was larger than `max_entry_bytes`: passed through without a first
     /// attempt to buffer them, until the route's freshness lifetime passes.
     oversized: moka::sync::Cache<String, ()>,
+    /// Keys a client's `no-cache` sent upstream less than `min_revalidate_interval` ago, whatever
+    /// came of it: during an upstream incident, too, they cost GitHub one request per interval.
+    revalidated: moka::sync::Cache<String, ()>,
     /// Outcome counters.
     pub stats: Arc<CacheStats>,
 }
@@ -178,9 +183,14 @@ impl Cache {
             .max_capacity(10_000)
             .time_to_live(longest_ttl)
             .build();
+        let revalidated = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(config.min_revalidate_interval.max(Duration::from_millis(1)))
+            .build();
         Self {
             store,
             oversized,
+            revalidated,
             generations: Generations::default(),
             inflight: Mutex::new(HashMap::new()),
             config: config.clone(),
@@ -410,7 +420,9 @@ pub async fn serve(
     let stale = match cache.store.get(&spec.key) {
         Some(entry) if conditions.no_cache => {
             let freshness = entry.freshness(now, swr, sie);
-            if freshness != Freshness::Expired && entry.age(now) < interval {
+            let recently = entry.age(now) < interval
+                || (!interval.is_zero() && cache.revalidated.contains_key(&spec.key));
+            if freshness != Freshness::Expired && recently {
                 admission::charge_hit(asker.limits)?;
                 return Ok(respond(&entry, CacheStatus::HitRecentlyRevalidated, None));
             }
@@ -451,7 +463,25 @@ pub async fn serve(
     } else {
         let work = if forced { Work::Revalidate } else { Work::Read };
         match admission::admit(state, &Payer::client(asker.name, asker.limits), work).await {
-            Ok(ticket) => cache.join_or_start(state, &spec, stale.clone(), ticket),
+            Ok(ticket) => {
+                if forced && !interval.is_zero() {
+                    cache.revalidated.insert(spec.key.clone(), ());
+                }
+                cache.join_or_start(state, &spec, stale.clone(), ticket)
+            }
+            // Spent quota or a full upstream queue: join a fetch that started meanwhile, or
+            // answer a client's `no-cache` from the stored entry (best effort) rather than
+            // refuse a read the cache can serve.
+            Err(error @ (ProxyError::Quota { .. } | ProxyError::UpstreamQueueFull)) => {
+                if let Some(rx) = cache.join(&spec.key) {
+                    (rx, false)
+                } else if let (true, Some(entry)) = (forced, &stale) {
+                    admission::charge_hit(asker.limits)?;
+                    return Ok(respond(entry, CacheStatus::HitNoCacheRefused, None));
+                } else {
+                    return Err(error);
+                }
+            }
             Err(ProxyError::BackingOff(answer)) => match &fallback {
                 Some(entry) => {
                     admission::charge_hit(asker.limits)?;

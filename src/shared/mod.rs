@@ -360,11 +360,17 @@ async fn announce_backoffs(
         let channel = shared.key("ch", "events");
         let until_ms = epoch_ms(until);
         let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
-        let value = format!("{until_ms} {}", kind.as_str());
+        let kind_key = shared.key("b", "backoff-kind");
+        // The deadline keeps the format replicas of the previous release read (a bare number,
+        // `backoff <ms>`), so a rolling deploy never has a replica ignore a fleet back-off; the
+        // kind travels beside it.
+        let kinded = format!("backoff {until_ms} {}", kind.as_str());
         let _ = shared
             .run(async move {
-                let _: () = conn.pset_ex(&key, &value, ttl).await?;
-                conn.publish::<_, _, ()>(&channel, format!("backoff {value}"))
+                let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
+                let _: () = conn.pset_ex(&kind_key, kind.as_str(), ttl).await?;
+                conn.publish::<_, _, ()>(&channel, kinded).await?;
+                conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
                     .await
             })
             .await;
@@ -456,6 +462,7 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
     let epoch: u64 = conn.get(&epoch_key).await?;
     let generations: HashMap<String, u64> = conn.hgetall(&generations_key).await?;
     let backoff: Option<String> = conn.get(shared.key("b", "backoff-until")).await?;
+    let backoff_kind: Option<String> = conn.get(shared.key("b", "backoff-kind")).await?;
     let Some(state) = state.upgrade() else {
         return Ok(());
     };
@@ -472,8 +479,9 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
         );
     }
     state.cache.purge_all();
-    if let Some(backoff) = backoff {
-        apply_backoff(&state, &backoff);
+    if let Some(until) = backoff {
+        let kind = backoff_kind.unwrap_or_default();
+        apply_backoff(&state, &format!("{until} {kind}"));
     }
     Ok(())
 }

@@ -35,6 +35,13 @@ pub enum FaultKind {
         /// Value of the `retry-after` header, in seconds.
         retry_after_secs: u64,
     },
+    /// `fault`, answered after `delay` (limits met by requests that were in flight together).
+    Delayed {
+        /// The answer.
+        fault: Box<FaultKind>,
+        /// How long before it.
+        delay: Duration,
+    },
     /// `status` (403 or 429) with GitHub's secondary rate limit message and *no* `retry-after`
     /// (GitHub then asks for at least a minute's wait).
     SecondaryRateLimitWithoutRetryAfter {

@@ -70,6 +70,10 @@ pub(super) async fn handle<B>(
                         "injected reset",
                     ));
                 }
+                Some(FaultKind::Delayed { fault, delay }) => {
+                    tokio::time::sleep(delay).await;
+                    fault_reply(&shared, *fault, &request_id)
+                }
                 Some(kind) => fault_reply(&shared, kind, &request_id),
             }
         }
@@ -162,7 +166,7 @@ fn fault_reply(shared: &Shared, kind: FaultKind, request_id: &str) -> Reply {
         FaultKind::SecondaryRateLimitWithoutRetryAfter { status } => {
             Reply::secondary_rate_limit(status, None, request_id)
         }
-        FaultKind::Latency(_) | FaultKind::Reset => Reply::not_found(),
+        FaultKind::Latency(_) | FaultKind::Reset | FaultKind::Delayed { .. } => Reply::not_found(),
     }
 }
 
