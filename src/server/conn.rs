@@ -8,7 +8,14 @@
 //! request in flight for `server.idle_timeout`, gets a graceful shutdown (GOAWAY for HTTP/2;
 //! HTTP/1 closes), and its slot frees.
 
-use std::{pin::pin, time::Duration};
+use std::{
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use hyper::rt::{Read, Write};
 use hyper_util::{
@@ -16,7 +23,10 @@ use hyper_util::{
     server::conn::auto,
     service::TowerToHyperService,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tower::ServiceExt as _;
 
 use crate::service::ProxyService;
@@ -39,20 +49,28 @@ pub(super) struct Drain {
     pub(super) _alive: mpsc::Sender<()>,
 }
 
-/// Requests in flight on one connection, and whether one was ever started. A `watch`: the
-/// connection task waits for changes; requests only bump the count.
-#[derive(Debug, Clone, Copy, Default)]
+/// Requests in flight on one connection, whether one was ever started, and when the last one
+/// ended. Atomics, not a channel: a hit must not wake the connection's idle watch or churn a
+/// timer; the watch wakes only at its own deadlines and reads these.
+#[derive(Debug, Default)]
 struct Activity {
-    active: usize,
-    served: bool,
+    active: AtomicUsize,
+    served: AtomicBool,
+    /// Milliseconds from the connection's start to the end of its last request.
+    last_ms: AtomicU64,
 }
 
-/// Ends a request's share of the activity however its future ends (done, failed or dropped).
-struct InFlight(watch::Sender<Activity>);
+/// One request in flight; its end is recorded when dropped (answered or cancelled).
+struct InFlight {
+    activity: Arc<Activity>,
+    start: Instant,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|a| a.active -= 1);
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.last_ms.store(ms, Ordering::Relaxed);
+        self.activity.active.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -67,13 +85,16 @@ pub(super) async fn serve<I>(
 ) where
     TokioIo<I>: Read + Write + Unpin + Send + 'static,
 {
-    let (activity, mut seen) = watch::channel(Activity::default());
+    let activity = Arc::new(Activity::default());
+    let start = Instant::now();
+    let seen = activity.clone();
     let svc = svc.map_future(move |future| {
-        activity.send_modify(|a| {
-            a.active += 1;
-            a.served = true;
-        });
-        let in_flight = InFlight(activity.clone());
+        activity.active.fetch_add(1, Ordering::Acquire);
+        activity.served.store(true, Ordering::Relaxed);
+        let in_flight = InFlight {
+            activity: activity.clone(),
+            start,
+        };
         async move {
             let response = future.await;
             drop(in_flight);
@@ -92,7 +113,7 @@ pub(super) async fn serve<I>(
                 }
                 return;
             }
-            () = idle(&mut seen, limits), if !closing => {
+            () = idle(&seen, start, limits), if !closing => {
                 tracing::debug!("closing an idle connection");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
@@ -106,24 +127,23 @@ pub(super) async fn serve<I>(
 }
 
 /// Resolves once the connection has had no request in flight for its limit.
-async fn idle(seen: &mut watch::Receiver<Activity>, limits: IdleLimits) {
+async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) {
     loop {
-        let now = *seen.borrow_and_update();
-        if now.active > 0 {
-            if seen.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            continue;
-        }
-        let limit = if now.served {
+        let limit = if activity.served.load(Ordering::Relaxed) {
             limits.between
         } else {
             limits.first
         };
-        match tokio::time::timeout(limit, seen.changed()).await {
-            Err(_) => return,
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return std::future::pending().await,
-        }
+        let next = if activity.active.load(Ordering::Acquire) > 0 {
+            Instant::now() + limit
+        } else {
+            let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            deadline
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
