@@ -51,6 +51,38 @@ async fn octokit_dir() -> Option<PathBuf> {
     Some(dir)
 }
 
+/// Runs `script` (in `tests/octokit`) against `proxy` and returns its JSON summary and stdout;
+/// panics with both outputs when it fails or outlives `limit_secs`.
+async fn run_node(
+    dir: &std::path::Path,
+    script: &str,
+    proxy: &TestProxy,
+    limit_secs: u64,
+) -> (serde_json::Value, String) {
+    let child = Command::new("node")
+        .arg(dir.join(script))
+        .current_dir(dir)
+        .env("BASE_URL", &proxy.base)
+        .env("TOKEN", proxy.token())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(limit_secs), child)
+        .await
+        .unwrap_or_else(|_| panic!("node {script} timed out after {limit_secs}s"))
+        .expect("could not run node");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let summary = serde_json::from_str(stdout.trim()).unwrap();
+    (summary, stdout)
+}
+
 // Guards the README's "Pointing clients at it" promise for Octokit: an unmodified client, given
 // only `baseUrl` and a proxy token, pages, reads and is refused exactly as against GitHub, and
 // upstream only ever sees the org token.
@@ -62,27 +94,7 @@ async fn octokit_rest_works_through_the_proxy_unchanged() {
     let sim = spawn_sim().await;
     let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
 
-    let child = Command::new("node")
-        .arg(dir.join("check.mjs"))
-        .current_dir(&dir)
-        .env("BASE_URL", &proxy.base)
-        .env("TOKEN", proxy.token())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("node check.mjs timed out after 60s")
-        .expect("could not run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "check.mjs failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (summary, stdout) = run_node(&dir, "check.mjs", &proxy, 60).await;
     assert_eq!(summary["ok"], true, "{stdout}");
     assert_eq!(summary["results"].as_array().unwrap().len(), 6, "{stdout}");
 
@@ -171,27 +183,7 @@ async fn octokit_throttling_waits_out_the_shared_tokens_primary_limit() {
     assert_eq!(trigger.status, http::StatusCode::FORBIDDEN);
     let seen = sim.handle.log().len();
 
-    let child = Command::new("node")
-        .arg(dir.join("throttle.mjs"))
-        .current_dir(&dir)
-        .env("BASE_URL", &proxy.base)
-        .env("TOKEN", proxy.token())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), child)
-        .await
-        .expect("node throttle.mjs timed out after 90s")
-        .expect("could not run node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "throttle.mjs failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let (summary, stdout) = run_node(&dir, "throttle.mjs", &proxy, 90).await;
     let events = summary["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{stdout}");
     assert_eq!(events[0]["kind"], "rate-limit", "{stdout}");
