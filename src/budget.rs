@@ -106,12 +106,11 @@ pub struct BudgetSnapshot {
     pub backoff_kind: Option<BackoffKind>,
 }
 
-/// How an upstream answer was classified.
+/// Marks an upstream answer that reports a rate limit (a response extension): never cached, and
+/// a stale answer or the back-off's own answer is preferred to it. Its kind is the open
+/// back-off's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimited {
-    /// The limit it reports.
-    pub kind: BackoffKind,
-}
+pub struct RateLimited;
 
 // === impl BackoffKind ===
 
@@ -253,7 +252,7 @@ impl UpstreamBudget {
         if let Some(backoff) = opened {
             self.announce(backoff);
         }
-        Some(RateLimited { kind })
+        Some(RateLimited)
     }
 
     /// Announces back-offs this replica opens to `sender` (set once, by the shared tier).

@@ -30,11 +30,7 @@ fn status_of(reply: &Reply) -> String {
 }
 
 fn upstream_gets(sim: &Sim) -> usize {
-    sim.handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::GET)
-        .count()
+    sim.arrivals(&Method::GET).len()
 }
 
 #[tokio::test]

@@ -27,11 +27,7 @@ fn cache_status(reply: &Reply) -> String {
 }
 
 fn upstream_gets(sim: &Sim) -> usize {
-    sim.handle
-        .log()
-        .iter()
-        .filter(|e| e.method == Method::GET)
-        .count()
+    sim.arrivals(&Method::GET).len()
 }
 
 /// A proxy whose version lists go stale after `ttl` and are then served at once while the

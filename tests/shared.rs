@@ -45,11 +45,7 @@ async fn wait_up(proxy: &TestProxy, up: bool) {
 }
 
 fn gets(sim: &Sim) -> usize {
-    sim.handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::GET)
-        .count()
+    sim.arrivals(&Method::GET).len()
 }
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
