@@ -446,12 +446,15 @@ async fn no_cache_requests_are_coalesced_per_key_and_interval() {
         let next = Duration::from_millis(500 * (round + 1));
         tokio::time::sleep(next.saturating_sub(started.elapsed())).await;
     }
-    assert!(started.elapsed() < Duration::from_millis(2_500));
+    // At most one revalidation per started 1 s interval, plus one: 3 in the planned 2 s. A busy
+    // machine that stretches the rounds allows one more per extra second, never one per request.
+    let seconds = started.elapsed().as_secs_f64().ceil().max(2.0) as usize;
     let gets = upstream_gets(&sim);
     assert!(
-        (2..=4).contains(&gets),
-        "40 no-cache GETs in 2 s cost {} upstream requests (at most 3 + the first miss)",
-        gets - 1
+        (2..=seconds + 2).contains(&gets),
+        "40 no-cache GETs in {seconds} s cost {} upstream requests (at most {} + the first miss)",
+        gets - 1,
+        seconds + 1
     );
     assert!(
         statuses
