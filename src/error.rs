@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{self, Body};
 
-/// Boxed error used at the edges of the tower stack.
+/// Boxed error of bodies and clients.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// Where GitHub's REST docs live; our own errors point there like GitHub's do.
@@ -126,14 +126,9 @@ impl ProxyError {
         }
     }
 
-    /// Classifies an error that reached the edge of the tower stack (load shed, timeouts).
+    /// Classifies a boxed error (a body's, a timeout's).
     pub fn from_box(error: BoxError) -> Self {
-        if is_caused_by::<tower::load_shed::error::Overloaded>(&*error) {
-            return Self::Overloaded;
-        }
-        if is_caused_by::<tower::timeout::error::Elapsed>(&*error)
-            || is_caused_by::<tokio::time::error::Elapsed>(&*error)
-        {
+        if is_caused_by::<tokio::time::error::Elapsed>(&*error) {
             return Self::UpstreamTimeout;
         }
         match error.downcast::<ProxyError>() {

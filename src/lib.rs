@@ -3,7 +3,8 @@
 //! Map of the crate, in the order a request meets it:
 //!
 //! - [`server`]: accept loop, connection cap, readiness, drain.
-//! - [`service`]: the one tower stack (sensitive headers, load shed, concurrency limit).
+//! - [`service`]: the edge of every request (sensitive headers, the global in-flight limit that
+//!   sheds overload at once).
 //! - [`proxy`]: the request walk and its log line, written by [`access_log`] (batched, off the
 //!   request path).
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
@@ -29,8 +30,8 @@
 //! [`state`] (what requests share), [`tls`] (the optional HTTPS listener: reloading certificate,
 //! client certificates), [`body`] (the body type), [`undo`] (`audit list` and
 //! `audit restore`), [`reconcile`] (intents left without an outcome, settled at start), [`demo`]
-//! (simulator + proxy in one process) and [`sim`] (the simulated Packages API used by tests,
-//! benchmarks and the demo).
+//! (simulator + proxy in one process), `header_value` (hot-path header values formatted on the
+//! stack) and [`sim`] (the simulated Packages API used by tests, benchmarks and the demo).
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -46,6 +47,7 @@ pub mod demo;
 pub mod error;
 pub mod gate;
 pub mod guard;
+mod header_value;
 pub mod link;
 pub mod metrics;
 pub mod pace;

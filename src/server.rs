@@ -26,7 +26,6 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceExt as _;
 
 mod conn;
 
@@ -35,7 +34,7 @@ use conn::{Drain, IdleLimits};
 use crate::{
     config::Config,
     secret::OrgToken,
-    service::{self, ProxyService},
+    service::ProxyService,
     state::{AppState, StateError},
     tls::{PeerCert, Tls, TlsError},
 };
@@ -107,7 +106,7 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let state = AppState::new(config, token, addr)?;
-    let svc = service::build(state.clone());
+    let svc = ProxyService::new(state.clone());
     let (stop, stopped) = oneshot::channel();
     let reloader = tls.as_ref().map(Tls::spawn_reloader);
     let acceptor = tls.as_ref().map(Tls::acceptor);
@@ -237,6 +236,9 @@ async fn serve(
     }
 }
 
+/// How many request headers hyper parses without a heap allocation (its default limit).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// The HTTP/1 and HTTP/2 settings of the main listener.
 fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -245,9 +247,14 @@ fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor>
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
-        // Hyper answers 431 past these; our own checks give the configured limits exact statuses.
-        .max_headers(server.max_headers.saturating_mul(2).max(16))
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
+    // Hyper answers 431 itself past its header count. Its default (100, the config's default too)
+    // parses into a buffer on the stack; any other count puts two arrays of that many headers on
+    // the heap for every request. So it is raised only when the config asks for more: past
+    // `server.max_headers` our own check answers (GitHub's shape) when hyper's limit is higher.
+    if server.max_headers > HYPER_DEFAULT_MAX_HEADERS {
+        builder.http1().max_headers(server.max_headers);
+    }
     // Pings find dead HTTP/2 peers; live ones that open no stream are closed by `conn`.
     builder
         .http2()
@@ -308,7 +315,7 @@ impl Conn {
             return;
         }
         let io = TokioIo::new(stream);
-        conn::serve(&self.builder, io, self.svc, self.limits, self.drain).await;
+        conn::serve(&self.builder, io, self.svc, None, self.limits, self.drain).await;
     }
 }
 
@@ -346,12 +353,6 @@ impl Handshake {
             _permit,
         } = self.conn;
         // Every request on this connection carries the client certificate it presented.
-        let svc = ProxyService::new(svc.map_request(move |mut request: Request<Incoming>| {
-            if let Some(peer) = peer {
-                request.extensions_mut().insert(peer);
-            }
-            request
-        }));
-        conn::serve(&builder, TokioIo::new(stream), svc, limits, drain).await;
+        conn::serve(&builder, TokioIo::new(stream), svc, peer, limits, drain).await;
     }
 }

@@ -1,48 +1,55 @@
-//! `build()`: the one tower stack, built once and cloned per connection.
+//! [`ProxyService`]: the edge every request on the main listener passes before the walk.
 //!
-//! Built once so that `ConcurrencyLimit`'s clones share one semaphore: a stack built per
-//! connection would make the global limit per-connection.
+//! It does three things, in this order: marks credentials sensitive (so nothing that logs
+//! request headers can print them), refuses at once with a 503 when `server.max_in_flight`
+//! requests are already being served (overload fails fast instead of queueing), and runs the
+//! walk ([`proxy::handle`]), which turns every error into a GitHub-shaped response.
+//!
+//! Built once and cloned per connection (two `Arc`s): the one semaphore is shared by every
+//! clone, so the limit is global. A hand-written service rather than a tower stack because hyper
+//! clones the service for every request: a boxed tower stack paid six allocations per request
+//! for what a `try_acquire` and a header walk do here.
 
 use std::sync::Arc;
 
-use http::{Request, Response, header};
-use tower::{ServiceBuilder, util::BoxCloneService};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use http::{HeaderMap, Request, Response, header};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 
-use crate::{
-    body::Body,
-    error::{BoxError, ProxyError},
-    proxy,
-    state::AppState,
-};
+use crate::{body::Body, error::ProxyError, proxy, state::AppState};
 
-/// The proxy as a cloneable service over any request body hyper gives us.
-/// The error type is never produced: `map_result` turns every error into a response. It is
-/// `ProxyError` (not `Infallible` or `BoxError`) because tower's `map_result` needs `From` the inner
-/// error, and hyper's bounds trip over a boxed `dyn Error` in a spawned connection future.
-pub type ProxyService = BoxCloneService<Request<hyper::body::Incoming>, Response<Body>, ProxyError>;
+/// The proxy as every connection serves it.
+#[derive(Clone, Debug)]
+pub struct ProxyService {
+    state: Arc<AppState>,
+    /// `server.max_in_flight` permits, shared by every clone.
+    in_flight: Arc<Semaphore>,
+}
 
-/// Builds the stack, outermost layer first.
-pub fn build(state: Arc<AppState>) -> ProxyService {
-    let max_in_flight = state.config.server.max_in_flight;
-    let stack = ServiceBuilder::new()
-        // Marks Authorization sensitive before anything could log the request headers.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]))
-        // The one point where an edge error (load shed) becomes a GitHub-shaped response; nothing
-        // reaches hyper as `Err`, which would close the connection with no response.
-        .map_result(|result: Result<Response<Body>, BoxError>| {
-            Ok::<_, ProxyError>(result.unwrap_or_else(|e| ProxyError::from_box(e).into_response()))
-        })
-        // Outside the limit: overload fails fast with 503 instead of queueing.
-        .load_shed()
-        // One semaphore shared by every clone.
-        .concurrency_limit(max_in_flight)
-        .service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, BoxError>(proxy::handle(state, request).await) }
-        });
-    BoxCloneService::new(stack)
+impl ProxyService {
+    /// The service over `state`, with its in-flight limit.
+    pub fn new(state: Arc<AppState>) -> Self {
+        let in_flight = Arc::new(Semaphore::new(state.config.server.max_in_flight));
+        Self { state, in_flight }
+    }
+
+    /// Answers one request; never fails.
+    pub async fn call(&self, mut request: Request<Incoming>) -> Response<Body> {
+        mark_sensitive(request.headers_mut());
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            return ProxyError::Overloaded.into_response();
+        };
+        proxy::handle(self.state.clone(), request).await
+    }
+}
+
+/// Marks `Authorization` and `Cookie` sensitive before anything could log the request headers.
+fn mark_sensitive(headers: &mut HeaderMap) {
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        if let header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
 }

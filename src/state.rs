@@ -156,7 +156,6 @@ impl AppState {
     /// A new request id.
     pub fn next_request_id(&self) -> HeaderValue {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{n:x}", self.request_prefix);
-        HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+        crate::header_value::format(format_args!("{}-{n:x}", self.request_prefix), "invalid")
     }
 }

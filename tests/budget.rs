@@ -408,3 +408,55 @@ async fn silent_connections_are_closed_and_do_not_exhaust_the_connection_cap() {
         started.elapsed()
     );
 }
+
+// `server.max_in_flight` is one limit for the whole process: past it a request is refused at
+// once with GitHub's shape and a `retry-after`, not queued, and the slot frees when an answer is
+// sent.
+#[tokio::test]
+async fn requests_past_the_global_in_flight_limit_are_shed_at_once() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            max_in_flight: 2,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(1500)),
+        2,
+    ));
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, token) = (proxy.url(&cold(i)), proxy.token().to_owned());
+            tokio::spawn(async move { get(&url, &token).await.status })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "two slow reads upstream",
+        || async { sim.arrivals(&Method::GET).len() == 2 },
+    )
+    .await;
+    let shed = get(&proxy.url(WEB), proxy.token()).await;
+    assert_eq!(shed.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        slow.iter().all(|task| !task.is_finished()),
+        "answered only once a slot was free: it was queued, not shed"
+    );
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert!(shed.json()["message"].is_string(), "not GitHub's shape");
+    assert_eq!(
+        sim.arrivals(&Method::GET).len(),
+        2,
+        "the shed read went upstream"
+    );
+    for task in slow {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        get(&proxy.url(WEB), proxy.token()).await.status,
+        StatusCode::OK
+    );
+}

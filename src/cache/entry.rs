@@ -201,7 +201,8 @@ impl Entry {
             headers.remove(header::CONTENT_TYPE);
         }
         let age = self.age(now).as_secs();
-        headers.insert(header::AGE, HeaderValue::from(age));
+        let age_value = crate::header_value::format(format_args!("{age}"), "0");
+        headers.insert(header::AGE, age_value);
         let ttl = i128::from(self.ttl.as_secs() as u32) - i128::from(age as u32);
         headers.insert("cache-status", status.header_value(ttl));
         response
@@ -229,6 +230,11 @@ impl CacheStatus {
 
     /// The RFC 9211 `Cache-Status` value, `ttl` being the remaining freshness in seconds.
     pub fn header_value(self, ttl: i128) -> HeaderValue {
+        if let Self::Hit = self {
+            // Every plain hit: no heap string.
+            let text = format_args!("packages-proxy; hit; ttl={ttl}");
+            return crate::header_value::format(text, "packages-proxy");
+        }
         let text = match self {
             Self::Hit => format!("packages-proxy; hit; ttl={ttl}"),
             Self::HitNoCacheRefused => {

@@ -9,7 +9,9 @@
 //! HTTP/1 closes), and its slot frees.
 
 use std::{
-    pin::pin,
+    convert::Infallible,
+    future::Future,
+    pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -17,19 +19,20 @@ use std::{
     time::Duration,
 };
 
-use hyper::rt::{Read, Write};
+use crate::{body::Body, service::ProxyService, tls::PeerCert};
+use http::{Request, Response};
+use hyper::{
+    body::Incoming,
+    rt::{Read, Write},
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
-use tower::ServiceExt as _;
-
-use crate::service::ProxyService;
 
 /// How long a connection may sit without a request.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +69,39 @@ struct InFlight {
     start: Instant,
 }
 
+/// The proxy as one connection serves it: each request carries the connection's client
+/// certificate (TLS) and is counted in its [`Activity`].
+struct Watched {
+    svc: ProxyService,
+    peer: Option<PeerCert>,
+    activity: Arc<Activity>,
+    start: Instant,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Watched {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(peer);
+        }
+        self.activity.active.fetch_add(1, Ordering::Acquire);
+        self.activity.served.store(true, Ordering::Relaxed);
+        let in_flight = InFlight {
+            activity: self.activity.clone(),
+            start: self.start,
+        };
+        let svc = self.svc.clone();
+        Box::pin(async move {
+            let response = svc.call(request).await;
+            drop(in_flight);
+            Ok(response)
+        })
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -80,6 +116,7 @@ pub(super) async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     svc: ProxyService,
+    peer: Option<PeerCert>,
     limits: IdleLimits,
     mut drain: Drain,
 ) where
@@ -88,21 +125,13 @@ pub(super) async fn serve<I>(
     let activity = Arc::new(Activity::default());
     let start = Instant::now();
     let seen = activity.clone();
-    let svc = svc.map_future(move |future| {
-        activity.active.fetch_add(1, Ordering::Acquire);
-        activity.served.store(true, Ordering::Relaxed);
-        let in_flight = InFlight {
-            activity: activity.clone(),
-            start,
-        };
-        async move {
-            let response = future.await;
-            drop(in_flight);
-            response
-        }
-    });
-    let svc = tower::util::BoxCloneService::new(svc);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
+    let svc = Watched {
+        svc,
+        peer,
+        activity,
+        start,
+    };
+    let conn = builder.serve_connection(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
     loop {
