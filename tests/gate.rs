@@ -321,22 +321,6 @@ async fn a_shared_rule_budget_is_spent_only_by_mutations_that_are_sent() {
     budget_equals_sent_deletes(&format!("[shared]\nredis_url = \"{}\"\n", redis.url())).await;
 }
 
-/// Polls `/metrics` until the proxy reports its shared tier up.
-async fn wait_for_shared_tier(proxy: &TestProxy) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let metrics = get(&proxy.url("/metrics"), proxy.token()).await;
-        if String::from_utf8_lossy(&metrics.body).contains("packages_proxy_shared_tier_up 1") {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shared tier never came up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// A budget of 3 with pace-queue refusals along the way: exactly 3 real deletes.
 async fn budget_equals_sent_deletes(shared: &str) {
     let sim = spawn_sim().await;
@@ -348,7 +332,12 @@ async fn budget_equals_sent_deletes(shared: &str) {
     );
     let (proxy, audit) = proxy_with(&sim, mutations, &policy).await;
     if !shared.is_empty() {
-        wait_for_shared_tier(&proxy).await;
+        wait_shared_tier(
+            &proxy.url("/metrics"),
+            true,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
     }
     let web = versions(&sim, "web").await;
     let mut next = 1;

@@ -457,10 +457,22 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     )
     .await
     .unwrap();
-    let state = running.state.clone();
-    let watcher =
-        packages_proxy::reload::spawn(state.clone(), path.clone(), Duration::from_millis(50));
+    // The file watch `serve` runs (SIGHUP would reach every test in this process).
+    let watcher = packages_proxy::reload::spawn(
+        running.state.clone(),
+        path.clone(),
+        Duration::from_millis(50),
+    );
     let base = format!("http://{}", running.addr);
+    let metrics = format!("{base}/metrics");
+    // Process-wide counters (one recorder); no other test here reloads a config.
+    let reloads = |result: &'static str| {
+        let metrics = metrics.clone();
+        async move {
+            let series = format!("packages_proxy_config_reloads_total{{result=\"{result}\"}}");
+            sample(&scrape(&metrics).await, &series).unwrap_or(0.0)
+        }
+    };
     let web = versions(&sim, "web").await;
     let target = |i: usize| {
         format!(
@@ -477,14 +489,14 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     );
 
     let text = std::fs::read_to_string(&path).unwrap();
+    let failed_before = reloads("failed").await;
     std::fs::write(&path, format!("{text}\n[[policy.allow]]\nname = 1\n")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        state
-            .reloads_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    eventually(
+        Duration::from_secs(10),
+        "the invalid file rejected",
+        || async { reloads("failed").await > failed_before },
+    )
+    .await;
     assert_eq!(
         send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
             .await
@@ -495,9 +507,14 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
 
     let without_team_a =
         policy(&audit, "0s").replace("clients = [\"team-a\"]", "clients = [\"team-b\"]");
+    let ok_before = reloads("ok").await;
     std::fs::write(&path, text.replace(&policy(&audit, "0s"), &without_team_a)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(state.reloads_ok.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    eventually(
+        Duration::from_secs(10),
+        "the new policy applied",
+        || async { reloads("ok").await > ok_before },
+    )
+    .await;
     assert_eq!(
         send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
             .await

@@ -342,12 +342,7 @@ multi_arch_guard = false
         proxies.push(spawn_proxy(sim, opts).await);
     }
     for proxy in &proxies {
-        let shared = proxy.running.state.shared.clone().unwrap();
-        eventually(Duration::from_secs(5), "the shared tier up", || {
-            let shared = shared.clone();
-            async move { shared.is_up() }
-        })
-        .await;
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(5)).await;
     }
     proxies
 }

@@ -31,17 +31,7 @@ async fn fleet(sim: &Sim, redis: &Redis, extra: &str) -> Vec<TestProxy> {
 }
 
 async fn wait_up(proxy: &TestProxy, up: bool) {
-    let shared = proxy.running.state.shared.as_ref().unwrap();
-    for _ in 0..250 {
-        if shared.is_up() == up {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "the shared tier never became {}",
-        if up { "up" } else { "down" }
-    );
+    wait_shared_tier(&proxy.url("/metrics"), up, Duration::from_secs(5)).await;
 }
 
 fn gets(sim: &Sim) -> usize {
@@ -242,13 +232,10 @@ async fn a_back_off_opened_by_one_replica_stops_all_of_them() {
     );
     let seen = sim.handle.log().len();
     for proxy in &fleet[1..] {
-        let budget = &proxy.running.state.upstream.budget;
-        for _ in 0..100 {
-            if budget.backoff_remaining().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The announcement reaches the others through Redis's pub/sub.
+        let metrics = proxy.url("/metrics");
+        let backoff = "packages_proxy_upstream_backoff_active";
+        wait_for_sample(&metrics, backoff, 1.0, Duration::from_secs(5)).await;
         let reply = get(
             &proxy.url("/orgs/acme/packages/container/web/versions?per_page=55"),
             proxy.token(),

@@ -21,9 +21,12 @@ use packages_proxy::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod corpus;
+mod metrics;
 mod redis;
 #[allow(unused_imports)] // each test crate uses part of the support module
 pub use corpus::hostile_corpus;
+#[allow(unused_imports)]
+pub use metrics::{sample, scrape, wait_for_sample, wait_shared_tier};
 #[allow(unused_imports)] // only the shared-tier tests use it
 pub use redis::Redis;
 
