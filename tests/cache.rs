@@ -29,6 +29,12 @@ fn status_of(reply: &Reply) -> String {
     reply.header("cache-status").unwrap_or("-").to_owned()
 }
 
+/// A hit on a fresh entry: not a miss, and not a stale answer (which says `hit` too).
+fn fresh_hit(reply: &Reply) -> bool {
+    let status = status_of(reply);
+    status.starts_with("packages-proxy; hit;") && !status.contains("detail=stale")
+}
+
 fn upstream_gets(sim: &Sim) -> usize {
     sim.arrivals(&Method::GET).len()
 }
@@ -47,7 +53,7 @@ async fn a_hit_makes_no_upstream_call() {
         let hit = get(&proxy.url(VERSIONS), proxy.tokens[1].as_str()).await;
         assert_eq!(hit.status, StatusCode::OK);
         assert_eq!(hit.body, first.body);
-        assert!(status_of(&hit).contains("hit"), "{}", status_of(&hit));
+        assert!(fresh_hit(&hit), "{}", status_of(&hit));
         assert!(hit.header("age").is_some());
         assert_eq!(hit.header("link"), first.header("link"));
     }
@@ -77,12 +83,13 @@ async fn after_ttl_the_upstream_sees_if_none_match_and_the_304_costs_no_rate_lim
     let sim = spawn_sim().await;
     let proxy = spawn_proxy(
         &sim,
-        cache_options("version_lists_ttl = \"150ms\"\nstale_while_revalidate = \"0s\""),
+        // Long enough that the hit after the 304 is still fresh on a busy machine.
+        cache_options("version_lists_ttl = \"1s\"\nstale_while_revalidate = \"0s\""),
     )
     .await;
     let first = get(&proxy.url(VERSIONS), proxy.token()).await;
     let remaining = sim.handle.rate_limit().remaining;
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // stale now
     let again = get(&proxy.url(VERSIONS), proxy.token()).await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.body, first.body);
@@ -101,7 +108,7 @@ async fn after_ttl_the_upstream_sees_if_none_match_and_the_304_costs_no_rate_lim
     );
     // Fresh again after the 304: no further upstream call.
     let hit = get(&proxy.url(VERSIONS), proxy.token()).await;
-    assert!(status_of(&hit).contains("hit"));
+    assert!(fresh_hit(&hit), "{}", status_of(&hit));
     assert_eq!(sim.handle.log().len(), 2);
     // The client holds the proxy's tag; GitHub is asked with its own.
     assert_ne!(sent, first.header("etag").unwrap());
@@ -123,16 +130,20 @@ async fn stale_while_revalidate_serves_at_once_and_revalidates_once() {
     let sim = spawn_sim().await;
     let proxy = spawn_proxy(
         &sim,
-        cache_options("version_lists_ttl = \"100ms\"\nstale_while_revalidate = \"1m\""),
+        ProxyOptions {
+            // The revalidated entry must still be fresh when the poll below sees it, and the
+            // slow revalidation must succeed rather than time out.
+            upstream_timeout: "10s",
+            ..cache_options("version_lists_ttl = \"1s\"\nstale_while_revalidate = \"1m\"")
+        },
     )
     .await;
     get(&proxy.url(VERSIONS), proxy.token()).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // stale now
     // The upstream is slow now; stale answers must not wait for it.
-    sim.handle.inject(Fault::new(
-        FaultKind::Latency(Duration::from_millis(1500)),
-        1,
-    ));
+    let latency = Duration::from_secs(3);
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(latency), 1));
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -149,17 +160,21 @@ async fn stale_while_revalidate_serves_at_once_and_revalidates_once() {
         );
     }
     assert!(
-        started.elapsed() < Duration::from_millis(1200),
+        started.elapsed() < latency,
         "stale answers waited for the upstream"
     );
-    tokio::time::sleep(Duration::from_millis(1800)).await;
+    // Every answer stays stale until the one background revalidation lands.
+    eventually(Duration::from_secs(10), "the revalidated entry", || async {
+        let reply = get(&proxy.url(VERSIONS), proxy.token()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        fresh_hit(&reply)
+    })
+    .await;
     assert_eq!(
         upstream_gets(&sim),
         2,
         "one fetch, one background revalidation"
     );
-    let fresh = get(&proxy.url(VERSIONS), proxy.token()).await;
-    assert!(status_of(&fresh).contains("hit"), "{}", status_of(&fresh));
 }
 
 // The reason the proxy exists: a thundering herd costs GitHub one request.
@@ -245,8 +260,8 @@ async fn failures_serve_stale_for_cached_keys_and_clear_errors_for_uncached_ones
             reply.json()["message"].is_string(),
             "{kind:?}: no GitHub-shaped error"
         );
-        // The failure was not cached: the next request for that key reaches the upstream again.
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The failure was not cached: the next request for that key reaches the upstream again
+        // (the fetch leaves the single-flight table before its waiters hear of it).
         let retry = get(&proxy.url(&cold), proxy.token()).await;
         assert_eq!(
             retry.status,
@@ -467,7 +482,8 @@ async fn no_cache_requests_are_coalesced_per_key_and_interval() {
 #[tokio::test]
 async fn not_found_is_cached_briefly() {
     let sim = spawn_sim().await;
-    let proxy = spawn_proxy(&sim, cache_options("not_found_ttl = \"200ms\"")).await;
+    // Long enough that the second request is a hit on a busy machine.
+    let proxy = spawn_proxy(&sim, cache_options("not_found_ttl = \"1s\"")).await;
     let path = proxy.url("/orgs/acme/packages/container/missing");
     assert_eq!(
         get(&path, proxy.token()).await.status,
@@ -478,7 +494,7 @@ async fn not_found_is_cached_briefly() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(upstream_gets(&sim), 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // expired now
     get(&path, proxy.token()).await;
     assert_eq!(upstream_gets(&sim), 2);
 }
