@@ -740,7 +740,12 @@ async fn one_client_cannot_fill_the_mutation_queue_for_others() {
         })
         .collect();
     let tasks = spawn_deletes(targets);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Team-a hit its cap: two of its four are answered (refused, or sent at once) before team-b
+    // asks.
+    eventually(Duration::from_secs(5), "team-a's queue full", || async {
+        tasks.iter().filter(|task| task.is_finished()).count() >= 2
+    })
+    .await;
     let other = delete(
         &proxy,
         1,

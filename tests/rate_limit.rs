@@ -461,6 +461,7 @@ async fn no_cache_never_costs_more_than_the_cache_during_quota_or_incidents() {
         100,
     ));
     let before = upstream_gets(&sim);
+    let started = std::time::Instant::now();
     for _ in 0..40 {
         let reply = send(
             Method::GET,
@@ -471,10 +472,13 @@ async fn no_cache_never_costs_more_than_the_cache_during_quota_or_incidents() {
         .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
+    // The first is sent (the interval has passed), then at most one per started second: a busy
+    // machine that stretches the loop allows one more per extra second, never one per request.
     let sent = upstream_gets(&sim) - before;
+    let seconds = started.elapsed().as_secs_f64().ceil().max(1.0) as usize;
     assert!(
-        sent <= 2,
-        "40 no-cache GETs during 500s cost {sent} upstream requests"
+        (1..=seconds + 1).contains(&sent),
+        "40 no-cache GETs during 500s in {seconds} s cost {sent} upstream requests"
     );
 }
 

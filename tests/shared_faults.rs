@@ -178,11 +178,12 @@ async fn a_leader_slower_than_the_lock_ttl_keeps_its_lock() {
         let (url, token) = (fleet[0].url(WEB), fleet[0].token().to_owned());
         tokio::spawn(async move { get(&url, &token).await.status })
     };
-    let start = Instant::now();
-    while gets(&sim) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the leader's GET at GitHub",
+        || async { gets(&sim) > 0 },
+    )
+    .await;
     let follower = get(&fleet[1].url(WEB), fleet[1].token()).await;
     assert_eq!(follower.status, StatusCode::OK);
     assert_eq!(leader.await.unwrap(), StatusCode::OK);
@@ -207,10 +208,12 @@ async fn waiters_learn_that_the_leader_failed() {
         tokio::spawn(async move { get(&url, &token).await.status })
     };
     let start = Instant::now();
-    while gets(&sim) == 0 {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "the leader's GET at GitHub",
+        || async { gets(&sim) > 0 },
+    )
+    .await;
     let waiters: Vec<_> = fleet[1..]
         .iter()
         .map(|proxy| {
@@ -264,11 +267,10 @@ async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
         );
         tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
     };
-    let start = Instant::now();
-    while sim.arrivals(&Method::DELETE).is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(Duration::from_secs(5), "A's DELETE at GitHub", || async {
+        !sim.arrivals(&Method::DELETE).is_empty()
+    })
+    .await;
     let stalled = stall(&redis, 2.0).await;
     assert_eq!(deleting.await.unwrap(), StatusCode::NO_CONTENT);
     let pending = sample(
@@ -282,14 +284,12 @@ async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
     assert_eq!(version(a, first).await, StatusCode::NOT_FOUND);
     stalled.await.unwrap();
     // Redis is back: A replays its invalidation, so B drops the deleted version too.
-    let start = Instant::now();
-    while version(b, first).await != StatusCode::NOT_FOUND {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "the other replica still serves the version deleted while Redis stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "B to drop the version deleted while Redis stalled",
+        || async { version(b, first).await == StatusCode::NOT_FOUND },
+    )
+    .await;
     wait_up(a, true, Duration::from_secs(5)).await;
     assert_eq!(version(a, second).await, StatusCode::OK); // cached on A again
     assert_eq!(delete(b, second).await, StatusCode::NO_CONTENT);
