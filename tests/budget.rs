@@ -14,13 +14,6 @@ use support::*;
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
 
-fn cold(i: usize) -> String {
-    format!(
-        "/orgs/acme/packages/container/web/versions?per_page={}",
-        20 + i
-    )
-}
-
 fn short_ttl(extra: &str) -> ProxyOptions {
     ProxyOptions {
         extra: format!(
@@ -205,12 +198,7 @@ async fn gets_are_retried_and_mutations_never() {
     let path = format!("/orgs/acme/packages/container/web/versions/{id}");
     let reply = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    let deletes = sim
-        .handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .count();
+    let deletes = sim.deletes();
     assert_eq!(deletes, 1, "a mutation was retried");
 }
 

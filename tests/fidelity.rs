@@ -117,10 +117,6 @@ fn revalidating() -> ProxyOptions {
     }
 }
 
-fn cache_status(reply: &Reply) -> &str {
-    reply.header("cache-status").unwrap_or("-")
-}
-
 // Guards issue 14: a 304 revalidation copied every `x-ratelimit-*` header GitHub sent into the
 // stored answer, so `x-ratelimit-evil` reached every later hit. Only the allow-list passes, from
 // the cache or not, and the 304 still refreshes what is on it.

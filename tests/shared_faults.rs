@@ -62,10 +62,6 @@ async fn stall(redis: &Redis, secs: f64) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn gets(sim: &Sim) -> usize {
-    sim.arrivals(&Method::GET).len()
-}
-
 async fn delete(proxy: &TestProxy, id: u64) -> StatusCode {
     let path = format!("/orgs/acme/packages/container/web/versions/{id}");
     send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[])
@@ -181,14 +177,14 @@ async fn a_leader_slower_than_the_lock_ttl_keeps_its_lock() {
     eventually(
         Duration::from_secs(5),
         "the leader's GET at GitHub",
-        || async { gets(&sim) > 0 },
+        || async { sim.gets() > 0 },
     )
     .await;
     let follower = get(&fleet[1].url(WEB), fleet[1].token()).await;
     assert_eq!(follower.status, StatusCode::OK);
     assert_eq!(leader.await.unwrap(), StatusCode::OK);
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         1,
         "the follower fetched too: the leader's lock expired"
     );
@@ -211,7 +207,7 @@ async fn waiters_learn_that_the_leader_failed() {
     eventually(
         Duration::from_secs(5),
         "the leader's GET at GitHub",
-        || async { gets(&sim) > 0 },
+        || async { sim.gets() > 0 },
     )
     .await;
     let waiters: Vec<_> = fleet[1..]

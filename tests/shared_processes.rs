@@ -67,15 +67,8 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
         let reply = get(&proxy.url(WEB), &token).await;
         assert_eq!(reply.body, first.body);
     }
-    let gets = |sim: &support::Sim| {
-        sim.handle
-            .log()
-            .iter()
-            .filter(|r| r.method == Method::GET)
-            .count()
-    };
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         1,
         "another process went upstream for a warm key"
     );
@@ -95,7 +88,7 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         2,
         "the fleet fetched one cold key more than once"
     );
