@@ -423,6 +423,21 @@ fn write_config(dir: &Path, sim: &Sim, policy_text: &str) -> (std::path::PathBuf
     (path, tokens)
 }
 
+/// Writes `text` to the watched config at `path` and waits until `/metrics` counts one more
+/// reload with `result` (`ok` or `failed`). The counters are process-wide (one recorder); no
+/// other test here reloads a config.
+async fn rewrite_and_wait(path: &Path, text: &str, metrics: &str, result: &str) {
+    let series = format!("packages_proxy_config_reloads_total{{result=\"{result}\"}}");
+    let count = || async { sample(&scrape(metrics).await, &series).unwrap_or(0.0) };
+    let before = count().await;
+    std::fs::write(path, text).unwrap();
+    let what = format!("a reload counted as {result}");
+    eventually(Duration::from_secs(10), &what, || async {
+        count().await > before
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     let sim = spawn_sim().await;
@@ -444,14 +459,6 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     );
     let base = format!("http://{}", running.addr);
     let metrics = format!("{base}/metrics");
-    // Process-wide counters (one recorder); no other test here reloads a config.
-    let reloads = |result: &'static str| {
-        let metrics = metrics.clone();
-        async move {
-            let series = format!("packages_proxy_config_reloads_total{{result=\"{result}\"}}");
-            sample(&scrape(&metrics).await, &series).unwrap_or(0.0)
-        }
-    };
     let web = sim.versions("web").await;
     let target = format!(
         "{base}/orgs/acme/packages/container/web/versions/{}",
@@ -466,14 +473,8 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     assert_eq!(dry_run().await, StatusCode::OK);
 
     let text = std::fs::read_to_string(&path).unwrap();
-    let failed_before = reloads("failed").await;
-    std::fs::write(&path, format!("{text}\n[[policy.allow]]\nname = 1\n")).unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the invalid file rejected",
-        || async { reloads("failed").await > failed_before },
-    )
-    .await;
+    let invalid = format!("{text}\n[[policy.allow]]\nname = 1\n");
+    rewrite_and_wait(&path, &invalid, &metrics, "failed").await;
     assert_eq!(
         dry_run().await,
         StatusCode::OK,
@@ -482,14 +483,8 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
 
     let without_team_a =
         policy(&audit, "0s").replace("clients = [\"team-a\"]", "clients = [\"team-b\"]");
-    let ok_before = reloads("ok").await;
-    std::fs::write(&path, text.replace(&policy(&audit, "0s"), &without_team_a)).unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the new policy applied",
-        || async { reloads("ok").await > ok_before },
-    )
-    .await;
+    let valid = text.replace(&policy(&audit, "0s"), &without_team_a);
+    rewrite_and_wait(&path, &valid, &metrics, "ok").await;
     assert_eq!(
         dry_run().await,
         StatusCode::FORBIDDEN,
