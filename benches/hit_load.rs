@@ -486,6 +486,23 @@ fn fill(
     started.elapsed().as_secs_f64()
 }
 
+/// The sum of the `name` series whose labels contain `labels`, as the proxy's `/metrics` shows
+/// them now (the state's fields are the crate's own).
+fn metric(running: &server::Running, name: &str, labels: &str) -> f64 {
+    packages_proxy::metrics::render(&running.state)
+        .lines()
+        .filter(|line| line.contains(labels))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !rest.is_empty() && !rest.starts_with('{') {
+                return None; // another metric whose name starts with this one
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// This process's resident memory, as /proc reports it.
 fn rss() -> String {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -836,12 +853,12 @@ fn main() {
             keys - filled,
             f64::from(keys - filled) / secs,
             settings.fill_conns,
-            running.state.cache.entry_count(),
+            metric(&running, "packages_proxy_cache_entries", ""),
         );
         println!(
             "{}; the cache's weigher counts {} MiB",
             rss(),
-            running.state.cache.weighted_size() >> 20
+            metric(&running, "packages_proxy_cache_bytes", "") as u64 >> 20
         );
         filled = keys;
         sim.clear_log();
@@ -871,12 +888,12 @@ fn main() {
             l.quantile_ms(0.99) / s.quantile_ms(0.99),
         );
     }
-    let stats = &running.state.cache.stats;
+    let requests = "packages_proxy_requests_total";
     println!(
         "cache stats: hit {} miss {} evicted {}",
-        stats.hit.load(Ordering::Relaxed),
-        stats.miss.load(Ordering::Relaxed),
-        stats.evicted.load(Ordering::Relaxed),
+        metric(&running, requests, "cache=\"hit\""),
+        metric(&running, requests, "cache=\"miss\""),
+        metric(&running, "packages_proxy_cache_evictions_total", ""),
     );
     // Runtimes drop here: the proxy, the bare server and the simulator stop with them.
     drop(load_rt);

@@ -201,7 +201,7 @@ fn fleet(
         }
         if redis_url.is_some() {
             for running in &fleet {
-                let shared = running.state.shared.as_ref().unwrap();
+                let shared = running.state.shared().unwrap();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while !shared.is_up() {
                     assert!(Instant::now() < deadline, "the shared tier never came up");

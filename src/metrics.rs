@@ -7,7 +7,10 @@
 //! set at scrape time from the one source of truth rather than tracked twice.
 
 use std::{
-    cell::RefCell, collections::HashMap, sync::OnceLock, sync::atomic::Ordering, time::Duration,
+    cell::RefCell,
+    collections::HashMap,
+    sync::{Mutex, OnceLock, atomic::Ordering},
+    time::Duration,
 };
 
 use metrics::{Counter, Histogram, counter, gauge, histogram};
@@ -34,6 +37,10 @@ pub const GUARD: &str = "packages_proxy_multi_arch_guard_decisions_total";
 pub const DESTRUCTIVE: &str = "packages_proxy_destructive_decisions_total";
 /// Access log lines dropped because the writer's buffer was full (stdout blocked or too slow).
 pub const ACCESS_LOG_DROPPED: &str = "packages_proxy_access_log_dropped_total";
+/// Invalidation scopes this replica bumped alone (Redis failed mid-invalidation) and has not yet
+/// replayed fleet-wide. Above 0, other replicas may still serve what this one deleted, and this
+/// one stays off the L2 until the replay; it should fall back to 0 soon after Redis answers.
+pub const INVALIDATIONS_PENDING: &str = "packages_proxy_shared_invalidations_pending";
 
 /// Latency buckets, 0.5 ms to 30 s.
 const BUCKETS: [f64; 14] = [
@@ -191,6 +198,12 @@ pub fn destructive(outcome: &str) {
 
 /// Renders the Prometheus text after refreshing the state-mirroring gauges.
 pub fn render(state: &AppState) -> String {
+    // The recorder is process-wide: two states in one process (the tests) each set the
+    // same gauges. Setting and rendering under one lock makes a scrape show its own state's
+    // figures, not another's written in between. Scrapes are rare; the lock is never held
+    // across an await.
+    static RENDER: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = RENDER.lock().unwrap_or_else(|poison| poison.into_inner());
     let handle = handle();
     let budget = state.upstream.budget.snapshot();
     if let Some(limit) = budget.limit {
@@ -237,6 +250,7 @@ pub fn render(state: &AppState) -> String {
         .absolute(state.reloads_failed.load(Ordering::Relaxed));
     if let Some(shared) = &state.shared {
         gauge!("packages_proxy_shared_tier_up").set(if shared.is_up() { 1.0 } else { 0.0 });
+        gauge!(INVALIDATIONS_PENDING).set(cache.generations.diverged().len() as f64);
     }
     gauge!("packages_proxy_ready").set(if state.is_draining() { 0.0 } else { 1.0 });
     handle.render()

@@ -45,35 +45,35 @@ pub enum StateError {
 #[derive(Debug)]
 pub struct AppState {
     /// The validated config this process started with.
-    pub config: Config,
+    pub(crate) config: Config,
     /// Where clients reach us: `server.public_url`, or `http://` (`https://` with `[server.tls]`)
     /// and the bound address.
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// The one upstream client, holding the org token.
-    pub upstream: Upstream,
+    pub(crate) upstream: Upstream,
     /// The container registry client of the multi-arch guard (its own manifest cache inside).
-    pub registry: Registry,
+    pub(crate) registry: Registry,
     /// The metadata cache (also when disabled: then it is never asked).
-    pub cache: Cache,
+    pub(crate) cache: Cache,
     /// The Redis tier, when `[shared] redis_url` is set.
-    pub shared: Option<Arc<Shared>>,
+    pub(crate) shared: Option<Arc<Shared>>,
     /// Clients, swapped whole on reload; `load()` per request, never held across an await.
-    pub clients: ArcSwap<Clients>,
+    pub(crate) clients: ArcSwap<Clients>,
     /// The destructive-call policy, swapped whole on reload; `load_full()` where it lives across
     /// an await.
-    pub policy: ArcSwap<Policy>,
+    pub(crate) policy: ArcSwap<Policy>,
     /// The write-ahead audit log.
-    pub audit: Audit,
+    pub(crate) audit: Audit,
     /// The one queue mutations go upstream through.
-    pub pacer: Pacer,
+    pub(crate) pacer: Pacer,
     /// Each client's mutations queued or in flight.
-    pub per_client: Arc<PerClient>,
+    pub(crate) per_client: Arc<PerClient>,
     /// Audit records that could not be written (refusals and outcomes; intents refuse the call).
-    pub audit_failures: AtomicU64,
+    pub(crate) audit_failures: AtomicU64,
     /// Config reloads applied.
-    pub reloads_ok: AtomicU64,
+    pub(crate) reloads_ok: AtomicU64,
     /// Config reloads rejected (the last good config stays).
-    pub reloads_failed: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
     /// Set when shutdown starts: `/readyz` fails so load balancers stop sending.
     /// An atomic: read on every readiness probe, written once.
     draining: AtomicBool,
@@ -151,6 +151,12 @@ impl AppState {
     /// True once shutdown started.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The Redis tier, when `[shared] redis_url` is set. Public for tests of its fleet-wide
+    /// protocol (the owned fetch lock), which no socket of one replica shows.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
     }
 
     /// A new request id.

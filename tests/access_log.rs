@@ -247,7 +247,6 @@ async fn a_blocked_stdout_drops_and_counts_lines_and_never_blocks_requests() {
         .unwrap();
     answered += 1;
     let final_dropped = dropped(&String::from_utf8_lossy(&body));
-    assert!(final_dropped >= seen_dropped);
 
     let mut child = kill_on_panic.0.take().unwrap();
     let status = Command::new("kill")

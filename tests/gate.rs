@@ -22,25 +22,8 @@ async fn proxy_with(sim: &Sim, mutations: &str, policy: &str) -> (TestProxy, Pat
     (spawn_proxy(sim, opts).await, audit)
 }
 
-/// Version ids of a container package in org `acme`, read from the simulator directly.
-async fn versions(sim: &Sim, package: &str) -> Vec<u64> {
-    let url = format!(
-        "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
-        sim.handle.base_url()
-    );
-    get(&url, &sim.org_token).await.ids()
-}
-
 fn version_path(package: &str, id: u64) -> String {
     format!("/orgs/acme/packages/container/{package}/versions/{id}")
-}
-
-fn deletes_seen(sim: &Sim) -> usize {
-    sim.handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .count()
 }
 
 fn records(audit: &Path) -> Vec<AuditRecord> {
@@ -53,7 +36,7 @@ fn records(audit: &Path) -> Vec<AuditRecord> {
 async fn no_dry_run_spelling_mutates_and_ambiguous_ones_are_400() {
     let sim = spawn_sim().await;
     let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", ALLOW_ALL).await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let dry = StatusCode::OK;
     let bad = StatusCode::BAD_REQUEST;
     let cases: Vec<(Vec<&str>, StatusCode)> = vec![
@@ -114,7 +97,7 @@ async fn no_dry_run_spelling_mutates_and_ambiguous_ones_are_400() {
     let (status, _) = raw(proxy.addr(), raw_request.as_bytes()).await;
     assert_eq!(status, 400, "a garbled value was not refused");
 
-    assert_eq!(deletes_seen(&sim), 0, "a dry-run spelling deleted for real");
+    assert_eq!(sim.deletes(), 0, "a dry-run spelling deleted for real");
     for id in &web[1..=cases.len()] {
         let deleted = sim.handle.version_deleted("acme", "container", "web", *id);
         assert_eq!(deleted, Some(false), "{id} deleted");
@@ -137,7 +120,7 @@ async fn no_dry_run_spelling_mutates_and_ambiguous_ones_are_400() {
         .await;
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{value:?}");
     }
-    assert_eq!(deletes_seen(&sim), 4);
+    assert_eq!(sim.deletes(), 4);
 }
 
 #[test]
@@ -193,7 +176,7 @@ packages = ["base/**"]
 async fn protections_of_every_matching_allow_rule_combine() {
     let sim = spawn_sim().await;
     let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", LAYERED).await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let (a, b) = (&proxy.tokens[0], &proxy.tokens[1]);
     let del = |token: &str, id: u64| {
         let url = proxy.url(&version_path("web", id));
@@ -242,7 +225,7 @@ async fn protections_of_every_matching_allow_rule_combine() {
     .await;
     assert_eq!(base.status, StatusCode::FORBIDDEN);
 
-    assert_eq!(deletes_seen(&sim), 2);
+    assert_eq!(sim.deletes(), 2);
     for (i, deleted) in [(0, false), (1, true), (2, true), (3, false), (4, false)] {
         let state = sim
             .handle
@@ -321,22 +304,6 @@ async fn a_shared_rule_budget_is_spent_only_by_mutations_that_are_sent() {
     budget_equals_sent_deletes(&format!("[shared]\nredis_url = \"{}\"\n", redis.url())).await;
 }
 
-/// Polls `/metrics` until the proxy reports its shared tier up.
-async fn wait_for_shared_tier(proxy: &TestProxy) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let metrics = get(&proxy.url("/metrics"), proxy.token()).await;
-        if String::from_utf8_lossy(&metrics.body).contains("packages_proxy_shared_tier_up 1") {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the shared tier never came up"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// A budget of 3 with pace-queue refusals along the way: exactly 3 real deletes.
 async fn budget_equals_sent_deletes(shared: &str) {
     let sim = spawn_sim().await;
@@ -348,9 +315,14 @@ async fn budget_equals_sent_deletes(shared: &str) {
     );
     let (proxy, audit) = proxy_with(&sim, mutations, &policy).await;
     if !shared.is_empty() {
-        wait_for_shared_tier(&proxy).await;
+        wait_shared_tier(
+            &proxy.url("/metrics"),
+            true,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
     }
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let mut next = 1;
     let mut refused = 0;
     let mut budget_429 = None;
@@ -395,7 +367,7 @@ async fn budget_equals_sent_deletes(shared: &str) {
     assert!(budget_429.is_some(), "the budget never ran out");
     assert!(refused >= 1, "no refusal happened: the test shows nothing");
     assert_eq!(
-        deletes_seen(&sim),
+        sim.deletes(),
         3,
         "the budget of 3 did not give 3 real deletes"
     );

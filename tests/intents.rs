@@ -49,14 +49,6 @@ async fn wait_for_records(audit: &Path, what: &str, done: impl Fn(&[AuditRecord]
     }
 }
 
-async fn web_versions(sim: &Sim) -> Vec<u64> {
-    let url = format!(
-        "{}/orgs/acme/packages/container/web/versions?per_page=100",
-        sim.handle.base_url()
-    );
-    support::get(&url, &sim.org_token).await.ids()
-}
-
 /// A client `cleanup` with a fresh fake token (returned), allowed to delete and restore `web`.
 fn policy(audit: &Path, mutations: &str) -> (String, String) {
     let (token, hash) = e2e::token_pair();
@@ -81,7 +73,7 @@ async fn sigterm_with_queued_deletes_answers_every_client_and_ends_every_intent(
     let (extra, token) = policy(&audit, "pace = \"2s\"\nmax_queue_wait = \"60s\"");
     let mut proxy = serve(&sim, &dir, &extra, "shutdown_delay = \"0s\"").await;
     let proxy_url = proxy.url("");
-    let web = web_versions(&sim).await;
+    let web = sim.versions("web").await;
     let tasks: Vec<_> = web[1..6]
         .iter()
         .map(|id| {
@@ -130,12 +122,7 @@ async fn sigterm_with_queued_deletes_answers_every_client_and_ends_every_intent(
         }
     }
     assert_eq!(decisions, answered, "audit vs clients");
-    let deletes = sim
-        .handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .count();
+    let deletes = sim.deletes();
     assert_eq!(deletes, answered.0, "GitHub vs clients");
 }
 
@@ -155,7 +142,7 @@ async fn intents_a_crash_left_alone_are_reconciled_at_start_and_restorable() {
     let sim = spawn_sim().await;
     let dir = e2e::TempDir::new("intents-reconcile");
     let audit = dir.path("audit.jsonl");
-    let web = web_versions(&sim).await;
+    let web = sim.versions("web").await;
     let path = |id: u64| format!("/orgs/acme/packages/container/web/versions/{id}");
     // The crashed process sent the first delete (GitHub performed it), not the second.
     let deleted = send(

@@ -1,5 +1,5 @@
-//! `/metrics`: the expected names appear and move as traffic flows. One test: the Prometheus
-//! recorder is process-wide.
+//! `/metrics`: the expected names appear and move as traffic flows. Counters move in one test
+//! only: the Prometheus recorder is process-wide (a scrape's state gauges are its own proxy's).
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
 
@@ -8,16 +8,8 @@ mod support;
 use http::{Method, StatusCode};
 use support::*;
 
-/// The value of the first sample line starting with `prefix` (0 when absent).
-fn sample(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn scrape(proxy: &TestProxy) -> String {
+/// `/metrics` on the main listener, checking its content type.
+async fn scrape_main(proxy: &TestProxy) -> String {
     let reply = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
@@ -42,7 +34,7 @@ async fn metrics_appear_with_their_names_and_move_with_traffic() {
     let proxy = spawn_proxy(&sim, opts).await;
     let path = "/orgs/acme/packages/container/web/versions?per_page=5";
     let hit_line = r#"packages_proxy_requests_total{route="/orgs/{org}/packages/{package_type}/{package_name}/versions",status_class="2xx",cache="hit",client="team-a"}"#;
-    let before = scrape(&proxy).await;
+    let before = scrape_main(&proxy).await;
     for _ in 0..3 {
         get(&proxy.url(path), proxy.token()).await;
     }
@@ -54,25 +46,28 @@ async fn metrics_appear_with_their_names_and_move_with_traffic() {
         &[],
     )
     .await;
-    let after = scrape(&proxy).await;
+    let after = scrape_main(&proxy).await;
     assert_eq!(
-        sample(&after, hit_line) - sample(&before, hit_line),
+        sample(&after, hit_line).unwrap() - sample(&before, hit_line).unwrap_or(0.0),
         2.0,
         "{after}"
     );
     let upstream = r#"packages_proxy_upstream_requests_total{method="GET",status_class="2xx"}"#;
-    assert!(sample(&after, upstream) >= 1.0, "{after}");
+    assert!(sample(&after, upstream).unwrap() >= 1.0, "{after}");
     let denied = r#"packages_proxy_destructive_decisions_total{outcome="denied"}"#;
-    assert_eq!(sample(&after, denied) - sample(&before, denied), 1.0);
-    assert!(sample(&after, "packages_proxy_cache_entries") >= 1.0);
-    assert!(sample(&after, "packages_proxy_cache_bytes") > 0.0);
     assert_eq!(
-        sample(&after, "packages_proxy_upstream_ratelimit_limit"),
+        sample(&after, denied).unwrap() - sample(&before, denied).unwrap_or(0.0),
+        1.0
+    );
+    assert!(sample(&after, "packages_proxy_cache_entries").unwrap() >= 1.0);
+    assert!(sample(&after, "packages_proxy_cache_bytes").unwrap() > 0.0);
+    assert_eq!(
+        sample(&after, "packages_proxy_upstream_ratelimit_limit").unwrap(),
         5000.0
     );
-    assert!(sample(&after, "packages_proxy_upstream_ratelimit_remaining") < 5000.0);
+    assert!(sample(&after, "packages_proxy_upstream_ratelimit_remaining").unwrap() < 5000.0);
     assert_eq!(
-        sample(&after, "packages_proxy_upstream_backoff_active"),
+        sample(&after, "packages_proxy_upstream_backoff_active").unwrap(),
         0.0
     );
     for name in [

@@ -4,8 +4,7 @@
 //! headers it reads. The client side is `tests/octokit/check.mjs`.
 //!
 //! Needs Node and `tests/octokit/node_modules` (`npm ci` in `tests/octokit`; `.ci/run` does it).
-//! Without `node` the test is skipped loudly, even in CI; with `node` but without `node_modules`
-//! it fails in CI (`CI` set) and is skipped otherwise.
+//! Without either, the test fails in CI (`CI` set) and is skipped loudly otherwise.
 
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns panic on purpose
 

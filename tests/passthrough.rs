@@ -526,18 +526,20 @@ async fn a_burst_of_100_simultaneous_connections_is_served() {
     }
 }
 
+// The order is what matters, not the durations: the request reaches GitHub, which holds it
+// 2 s; shutdown starts then, so readiness fails while the listener still serves for
+// `shutdown_delay` (1 s); the listener closes with the request still in flight, and it finishes.
 #[tokio::test]
 async fn shutdown_fails_readiness_and_lets_in_flight_requests_finish() {
     let sim = spawn_sim().await;
     let opts = ProxyOptions {
-        extra_server: "shutdown_delay = \"300ms\"",
+        extra_server: "shutdown_delay = \"1s\"",
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;
+    let ready_url = proxy.url("/readyz");
     assert_eq!(
-        send(Method::GET, &proxy.url("/readyz"), None, &[])
-            .await
-            .status,
+        send(Method::GET, &ready_url, None, &[]).await.status,
         StatusCode::OK
     );
     assert_eq!(
@@ -547,21 +549,33 @@ async fn shutdown_fails_readiness_and_lets_in_flight_requests_finish() {
         StatusCode::OK
     );
     sim.handle.inject(Fault::new(
-        FaultKind::Latency(std::time::Duration::from_millis(700)),
+        FaultKind::Latency(std::time::Duration::from_secs(2)),
         1,
     ));
     let url = proxy.url("/orgs/acme/packages/container/web");
     let token = proxy.token().to_owned();
     let in_flight = tokio::spawn(async move { get(&url, &token).await });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let state = proxy.running.state.clone();
+    let limit = std::time::Duration::from_secs(5);
+    eventually(limit, "the request to reach GitHub", || async {
+        !sim.arrivals(&Method::GET).is_empty()
+    })
+    .await;
     let addr = proxy.addr();
     let shutdown = tokio::spawn(proxy.running.shutdown());
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    assert!(state.is_draining());
     // During the shutdown delay the listener still answers, and readiness says "draining".
-    let ready = send(Method::GET, &format!("http://{addr}/readyz"), None, &[]).await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    eventually(limit, "/readyz to answer 503", || async {
+        send(Method::GET, &ready_url, None, &[]).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    // After the delay the listener closes, with the request still at GitHub: the drain.
+    eventually(limit, "the listener to close", || async {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the listener closed: the drain was not tested"
+    );
     let reply = in_flight.await.unwrap();
     assert_eq!(
         reply.status,

@@ -64,23 +64,6 @@ async fn setup(pace: &str) -> Setup {
     Setup { sim, proxy, audit }
 }
 
-/// Version ids of a package, newest first, read from the simulator directly.
-async fn versions(sim: &Sim, package: &str) -> Vec<u64> {
-    let url = format!(
-        "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
-        sim.handle.base_url()
-    );
-    get(&url, &sim.org_token).await.ids()
-}
-
-fn deletes_seen(sim: &Sim) -> usize {
-    sim.handle
-        .log()
-        .iter()
-        .filter(|r| r.method == Method::DELETE)
-        .count()
-}
-
 async fn delete(proxy: &TestProxy, client: usize, path: &str) -> Reply {
     send(
         Method::DELETE,
@@ -98,7 +81,7 @@ fn records(audit: &Path) -> Vec<AuditRecord> {
 #[tokio::test]
 async fn the_allow_and_deny_matrix() {
     let Setup { sim, proxy, .. } = setup("0s").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let worker = {
         let url = format!(
             "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
@@ -225,12 +208,12 @@ async fn the_allow_and_deny_matrix() {
 #[tokio::test]
 async fn a_protected_tag_is_never_deleted_and_a_failed_fresh_read_refuses() {
     let Setup { sim, proxy, .. } = setup("0s").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let latest = format!("/orgs/acme/packages/container/web/versions/{}", web[0]);
     let reply = delete(&proxy, 0, &latest).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert!(reply.json()["message"].as_str().unwrap().contains("latest"));
-    assert_eq!(deletes_seen(&sim), 0);
+    assert_eq!(sim.deletes(), 0);
 
     sim.handle.inject(Fault::new(
         FaultKind::Status(StatusCode::INTERNAL_SERVER_ERROR),
@@ -244,11 +227,7 @@ async fn a_protected_tag_is_never_deleted_and_a_failed_fresh_read_refuses() {
         "{:?}",
         reply.body
     );
-    assert_eq!(
-        deletes_seen(&sim),
-        0,
-        "a delete went out without its tag check"
-    );
+    assert_eq!(sim.deletes(), 0, "a delete went out without its tag check");
     // With the upstream healthy again the same delete goes through.
     assert_eq!(
         delete(&proxy, 0, &untagged).await.status,
@@ -282,19 +261,19 @@ async fn budgets_run_out_and_refill() {
     assert_eq!(spent.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(spent.header("retry-after").is_some());
     assert!(spent.json()["message"].as_str().unwrap().contains("budget"));
-    assert_eq!(deletes_seen(&sim), 2);
+    assert_eq!(sim.deletes(), 2);
     tokio::time::sleep(Duration::from_millis(600)).await; // 2 per 1 s window: one refills
     assert_eq!(
         delete(&proxy, 1, &path(ids[3])).await.status,
         StatusCode::NO_CONTENT
     );
-    assert_eq!(deletes_seen(&sim), 3);
+    assert_eq!(sim.deletes(), 3);
 }
 
 #[tokio::test]
 async fn a_dry_run_never_reaches_the_upstream() {
     let Setup { sim, proxy, audit } = setup("0s").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let path = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
     let reply = send(
         Method::DELETE,
@@ -308,7 +287,7 @@ async fn a_dry_run_never_reaches_the_upstream() {
     assert_eq!(body["dry_run"], true);
     assert_eq!(body["rule"], "team-a-cleanup");
     assert_eq!(body["upstream_request"]["method"], "DELETE");
-    assert_eq!(deletes_seen(&sim), 0);
+    assert_eq!(sim.deletes(), 0);
     assert_eq!(
         sim.handle
             .version_deleted("acme", "container", "web", web[1]),
@@ -324,7 +303,7 @@ async fn a_dry_run_never_reaches_the_upstream() {
 #[tokio::test]
 async fn an_unwritable_audit_log_refuses_the_call() {
     let Setup { sim, proxy, audit } = setup("0s").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     std::fs::remove_file(&audit).unwrap();
     std::fs::create_dir(&audit).unwrap(); // a directory where the log should be: every write fails
     let reply = delete(
@@ -340,13 +319,13 @@ async fn an_unwritable_audit_log_refuses_the_call() {
             .unwrap()
             .contains("Audit log")
     );
-    assert_eq!(deletes_seen(&sim), 0, "an unaudited delete was sent");
+    assert_eq!(sim.deletes(), 0, "an unaudited delete was sent");
 }
 
 #[tokio::test]
 async fn every_destructive_request_is_audited_and_mutations_are_paced() {
     let Setup { sim, proxy, audit } = setup("150ms").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let targets = web[1..5]
         .iter()
         .map(|id| {
@@ -410,7 +389,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
         },
     )
     .await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let first = delete(
         &proxy,
         0,
@@ -434,7 +413,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
             .unwrap()
             >= 1
     );
-    assert_eq!(deletes_seen(&sim), 1);
+    assert_eq!(sim.deletes(), 1);
 }
 
 fn write_config(dir: &Path, sim: &Sim, policy_text: &str) -> (std::path::PathBuf, Vec<String>) {
@@ -442,6 +421,21 @@ fn write_config(dir: &Path, sim: &Sim, policy_text: &str) -> (std::path::PathBuf
     let path = dir.join("config.toml");
     std::fs::write(&path, format!("{text}\n{policy_text}")).unwrap();
     (path, tokens)
+}
+
+/// Writes `text` to the watched config at `path` and waits until `/metrics` counts one more
+/// reload with `result` (`ok` or `failed`). The counters are process-wide (one recorder); no
+/// other test here reloads a config.
+async fn rewrite_and_wait(path: &Path, text: &str, metrics: &str, result: &str) {
+    let series = format!("packages_proxy_config_reloads_total{{result=\"{result}\"}}");
+    let count = || async { sample(&scrape(metrics).await, &series).unwrap_or(0.0) };
+    let before = count().await;
+    std::fs::write(path, text).unwrap();
+    let what = format!("a reload counted as {result}");
+    eventually(Duration::from_secs(10), &what, || async {
+        count().await > before
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -457,52 +451,44 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     )
     .await
     .unwrap();
-    let state = running.state.clone();
-    let watcher =
-        packages_proxy::reload::spawn(state.clone(), path.clone(), Duration::from_millis(50));
-    let base = format!("http://{}", running.addr);
-    let web = versions(&sim, "web").await;
-    let target = |i: usize| {
-        format!(
-            "{base}/orgs/acme/packages/container/web/versions/{}",
-            web[i]
-        )
-    };
-    let dry = [("x-packages-proxy-dry-run", "1")];
-    assert_eq!(
-        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
-            .await
-            .status,
-        StatusCode::OK
+    // The file watch `serve` runs (SIGHUP would reach every test in this process).
+    let watcher = packages_proxy::reload::spawn(
+        running.state.clone(),
+        path.clone(),
+        Duration::from_millis(50),
     );
+    let base = format!("http://{}", running.addr);
+    let metrics = format!("{base}/metrics");
+    let web = sim.versions("web").await;
+    let target = format!(
+        "{base}/orgs/acme/packages/container/web/versions/{}",
+        web[1]
+    );
+    let dry_run = || async {
+        let dry = [("x-packages-proxy-dry-run", "1")];
+        send(Method::DELETE, &target, Some(&tokens[0]), &dry)
+            .await
+            .status
+    };
+    assert_eq!(dry_run().await, StatusCode::OK);
 
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}\n[[policy.allow]]\nname = 1\n")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        state
-            .reloads_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    let invalid = format!("{text}\n[[policy.allow]]\nname = 1\n");
+    rewrite_and_wait(&path, &invalid, &metrics, "failed").await;
     assert_eq!(
-        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
-            .await
-            .status,
+        dry_run().await,
         StatusCode::OK,
         "the old policy was dropped"
     );
 
     let without_team_a =
         policy(&audit, "0s").replace("clients = [\"team-a\"]", "clients = [\"team-b\"]");
-    std::fs::write(&path, text.replace(&policy(&audit, "0s"), &without_team_a)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(state.reloads_ok.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    let valid = text.replace(&policy(&audit, "0s"), &without_team_a);
+    rewrite_and_wait(&path, &valid, &metrics, "ok").await;
     assert_eq!(
-        send(Method::DELETE, &target(1), Some(&tokens[0]), &dry)
-            .await
-            .status,
-        StatusCode::FORBIDDEN
+        dry_run().await,
+        StatusCode::FORBIDDEN,
+        "team-a is still allowed"
     );
     watcher.abort();
 }
@@ -514,7 +500,7 @@ async fn policy_explain_agrees_with_the_server() {
     let (config_path, _) = write_config(dir, &sim, &policy(&audit, "0s"));
     let version = format!(
         "/orgs/acme/packages/container/web/versions/{}",
-        versions(&sim, "web").await[2]
+        sim.versions("web").await[2]
     );
     let cases = [
         ("team-a", version.as_str(), "allow"),
@@ -572,7 +558,7 @@ async fn policy_explain_agrees_with_the_server() {
 #[tokio::test]
 async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
     let Setup { sim, proxy, audit } = setup("0s").await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let early = web[1];
     delete(
         &proxy,
@@ -687,7 +673,7 @@ async fn deny_rules_cover_user_routes_and_any_spelling_of_a_name() {
             "{path}"
         );
     }
-    assert_eq!(deletes_seen(&sim), 0);
+    assert_eq!(sim.deletes(), 0);
 }
 
 // Found in review: one client could fill the mutation queue (and its minutes of pace) for every
@@ -712,7 +698,7 @@ async fn one_client_cannot_fill_the_mutation_queue_for_others() {
         },
     )
     .await;
-    let web = versions(&sim, "web").await;
+    let web = sim.versions("web").await;
     let targets = web[1..5]
         .iter()
         .map(|id| {
@@ -723,7 +709,12 @@ async fn one_client_cannot_fill_the_mutation_queue_for_others() {
         })
         .collect();
     let tasks = spawn_deletes(targets);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Team-a hit its cap: two of its four are answered (refused, or sent at once) before team-b
+    // asks.
+    eventually(Duration::from_secs(5), "team-a's queue full", || async {
+        tasks.iter().filter(|task| task.is_finished()).count() >= 2
+    })
+    .await;
     let other = delete(
         &proxy,
         1,

@@ -11,22 +11,11 @@ use http::{Method, StatusCode};
 use packages_proxy::sim::Dataset;
 use support::*;
 
-/// The value of an unlabelled gauge in a Prometheus text page.
-fn gauge(page: &str, name: &str) -> f64 {
-    page.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 async fn cache_gauges(proxy: &TestProxy) -> (f64, f64) {
-    let page = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
-    let page = String::from_utf8(page.body.to_vec()).unwrap();
+    let page = scrape(&proxy.url("/metrics")).await;
     (
-        gauge(&page, "packages_proxy_cache_entries"),
-        gauge(&page, "packages_proxy_cache_bytes"),
+        sample(&page, "packages_proxy_cache_entries").unwrap(),
+        sample(&page, "packages_proxy_cache_bytes").unwrap(),
     )
 }
 

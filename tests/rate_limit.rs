@@ -15,21 +15,6 @@ use support::*;
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
 
-fn cold(i: usize) -> String {
-    format!(
-        "/orgs/acme/packages/container/web/versions?per_page={}",
-        20 + i
-    )
-}
-
-fn cache_status(reply: &Reply) -> String {
-    reply.header("cache-status").unwrap_or_default().to_owned()
-}
-
-fn upstream_gets(sim: &Sim) -> usize {
-    sim.arrivals(&Method::GET).len()
-}
-
 /// A proxy whose version lists go stale after `ttl` and are then served at once while the
 /// proxy revalidates them in the background.
 async fn proxy_with_swr(sim: &Sim, ttl: &str) -> TestProxy {
@@ -67,11 +52,11 @@ async fn revalidation_resumes_after_the_reset_with_only_cached_reads() {
         Some("0"),
         "a stale answer contradicts the back-off"
     );
-    let seen = upstream_gets(&sim);
+    let seen = sim.gets();
     if epoch_now() < reset {
         let refused = get(&proxy.url(&cold(0)), proxy.token()).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
-        assert_eq!(upstream_gets(&sim), seen, "sent during the back-off");
+        assert_eq!(sim.gets(), seen, "sent during the back-off");
     }
     // Only cached reads from here on: the proxy revalidates again once the window reset.
     eventually(
@@ -80,15 +65,16 @@ async fn revalidation_resumes_after_the_reset_with_only_cached_reads() {
         || async {
             let reply = get(&url, proxy.token()).await;
             assert_eq!(reply.status, StatusCode::OK);
-            upstream_gets(&sim) > seen && !cache_status(&reply).contains("backing-off")
+            sim.gets() > seen && !cache_status(&reply).contains("backing-off")
         },
     )
     .await;
     assert!(epoch_now() >= reset, "revalidated before GitHub's reset");
+    // Fresh, or stale while a new revalidation runs: never the back-off's answer again. (Every
+    // stale answer says "hit; ttl=" too, so that alone could not fail.)
     let fresh = get(&url, proxy.token()).await;
     assert!(
-        cache_status(&fresh).contains("hit; ttl=")
-            || cache_status(&fresh).contains("stale-while-revalidate"),
+        fresh_hit(&fresh) || cache_status(&fresh).contains("stale-while-revalidate"),
         "{}",
         cache_status(&fresh)
     );
@@ -108,7 +94,7 @@ async fn below_the_reserve_revalidation_resumes_once_the_window_resets() {
         get(&proxy.url(&cold(0)), proxy.token()).await.status,
         StatusCode::OK
     );
-    let seen = upstream_gets(&sim);
+    let seen = sim.gets();
     tokio::time::sleep(Duration::from_millis(250)).await;
     let stale = get(&url, proxy.token()).await;
     assert!(
@@ -116,17 +102,13 @@ async fn below_the_reserve_revalidation_resumes_once_the_window_resets() {
         "{}",
         cache_status(&stale)
     );
-    assert_eq!(
-        upstream_gets(&sim),
-        seen,
-        "the reserve was spent on background work"
-    );
+    assert_eq!(sim.gets(), seen, "the reserve was spent on background work");
     eventually(
         Duration::from_secs(15),
         "a background revalidation after the reset",
         || async {
             get(&url, proxy.token()).await;
-            upstream_gets(&sim) > seen
+            sim.gets() > seen
         },
     )
     .await;
@@ -250,7 +232,7 @@ async fn protected_tag_reads_of_dry_runs_are_charged_to_the_client() {
     }
     let ok = answers.iter().filter(|s| s.is_success()).count();
     assert_eq!(ok, 5, "{answers:?}");
-    assert_eq!(upstream_gets(&sim), 6, "more upstream reads than the quota");
+    assert_eq!(sim.gets(), 6, "more upstream reads than the quota");
     assert!(
         sim.handle.log().iter().all(|e| e.method != Method::DELETE),
         "a dry run deleted"
@@ -296,7 +278,7 @@ async fn whole_package_checks_read_a_bounded_number_of_pages() {
         "{}",
         reply.text()
     );
-    assert_eq!(upstream_gets(&sim), 2);
+    assert_eq!(sim.gets(), 2);
     assert_eq!(
         sim.handle.package_deleted("acme", "container", "web"),
         Some(false)
@@ -342,12 +324,7 @@ multi_arch_guard = false
         proxies.push(spawn_proxy(sim, opts).await);
     }
     for proxy in &proxies {
-        let shared = proxy.running.state.shared.clone().unwrap();
-        eventually(Duration::from_secs(5), "the shared tier up", || {
-            let shared = shared.clone();
-            async move { shared.is_up() }
-        })
-        .await;
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(5)).await;
     }
     proxies
 }
@@ -380,11 +357,7 @@ async fn two_replicas_share_the_quota_and_every_kind_of_back_off() {
         ok += usize::from(reply.status.is_success());
     }
     assert_eq!(ok, 5);
-    assert_eq!(
-        upstream_gets(&sim),
-        6,
-        "the replicas spent more than one quota"
-    );
+    assert_eq!(sim.gets(), 6, "the replicas spent more than one quota");
 
     let kind = FaultKind::SecondaryRateLimitWithoutRetryAfter {
         status: StatusCode::FORBIDDEN,
@@ -465,7 +438,8 @@ async fn no_cache_never_costs_more_than_the_cache_during_quota_or_incidents() {
         FaultKind::Status(StatusCode::INTERNAL_SERVER_ERROR),
         100,
     ));
-    let before = upstream_gets(&sim);
+    let before = sim.gets();
+    let started = std::time::Instant::now();
     for _ in 0..40 {
         let reply = send(
             Method::GET,
@@ -476,10 +450,13 @@ async fn no_cache_never_costs_more_than_the_cache_during_quota_or_incidents() {
         .await;
         assert_eq!(reply.status, StatusCode::OK);
     }
-    let sent = upstream_gets(&sim) - before;
+    // The first is sent (the interval has passed), then at most one per started second: a busy
+    // machine that stretches the loop allows one more per extra second, never one per request.
+    let sent = sim.gets() - before;
+    let seconds = started.elapsed().as_secs_f64().ceil().max(1.0) as usize;
     assert!(
-        sent <= 2,
-        "40 no-cache GETs during 500s cost {sent} upstream requests"
+        (1..=seconds + 1).contains(&sent),
+        "40 no-cache GETs during 500s in {seconds} s cost {sent} upstream requests"
     );
 }
 
@@ -504,11 +481,7 @@ async fn concurrent_secondary_limits_are_one_episode() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), StatusCode::FORBIDDEN);
     }
-    assert_eq!(
-        upstream_gets(&sim),
-        5,
-        "the five were not in flight together"
-    );
+    assert_eq!(sim.gets(), 5, "the five were not in flight together");
     let uncached = get(&proxy.url(&cold(9)), proxy.token()).await;
     let wait: u64 = uncached
         .header("retry-after")

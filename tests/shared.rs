@@ -31,21 +31,7 @@ async fn fleet(sim: &Sim, redis: &Redis, extra: &str) -> Vec<TestProxy> {
 }
 
 async fn wait_up(proxy: &TestProxy, up: bool) {
-    let shared = proxy.running.state.shared.as_ref().unwrap();
-    for _ in 0..250 {
-        if shared.is_up() == up {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "the shared tier never became {}",
-        if up { "up" } else { "down" }
-    );
-}
-
-fn gets(sim: &Sim) -> usize {
-    sim.arrivals(&Method::GET).len()
+    wait_shared_tier(&proxy.url("/metrics"), up, Duration::from_secs(5)).await;
 }
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
@@ -61,7 +47,7 @@ async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
     let sim = spawn_sim().await;
     let fleet = fleet(&sim, &redis, "").await;
     let first = get(&fleet[0].url(WEB), fleet[0].token()).await;
-    assert_eq!(gets(&sim), 1);
+    assert_eq!(sim.gets(), 1);
     for proxy in &fleet[1..] {
         let reply = get(&proxy.url(WEB), proxy.token()).await;
         assert_eq!(reply.status, StatusCode::OK);
@@ -70,7 +56,7 @@ async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
         assert!(status.contains("detail=shared"), "{status}");
     }
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         1,
         "another replica went upstream for a warm key"
     );
@@ -80,7 +66,10 @@ async fn a_read_warmed_on_one_replica_is_served_by_the_others() {
 async fn concurrent_cold_requests_across_replicas_make_one_upstream_call() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(&sim, &redis, "").await;
+    // 300 requests at once on a busy machine can hold a Redis answer past the default 250 ms
+    // timeout, and a replica that marks the tier down fetches alone (by design): this test is
+    // about the lock, not a slow Redis (tests/shared_faults.rs).
+    let fleet = fleet(&sim, &redis, "timeout = \"5s\"\n").await;
     sim.handle.inject(Fault::new(
         FaultKind::Latency(Duration::from_millis(300)),
         1,
@@ -94,7 +83,7 @@ async fn concurrent_cold_requests_across_replicas_make_one_upstream_call() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
-    assert_eq!(gets(&sim), 1, "the fleet fetched one key more than once");
+    assert_eq!(sim.gets(), 1, "the fleet fetched one key more than once");
 }
 
 #[tokio::test]
@@ -242,13 +231,10 @@ async fn a_back_off_opened_by_one_replica_stops_all_of_them() {
     );
     let seen = sim.handle.log().len();
     for proxy in &fleet[1..] {
-        let budget = &proxy.running.state.upstream.budget;
-        for _ in 0..100 {
-            if budget.backoff_remaining().is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The announcement reaches the others through Redis's pub/sub.
+        let metrics = proxy.url("/metrics");
+        let backoff = "packages_proxy_upstream_backoff_active";
+        wait_for_sample(&metrics, backoff, 1.0, Duration::from_secs(5)).await;
         let reply = get(
             &proxy.url("/orgs/acme/packages/container/web/versions?per_page=55"),
             proxy.token(),
@@ -326,14 +312,7 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
             .unwrap()
             .contains("Redis")
     );
-    assert_eq!(
-        sim.handle
-            .log()
-            .iter()
-            .filter(|r| r.method == Method::DELETE)
-            .count(),
-        1, // the delete before Redis went away
-    );
+    assert_eq!(sim.deletes(), 1, "only the delete before Redis went away");
 
     redis.spawn();
     for proxy in &fleet {
@@ -362,9 +341,9 @@ async fn without_redis_reads_work_and_mutations_are_refused_until_it_returns() {
     // The L2 works again: a key warmed on one replica is served by another without GitHub.
     let fresh = "/orgs/acme/packages/container/web/versions?per_page=77";
     get(&fleet[0].url(fresh), fleet[0].token()).await;
-    let before = gets(&sim);
+    let before = sim.gets();
     get(&fleet[2].url(fresh), fleet[2].token()).await;
-    assert_eq!(gets(&sim), before);
+    assert_eq!(sim.gets(), before);
 }
 
 // Found in review: a purge changed only the purging replica's L1, so L2 served the purged
@@ -386,7 +365,7 @@ async fn a_purge_reaches_every_replica_and_the_l2() {
     }
     get(&fleet[0].url(WEB), fleet[0].token()).await;
     get(&fleet[1].url(WEB), fleet[1].token()).await;
-    assert_eq!(gets(&sim), 1);
+    assert_eq!(sim.gets(), 1);
     for body in [
         "{}",
         r#"{"owner":"acme"}"#,
@@ -401,15 +380,16 @@ async fn a_purge_reaches_every_replica_and_the_l2() {
             StatusCode::OK,
             "{body}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await; // the publish reaches replica 2
-        let before = gets(&sim);
-        let reply = get(&fleet[1].url(WEB), fleet[1].token()).await;
-        assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(
-            gets(&sim),
-            before + 1,
-            "{body}: replica 2 served a purged entry"
-        );
+        // The purge reaches replica 2 through Redis's pub/sub: until then it may still hit.
+        let before = sim.gets();
+        let what = format!("{body}: replica 2 to drop the purged entry");
+        eventually(Duration::from_secs(5), &what, || async {
+            let reply = get(&fleet[1].url(WEB), fleet[1].token()).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            sim.gets() > before
+        })
+        .await;
+        assert_eq!(sim.gets(), before + 1, "{body}: fetched more than once");
     }
 }
 

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use packages_proxy::sim::{Fault, FaultKind};
-use support::{ProxyOptions, Redis, get, proxy_config, send, spawn_sim, temp_dir};
+use support::{
+    ProxyOptions, Redis, get, proxy_config, send, spawn_sim, temp_dir, wait_shared_tier,
+};
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
 
@@ -55,16 +57,7 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
     }
     // Each process connects to Redis in the background after it is ready: wait for its gauge.
     for proxy in &fleet {
-        let mut up = false;
-        for _ in 0..250 {
-            let metrics = send(Method::GET, &proxy.url("/metrics"), None, &[]).await;
-            if String::from_utf8_lossy(&metrics.body).contains("packages_proxy_shared_tier_up 1") {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(up, "{} never reached Redis", proxy.name);
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(5)).await;
     }
 
     // A read warmed through process 1 is served by 2 and 3 without GitHub.
@@ -74,15 +67,8 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
         let reply = get(&proxy.url(WEB), &token).await;
         assert_eq!(reply.body, first.body);
     }
-    let gets = |sim: &support::Sim| {
-        sim.handle
-            .log()
-            .iter()
-            .filter(|r| r.method == Method::GET)
-            .count()
-    };
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         1,
         "another process went upstream for a warm key"
     );
@@ -102,7 +88,7 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(
-        gets(&sim),
+        sim.gets(),
         2,
         "the fleet fetched one cold key more than once"
     );

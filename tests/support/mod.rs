@@ -21,9 +21,12 @@ use packages_proxy::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod corpus;
+mod metrics;
 mod redis;
 #[allow(unused_imports)] // each test crate uses part of the support module
 pub use corpus::hostile_corpus;
+#[allow(unused_imports)]
+pub use metrics::{sample, scrape, wait_for_sample, wait_shared_tier};
 #[allow(unused_imports)] // only the shared-tier tests use it
 pub use redis::Redis;
 
@@ -50,6 +53,45 @@ impl Sim {
             .map(|r| r.at)
             .collect()
     }
+
+    /// GETs that reached the simulator (the proxy's upstream reads).
+    pub fn gets(&self) -> usize {
+        self.arrivals(&Method::GET).len()
+    }
+
+    /// DELETEs that reached the simulator (mutations the proxy sent).
+    pub fn deletes(&self) -> usize {
+        self.arrivals(&Method::DELETE).len()
+    }
+
+    /// Version ids of a container package in org `acme`, newest first, read from the simulator
+    /// directly (not through a proxy: nothing is cached or charged).
+    pub async fn versions(&self, package: &str) -> Vec<u64> {
+        let url = format!(
+            "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
+            self.handle.base_url()
+        );
+        get(&url, &self.org_token).await.ids()
+    }
+}
+
+/// A `web` version list no other request of a test asked for (`per_page` 20 + `i`): a miss.
+pub fn cold(i: usize) -> String {
+    format!(
+        "/orgs/acme/packages/container/web/versions?per_page={}",
+        20 + i
+    )
+}
+
+/// The `Cache-Status` of an answer ("-" when absent).
+pub fn cache_status(reply: &Reply) -> String {
+    reply.header("cache-status").unwrap_or("-").to_owned()
+}
+
+/// A hit on a fresh entry: not a miss, and not a stale answer (which says `hit` too).
+pub fn fresh_hit(reply: &Reply) -> bool {
+    let status = cache_status(reply);
+    status.starts_with("packages-proxy; hit;") && !status.contains("detail=stale")
 }
 
 pub async fn spawn_sim() -> Sim {
