@@ -350,7 +350,7 @@ async fn send_mutation(
     let mut out = Response::new(crate::body::full(body));
     *out.status_mut() = parts.status;
     *out.headers_mut() =
-        crate::proxy::response_headers(state, &m.route, &m.public_base, &parts.headers);
+        crate::upstream::response_headers(state, &m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
 

@@ -596,7 +596,7 @@ async fn pass_through(
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.headers_mut() =
-        crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+        crate::upstream::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
     response
         .headers_mut()
         .insert("cache-status", CacheStatus::TooLarge.header_value(0));

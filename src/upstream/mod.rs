@@ -3,10 +3,8 @@
 //!
 //! Requests are rebuilt from scratch: the client's `Authorization`, cookies, hop-by-hop and
 //! forwarding headers never reach GitHub. Only `Accept`, `X-GitHub-Api-Version`, `If-None-Match`,
-//! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back an
-//! allow-list of headers passes, on every path (pass-through, cache, 304 revalidation, shared
-//! tier); anything else (`X-OAuth-Scopes`, which describes the org token, `Set-Cookie`, unknown
-//! headers) is dropped because it is not on it.
+//! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back
+//! [`shape`] lets an allow-list of headers pass and rewrites `Link`, on every path.
 
 use std::{
     sync::{
@@ -17,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -38,34 +36,16 @@ use crate::{
     secret::OrgToken,
 };
 
+pub mod shape;
+
+pub use shape::{filter_response_headers, is_passed_header, response_headers};
+
 /// API versions GitHub supports today; others are refused locally with 400, as GitHub does.
 pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
 /// Sent when the client names no version, so a GitHub default change cannot surprise clients.
 pub const DEFAULT_API_VERSION: &str = "2022-11-28";
 /// GitHub's recommended media type, sent when the client sends no `Accept`.
 const DEFAULT_ACCEPT: &str = "application/vnd.github+json";
-
-/// Response headers a client may see (`link` is rewritten separately).
-const PASS_HEADERS: [&str; 15] = [
-    "content-type",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "x-github-request-id",
-    "x-github-media-type",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-used",
-    "x-ratelimit-reset",
-    "x-ratelimit-resource",
-    "retry-after",
-    // Which API version answered, and what the answer varies on: clients and their caches read them.
-    "x-github-api-version-selected",
-    "vary",
-    // What the endpoint needs (the same for every caller); `x-oauth-scopes` describes the org
-    // token, so it is not here: the proxy writes the caller's own scopes instead.
-    "x-accepted-oauth-scopes",
-];
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -434,38 +414,4 @@ impl Forwarded {
 fn sane(value: &HeaderValue, max: usize) -> bool {
     let bytes = value.as_bytes();
     bytes.len() <= max && bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic())
-}
-
-/// Whether a response header is on the allow-list (`Link` aside, which is rewritten).
-pub fn is_passed_header(name: &HeaderName) -> bool {
-    PASS_HEADERS.contains(&name.as_str())
-}
-
-/// Copies the allow-listed response headers; `Link` is handled by the caller.
-///
-/// The values are copied, not cloned: hyper's parsed values share the connection's read buffer,
-/// and a cached entry holding one would keep that whole buffer (kilobytes) alive per entry. They
-/// are copied into *one* buffer and sliced from it, so an entry's dozen values are one allocation
-/// and one reference count: cloning them for each cache hit touches one cache line, not twelve.
-pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(PASS_HEADERS.len() + 2);
-    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
-        Vec::with_capacity(PASS_HEADERS.len());
-    let mut buffer = bytes::BytesMut::with_capacity(512);
-    for name in PASS_HEADERS {
-        let name = HeaderName::from_static(name);
-        for value in from.get_all(&name) {
-            let start = buffer.len();
-            buffer.extend_from_slice(value.as_bytes());
-            kept.push((name.clone(), start..buffer.len()));
-        }
-    }
-    let shared = buffer.freeze();
-    for (name, range) in kept {
-        // The bytes came from valid header values, so this cannot fail; skip if it ever did.
-        if let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(range)) {
-            out.append(name, value);
-        }
-    }
-    out
 }
