@@ -1,5 +1,5 @@
-//! The destructive path: policy decision, protected tags (read fresh), dry run, budget, pacing,
-//! write-ahead audit, the one upstream mutation, outcome audit, cache invalidation.
+//! The destructive path: policy decision, protected tags (read fresh), dry run, rule budget,
+//! pacing, write-ahead audit, the one upstream mutation, outcome audit, cache invalidation.
 //!
 //! [`send_mutation`] is the only function that sends a DELETE or a restore upstream, and it takes
 //! a [`Cleared`] that only [`execute`] can build after every check passed and the intent record
@@ -154,7 +154,7 @@ pub async fn execute(
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
     };
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
-    if let Some(wait) = state.upstream.budget.backoff_remaining()
+    if let Some(wait) = state.upstream.rate_limit.backoff_remaining()
         && wait <= state.config.mutations.max_queue_wait
     {
         tokio::time::sleep(wait).await;
@@ -504,12 +504,12 @@ async fn fresh_read(
     }
     if response
         .extensions()
-        .get::<crate::budget::RateLimited>()
+        .get::<crate::ratelimit::RateLimited>()
         .is_some()
-        && let Some(backoff) = state.upstream.budget.backoff()
+        && let Some(backoff) = state.upstream.rate_limit.backoff()
     {
-        let limit = state.upstream.budget.snapshot().limit;
-        return Err(ProxyError::BackingOff(crate::budget::LimitAnswer::new(
+        let limit = state.upstream.rate_limit.snapshot().limit;
+        return Err(ProxyError::BackingOff(crate::ratelimit::LimitAnswer::new(
             backoff, limit,
         )));
     }

@@ -12,7 +12,7 @@
 //!   pays (the client's quota, fleet-wide with Redis; or the proxy for its background work).
 //! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
 //! - [`upstream`]: the pooled rustls client, forwarded and returned headers, the upstream slots,
-//!   retries, and the [`budget`] (GitHub's rate-limit headers, the reserve, the back-off).
+//!   retries, and the [`ratelimit`] (GitHub's rate-limit headers, the reserve, the back-off).
 //! - [`shared`]: the optional Redis tier replicas share (L2, fleet-wide locks, pace, quotas,
 //!   invalidations, back-offs).
 //! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
@@ -39,7 +39,6 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod body_url;
-pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -55,6 +54,7 @@ pub mod policy;
 pub mod protections;
 pub mod proxy;
 pub mod quota;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod registry;
 pub mod reload;

@@ -63,23 +63,23 @@ pub fn operational(
 /// `/metrics`: the Prometheus text, rendered after refreshing the state-mirroring gauges.
 pub fn render_metrics(state: &AppState) -> String {
     let handle = handle();
-    let budget = state.upstream.budget.snapshot();
-    if let Some(limit) = budget.limit {
+    let rate_limit = state.upstream.rate_limit.snapshot();
+    if let Some(limit) = rate_limit.limit {
         gauge!("packages_proxy_upstream_ratelimit_limit").set(limit as f64);
     }
-    if let Some(remaining) = budget.remaining {
+    if let Some(remaining) = rate_limit.remaining {
         gauge!("packages_proxy_upstream_ratelimit_remaining").set(remaining as f64);
     }
-    if let Some(reset) = budget.reset {
+    if let Some(reset) = rate_limit.reset {
         gauge!("packages_proxy_upstream_ratelimit_reset_timestamp_seconds").set(reset as f64);
     }
-    gauge!("packages_proxy_upstream_backoff_active").set(if budget.backoff.is_some() {
+    gauge!("packages_proxy_upstream_backoff_active").set(if rate_limit.backoff.is_some() {
         1.0
     } else {
         0.0
     });
-    for kind in crate::budget::BackoffKind::ALL {
-        let left = match (budget.backoff_kind, budget.backoff) {
+    for kind in crate::ratelimit::BackoffKind::ALL {
+        let left = match (rate_limit.backoff_kind, rate_limit.backoff) {
             (Some(open), Some(left)) if open == kind => left.as_secs_f64(),
             _ => 0.0,
         };

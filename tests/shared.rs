@@ -242,7 +242,7 @@ async fn a_back_off_opened_by_one_replica_stops_all_of_them() {
     );
     let seen = sim.handle.log().len();
     for proxy in &fleet[1..] {
-        let budget = &proxy.running.state.upstream.budget;
+        let budget = &proxy.running.state.upstream.rate_limit;
         for _ in 0..100 {
             if budget.backoff_remaining().is_some() {
                 break;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Entry, Failure, FetchSpec, Fetched, Freshness, cacheable};
 use crate::{
-    admission::Ticket, body::Body, budget::RateLimited, error::ProxyError, state::AppState,
+    admission::Ticket, body::Body, error::ProxyError, ratelimit::RateLimited, state::AppState,
 };
 
 /// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one

@@ -35,10 +35,10 @@ use fetch::fetch_fleet;
 use crate::{
     admission::{self, Payer, Ticket, Work},
     body::Body,
-    budget::LimitAnswer,
     config::CacheConfig,
     error::ProxyError,
     quota::ClientLimits,
+    ratelimit::LimitAnswer,
     route::{Operation, Route},
     state::AppState,
     upstream::Forwarded,
@@ -405,7 +405,10 @@ pub async fn serve(
         let mut response = entry.respond(status, now, not_modified);
         if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
             // The stored figures may say `remaining: 4999` while the proxy backs off.
-            state.upstream.budget.write_headers(response.headers_mut());
+            state
+                .upstream
+                .rate_limit
+                .write_headers(response.headers_mut());
         }
         (response, upstream, status)
     };
@@ -608,8 +611,8 @@ pub(super) fn cacheable(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::NOT_FOUND
 }
 
-/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit the budget did
-/// not recognise as one.
+/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit [`crate::ratelimit`]
+/// did not recognise as one.
 fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     let status = entry.status.as_u16();
     if entry.status.is_server_error() {

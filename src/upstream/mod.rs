@@ -30,9 +30,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::{
     admission::Ticket,
     body::Body,
-    budget::{LimitAnswer, UpstreamBudget},
     config::UpstreamConfig,
     error::{BoxError, ProxyError},
+    ratelimit::{LimitAnswer, RateLimit},
     secret::OrgToken,
 };
 
@@ -60,7 +60,7 @@ pub struct Upstream {
     retries: u32,
     slots_total: usize,
     /// What GitHub's rate-limit headers said, and the back-off.
-    pub budget: UpstreamBudget,
+    pub rate_limit: RateLimit,
     /// Upstream requests at once (GitHub's secondary limit is 100 concurrent per token).
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot, bounded by `max_queue`.
@@ -109,7 +109,7 @@ impl Upstream {
             user_agent,
             retries: config.retries,
             slots_total: config.max_concurrency,
-            budget: UpstreamBudget::new(config.rate_limit_reserve),
+            rate_limit: RateLimit::new(config.rate_limit_reserve),
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             queued: AtomicUsize::new(0),
             max_queue: config.max_queue,
@@ -129,7 +129,7 @@ impl Upstream {
     /// The [`Ticket`] is the admission point's proof that the request was checked against the
     /// back-off and the reserve and charged to someone; a retry is part of the same request.
     /// Rate-limit answers (403/429) are read whole, so a secondary limit is recognised by its
-    /// wording even without `retry-after`; the response then carries a [`RateLimited`](crate::budget::RateLimited) extension.
+    /// wording even without `retry-after`; the response then carries a [`RateLimited`](crate::ratelimit::RateLimited) extension.
     pub async fn send(
         &self,
         _ticket: &Ticket,
@@ -158,7 +158,7 @@ impl Upstream {
                     if matches!(status, 403 | 429) {
                         return self.limited(response, permit).await;
                     }
-                    self.budget
+                    self.rate_limit
                         .observe(response.status(), response.headers(), false);
                     if !(idempotent
                         && matches!(status, 502..=504)
@@ -190,17 +190,17 @@ impl Upstream {
     }
 
     fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
-        match self.budget.backoff() {
+        match self.rate_limit.backoff() {
             Some(backoff) => Err(ProxyError::BackingOff(LimitAnswer::new(
                 backoff,
-                self.budget.snapshot().limit,
+                self.rate_limit.snapshot().limit,
             ))),
             None => Ok(()),
         }
     }
 
     /// A 403 or 429: read whole (GitHub's error bodies are small; bounded all the same) so the
-    /// budget can tell a secondary limit by its wording, then handed on as a buffered response.
+    /// rate limit can tell a secondary limit by its wording, then handed on as a buffered response.
     async fn limited(
         &self,
         response: Response<Incoming>,
@@ -216,7 +216,7 @@ impl Upstream {
         drop(permit);
         let says_secondary = contains_ignore_case(&bytes, b"secondary rate limit");
         if let Some(limited) = self
-            .budget
+            .rate_limit
             .observe(parts.status, &parts.headers, says_secondary)
         {
             parts.extensions.insert(limited);
