@@ -38,7 +38,7 @@ pub(super) async fn fetch_fleet(
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
         ticket.refund(state).await;
-        return Fetched::Shared(Arc::new(entry));
+        return Fetched::FromL2(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
     let lock = match shared.lock(&spec.key).await {
@@ -46,7 +46,7 @@ pub(super) async fn fetch_fleet(
         Ok(None) => match shared.wait_for(&spec.key).await {
             Some(entry) => {
                 ticket.refund(state).await;
-                return Fetched::Shared(Arc::new(entry));
+                return Fetched::FromL2(Arc::new(entry));
             }
             None => None, // the leader failed: fetch ourselves, without the lock
         },

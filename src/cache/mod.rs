@@ -51,7 +51,7 @@ pub enum Fetched {
     /// status the upstream really sent (304 when it confirmed the stale entry).
     Answer(Arc<Entry>, u16),
     /// Another replica's fresh answer, from the shared tier's L2 (no upstream call).
-    Shared(Arc<Entry>),
+    FromL2(Arc<Entry>),
     /// GitHub's rate-limit answer (403/429) for this key; a back-off is open. Never stored:
     /// a stale answer is served instead when there is one, else GitHub's answer, whole.
     Limited(Arc<Entry>),
@@ -300,7 +300,7 @@ impl Cache {
                 key: spec.key.clone(),
             };
             let fetched = fetch_fleet(&state, &spec, stale, ticket).await;
-            if let Fetched::Answer(entry, _) | Fetched::Shared(entry) = &fetched
+            if let Fetched::Answer(entry, _) | Fetched::FromL2(entry) = &fetched
                 && cacheable(entry.status)
             {
                 state.cache.store.insert(spec.key.clone(), entry.clone());
@@ -501,7 +501,7 @@ pub async fn serve(
         Err(_) => None,
     };
     match fetched.unwrap_or(Fetched::Failed(Failure::Unreachable)) {
-        Fetched::Shared(entry) => Ok(respond(&entry, CacheStatus::SharedHit, None)),
+        Fetched::FromL2(entry) => Ok(respond(&entry, CacheStatus::SharedHit, None)),
         Fetched::Answer(entry, fwd_status) => {
             if let (Some(reason), Some(stale)) = (error_reason(&entry), &fallback) {
                 return Ok(respond(
