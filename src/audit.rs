@@ -314,7 +314,14 @@ mod tests {
     /// reads into the enums and writes back byte for byte.
     #[test]
     fn an_older_log_line_reads_and_writes_back_the_same() {
-        let line = r#"{"time":"2026-01-02T03:04:05.678Z","phase":"outcome","request_id":"r1","client":"ci","action":"delete_version","owner":"acme","package_type":"container","package":"web","version":7,"path":"/orgs/acme/packages/container/web/versions/7","decision":"not_applied","rule":null,"reason":null,"upstream_status":null,"github_request_id":null,"dry_run":false}"#;
+        let line = concat!(
+            r#"{"time":"2026-01-02T03:04:05.678Z","phase":"outcome","request_id":"r1","#,
+            r#""client":"ci","action":"delete_version","owner":"acme","#,
+            r#""package_type":"container","package":"web","version":7,"#,
+            r#""path":"/orgs/acme/packages/container/web/versions/7","#,
+            r#""decision":"not_applied","rule":null,"reason":null,"upstream_status":null,"#,
+            r#""github_request_id":null,"dry_run":false}"#,
+        );
         let record: AuditRecord = serde_json::from_str(line).unwrap();
         assert_eq!(record.phase, Phase::Outcome);
         assert_eq!(record.decision, Decision::NotApplied);

@@ -60,8 +60,8 @@ pub struct Backoff {
     pub until_wall: SystemTime,
 }
 
-/// The org token's rate limit as this replica knows it. A std `Mutex`: a handful of field updates per upstream
-/// response, never held across an `.await`.
+/// The org token's rate limit as this replica knows it. A std `Mutex`: a handful of field
+/// updates per upstream response, never held across an `.await`.
 #[derive(Debug)]
 pub struct RateLimit {
     reserve: f64,

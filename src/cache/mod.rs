@@ -611,8 +611,8 @@ pub(super) fn cacheable(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::NOT_FOUND
 }
 
-/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit [`crate::ratelimit`]
-/// did not recognise as one.
+/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit
+/// [`crate::ratelimit`] did not recognise as one.
 fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     let status = entry.status.as_u16();
     if entry.status.is_server_error() {

@@ -50,7 +50,8 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<SimState>) {
     }
 }
 
-/// Resolves once shutdown is signalled (the sender lives in `SimState`, so it is never dropped first).
+/// Resolves once shutdown is signalled (the sender lives in `SimState`, so it is never dropped
+/// first).
 async fn stopped(signal: &mut watch::Receiver<bool>) {
     // Bind and drop the borrowed value here: it must not live across the caller's awaits.
     let _ = signal.wait_for(|stopped| *stopped).await;

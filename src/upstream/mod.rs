@@ -129,7 +129,8 @@ impl Upstream {
     /// The [`Ticket`] is the admission point's proof that the request was checked against the
     /// back-off and the reserve and charged to someone; a retry is part of the same request.
     /// Rate-limit answers (403/429) are read whole, so a secondary limit is recognised by its
-    /// wording even without `retry-after`; the response then carries a [`RateLimited`](crate::ratelimit::RateLimited) extension.
+    /// wording even without `retry-after`; the response then carries a
+    /// [`RateLimited`](crate::ratelimit::RateLimited) extension.
     pub async fn send(
         &self,
         _ticket: &Ticket,
