@@ -359,8 +359,9 @@ async fn send_mutation(
         .map_err(|_| ProxyError::Upstream("reading GitHub's answer to a mutation failed".into()))?;
     let mut out = Response::new(crate::body::full(body));
     *out.status_mut() = parts.status;
-    *out.headers_mut() =
-        crate::upstream::response_headers(state, &m.route, &m.public_base, &parts.headers);
+    *out.headers_mut() = state
+        .upstream
+        .response_headers(&m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
 

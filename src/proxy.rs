@@ -37,7 +37,7 @@ use crate::{
     route::{Owner, Route},
     state::AppState,
     tls::PeerCert,
-    upstream::{Forwarded, response_headers},
+    upstream::Forwarded,
 };
 
 /// What the log line reports about one request, filled in as the walk goes.
@@ -246,7 +246,9 @@ async fn pass_through(
         .await?;
     log.upstream_status = Some(upstream.status().as_u16());
     let (parts, body) = upstream.into_parts();
-    let mut headers = response_headers(state, route, public_base, &parts.headers);
+    let mut headers = state
+        .upstream
+        .response_headers(route, public_base, &parts.headers);
     if parts.status == StatusCode::NOT_MODIFIED {
         // Unchanged at GitHub, so the client's copy is unchanged too: name it by our tag.
         if let Some(ours) = headers

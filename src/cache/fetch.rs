@@ -131,7 +131,9 @@ async fn fetch(
         }
     };
     let mut headers =
-        crate::upstream::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+        state
+            .upstream
+            .response_headers(&spec.route, &spec.public_base, &parts.headers);
     let status = parts.status.as_u16();
     // GitHub's tag revalidates upstream; on JSON answers the client sees the proxy's own.
     let etag = headers.get(header::ETAG).cloned();

@@ -599,7 +599,9 @@ async fn pass_through(
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.headers_mut() =
-        crate::upstream::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+        state
+            .upstream
+            .response_headers(&spec.route, &spec.public_base, &parts.headers);
     response
         .headers_mut()
         .insert("cache-status", CacheStatus::TooLarge.header_value(0));

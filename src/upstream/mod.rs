@@ -38,7 +38,7 @@ use crate::{
 
 pub mod shape;
 
-pub use shape::{filter_response_headers, is_passed_header, response_headers};
+pub use shape::{filter_response_headers, is_passed_header};
 
 /// API versions GitHub supports today; others are refused locally with 400, as GitHub does.
 pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];

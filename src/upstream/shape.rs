@@ -9,7 +9,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
-use crate::{link, route::Route, state::AppState};
+use super::Upstream;
+use crate::{link, route::Route};
 
 /// Response headers a client may see (`link` is rewritten separately).
 const PASS_HEADERS: [&str; 15] = [
@@ -67,19 +68,23 @@ pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The headers a client sees of an upstream answer: the allow-list, and `Link` rewritten.
-pub fn response_headers(
-    state: &AppState,
-    route: &Route,
-    public_base: &str,
-    upstream: &HeaderMap,
-) -> HeaderMap {
-    let mut headers = filter_response_headers(upstream);
-    if let Some(value) = upstream.get(header::LINK).and_then(|v| v.to_str().ok())
-        && let Some(rewritten) = link::rewrite(value, state.upstream.base(), public_base, route)
-        && let Ok(value) = HeaderValue::try_from(rewritten)
-    {
-        headers.insert(header::LINK, value);
+// === impl Upstream ===
+
+impl Upstream {
+    /// The headers a client sees of an upstream answer: the allow-list, and `Link` rewritten.
+    pub fn response_headers(
+        &self,
+        route: &Route,
+        public_base: &str,
+        upstream: &HeaderMap,
+    ) -> HeaderMap {
+        let mut headers = filter_response_headers(upstream);
+        if let Some(value) = upstream.get(header::LINK).and_then(|v| v.to_str().ok())
+            && let Some(rewritten) = link::rewrite(value, self.base(), public_base, route)
+            && let Ok(value) = HeaderValue::try_from(rewritten)
+        {
+            headers.insert(header::LINK, value);
+        }
+        headers
     }
-    headers
 }
