@@ -489,7 +489,7 @@ fn fill(
 /// The sum of the `name` series whose labels contain `labels`, as the proxy's `/metrics` shows
 /// them now (the state's fields are the crate's own).
 fn metric(running: &server::Running, name: &str, labels: &str) -> f64 {
-    packages_proxy::metrics::render(&running.state)
+    packages_proxy::ops::render_metrics(&running.state)
         .lines()
         .filter(|line| line.contains(labels))
         .filter_map(|line| {

@@ -24,9 +24,9 @@
 use std::sync::Arc;
 
 use crate::{
-    budget::LimitAnswer,
     error::ProxyError,
     quota::{BucketSnapshot, ClientLimits},
+    ratelimit::LimitAnswer,
     state::AppState,
 };
 
@@ -84,18 +84,18 @@ enum Charge {
 /// Whether the token may be spent on work of this kind now, without charging anybody: `Err`
 /// says why not (the cache then serves a stale answer instead, if it has one).
 pub fn may_spend(state: &AppState, work: Work) -> Result<(), ProxyError> {
-    let budget = &state.upstream.budget;
-    if let Some(backoff) = budget.backoff() {
-        let limit = budget.snapshot().limit;
+    let rate_limit = &state.upstream.rate_limit;
+    if let Some(backoff) = rate_limit.backoff() {
+        let limit = rate_limit.snapshot().limit;
         return Err(ProxyError::BackingOff(LimitAnswer::new(backoff, limit)));
     }
-    if work == Work::Background && budget.below_reserve() {
+    if work == Work::Background && rate_limit.below_reserve() {
         return Err(ProxyError::ReserveKept);
     }
     Ok(())
 }
 
-/// True while the proxy saves the token: a back-off is open or the budget is below the reserve.
+/// True while the proxy saves the token: a back-off is open or the rate limit is below the reserve.
 /// Cached answers that are usable stale are then served instead of going upstream.
 pub fn saving(state: &AppState) -> bool {
     may_spend(state, Work::Background).is_err()

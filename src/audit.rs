@@ -23,7 +23,7 @@ pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
     /// `decision` (denied, dry-run or refused before sending), `intent` or `outcome`.
-    pub phase: String,
+    pub phase: Phase,
     /// The proxy's request id: what records and log lines key on, unique per proxy.
     pub request_id: String,
     /// The client's own `X-Request-Id`, if it sent a plain one: kept beside the proxy's, never
@@ -44,9 +44,8 @@ pub struct AuditRecord {
     pub version: Option<u64>,
     /// The canonical API path of the call (what `audit restore` replays against).
     pub path: String,
-    /// `allowed`, `denied`, `dry_run`, `refused`, `completed`, `failed`, `not_sent` (queued at
-    /// shutdown, never sent) or `not_applied` (reconciled: GitHub shows it was not performed).
-    pub decision: String,
+    /// What was decided or what happened (see [`Decision`]).
+    pub decision: Decision,
     /// The rule that decided, if any: the deny rule, or the first matching allow rule.
     pub rule: Option<String>,
     /// Every matching allow rule, whose protections all applied (absent in older logs).
@@ -67,6 +66,42 @@ pub struct AuditRecord {
     /// The multi-arch guard's decision, for container deletes (absent in older logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_arch_guard: Option<crate::guard::Report>,
+}
+
+/// Where in a destructive call's life a record was written. Serialised as the snake_case name
+/// (`"decision"`, `"intent"`, `"outcome"`), the strings older logs hold.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Decided before anything was sent: denied, dry run, or refused.
+    Decision,
+    /// Allowed and about to be sent: fsynced before the upstream mutation.
+    Intent,
+    /// What happened to an intent.
+    Outcome,
+}
+
+/// The decision or result a record states. Serialised as the snake_case name (`"dry_run"`,
+/// `"not_sent"`, ...), the strings older logs hold and `audit list --decision` takes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Allowed by policy (the intent's decision).
+    Allowed,
+    /// Refused by policy or a protected tag (403).
+    Denied,
+    /// Allowed, but a dry run: nothing was sent.
+    DryRun,
+    /// Refused before sending for another reason: a guard, a queue, a back-off, a rule budget.
+    Refused,
+    /// Sent, and GitHub answered with success.
+    Completed,
+    /// Sent, and GitHub answered with an error, or no answer came.
+    Failed,
+    /// Queued at shutdown and never sent.
+    NotSent,
+    /// Reconciled at start: GitHub shows the intent was not performed.
+    NotApplied,
 }
 
 /// Writes audit records; cheap to clone.
@@ -90,7 +125,7 @@ impl AuditRecord {
         let package = route.package.as_ref();
         Self {
             time: now(),
-            phase: "decision".to_owned(),
+            phase: Phase::Decision,
             request_id: request_id.to_owned(),
             client_request_id: None,
             client: client.to_owned(),
@@ -102,7 +137,8 @@ impl AuditRecord {
             package: package.map(|p| p.name.clone()).unwrap_or_default(),
             version: route.version_id,
             path: route.path(),
-            decision: String::new(),
+            // A placeholder: every written record states its own through `at`.
+            decision: Decision::Allowed,
             rule: None,
             rules: Vec::new(),
             reason: None,
@@ -115,13 +151,70 @@ impl AuditRecord {
     }
 
     /// The same record at a later phase, with a fresh time.
-    pub fn at(&self, phase: &str, decision: &str) -> Self {
+    pub fn at(&self, phase: Phase, decision: Decision) -> Self {
         Self {
             time: now(),
-            phase: phase.to_owned(),
-            decision: decision.to_owned(),
+            phase,
+            decision,
             ..self.clone()
         }
+    }
+}
+
+// === impl Phase ===
+
+impl Phase {
+    /// The name in the log (`intent`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::Intent => "intent",
+            Self::Outcome => "outcome",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the name in the log, for tools and tests that read one.
+impl PartialEq<&str> for Phase {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    /// The name in the log and in metrics (`completed`, `dry_run`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Denied => "denied",
+            Self::DryRun => "dry_run",
+            Self::Refused => "refused",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::NotSent => "not_sent",
+            Self::NotApplied => "not_applied",
+        }
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the name in the log, for tools and tests that read one.
+impl PartialEq<&str> for Decision {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -211,4 +304,47 @@ pub fn read(path: &Path) -> std::io::Result<(Vec<AuditRecord>, Vec<usize>)> {
         }
     }
     Ok((records, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the log format: a line an older proxy wrote (phase and decision as plain strings)
+    /// reads into the enums and writes back byte for byte.
+    #[test]
+    fn an_older_log_line_reads_and_writes_back_the_same() {
+        let line = concat!(
+            r#"{"time":"2026-01-02T03:04:05.678Z","phase":"outcome","request_id":"r1","#,
+            r#""client":"ci","action":"delete_version","owner":"acme","#,
+            r#""package_type":"container","package":"web","version":7,"#,
+            r#""path":"/orgs/acme/packages/container/web/versions/7","#,
+            r#""decision":"not_applied","rule":null,"reason":null,"upstream_status":null,"#,
+            r#""github_request_id":null,"dry_run":false}"#,
+        );
+        let record: AuditRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(record.phase, Phase::Outcome);
+        assert_eq!(record.decision, Decision::NotApplied);
+        assert_eq!(serde_json::to_string(&record).unwrap(), line);
+        for (decision, name) in [
+            (Decision::Allowed, "allowed"),
+            (Decision::Denied, "denied"),
+            (Decision::DryRun, "dry_run"),
+            (Decision::Refused, "refused"),
+            (Decision::Completed, "completed"),
+            (Decision::Failed, "failed"),
+            (Decision::NotSent, "not_sent"),
+            (Decision::NotApplied, "not_applied"),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&decision).unwrap(),
+                format!("\"{name}\"")
+            );
+            assert_eq!(decision.as_str(), name);
+        }
+        for phase in [Phase::Decision, Phase::Intent, Phase::Outcome] {
+            let json = format!("\"{}\"", phase.as_str());
+            assert_eq!(serde_json::to_string(&phase).unwrap(), json);
+        }
+    }
 }

@@ -70,7 +70,7 @@ pub enum ProxyError {
     /// GitHub told us to slow down; nothing is sent upstream until the back-off ends. Answered
     /// as GitHub answers a rate-limited request, so GitHub's clients wait and retry.
     #[error("{}", .0.message())]
-    BackingOff(crate::budget::LimitAnswer),
+    BackingOff(crate::ratelimit::LimitAnswer),
     /// Background work (a revalidation nobody waits for) is not spent below the reserve.
     #[error("The shared token's rate limit is below the reserve kept for clients' requests")]
     ReserveKept,

@@ -1,5 +1,5 @@
-//! The destructive path: policy decision, protected tags (read fresh), dry run, budget, pacing,
-//! write-ahead audit, the one upstream mutation, outcome audit, cache invalidation.
+//! The destructive path: policy decision, protected tags (read fresh), dry run, rule budget,
+//! pacing, write-ahead audit, the one upstream mutation, outcome audit, cache invalidation.
 //!
 //! [`send_mutation`] is the only function that sends a DELETE or a restore upstream, and it takes
 //! a [`Cleared`] that only [`execute`] can build after every check passed and the intent record
@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::{
     admission::{self, Payer, Ticket, Work},
-    audit::AuditRecord,
+    audit::{self, AuditRecord, Phase},
     body::{self, Body},
     error::ProxyError,
     policy::Decision,
@@ -108,12 +108,12 @@ pub async fn execute(
                 m.route.operation.as_str()
             );
             let error = ProxyError::Forbidden(message);
-            return Err(refuse(state, record, "denied", error).await);
+            return Err(refuse(state, record, audit::Decision::Denied, error).await);
         }
         Decision::DeniedBy(rule) => {
             record.rule = Some(rule.name.clone());
             let error = ProxyError::Forbidden(format!("Denied by rule {}", rule.name));
-            return Err(refuse(state, record, "denied", error).await);
+            return Err(refuse(state, record, audit::Decision::Denied, error).await);
         }
     };
     record.rules = protections.rule_names();
@@ -122,9 +122,9 @@ pub async fn execute(
     let payer = Payer::client(m.client, m.limits);
     if let Err(error) = check_protected_tags(state, m.route, &protections, &payer).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
-            "denied"
+            audit::Decision::Denied
         } else {
-            "refused"
+            audit::Decision::Refused
         };
         return Err(refuse(state, record, decision, error).await);
     }
@@ -132,11 +132,11 @@ pub async fn execute(
     let guard = crate::guard::check(state, m.route, enabled, &payer).await;
     record.multi_arch_guard = guard.report;
     if let Some(error) = guard.refusal {
-        return Err(refuse(state, record, "refused", error).await);
+        return Err(refuse(state, record, audit::Decision::Refused, error).await);
     }
     if record.dry_run {
-        crate::metrics::destructive("dry_run");
-        let record = record.at("decision", "dry_run");
+        crate::metrics::destructive(audit::Decision::DryRun.as_str());
+        let record = record.at(Phase::Decision, audit::Decision::DryRun);
         state
             .audit
             .write(&record)
@@ -151,24 +151,32 @@ pub async fn execute(
             message: format!("This client already has {max} destructive calls queued; retry later"),
             retry_after_secs: state.config.mutations.pace.as_secs().max(1),
         };
-        return Err(refuse(state, record, "refused", error).await);
+        return Err(refuse(state, record, audit::Decision::Refused, error).await);
     };
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
-    if let Some(wait) = state.upstream.budget.backoff_remaining()
+    if let Some(wait) = state.upstream.rate_limit.backoff_remaining()
         && wait <= state.config.mutations.max_queue_wait
     {
         tokio::time::sleep(wait).await;
     }
     let ticket = match admission::admit(state, &payer, Work::Mutation).await {
         Ok(ticket) => ticket,
-        Err(error) => return Err(refuse(state, record, "refused", error).await),
+        Err(error) => return Err(refuse(state, record, audit::Decision::Refused, error).await),
     };
     // Rule budgets last, after every check that may refuse: a refused call never spends one.
     let spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
         Ok(spent) => spent,
-        Err(empty) => return Err(refuse(state, record, "refused", budget_spent(&empty)).await),
+        Err(empty) => {
+            return Err(refuse(
+                state,
+                record,
+                audit::Decision::Refused,
+                budget_spent(&empty),
+            )
+            .await);
+        }
     };
-    let intent = record.at("intent", "allowed");
+    let intent = record.at(Phase::Intent, audit::Decision::Allowed);
     if let Err(error) = state.audit.write(&intent).await {
         spent.give_back(state).await;
         return Err(ProxyError::Audit(error));
@@ -217,23 +225,25 @@ async fn complete(
         spent.give_back(&state).await;
         // Shutdown left no time for this call's slot: it was not sent, and says so.
         let decision = if matches!(error, ProxyError::ShuttingDown) {
-            "not_sent"
+            audit::Decision::NotSent
         } else {
-            "refused"
+            audit::Decision::Refused
         };
-        let mut outcome = record.at("outcome", decision);
+        let mut outcome = record.at(Phase::Outcome, decision);
         outcome.reason = Some(match decision {
-            "not_sent" => "Not sent: the proxy shut down before this call's pace slot".to_owned(),
+            audit::Decision::NotSent => {
+                "Not sent: the proxy shut down before this call's pace slot".to_owned()
+            }
             _ => error.to_string(),
         });
-        crate::metrics::destructive(decision);
+        crate::metrics::destructive(decision.as_str());
         if let Err(audit_error) = state.audit.write(&outcome).await {
             tracing::error!(error = %audit_error, "audit outcome of a refused mutation not written");
         }
         return Err(error);
     }
     let sent = send_mutation(&state, &m, cleared).await;
-    let mut outcome = record.at("outcome", "failed");
+    let mut outcome = record.at(Phase::Outcome, audit::Decision::Failed);
     if let Ok(response) = &sent {
         outcome.upstream_status = Some(response.status().as_u16());
         outcome.github_request_id = response
@@ -242,13 +252,13 @@ async fn complete(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if response.status().is_success() {
-            outcome.decision = "completed".to_owned();
+            outcome.decision = audit::Decision::Completed;
             invalidate(&state, &m.route).await;
         }
     } else if let Err(error) = &sent {
         outcome.reason = Some(error.to_string());
     }
-    crate::metrics::destructive(&outcome.decision);
+    crate::metrics::destructive(outcome.decision.as_str());
     if let Err(error) = state.audit.write(&outcome).await {
         // The call was made; it cannot be unsent. The intent record stands without an outcome.
         tracing::error!(%error, request_id = %m.request_id, "audit outcome not written");
@@ -349,8 +359,9 @@ async fn send_mutation(
         .map_err(|_| ProxyError::Upstream("reading GitHub's answer to a mutation failed".into()))?;
     let mut out = Response::new(crate::body::full(body));
     *out.status_mut() = parts.status;
-    *out.headers_mut() =
-        crate::proxy::response_headers(state, &m.route, &m.public_base, &parts.headers);
+    *out.headers_mut() = state
+        .upstream
+        .response_headers(&m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
 
@@ -358,11 +369,11 @@ async fn send_mutation(
 async fn refuse(
     state: &AppState,
     record: AuditRecord,
-    decision: &str,
+    decision: audit::Decision,
     error: ProxyError,
 ) -> ProxyError {
-    crate::metrics::destructive(decision);
-    let mut record = record.at("decision", decision);
+    crate::metrics::destructive(decision.as_str());
+    let mut record = record.at(Phase::Decision, decision);
     record.reason = Some(error.to_string());
     if let Err(audit_error) = state.audit.write(&record).await {
         tracing::error!(error = %audit_error, "audit record of a refusal not written");
@@ -494,12 +505,12 @@ async fn fresh_read(
     }
     if response
         .extensions()
-        .get::<crate::budget::RateLimited>()
+        .get::<crate::ratelimit::RateLimited>()
         .is_some()
-        && let Some(backoff) = state.upstream.budget.backoff()
+        && let Some(backoff) = state.upstream.rate_limit.backoff()
     {
-        let limit = state.upstream.budget.snapshot().limit;
-        return Err(ProxyError::BackingOff(crate::budget::LimitAnswer::new(
+        let limit = state.upstream.rate_limit.snapshot().limit;
+        return Err(ProxyError::BackingOff(crate::ratelimit::LimitAnswer::new(
             backoff, limit,
         )));
     }

@@ -1,37 +1,59 @@
 //! packages-proxy: one org token in front of GitHub's Packages REST API, shared safely by teams.
 //!
-//! Map of the crate, in the order a request meets it:
+//! Map of the crate, in layers from the top (what starts and serves) to the bottom (what
+//! everything uses); a module calls down, never up into the walk:
 //!
-//! - [`server`]: accept loop, connection cap, readiness, drain.
-//! - [`service`]: the edge of every request (sensitive headers, the global in-flight limit that
-//!   sheds overload at once).
-//! - [`proxy`]: the request walk and its log line, written by [`access_log`] (batched, off the
-//!   request path).
+//! **Serving**
+//! - [`server`]: accept loop, connection cap, readiness, drain, the admin listener.
+//! - [`service`]: the edge of every request around the walk (sensitive headers, the global
+//!   in-flight limit that sheds overload at once).
+//! - [`reload`] (swap clients and policy on SIGHUP or file change), [`reconcile`] (intents left
+//!   without an outcome, settled at start), [`undo`] (`audit list` and `audit restore`),
+//!   [`demo`] (simulator + proxy in one process).
+//!
+//! **The request walk**
+//! - [`proxy`]: the walk as a checklist of phases (limits, own endpoints, route, authenticate,
+//!   owner, admission, gate or cache or pass-through, respond) and its log line, written by
+//!   [`access_log`] (batched, off the request path).
+//!
+//! **What the walk calls, one module per phase**
+//! - [`limits`]: the input limits hyper does not apply (URI, headers, body).
+//! - [`ops`]: the proxy's own endpoints: `/healthz`, `/readyz`, `/metrics` (rendered from the
+//!   state), `GET /rate_limit`, `POST /admin/cache/purge`.
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
 //! - [`auth`]: client credentials (token or certificate) -> client, with its [`quota`]s.
 //! - [`admission`]: the one gate every request to GitHub passes: back-off, reserve, and who
 //!   pays (the client's quota, fleet-wide with Redis; or the proxy for its background work).
-//! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
-//! - [`upstream`]: the pooled rustls client, forwarded and returned headers, the upstream slots,
-//!   retries, and the [`budget`] (GitHub's rate-limit headers, the reserve, the back-off).
-//! - [`shared`]: the optional Redis tier replicas share (L2, fleet-wide locks, pace, quotas,
-//!   invalidations, back-offs).
-//! - [`link`]: `Link` rewriting onto the proxy's public URL; [`body_url`]: the same for API URLs
-//!   in JSON bodies, and the proxy's ETag for a rewritten body.
 //! - [`gate`]: the destructive path: [`policy`] decision, the [`protections`] of every matching
 //!   rule (protected tags, the multi-arch [`guard`] over image manifests read from the container
-//!   [`registry`], dry run, [`rule_budget`]s), [`pace`] slot, write-ahead [`audit`] record, the
-//!   one upstream mutation, invalidation.
-//! - [`error`]: `ProxyError` and the one error -> response map.
-//! - [`metrics`]: metric names and `/metrics`.
+//!   [`registry`], dry run, [`rule_budget`]s: a rule's `max_per_hour`), [`pace`] slot,
+//!   write-ahead [`audit`] record (its [`audit::Phase`] and [`audit::Decision`]), the one
+//!   upstream mutation, invalidation.
+//! - [`cache`]: moka, the cache key, coalescing, stale answers, invalidation.
 //!
-//! Around them: [`config`] (TOML -> validated `Config`), [`reload`] (swap clients and policy on
-//! SIGHUP or file change), [`secret`] (org token and client token hashes that cannot print),
-//! [`state`] (what requests share), [`tls`] (the optional HTTPS listener: reloading certificate,
-//! client certificates), [`body`] (the body type), [`undo`] (`audit list` and
-//! `audit restore`), [`reconcile`] (intents left without an outcome, settled at start), [`demo`]
-//! (simulator + proxy in one process), `header_value` (hot-path header values formatted on the
-//! stack) and [`sim`] (the simulated Packages API used by tests, benchmarks and the demo).
+//! **Upstream**
+//! - [`upstream`]: the pooled rustls client, forwarded headers, the upstream slots, retries, and
+//!   [`upstream::shape`] (the response headers a client sees, `Link` rewritten by [`link`]);
+//!   [`body_url`] rewrites API URLs in JSON bodies and gives a rewritten body the proxy's ETag.
+//! - [`ratelimit`]: GitHub's rate limit for the org token (`x-ratelimit-*`, the reserve, the
+//!   back-off).
+//! - [`shared`]: the optional Redis tier replicas share (L2, fleet-wide locks, pace, quotas,
+//!   invalidations, back-offs).
+//!
+//! **Foundations**
+//! - [`state`]: what requests share (`AppState`).
+//! - [`config`] (TOML -> validated `Config`), [`secret`] (org token and client token hashes
+//!   that cannot print), [`tls`] (the optional HTTPS listener: reloading certificate, client
+//!   certificates).
+//! - [`error`]: `ProxyError` and the one error -> response map; [`body`]: the body type.
+//! - [`metrics`]: metric names and the recorders (rendering `/metrics` is [`ops`]'s);
+//!   `header_value`: hot-path header values formatted on the stack.
+//!
+//! Beside them: [`sim`], the simulated Packages API used by tests, benchmarks and the demo.
+//!
+//! Not yet strictly layered: `state` holds the cache, the upstream client and the Redis tier,
+//! and some of those still take `&AppState` (and `shared` a `Weak<AppState>`); `error`,
+//! `config`, `policy` and `tls` import each other (issue 17 lists both).
 #![forbid(unsafe_code)]
 
 pub mod access_log;
@@ -40,7 +62,6 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod body_url;
-pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -48,13 +69,16 @@ pub mod error;
 pub mod gate;
 pub mod guard;
 mod header_value;
+pub mod limits;
 pub mod link;
 pub mod metrics;
+pub mod ops;
 pub mod pace;
 pub mod policy;
 pub mod protections;
 pub mod proxy;
 pub mod quota;
+pub mod ratelimit;
 pub mod reconcile;
 pub mod registry;
 pub mod reload;

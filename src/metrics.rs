@@ -1,22 +1,15 @@
-//! Metric names and `/metrics` (Prometheus text), through the `metrics` facade and
-//! `metrics-exporter-prometheus` (no default features: they pull aws-lc-rs; we serve the text
-//! ourselves on the main listener).
+//! Metric names and recorders, through the `metrics` facade and `metrics-exporter-prometheus`
+//! (no default features: they pull aws-lc-rs; [`crate::ops`] renders `/metrics` itself).
 //!
 //! Labels are bounded: route *templates* (never raw paths), status classes, cache outcomes and
-//! configured client names. Gauges that mirror state (cache size, rate-limit budget, queues) are
-//! set at scrape time from the one source of truth rather than tracked twice.
+//! configured client names. Gauges that mirror state (cache size, GitHub's rate limit, queues) are
+//! set at scrape time from the one source of truth rather than tracked twice
+//! ([`crate::ops::render_metrics`]).
 
-use std::{
-    cell::RefCell,
-    collections::HashMap,
-    sync::{Mutex, OnceLock, atomic::Ordering},
-    time::Duration,
-};
+use std::{cell::RefCell, collections::HashMap, sync::OnceLock, time::Duration};
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::state::AppState;
 
 /// Requests answered, by route template, status class, cache outcome and client.
 pub const REQUESTS: &str = "packages_proxy_requests_total";
@@ -194,64 +187,4 @@ pub fn guard(decision: &'static str) {
 /// One destructive decision.
 pub fn destructive(outcome: &str) {
     counter!(DESTRUCTIVE, "outcome" => outcome.to_owned()).increment(1);
-}
-
-/// Renders the Prometheus text after refreshing the state-mirroring gauges.
-pub fn render(state: &AppState) -> String {
-    // The recorder is process-wide: two states in one process (the tests) each set the
-    // same gauges. Setting and rendering under one lock makes a scrape show its own state's
-    // figures, not another's written in between. Scrapes are rare; the lock is never held
-    // across an await.
-    static RENDER: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = RENDER.lock().unwrap_or_else(|poison| poison.into_inner());
-    let handle = handle();
-    let budget = state.upstream.budget.snapshot();
-    if let Some(limit) = budget.limit {
-        gauge!("packages_proxy_upstream_ratelimit_limit").set(limit as f64);
-    }
-    if let Some(remaining) = budget.remaining {
-        gauge!("packages_proxy_upstream_ratelimit_remaining").set(remaining as f64);
-    }
-    if let Some(reset) = budget.reset {
-        gauge!("packages_proxy_upstream_ratelimit_reset_timestamp_seconds").set(reset as f64);
-    }
-    gauge!("packages_proxy_upstream_backoff_active").set(if budget.backoff.is_some() {
-        1.0
-    } else {
-        0.0
-    });
-    for kind in crate::budget::BackoffKind::ALL {
-        let left = match (budget.backoff_kind, budget.backoff) {
-            (Some(open), Some(left)) if open == kind => left.as_secs_f64(),
-            _ => 0.0,
-        };
-        gauge!("packages_proxy_upstream_backoff_remaining_seconds", "kind" => kind.as_str())
-            .set(left);
-    }
-    let (in_flight, queued) = state.upstream.load();
-    gauge!("packages_proxy_upstream_in_flight").set(in_flight as f64);
-    gauge!("packages_proxy_upstream_queued").set(queued as f64);
-    gauge!("packages_proxy_mutations_queued").set(state.pacer.waiting() as f64);
-    let cache = &state.cache;
-    gauge!("packages_proxy_cache_entries").set(cache.entry_count() as f64);
-    gauge!("packages_proxy_cache_bytes").set(cache.weighted_size() as f64);
-    // (Both run moka's pending maintenance first, so the numbers are exact at scrape time.)
-    let stats = &cache.stats;
-    counter!("packages_proxy_cache_coalesced_total")
-        .absolute(stats.coalesced.load(Ordering::Relaxed));
-    counter!("packages_proxy_cache_evictions_total")
-        .absolute(stats.evicted.load(Ordering::Relaxed));
-    counter!(ACCESS_LOG_DROPPED).absolute(crate::access_log::dropped());
-    counter!("packages_proxy_audit_write_failures_total")
-        .absolute(state.audit_failures.load(Ordering::Relaxed));
-    counter!("packages_proxy_config_reloads_total", "result" => "ok")
-        .absolute(state.reloads_ok.load(Ordering::Relaxed));
-    counter!("packages_proxy_config_reloads_total", "result" => "failed")
-        .absolute(state.reloads_failed.load(Ordering::Relaxed));
-    if let Some(shared) = &state.shared {
-        gauge!("packages_proxy_shared_tier_up").set(if shared.is_up() { 1.0 } else { 0.0 });
-        gauge!(INVALIDATIONS_PENDING).set(cache.generations.diverged().len() as f64);
-    }
-    gauge!("packages_proxy_ready").set(if state.is_draining() { 0.0 } else { 1.0 });
-    handle.render()
 }

@@ -1,5 +1,18 @@
-//! The request walk: health endpoints, route, authenticate, owner check, destructive gate,
-//! forward, translate the response; and the one log line per request.
+//! The request walk, read as a checklist of phases; each phase is a call into the module that
+//! owns it:
+//!
+//! 1. **limits**: URI, header and body sizes hyper does not check ([`crate::limits`]);
+//! 2. **the proxy's own endpoints**: health, metrics, `/rate_limit`, the cache purge
+//!    ([`crate::ops`]);
+//! 3. **route**: the typed Packages API route, else 404 ([`crate::route`]);
+//! 4. **authenticate**: the client, else 401 ([`crate::auth`]);
+//! 5. **owner**: owners outside the config are 404;
+//! 6. **admission**: the client's cap on requests in flight, then its quotas and the rate-limit
+//!    back-off ([`crate::admission`], also called by the cache and the gate for what they send);
+//! 7. **gate, cache or pass-through**: destructive calls ([`crate::gate`]), reads through the
+//!    cache ([`crate::cache`]), or straight to GitHub when the cache is off;
+//! 8. **respond**: headers shaped beside the upstream client ([`crate::upstream::shape`]), the
+//!    request id and the caller's scopes added, one metric and one log line per request.
 //!
 //! Order matters: the route is parsed before anything else (a path we do not serve is 404 and
 //! touches nothing), the client is authenticated before any owner check or upstream call (so an
@@ -9,29 +22,23 @@
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 
 use crate::{
     access_log::AccessRecord,
     admission::{self, Payer, Ticket, Work},
     auth::Identity,
-    body::{self, Body},
+    body::Body,
     body_url,
-    cache::{self, ClientConditions, FetchSpec, Generations},
+    cache::{self, ClientConditions, FetchSpec},
     error::ProxyError,
     gate::{self, Mutation},
-    link,
-    route::{Owner, PackageType, Route},
+    limits, ops,
+    route::{Owner, Route},
     state::AppState,
     tls::PeerCert,
-    upstream::{Forwarded, filter_response_headers},
+    upstream::Forwarded,
 };
-
-/// Largest request body we read past; no Packages API call takes a body.
-const MAX_BODY: u64 = 1024;
-/// The cache purge endpoint (admins only).
-const PURGE_PATH: &str = "/admin/cache/purge";
 
 /// What the log line reports about one request, filled in as the walk goes.
 #[derive(Default)]
@@ -65,6 +72,7 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
         client: client_request_id.as_deref(),
     };
     let result = walk(&state, request, ids, &mut log).await;
+    // 8. respond: errors become GitHub's shape; the request id, scopes, metric and log line.
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     response
         .headers_mut()
@@ -128,27 +136,30 @@ async fn walk(
     ids: RequestIds<'_>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, ProxyError> {
-    check_limits(state, &request)?;
+    // 1. limits
+    limits::check_limits(state, &request)?;
+    // 2. the proxy's own endpoints
     let path = request.uri().path();
     let metrics_here = state.config.server.admin_listen.is_none();
-    if let Some(response) = operational(state, request.method(), path, metrics_here) {
+    if let Some(response) = ops::operational(state, request.method(), path, metrics_here) {
         return Ok(response);
     }
-    if is_rate_limit_path(path) && request.method() == Method::GET {
+    if ops::is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
         let identity = authenticate(state, &request, log)?;
-        return Ok(rate_limit(state, &identity).await);
+        return Ok(ops::rate_limit(state, &identity).await);
     }
-    if path == PURGE_PATH {
-        log.route = Some(PURGE_PATH);
+    if path == ops::PURGE_PATH {
+        log.route = Some(ops::PURGE_PATH);
         let identity = authenticate(state, &request, log)?;
-        return purge(state, &identity, request).await;
+        return ops::purge(state, &identity, request).await;
     }
+    // 3. route, 4. authenticate, 5. owner
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
     let identity = authenticate(state, &request, log)?;
     check_owner(state, &route)?;
-    // Held until the answer is built: the client's cap on requests in flight.
+    // 6. admission. Held until the answer is built: the client's cap on requests in flight.
     let _in_flight = identity
         .limits
         .in_flight
@@ -161,6 +172,7 @@ async fn walk(
     let forwarded = Forwarded::from_request(request.headers())?;
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
+    // 7. gate, cache or pass-through (each admits what it sends upstream)
     if route.operation.is_destructive() {
         let mutation = Mutation {
             route: &route,
@@ -234,7 +246,9 @@ async fn pass_through(
         .await?;
     log.upstream_status = Some(upstream.status().as_u16());
     let (parts, body) = upstream.into_parts();
-    let mut headers = response_headers(state, route, public_base, &parts.headers);
+    let mut headers = state
+        .upstream
+        .response_headers(route, public_base, &parts.headers);
     if parts.status == StatusCode::NOT_MODIFIED {
         // Unchanged at GitHub, so the client's copy is unchanged too: name it by our tag.
         if let Some(ours) = headers
@@ -257,157 +271,6 @@ async fn pass_through(
     Ok(response)
 }
 
-/// `POST /admin/cache/purge`, admins only. Body: `{}` (everything), `{"owner": "acme"}`, or
-/// `{"owner": "acme", "package_type": "container", "package_name": "web"}`.
-async fn purge(
-    state: &AppState,
-    identity: &Identity,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, ProxyError> {
-    if request.method() != Method::POST {
-        return Err(ProxyError::NotFound);
-    }
-    if !identity.admin {
-        return Err(ProxyError::Forbidden(
-            "Purging the cache needs an admin client".to_owned(),
-        ));
-    }
-    let bytes = Limited::new(request.into_body(), 4096)
-        .collect()
-        .await
-        .map_err(|_| ProxyError::PayloadTooLarge)?
-        .to_bytes();
-    let scope: PurgeScope = if bytes.iter().all(u8::is_ascii_whitespace) {
-        PurgeScope::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ProxyError::BadRequest(format!("Problems parsing JSON: {e}")))?
-    };
-    let known = |owner: &str| {
-        state
-            .config
-            .upstream
-            .owners
-            .contains(&owner.to_ascii_lowercase())
-    };
-    let (scopes, purged) = match (&scope.owner, &scope.package_type, &scope.package_name) {
-        (None, None, None) => (Generations::scope_of_everything(), "all".to_owned()),
-        (Some(owner), None, None) if known(owner) => (
-            Generations::scopes_of_owner(owner),
-            format!("owner {owner}"),
-        ),
-        (Some(owner), Some(ty), Some(name))
-            if known(owner) && PackageType::parse(ty).is_some() && name.len() <= 255 =>
-        {
-            let scopes = Generations::scopes_of_package(owner, ty, name);
-            (scopes, format!("package {owner}/{ty}/{name}"))
-        }
-        (Some(_), None, None) | (Some(_), Some(_), Some(_)) => return Err(ProxyError::NotFound),
-        _ => {
-            return Err(ProxyError::BadRequest(
-                "Give nothing, an owner, or an owner with package_type and package_name".to_owned(),
-            ));
-        }
-    };
-    cache::invalidate(state, &scopes).await.map_err(|_| {
-        ProxyError::Unavailable(
-            "The shared tier (Redis) is unavailable: a purge must reach every replica".to_owned(),
-        )
-    })?;
-    if scope.owner.is_none() {
-        state.cache.purge_all(); // memory back at once; the key scope already hides old entries
-    }
-    tracing::info!(client = %identity.name, scope = %purged, "cache purged");
-    let body = serde_json::json!({ "purged": purged });
-    let mut response = Response::new(body::full(body.to_string()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    Ok(response)
-}
-
-/// What `POST /admin/cache/purge` removes.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PurgeScope {
-    owner: Option<String>,
-    package_type: Option<String>,
-    package_name: Option<String>,
-}
-
-/// Input limits hyper does not apply itself: URI length (414), header bytes (431), body size
-/// (413; no Packages API call takes a body).
-fn check_limits(state: &AppState, request: &Request<Incoming>) -> Result<(), ProxyError> {
-    let server = &state.config.server;
-    let uri_len = request
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
-    if uri_len > server.max_uri_bytes {
-        return Err(ProxyError::UriTooLong);
-    }
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if header_bytes > server.max_header_bytes || request.headers().len() > server.max_headers {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) || request.body().size_hint().lower() > MAX_BODY {
-        return Err(ProxyError::PayloadTooLarge);
-    }
-    Ok(())
-}
-
-fn is_rate_limit_path(path: &str) -> bool {
-    let trimmed = path.trim_start_matches('/');
-    trimmed == "rate_limit"
-        || trimmed
-            .strip_prefix("api/v3/")
-            .is_some_and(|p| p.trim_start_matches('/') == "rate_limit")
-}
-
-/// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
-/// requests that need GitHub (its `X-OAuth-Scopes`, as on every answer, come from `handle`).
-async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
-    let local = identity.limits.upstream.peek();
-    let fleet = match state.shared.as_ref().filter(|s| s.is_up()) {
-        Some(shared) => {
-            let per_minute = identity.limits.quota.upstream_per_minute;
-            shared
-                .peek(&identity.name, "upstream", per_minute)
-                .await
-                .ok()
-        }
-        None => None,
-    };
-    let snapshot = fleet.unwrap_or(local);
-    let used = snapshot.limit.saturating_sub(snapshot.remaining);
-    let bucket = serde_json::json!({
-        "limit": snapshot.limit,
-        "remaining": snapshot.remaining,
-        "reset": snapshot.reset,
-        "used": used,
-        "resource": "core",
-    });
-    let body = serde_json::json!({ "resources": { "core": bucket }, "rate": bucket });
-    let mut response = Response::new(body::full(body.to_string()));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    snapshot.write_headers(headers, "core"); // `X-OAuth-Scopes` is added by `handle`
-    response
-}
-
 /// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`: revalidate first.
 fn no_cache(headers: &HeaderMap) -> bool {
     let says = |name: header::HeaderName| {
@@ -420,57 +283,6 @@ fn no_cache(headers: &HeaderMap) -> bool {
         })
     };
     says(header::CACHE_CONTROL) || says(header::PRAGMA)
-}
-
-/// The headers a client sees of an upstream answer: the allow-list, and `Link` rewritten.
-pub fn response_headers(
-    state: &AppState,
-    route: &Route,
-    public_base: &str,
-    upstream: &HeaderMap,
-) -> HeaderMap {
-    let mut headers = filter_response_headers(upstream);
-    if let Some(value) = upstream.get(header::LINK).and_then(|v| v.to_str().ok())
-        && let Some(rewritten) = link::rewrite(value, state.upstream.base(), public_base, route)
-        && let Ok(value) = HeaderValue::try_from(rewritten)
-    {
-        headers.insert(header::LINK, value);
-    }
-    headers
-}
-
-/// `/healthz` (alive), `/readyz` (ready unless draining) and `/metrics`, outside the Packages
-/// API and without authentication.
-/// `metrics` false: `/metrics` lives on the admin listener instead.
-pub fn operational(
-    state: &AppState,
-    method: &Method,
-    path: &str,
-    metrics: bool,
-) -> Option<Response<Body>> {
-    if *method != Method::GET && *method != Method::HEAD {
-        return None;
-    }
-    if metrics && path == "/metrics" {
-        let mut response = Response::new(body::full(crate::metrics::render(state)));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-        return Some(response);
-    }
-    let (status, text) = match path {
-        "/healthz" => (StatusCode::OK, "ok\n"),
-        "/readyz" if state.is_draining() => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => (StatusCode::OK, "ready\n"),
-        _ => return None,
-    };
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    Some(response)
 }
 
 /// Owners outside the config are 404, like a package the token cannot see.

@@ -23,7 +23,7 @@ use http::{Method, StatusCode};
 
 use crate::{
     admission::{self, Payer, Work},
-    audit::{self, AuditRecord},
+    audit::{self, AuditRecord, Decision, Phase},
     state::AppState,
     upstream::Forwarded,
 };
@@ -85,11 +85,11 @@ fn orphans(records: &[AuditRecord]) -> Vec<AuditRecord> {
     };
     records
         .iter()
-        .filter(|r| r.phase == "intent")
+        .filter(|r| r.phase == Phase::Intent)
         .filter(|intent| {
             !records
                 .iter()
-                .any(|r| r.phase == "outcome" && same(r, intent))
+                .any(|r| r.phase == Phase::Outcome && same(r, intent))
         })
         .cloned()
         .collect()
@@ -162,11 +162,11 @@ async fn reconcile_one(state: &AppState, intent: &AuditRecord) -> Option<bool> {
         present
     };
     let decision = if performed {
-        "completed"
+        Decision::Completed
     } else {
-        "not_applied"
+        Decision::NotApplied
     };
-    let mut outcome = intent.at("outcome", decision);
+    let mut outcome = intent.at(Phase::Outcome, decision);
     outcome.reconciled = true;
     outcome.reason = Some(format!(
         "Reconciled at start: the intent had no outcome, and GitHub shows the target {}",

@@ -154,7 +154,7 @@ async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
             let _permit = permit; // released when the connection ends
             let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let response =
-                    crate::proxy::operational(&state, request.method(), request.uri().path(), true)
+                    crate::ops::operational(&state, request.method(), request.uri().path(), true)
                         .unwrap_or_else(|| crate::error::ProxyError::NotFound.into_response());
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });

@@ -9,7 +9,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::audit::AuditRecord;
+use crate::audit::{AuditRecord, Decision, Phase};
 
 /// Which records to show.
 #[derive(Debug, Default, Clone)]
@@ -43,7 +43,10 @@ impl Filter {
         let time = humantime::parse_rfc3339_weak(&record.time).ok();
         self.client.as_ref().is_none_or(|c| *c == record.client)
             && self.package.as_ref().is_none_or(|p| *p == record.package)
-            && self.decision.as_ref().is_none_or(|d| *d == record.decision)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| *d == record.decision.as_str())
             && self
                 .since
                 .is_none_or(|since| time.is_some_and(|t| t >= since))
@@ -58,8 +61,8 @@ impl Filter {
 pub fn deleted_versions(records: &[AuditRecord], filter: &Filter) -> Vec<String> {
     let mut paths: Vec<String> = Vec::new();
     for record in records {
-        let deleted = record.phase == "outcome"
-            && record.decision == "completed"
+        let deleted = record.phase == Phase::Outcome
+            && record.decision == Decision::Completed
             && record.action == "delete_version";
         if deleted && filter.matches(record) && !paths.contains(&record.path) {
             paths.push(record.path.clone());

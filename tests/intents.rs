@@ -129,7 +129,8 @@ async fn sigterm_with_queued_deletes_answers_every_client_and_ends_every_intent(
 /// An intent record as a process killed right after (or before) sending would leave it.
 fn orphan_intent(path: &str, request_id: &str, at: SystemTime) -> AuditRecord {
     let route = Route::parse(&Method::DELETE, path, None).unwrap();
-    let mut intent = AuditRecord::new(request_id, "cleanup", &route).at("intent", "allowed");
+    let mut intent = AuditRecord::new(request_id, "cleanup", &route)
+        .at(audit::Phase::Intent, audit::Decision::Allowed);
     intent.time = humantime::format_rfc3339_millis(at).to_string();
     intent.rule = Some("cleanup-web".to_owned());
     intent

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::{
     body::{self, Body},
-    budget::BackoffKind,
+    ratelimit::BackoffKind,
 };
 
 /// Per-entry memory beyond payload and headers: the `Arc<Entry>`, moka's node and access-order
@@ -63,7 +63,7 @@ pub enum ErrorReason {
     ServerError(u16),
     /// Nothing was sent: the proxy backs off after a limit of this kind.
     BackingOff(BackoffKind),
-    /// Nothing was sent: the token's budget is below the reserve.
+    /// Nothing was sent: the token's rate limit is below the reserve.
     Reserve,
 }
 
@@ -72,7 +72,7 @@ pub enum ErrorReason {
 pub enum StaleWhy {
     /// A background revalidation runs (or ran just now).
     Revalidating,
-    /// None runs: the token's budget is below the reserve.
+    /// None runs: the token's rate limit is below the reserve.
     Reserve,
     /// None runs: the proxy backs off after a limit of this kind.
     BackingOff(BackoffKind),

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{Entry, Failure, FetchSpec, Fetched, Freshness, cacheable};
 use crate::{
-    admission::Ticket, body::Body, budget::RateLimited, error::ProxyError, state::AppState,
+    admission::Ticket, body::Body, error::ProxyError, ratelimit::RateLimited, state::AppState,
 };
 
 /// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one
@@ -38,7 +38,7 @@ pub(super) async fn fetch_fleet(
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
         ticket.refund(state).await;
-        return Fetched::Shared(Arc::new(entry));
+        return Fetched::FromL2(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
     let lock = match shared.lock(&spec.key).await {
@@ -46,7 +46,7 @@ pub(super) async fn fetch_fleet(
         Ok(None) => match shared.wait_for(&spec.key).await {
             Some(entry) => {
                 ticket.refund(state).await;
-                return Fetched::Shared(Arc::new(entry));
+                return Fetched::FromL2(Arc::new(entry));
             }
             None => None, // the leader failed: fetch ourselves, without the lock
         },
@@ -131,7 +131,9 @@ async fn fetch(
         }
     };
     let mut headers =
-        crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+        state
+            .upstream
+            .response_headers(&spec.route, &spec.public_base, &parts.headers);
     let status = parts.status.as_u16();
     // GitHub's tag revalidates upstream; on JSON answers the client sees the proxy's own.
     let etag = headers.get(header::ETAG).cloned();

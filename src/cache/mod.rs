@@ -35,10 +35,10 @@ use fetch::fetch_fleet;
 use crate::{
     admission::{self, Payer, Ticket, Work},
     body::Body,
-    budget::LimitAnswer,
     config::CacheConfig,
     error::ProxyError,
     quota::ClientLimits,
+    ratelimit::LimitAnswer,
     route::{Operation, Route},
     state::AppState,
     upstream::Forwarded,
@@ -51,7 +51,7 @@ pub enum Fetched {
     /// status the upstream really sent (304 when it confirmed the stale entry).
     Answer(Arc<Entry>, u16),
     /// Another replica's fresh answer, from the shared tier's L2 (no upstream call).
-    Shared(Arc<Entry>),
+    FromL2(Arc<Entry>),
     /// GitHub's rate-limit answer (403/429) for this key; a back-off is open. Never stored:
     /// a stale answer is served instead when there is one, else GitHub's answer, whole.
     Limited(Arc<Entry>),
@@ -300,7 +300,7 @@ impl Cache {
                 key: spec.key.clone(),
             };
             let fetched = fetch_fleet(&state, &spec, stale, ticket).await;
-            if let Fetched::Answer(entry, _) | Fetched::Shared(entry) = &fetched
+            if let Fetched::Answer(entry, _) | Fetched::FromL2(entry) = &fetched
                 && cacheable(entry.status)
             {
                 state.cache.store.insert(spec.key.clone(), entry.clone());
@@ -405,7 +405,10 @@ pub async fn serve(
         let mut response = entry.respond(status, now, not_modified);
         if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
             // The stored figures may say `remaining: 4999` while the proxy backs off.
-            state.upstream.budget.write_headers(response.headers_mut());
+            state
+                .upstream
+                .rate_limit
+                .write_headers(response.headers_mut());
         }
         (response, upstream, status)
     };
@@ -498,7 +501,7 @@ pub async fn serve(
         Err(_) => None,
     };
     match fetched.unwrap_or(Fetched::Failed(Failure::Unreachable)) {
-        Fetched::Shared(entry) => Ok(respond(&entry, CacheStatus::SharedHit, None)),
+        Fetched::FromL2(entry) => Ok(respond(&entry, CacheStatus::SharedHit, None)),
         Fetched::Answer(entry, fwd_status) => {
             if let (Some(reason), Some(stale)) = (error_reason(&entry), &fallback) {
                 return Ok(respond(
@@ -596,7 +599,9 @@ async fn pass_through(
     let mut response = Response::new(body);
     *response.status_mut() = parts.status;
     *response.headers_mut() =
-        crate::proxy::response_headers(state, &spec.route, &spec.public_base, &parts.headers);
+        state
+            .upstream
+            .response_headers(&spec.route, &spec.public_base, &parts.headers);
     response
         .headers_mut()
         .insert("cache-status", CacheStatus::TooLarge.header_value(0));
@@ -608,8 +613,8 @@ pub(super) fn cacheable(status: StatusCode) -> bool {
     status == StatusCode::OK || status == StatusCode::NOT_FOUND
 }
 
-/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit the budget did
-/// not recognise as one.
+/// An answer that should make us fall back to a stale entry: 5xx, or a rate limit
+/// [`crate::ratelimit`] did not recognise as one.
 fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     let status = entry.status.as_u16();
     if entry.status.is_server_error() {

@@ -42,7 +42,8 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use crate::{
-    budget::BackoffKind, cache::Entry, config::SharedConfig, quota::BucketSnapshot, state::AppState,
+    cache::Entry, config::SharedConfig, quota::BucketSnapshot, ratelimit::BackoffKind,
+    state::AppState,
 };
 
 /// The Redis tier.
@@ -322,7 +323,7 @@ impl Shared {
     pub fn spawn(self: &Arc<Self>, state: Weak<AppState>) {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(state) = state.upgrade() {
-            state.upstream.budget.announce_to(tx);
+            state.upstream.rate_limit.announce_to(tx);
         }
         tokio::spawn(announce_backoffs(self.clone(), rx));
         tokio::spawn(probe::probe_forever(self.clone(), state.clone()));
@@ -498,7 +499,7 @@ fn apply_backoff(state: &AppState, text: &str) {
     if let Some(until) = until {
         state
             .upstream
-            .budget
+            .rate_limit
             .open_until(UNIX_EPOCH + Duration::from_millis(until), kind);
     }
 }

@@ -12,41 +12,41 @@ use super::paging::{self, Query};
 use super::render::{self, DOCS_REST};
 use super::reply::Reply;
 use super::route::{self, Op, OwnerRef, PACKAGE_TYPES, PackageRef, Route};
-use super::state::Shared;
+use super::state::SimState;
 
 /// GitHub's refusal to delete the only remaining version through a version endpoint.
 const LAST_VERSION: &str =
     "You cannot delete the last version of a package. You must delete the package instead.";
 
 /// Answers one recognised route.
-pub(super) fn handle(shared: &Shared, route: &Route, query: &Query) -> Reply {
-    let base = shared.base_url.as_str();
+pub(super) fn handle(state: &SimState, route: &Route, query: &Query) -> Reply {
+    let base = state.base_url.as_str();
     match &route.op {
         Op::DeletePackage(p) | Op::RestorePackage(p) => {
-            let mut data = shared.write_data();
-            let Some(owner) = resolve(&data, &route.owner, &shared.me) else {
+            let mut data = state.write_data();
+            let Some(owner) = resolve(&data, &route.owner, &state.me) else {
                 return Reply::not_found();
             };
             let restore = matches!(route.op, Op::RestorePackage(_));
             set_package_deleted(&mut data, &owner, p, !restore)
         }
         Op::DeleteVersion(p, id) => {
-            let mut data = shared.write_data();
-            match resolve(&data, &route.owner, &shared.me) {
+            let mut data = state.write_data();
+            match resolve(&data, &route.owner, &state.me) {
                 Some(owner) => delete_version(&mut data, &owner, p, *id),
                 None => Reply::not_found(),
             }
         }
         Op::RestoreVersion(p, id) => {
-            let mut data = shared.write_data();
-            match resolve(&data, &route.owner, &shared.me) {
+            let mut data = state.write_data();
+            match resolve(&data, &route.owner, &state.me) {
                 Some(owner) => restore_version(&mut data, &owner, p, *id),
                 None => Reply::not_found(),
             }
         }
         op => {
-            let data = shared.read_data();
-            match resolve(&data, &route.owner, &shared.me) {
+            let data = state.read_data();
+            match resolve(&data, &route.owner, &state.me) {
                 Some(owner) => read(&data, base, &owner, op, query),
                 None => Reply::not_found(),
             }

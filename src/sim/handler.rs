@@ -22,7 +22,7 @@ use super::paging::Query;
 use super::render::DOCS_REST;
 use super::reply::Reply;
 use super::route;
-use super::state::Shared;
+use super::state::SimState;
 
 /// API versions GitHub serves; absent means the default, 2022-11-28.
 const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
@@ -43,26 +43,26 @@ const FIXED_HEADERS: [(&str, &str); 8] = [
 
 /// Serves one request. `Err` only for an injected reset: hyper then drops the connection unanswered.
 pub(super) async fn handle<B>(
-    shared: Arc<Shared>,
+    state: Arc<SimState>,
     req: Request<B>,
 ) -> io::Result<Response<Full<Bytes>>> {
-    let _in_flight = shared.enter();
-    shared.record(&req);
+    let _in_flight = state.enter();
+    state.record(&req);
     // The registry side (`/v2/...`, `/token`) has its own auth, faults and no API rate limit.
-    if let Some(answer) = super::registry::handle(&shared, &req) {
+    if let Some(answer) = super::registry::handle(&state, &req) {
         return answer;
     }
-    let request_id = shared.next_request_id();
-    let reply = match reject_unauthenticated(&shared, req.headers()) {
+    let request_id = state.next_request_id();
+    let reply = match reject_unauthenticated(&state, req.headers()) {
         Some(reply) => reply,
         None => {
             // A separate statement, so the fault queue's lock is released before any await.
-            let fault = shared.faults().take();
+            let fault = state.faults().take();
             match fault {
-                None => answer(&shared, &req, &request_id),
+                None => answer(&state, &req, &request_id),
                 Some(FaultKind::Latency(delay)) => {
                     tokio::time::sleep(delay).await;
-                    answer(&shared, &req, &request_id)
+                    answer(&state, &req, &request_id)
                 }
                 Some(FaultKind::Reset) => {
                     return Err(io::Error::new(
@@ -72,17 +72,17 @@ pub(super) async fn handle<B>(
                 }
                 Some(FaultKind::Delayed { fault, delay }) => {
                     tokio::time::sleep(delay).await;
-                    fault_reply(&shared, *fault, &request_id)
+                    fault_reply(&state, *fault, &request_id)
                 }
-                Some(kind) => fault_reply(&shared, kind, &request_id),
+                Some(kind) => fault_reply(&state, kind, &request_id),
             }
         }
     };
-    Ok(finish(&shared, reply, &request_id, req.headers()))
+    Ok(finish(&state, reply, &request_id, req.headers()))
 }
 
 /// The normal answer to an authenticated request.
-fn answer<B>(shared: &Shared, req: &Request<B>, request_id: &str) -> Reply {
+fn answer<B>(state: &SimState, req: &Request<B>, request_id: &str) -> Reply {
     if let Some(version) = req.headers().get("x-github-api-version") {
         let known = version.to_str().is_ok_and(|v| API_VERSIONS.contains(&v));
         if !known {
@@ -93,12 +93,12 @@ fn answer<B>(shared: &Shared, req: &Request<B>, request_id: &str) -> Reply {
             return Reply::error(StatusCode::BAD_REQUEST, &message, DOCS_REST);
         }
     }
-    let snapshot = shared.rate().snapshot();
+    let snapshot = state.rate().snapshot();
     if snapshot.remaining == 0 {
         return Reply::primary_rate_limit(request_id, snapshot.limit);
     }
     let reply = match route::parse(req.method(), req.uri().path()) {
-        Some(route) => api::handle(shared, &route, &Query::parse(req.uri().query())),
+        Some(route) => api::handle(state, &route, &Query::parse(req.uri().query())),
         None => Reply::not_found(),
     };
     conditional(req, reply)
@@ -131,7 +131,7 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 }
 
 /// Checks `Authorization: Bearer <token>` or `token <token>`; `Some(401)` if it is not right.
-fn reject_unauthenticated(shared: &Shared, headers: &HeaderMap) -> Option<Reply> {
+fn reject_unauthenticated(state: &SimState, headers: &HeaderMap) -> Option<Reply> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Some(Reply::unauthorized("Requires authentication"));
     };
@@ -141,13 +141,13 @@ fn reject_unauthenticated(shared: &Shared, headers: &HeaderMap) -> Option<Reply>
         known.then(|| token.trim())
     });
     match token {
-        Some(token) if token == shared.token => None,
+        Some(token) if token == state.token => None,
         _ => Some(Reply::unauthorized("Bad credentials")),
     }
 }
 
 /// The answer an injected fault stands in for (latency and reset are handled by the caller).
-fn fault_reply(shared: &Shared, kind: FaultKind, request_id: &str) -> Reply {
+fn fault_reply(state: &SimState, kind: FaultKind, request_id: &str) -> Reply {
     match kind {
         FaultKind::Status(status) => {
             let message = match status {
@@ -157,7 +157,7 @@ fn fault_reply(shared: &Shared, kind: FaultKind, request_id: &str) -> Reply {
             Reply::error(status, message, DOCS_REST)
         }
         FaultKind::PrimaryRateLimit => {
-            Reply::primary_rate_limit(request_id, shared.rate().snapshot().limit)
+            Reply::primary_rate_limit(request_id, state.rate().snapshot().limit)
         }
         FaultKind::SecondaryRateLimit {
             status,
@@ -172,13 +172,13 @@ fn fault_reply(shared: &Shared, kind: FaultKind, request_id: &str) -> Reply {
 
 /// Counts the request, then builds the response with GitHub's common headers.
 fn finish(
-    shared: &Shared,
+    state: &SimState,
     reply: Reply,
     request_id: &str,
     request: &HeaderMap,
 ) -> Response<Full<Bytes>> {
     let rate = {
-        let mut rate = shared.rate();
+        let mut rate = state.rate();
         rate.snapshot();
         if reply.consumes {
             rate.consume();

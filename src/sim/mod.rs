@@ -53,7 +53,7 @@ pub use dataset::{Dataset, OwnerKind};
 pub use fault::{Fault, FaultKind};
 pub use registry::RegistryFault;
 
-use state::Shared;
+use state::SimState;
 
 /// GitHub's primary rate limit for a user's classic PAT.
 const DEFAULT_RATE_LIMIT: u64 = 5_000;
@@ -74,7 +74,7 @@ pub struct SimHandle {
 }
 
 struct HandleInner {
-    shared: Arc<Shared>,
+    state: Arc<SimState>,
     addr: SocketAddr,
     /// The accept loop; taken by the first `shutdown`. A std mutex: never held across `.await`.
     task: Mutex<Option<JoinHandle<()>>>,
@@ -151,16 +151,16 @@ impl Simulator {
     /// Serves on a listener the caller bound (used by `packages-proxy simulate --listen ADDR`).
     pub async fn run_on(self, listener: TcpListener) -> std::io::Result<SimHandle> {
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(
+        let state = Arc::new(SimState::new(
             self.token,
             self.authenticated_as,
             base_url(addr),
             self.dataset,
             self.rate_limit,
         ));
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&state)));
         let inner = HandleInner {
-            shared,
+            state,
             addr,
             task: Mutex::new(Some(task)),
         };
@@ -189,49 +189,49 @@ impl SimHandle {
 
     /// `http://127.0.0.1:PORT` (no trailing slash); also the origin of `Link` and `url` values.
     pub fn base_url(&self) -> String {
-        self.inner.shared.base_url.clone()
+        self.inner.state.base_url.clone()
     }
 
     /// Every request received, in arrival order, rejected and faulted ones included.
     pub fn log(&self) -> Vec<LoggedRequest> {
-        self.inner.shared.log_snapshot()
+        self.inner.state.log_snapshot()
     }
 
     /// Forgets the request log.
     pub fn clear_log(&self) {
-        self.inner.shared.clear_log();
+        self.inner.state.clear_log();
     }
 
     /// Queues a fault for the next `fault.times` authenticated requests (FIFO after earlier ones).
     pub fn inject(&self, fault: Fault) {
-        self.inner.shared.faults().push(fault);
+        self.inner.state.faults().push(fault);
     }
 
     /// Queues a registry fault (`/v2/...`, `/token`) for the next `times` registry requests.
     pub fn inject_registry(&self, fault: RegistryFault, times: u32) {
-        self.inner.shared.registry_faults().push(fault, times);
+        self.inner.state.registry_faults().push(fault, times);
     }
 
     /// Drops every queued fault.
     pub fn clear_faults(&self) {
-        self.inner.shared.faults().clear();
+        self.inner.state.faults().clear();
     }
 
     /// The primary rate limit state now.
     pub fn rate_limit(&self) -> RateLimitSnapshot {
-        self.inner.shared.rate().snapshot()
+        self.inner.state.rate().snapshot()
     }
 
     /// Leaves `remaining` requests of the primary rate limit in a window that resets `secs`
     /// from now. At zero, every authenticated request until then gets GitHub's 403 with
     /// `x-ratelimit-remaining: 0`.
     pub fn set_rate_window(&self, remaining: u64, secs: u64) {
-        self.inner.shared.rate().set_window(remaining, secs);
+        self.inner.state.rate().set_window(remaining, secs);
     }
 
     /// The highest number of requests handled at once since start.
     pub fn max_in_flight(&self) -> usize {
-        self.inner.shared.max_in_flight()
+        self.inner.state.max_in_flight()
     }
 
     /// `Some(true)` if that version exists and is deleted, `Some(false)` if active, `None` if the
@@ -243,7 +243,7 @@ impl SimHandle {
         package_name: &str,
         version_id: u64,
     ) -> Option<bool> {
-        let data = self.inner.shared.read_data();
+        let data = self.inner.state.read_data();
         let owner = data.find_owner(owner)?;
         let pkg = &data.packages[data.package_index(owner.id, package_type, package_name)?];
         Some(pkg.version(version_id)?.deleted_at.is_some())
@@ -256,7 +256,7 @@ impl SimHandle {
         package_type: &str,
         package_name: &str,
     ) -> Option<bool> {
-        let data = self.inner.shared.read_data();
+        let data = self.inner.state.read_data();
         let owner = data.find_owner(owner)?;
         let at = data.package_index(owner.id, package_type, package_name)?;
         Some(data.packages[at].deleted)
@@ -264,7 +264,7 @@ impl SimHandle {
 
     /// Stops accepting, closes open connections and ends the server task.
     pub async fn shutdown(self) {
-        self.inner.shared.shutdown();
+        self.inner.state.shutdown();
         let task = self
             .inner
             .task

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::state::Shared;
+use super::state::SimState;
 use crate::registry::{OCI_INDEX, OCI_MANIFEST};
 
 /// `service` of the token challenge.
@@ -146,14 +146,14 @@ fn manifest(media_type: &'static str, body: &serde_json::Value) -> (String, SimM
 
 /// Answers `/v2/...` and `/token`; `None` for every other path (the Packages API).
 pub(super) fn handle<B>(
-    shared: &Shared,
+    state: &SimState,
     req: &Request<B>,
 ) -> Option<io::Result<Response<Full<Bytes>>>> {
     let path = req.uri().path();
     if path != "/token" && !path.starts_with("/v2/") {
         return None;
     }
-    let fault = shared.registry_faults().take();
+    let fault = state.registry_faults().take();
     let response = match fault {
         Some(RegistryFault::Down) => {
             return Some(Err(io::Error::new(
@@ -170,14 +170,14 @@ pub(super) fn handle<B>(
                 .insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
             response
         }
-        None if path == "/token" => token(shared, req),
-        None => manifest_answer(shared, req, path),
+        None if path == "/token" => token(state, req),
+        None => manifest_answer(state, req, path),
     };
     Some(Ok(response))
 }
 
 /// `GET /token?service=..&scope=..` with Basic auth whose password is the org token.
-fn token<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
+fn token<B>(state: &SimState, req: &Request<B>) -> Response<Full<Bytes>> {
     let password = req
         .headers()
         .get(AUTHORIZATION)
@@ -185,7 +185,7 @@ fn token<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(decode_base64)
         .and_then(|plain| plain.split_once(':').map(|(_, p)| p.to_owned()));
-    if password.as_deref() != Some(shared.token.as_str()) {
+    if password.as_deref() != Some(state.token.as_str()) {
         return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "bad credentials");
     }
     let scope = req
@@ -200,17 +200,17 @@ fn token<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
                 .into_owned()
         })
         .unwrap_or_default();
-    let body = json!({"token": registry_token(shared, &scope), "expires_in": 300});
+    let body = json!({"token": registry_token(state, &scope), "expires_in": 300});
     json_response(StatusCode::OK, &body)
 }
 
 /// The token the realm hands out for `scope` (derived, so nothing is stored).
-fn registry_token(shared: &Shared, scope: &str) -> String {
-    let digest = Sha256::digest(format!("{}|{scope}", shared.token));
+fn registry_token(state: &SimState, scope: &str) -> String {
+    let digest = Sha256::digest(format!("{}|{scope}", state.token));
     format!("simreg_{}", hex::encode(&digest[..16]))
 }
 
-fn manifest_answer<B>(shared: &Shared, req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
+fn manifest_answer<B>(state: &SimState, req: &Request<B>, path: &str) -> Response<Full<Bytes>> {
     let Some((repository, reference)) = path
         .strip_prefix("/v2/")
         .and_then(|rest| rest.rsplit_once("/manifests/"))
@@ -218,7 +218,7 @@ fn manifest_answer<B>(shared: &Shared, req: &Request<B>, path: &str) -> Response
         return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "unknown path");
     };
     let scope = format!("repository:{repository}:pull");
-    let expected = format!("Bearer {}", registry_token(shared, &scope));
+    let expected = format!("Bearer {}", registry_token(state, &scope));
     let authorized = req
         .headers()
         .get(AUTHORIZATION)
@@ -231,14 +231,14 @@ fn manifest_answer<B>(shared: &Shared, req: &Request<B>, path: &str) -> Response
         );
         let challenge = format!(
             "Bearer realm=\"{}/token\",service=\"{SERVICE}\",scope=\"{scope}\"",
-            shared.base_url
+            state.base_url
         );
         if let Ok(value) = HeaderValue::try_from(challenge) {
             response.headers_mut().insert(WWW_AUTHENTICATE, value);
         }
         return response;
     }
-    let found = shared.read_data().manifest(repository, reference);
+    let found = state.read_data().manifest(repository, reference);
     let Some((digest, manifest)) = found else {
         return error(
             StatusCode::NOT_FOUND,

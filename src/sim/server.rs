@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::handler;
-use super::state::Shared;
+use super::state::SimState;
 
 /// Accepts until shutdown is signalled.
-pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(super) async fn serve(listener: TcpListener, state: Arc<SimState>) {
     let builder = auto::Builder::new(TokioExecutor::new());
-    let mut stop = shared.shutdown_signal();
+    let mut stop = state.shutdown_signal();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -32,14 +32,14 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             () = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_shared = Arc::clone(&shared);
+        let conn_state = Arc::clone(&state);
         let service = service_fn(move |req: hyper::Request<Incoming>| {
-            handler::handle(Arc::clone(&conn_shared), req)
+            handler::handle(Arc::clone(&conn_state), req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let mut conn_stop = shared.shutdown_signal();
+        let mut conn_stop = state.shutdown_signal();
         tokio::spawn(async move {
             tokio::select! {
                 // Errors here are client hang-ups and injected resets: nothing to report.
@@ -50,7 +50,8 @@ pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Resolves once shutdown is signalled (the sender lives in `Shared`, so it is never dropped first).
+/// Resolves once shutdown is signalled (the sender lives in `SimState`, so it is never dropped
+/// first).
 async fn stopped(signal: &mut watch::Receiver<bool>) {
     // Bind and drop the borrowed value here: it must not live across the caller's awaits.
     let _ = signal.wait_for(|stopped| *stopped).await;

@@ -18,7 +18,7 @@ use super::ratelimit::RateLimiter;
 use super::registry::RegistryFaults;
 
 /// Everything a request handler needs.
-pub(super) struct Shared {
+pub(super) struct SimState {
     /// The one accepted token.
     pub(super) token: String,
     /// Login the token belongs to (`/user/...` routes).
@@ -43,12 +43,12 @@ pub(super) struct Shared {
 
 /// Counts a request as in flight until dropped (also when the client goes away mid-request).
 pub(super) struct InFlight<'a> {
-    shared: &'a Shared,
+    state: &'a SimState,
 }
 
-// === impl Shared ===
+// === impl SimState ===
 
-impl Shared {
+impl SimState {
     /// Fresh state for a simulator about to start.
     pub(super) fn new(
         token: String,
@@ -134,7 +134,7 @@ impl Shared {
     pub(super) fn enter(&self) -> InFlight<'_> {
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight { shared: self }
+        InFlight { state: self }
     }
 
     /// Highest concurrent request count seen.
@@ -162,6 +162,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.state.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

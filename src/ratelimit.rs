@@ -60,10 +60,10 @@ pub struct Backoff {
     pub until_wall: SystemTime,
 }
 
-/// Shared upstream budget state. A std `Mutex`: a handful of field updates per upstream
-/// response, never held across an `.await`.
+/// The org token's rate limit as this replica knows it. A std `Mutex`: a handful of field
+/// updates per upstream response, never held across an `.await`.
 #[derive(Debug)]
-pub struct UpstreamBudget {
+pub struct RateLimit {
     reserve: f64,
     state: Mutex<State>,
     /// Where a back-off this replica opens is announced (the shared tier tells the fleet).
@@ -89,9 +89,9 @@ struct Window {
     reset: Option<u64>,
 }
 
-/// What the budget looks like now (for metrics, logs and answers to clients).
+/// What the rate limit looks like now (for metrics, logs and answers to clients).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BudgetSnapshot {
+pub struct RateLimitSnapshot {
     /// `x-ratelimit-limit`.
     pub limit: Option<u64>,
     /// `x-ratelimit-remaining` (the full limit again once the window's reset has passed).
@@ -159,10 +159,10 @@ impl Backoff {
     }
 }
 
-// === impl UpstreamBudget ===
+// === impl RateLimit ===
 
-impl UpstreamBudget {
-    /// A budget that keeps `reserve` (a fraction of the limit) for misses and mutations.
+impl RateLimit {
+    /// A rate limit that keeps `reserve` (a fraction of the limit) for misses and mutations.
     pub fn new(reserve: f64) -> Self {
         Self {
             reserve,
@@ -285,7 +285,7 @@ impl UpstreamBudget {
         self.backoff().map(|backoff| backoff.remaining())
     }
 
-    /// True when the remaining primary budget is below the reserve and the window GitHub
+    /// True when what remains of the primary limit is below the reserve and the window GitHub
     /// reported has not yet reset.
     pub fn below_reserve(&self) -> bool {
         let mut state = self.lock();
@@ -302,7 +302,7 @@ impl UpstreamBudget {
     }
 
     /// The current numbers of the `core` resource.
-    pub fn snapshot(&self) -> BudgetSnapshot {
+    pub fn snapshot(&self) -> RateLimitSnapshot {
         let backoff = self.backoff();
         let mut state = self.lock();
         let window = state.window(CORE).copied().unwrap_or_default();
@@ -312,7 +312,7 @@ impl UpstreamBudget {
         } else {
             (window.remaining, window.used)
         };
-        BudgetSnapshot {
+        RateLimitSnapshot {
             limit: window.limit,
             remaining,
             used,

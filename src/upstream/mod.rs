@@ -3,10 +3,8 @@
 //!
 //! Requests are rebuilt from scratch: the client's `Authorization`, cookies, hop-by-hop and
 //! forwarding headers never reach GitHub. Only `Accept`, `X-GitHub-Api-Version`, `If-None-Match`,
-//! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back an
-//! allow-list of headers passes, on every path (pass-through, cache, 304 revalidation, shared
-//! tier); anything else (`X-OAuth-Scopes`, which describes the org token, `Set-Cookie`, unknown
-//! headers) is dropped because it is not on it.
+//! `If-Modified-Since` and our own `User-Agent` and `Authorization` are sent. On the way back
+//! [`shape`] lets an allow-list of headers pass and rewrites `Link`, on every path.
 
 use std::{
     sync::{
@@ -17,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -32,11 +30,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::{
     admission::Ticket,
     body::Body,
-    budget::{LimitAnswer, UpstreamBudget},
     config::UpstreamConfig,
     error::{BoxError, ProxyError},
+    ratelimit::{LimitAnswer, RateLimit},
     secret::OrgToken,
 };
+
+pub mod shape;
+
+pub use shape::{filter_response_headers, is_passed_header};
 
 /// API versions GitHub supports today; others are refused locally with 400, as GitHub does.
 pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
@@ -44,28 +46,6 @@ pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
 pub const DEFAULT_API_VERSION: &str = "2022-11-28";
 /// GitHub's recommended media type, sent when the client sends no `Accept`.
 const DEFAULT_ACCEPT: &str = "application/vnd.github+json";
-
-/// Response headers a client may see (`link` is rewritten separately).
-const PASS_HEADERS: [&str; 15] = [
-    "content-type",
-    "etag",
-    "last-modified",
-    "cache-control",
-    "x-github-request-id",
-    "x-github-media-type",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-used",
-    "x-ratelimit-reset",
-    "x-ratelimit-resource",
-    "retry-after",
-    // Which API version answered, and what the answer varies on: clients and their caches read them.
-    "x-github-api-version-selected",
-    "vary",
-    // What the endpoint needs (the same for every caller); `x-oauth-scopes` describes the org
-    // token, so it is not here: the proxy writes the caller's own scopes instead.
-    "x-accepted-oauth-scopes",
-];
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -80,7 +60,7 @@ pub struct Upstream {
     retries: u32,
     slots_total: usize,
     /// What GitHub's rate-limit headers said, and the back-off.
-    pub budget: UpstreamBudget,
+    pub rate_limit: RateLimit,
     /// Upstream requests at once (GitHub's secondary limit is 100 concurrent per token).
     slots: Arc<Semaphore>,
     /// Requests waiting for a slot, bounded by `max_queue`.
@@ -129,7 +109,7 @@ impl Upstream {
             user_agent,
             retries: config.retries,
             slots_total: config.max_concurrency,
-            budget: UpstreamBudget::new(config.rate_limit_reserve),
+            rate_limit: RateLimit::new(config.rate_limit_reserve),
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             queued: AtomicUsize::new(0),
             max_queue: config.max_queue,
@@ -149,7 +129,8 @@ impl Upstream {
     /// The [`Ticket`] is the admission point's proof that the request was checked against the
     /// back-off and the reserve and charged to someone; a retry is part of the same request.
     /// Rate-limit answers (403/429) are read whole, so a secondary limit is recognised by its
-    /// wording even without `retry-after`; the response then carries a [`RateLimited`](crate::budget::RateLimited) extension.
+    /// wording even without `retry-after`; the response then carries a
+    /// [`RateLimited`](crate::ratelimit::RateLimited) extension.
     pub async fn send(
         &self,
         _ticket: &Ticket,
@@ -178,7 +159,7 @@ impl Upstream {
                     if matches!(status, 403 | 429) {
                         return self.limited(response, permit).await;
                     }
-                    self.budget
+                    self.rate_limit
                         .observe(response.status(), response.headers(), false);
                     if !(idempotent
                         && matches!(status, 502..=504)
@@ -210,17 +191,17 @@ impl Upstream {
     }
 
     fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
-        match self.budget.backoff() {
+        match self.rate_limit.backoff() {
             Some(backoff) => Err(ProxyError::BackingOff(LimitAnswer::new(
                 backoff,
-                self.budget.snapshot().limit,
+                self.rate_limit.snapshot().limit,
             ))),
             None => Ok(()),
         }
     }
 
     /// A 403 or 429: read whole (GitHub's error bodies are small; bounded all the same) so the
-    /// budget can tell a secondary limit by its wording, then handed on as a buffered response.
+    /// rate limit can tell a secondary limit by its wording, then handed on as a buffered response.
     async fn limited(
         &self,
         response: Response<Incoming>,
@@ -236,7 +217,7 @@ impl Upstream {
         drop(permit);
         let says_secondary = contains_ignore_case(&bytes, b"secondary rate limit");
         if let Some(limited) = self
-            .budget
+            .rate_limit
             .observe(parts.status, &parts.headers, says_secondary)
         {
             parts.extensions.insert(limited);
@@ -434,38 +415,4 @@ impl Forwarded {
 fn sane(value: &HeaderValue, max: usize) -> bool {
     let bytes = value.as_bytes();
     bytes.len() <= max && bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic())
-}
-
-/// Whether a response header is on the allow-list (`Link` aside, which is rewritten).
-pub fn is_passed_header(name: &HeaderName) -> bool {
-    PASS_HEADERS.contains(&name.as_str())
-}
-
-/// Copies the allow-listed response headers; `Link` is handled by the caller.
-///
-/// The values are copied, not cloned: hyper's parsed values share the connection's read buffer,
-/// and a cached entry holding one would keep that whole buffer (kilobytes) alive per entry. They
-/// are copied into *one* buffer and sliced from it, so an entry's dozen values are one allocation
-/// and one reference count: cloning them for each cache hit touches one cache line, not twelve.
-pub fn filter_response_headers(from: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(PASS_HEADERS.len() + 2);
-    let mut kept: Vec<(HeaderName, std::ops::Range<usize>)> =
-        Vec::with_capacity(PASS_HEADERS.len());
-    let mut buffer = bytes::BytesMut::with_capacity(512);
-    for name in PASS_HEADERS {
-        let name = HeaderName::from_static(name);
-        for value in from.get_all(&name) {
-            let start = buffer.len();
-            buffer.extend_from_slice(value.as_bytes());
-            kept.push((name.clone(), start..buffer.len()));
-        }
-    }
-    let shared = buffer.freeze();
-    for (name, range) in kept {
-        // The bytes came from valid header values, so this cannot fail; skip if it ever did.
-        if let Ok(value) = HeaderValue::from_maybe_shared(shared.slice(range)) {
-            out.append(name, value);
-        }
-    }
-    out
 }
