@@ -165,6 +165,29 @@ async fn the_upstream_concurrency_cap_holds() {
     );
 }
 
+// Retries share the request's one deadline (`upstream.timeout`): a retry that cannot finish in
+// time ends in a 504 at the deadline instead of stretching the request to twice the timeout.
+#[tokio::test]
+async fn retries_share_one_deadline() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        retries: 3,
+        upstream_timeout: "2s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let slow_502 = FaultKind::Delayed {
+        fault: Box::new(FaultKind::Status(StatusCode::BAD_GATEWAY)),
+        delay: Duration::from_millis(1500),
+    };
+    sim.handle.inject(Fault::new(slow_502, 10));
+    let reply = get(&proxy.url(&cold(0)), proxy.token()).await;
+    // The first 502 comes at 1.5 s; the retry starts after at least 100 ms and cannot get its
+    // answer (1.5 s more) before the deadline at 2 s.
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(sim.gets(), 2, "one attempt and one retry");
+}
+
 #[tokio::test]
 async fn gets_are_retried_and_mutations_never() {
     let sim = spawn_sim().await;

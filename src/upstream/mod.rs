@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -124,7 +125,8 @@ impl Upstream {
     /// Sends one request and returns the response head with a body that fails if the upstream
     /// stalls longer than the timeout between chunks. Refuses during a back-off, waits for one of
     /// the upstream slots, and retries idempotent GETs on connection errors and 502/503/504
-    /// (jittered exponential back-off, bounded by the timeout). Mutations are never retried.
+    /// (jittered exponential back-off; every attempt shares one deadline, `upstream.timeout`).
+    /// Mutations are never retried.
     ///
     /// The [`Ticket`] is the admission point's proof that the request was checked against the
     /// back-off and the reserve and charged to someone; a retry is part of the same request.
@@ -140,19 +142,29 @@ impl Upstream {
     ) -> Result<Response<Body>, ProxyError> {
         self.refuse_during_backoff()?;
         let permit = self.slot().await?;
-        let started = tokio::time::Instant::now();
-        let idempotent = method == Method::GET;
-        let mut attempt = 0;
+        // One deadline for every attempt: retries share `upstream.timeout`, never extend it.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut delays = retry_delays(if method == Method::GET {
+            self.retries
+        } else {
+            0 // mutations are never retried
+        });
         loop {
             let request = self.request(method.clone(), path_and_query, forwarded)?;
             let sent = std::time::Instant::now();
-            let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+            let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
             let status = match &result {
                 Ok(Ok(response)) => Some(response.status().as_u16()),
                 _ => None,
             };
             crate::metrics::upstream(method.as_str(), status, sent.elapsed());
-            let retry = match result {
+            // The next attempt, if a retry is allowed and its delay ends before the deadline.
+            let mut next_delay = || {
+                delays
+                    .next()
+                    .filter(|delay| tokio::time::Instant::now() + *delay < deadline)
+            };
+            let delay = match result {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
                 Ok(Ok(response)) => {
                     let status = response.status().as_u16();
@@ -161,33 +173,24 @@ impl Upstream {
                     }
                     self.rate_limit
                         .observe(response.status(), response.headers(), false);
-                    if !(idempotent
-                        && matches!(status, 502..=504)
-                        && self.may_retry(attempt, started))
-                    {
+                    let delay = matches!(status, 502..=504).then(&mut next_delay).flatten();
+                    let Some(delay) = delay else {
                         return Ok(self.wrap(response, permit));
-                    }
-                    tracing::debug!(status, attempt, "retrying an idempotent upstream GET");
-                    true
+                    };
+                    tracing::debug!(status, "retrying an idempotent upstream GET");
+                    delay
                 }
                 Ok(Err(error)) => {
-                    if !idempotent || !self.may_retry(attempt, started) {
+                    let Some(delay) = next_delay() else {
                         return Err(ProxyError::Upstream(Box::new(error)));
-                    }
-                    tracing::debug!(%error, attempt, "retrying an idempotent upstream GET");
-                    true
+                    };
+                    tracing::debug!(%error, "retrying an idempotent upstream GET");
+                    delay
                 }
             };
-            if retry {
-                tokio::time::sleep(backoff(attempt)).await;
-                self.refuse_during_backoff()?;
-                attempt += 1;
-            }
+            tokio::time::sleep(delay).await;
+            self.refuse_during_backoff()?;
         }
-    }
-
-    fn may_retry(&self, attempt: u32, started: tokio::time::Instant) -> bool {
-        attempt < self.retries && started.elapsed() + backoff(attempt) < self.timeout
     }
 
     fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
@@ -335,12 +338,16 @@ pub(crate) fn https_connector(
     Ok(builder.enable_http1().enable_http2().wrap_connector(http))
 }
 
-/// Jittered exponential back-off between retries: 100 ms, 200 ms, 400 ms ... each +-50%.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(100).saturating_mul(1 << attempt.min(6));
-    let mut byte = [0u8; 1];
-    let _ = getrandom::fill(&mut byte);
-    base.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+/// The waits before each of `retries` retries: 100 ms, 200 ms, 400 ms ... (at most 6.4 s), each
+/// plus up to as much again of jitter, so replicas that failed together do not retry together.
+fn retry_delays(retries: u32) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(6400))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(retries as usize)
+        .build()
 }
 
 /// A body that keeps an upstream slot until it ends.
