@@ -31,7 +31,7 @@
 #
 # Environment (all optional):
 #   KEYS_SMALL=1000 KEYS_LARGE=1000000 CONNS=32 ROUNDS=3 DURATION=5 WARMUP=2
-#   FILL_CONNS=128 FILL_THREADS=2 PIPELINE=1   the fill's wrk shape
+#   FILL_CONNS=128 FILL_THREADS=2 PIPELINE=1   the fill's wrk shape; FILL_MAX_SECS=1800 its bound
 #   LARGE_MAX_BYTES=8GiB   proxy_large's cache.max_bytes (nothing may be evicted)
 #   RSS_MAX_BYTES=268435456 (256 MiB) RSS_KEYS=200000 RSS_SECS=10   step 3; RSS=0 skips it
 #   PROXY_CONFIG_EXTRA     TOML appended to every proxy's config (e.g. '[log]\nlevel = "warn"';
@@ -47,6 +47,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 FILL_CONNS=${FILL_CONNS:-128}
+FILL_MAX_SECS=${FILL_MAX_SECS:-1800}
 FILL_THREADS=${FILL_THREADS:-2}
 PIPELINE=${PIPELINE:-1}
 LARGE_MAX_BYTES=${LARGE_MAX_BYTES:-$((8 << 30))}
@@ -95,7 +96,8 @@ cleanup() {
     local rc=$? p
     trap - EXIT INT TERM
     [[ -n $WRK_PID ]] && kill "$WRK_PID" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # KILL: a proxy holding a million entries takes minutes to free them on a clean shutdown
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     log "stopped ${#PIDS[@]} server(s) this run started; logs in $RUN_DIR"
     exit "$rc"
@@ -180,7 +182,7 @@ fill() { # port from to
     : >"$done_file"
     t0=$(date +%s.%N)
     FROM=$2 TO=$3 PIPELINE=$PIPELINE THREADS=$FILL_THREADS DONE_FILE=$done_file \
-        wrk -t"$FILL_THREADS" -c"$FILL_CONNS" -d600s --timeout 10s -s "$here/fill.lua" -H "$AUTH" \
+        wrk -t"$FILL_THREADS" -c"$FILL_CONNS" -d"${FILL_MAX_SECS}s" --timeout 10s -s "$here/fill.lua" -H "$AUTH" \
         "http://127.0.0.1:$1/" >"$out" 2>&1 &
     WRK_PID=$!
     # each wrk thread stops itself when done and says so; wrk itself waits out -d unless told
@@ -226,6 +228,14 @@ log "probe: bare $(stat -c %s "$RUN_DIR/probe-bare") bytes, proxy $(stat -c %s "
 fill $PROXY_SMALL 0 "$KEYS_SMALL"
 fill $PROXY_LARGE 0 "$KEYS_LARGE"
 check_alive "${PIDS[@]}"
+for pk in "$PROXY_SMALL:$KEYS_SMALL" "$PROXY_LARGE:$KEYS_LARGE"; do
+    held=$(metric "${pk%%:*}" packages_proxy_cache_entries)
+    # entries counts the probe's key too
+    if (( ${held%.*} < ${pk#*:} )); then
+        log "ERROR: proxy :${pk%%:*} holds $held entries, fewer than ${pk#*:} keys: hits would be misses"
+        exit 3
+    fi
+done
 for p in $PROXY_SMALL $PROXY_LARGE; do
     log "proxy :$p holds $(metric $p packages_proxy_cache_entries) entries, weigher $(metric $p packages_proxy_cache_bytes) bytes, RSS $(rss_kb "$( ((p == PROXY_SMALL)) && echo "$PROXY_SMALL_PID" || echo "$PROXY_LARGE_PID")") kB"
 done
@@ -328,7 +338,7 @@ log "proxy_large before the hit runs: $ENTRIES_LARGE entries, weigher $BYTES_LAR
 
 # ---- 3. RSS against cache.max_bytes ------------------------------------------------------
 if [[ $RSS == 1 ]]; then
-    kill "$PROXY_SMALL_PID" "$PROXY_LARGE_PID" "$BARE_SMALL_PID"
+    kill -KILL "$PROXY_SMALL_PID" "$PROXY_LARGE_PID" "$BARE_SMALL_PID"
     wait "$PROXY_SMALL_PID" "$PROXY_LARGE_PID" "$BARE_SMALL_PID" 2>/dev/null || true
     taskset -a -p 0xffffffff "$BARE_LARGE_PID" >/dev/null 2>&1 || taskset -a -p -c 0-$(( $(nproc) - 1 )) "$BARE_LARGE_PID" >/dev/null
     start_proxy $PROXY_RSS "$RSS_MAX_BYTES" ""
