@@ -7,10 +7,10 @@
 # Run from the project root:   bash benches/keys.sh            (~5 min with the defaults)
 #
 # What runs (all on 127.0.0.1):
-#   bare_small  keys_server holding KEYS_SMALL answers                              :18181
-#   bare_large  keys_server holding KEYS_LARGE answers (also every proxy's upstream) :18180
-#   proxy_small packages-proxy, KEYS_SMALL keys cached                               :18190
-#   proxy_large packages-proxy, KEYS_LARGE keys cached                               :18191
+#   bare_small  keys_server holding KEYS_SMALL answers                              :28181
+#   bare_large  keys_server holding KEYS_LARGE answers (also every proxy's upstream) :28180
+#   proxy_small packages-proxy, KEYS_SMALL keys cached                               :28190
+#   proxy_large packages-proxy, KEYS_LARGE keys cached                               :28191
 # A key is one page of `GET /orgs/acme/packages/container/p<K>/versions?per_page=1&page=<P>`:
 # one container version, ~540 bytes of JSON, its own ETag and Link (a small answer so that a
 # million of them fit in memory twice: bare server and proxy).
@@ -56,7 +56,9 @@ RSS_MAX_BYTES=${RSS_MAX_BYTES:-$((256 << 20))}
 RSS_KEYS=${RSS_KEYS:-200000}
 RSS_SECS=${RSS_SECS:-10}
 SERVER_CPU=1 CLIENT_CPU=0
-BARE_LARGE=18180 BARE_SMALL=18181 PROXY_SMALL=18190 PROXY_LARGE=18191 PROXY_RSS=18192
+# Not 180xx/181xx: proxy.sh and other benches on this machine use those (a collision on 18190
+# once sent another bench's wrk into proxy_small, and probably stopped both proxies in a run).
+BARE_LARGE=28180 BARE_SMALL=28181 PROXY_SMALL=28190 PROXY_LARGE=28191 PROXY_RSS=28192
 
 root=$(pwd)
 here=$root/benches/keys
@@ -84,9 +86,9 @@ KEYS_SERVER_BIN=${KEYS_SERVER_BIN:-$root/target/release/examples/keys_server}
 
 RUN_DIR=$(mktemp -d /tmp/ppkeys.XXXXXX)
 RESULTS=$RUN_DIR/results.tsv
-# The proxies run through a symlink with their own name: in a first run on a shared machine both
-# proxies were stopped from outside (clean shutdown: something sent packages-proxy processes a
-# signal) in the middle of the fill. check_alive below catches it if it happens anyway.
+# The proxies run through a symlink with their own name, so a clean-up by name elsewhere does not
+# stop them (in a first run on a shared machine both were stopped from outside mid-fill);
+# check_alive below catches it if it happens anyway.
 ln -s "$PROXY_BIN" "$RUN_DIR/ppx-keys-bench"
 log "run dir $RUN_DIR; uptime:$(uptime | sed 's/.*load/ load/')"
 

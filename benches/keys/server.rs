@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo build --release --example keys_server
-//! target/release/examples/keys_server --addr 127.0.0.1:18180 --keys 1000000 [--threads 1]
+//! target/release/examples/keys_server --addr 127.0.0.1:28180 --keys 1000000 [--threads 1]
 //! ```
 //! `--threads` defaults to the CPUs this process may run on (`taskset -c 1`: one worker).
 // A bench tool: a bad argument should stop it loudly.
@@ -120,7 +120,7 @@ fn respond(map: &HashMap<String, Answer>, target: &str) -> Response<Full<Bytes>>
 }
 
 fn main() {
-    let mut addr: SocketAddr = "127.0.0.1:18180".parse().unwrap();
+    let mut addr: SocketAddr = "127.0.0.1:28180".parse().unwrap();
     let mut keys: u64 = 1_000;
     let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut args = std::env::args().skip(1);
