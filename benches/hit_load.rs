@@ -63,6 +63,8 @@ struct Settings {
     server_cores: Vec<usize>,
     load_cores: Vec<usize>,
     nginx: Option<PathBuf>,
+    /// wrk drives the load when set (`HIT_LOAD_WRK`, default: found on `PATH`).
+    wrk: Option<PathBuf>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -97,6 +99,11 @@ impl Settings {
             Ok(v) if !v.is_empty() => Some(PathBuf::from(v)),
             _ => find_nginx(),
         };
+        let wrk = match std::env::var("HIT_LOAD_WRK") {
+            Ok(v) if v == "0" => None,
+            Ok(v) if !v.is_empty() => Some(PathBuf::from(v)),
+            _ => find_tool("wrk"),
+        };
         Self {
             secs: env_or("HIT_LOAD_SECS", 5.0),
             warmup_secs: env_or("HIT_LOAD_WARMUP_SECS", 1.0),
@@ -109,15 +116,21 @@ impl Settings {
             server_cores,
             load_cores,
             nginx,
+            wrk,
         }
     }
 }
 
 fn find_nginx() -> Option<PathBuf> {
+    find_tool("nginx")
+}
+
+/// `name` on `PATH`, or in the sbin directories (nginx lives there).
+fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("nginx"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
 
@@ -220,7 +233,8 @@ struct Outcome {
     errors: u64,
     bad_status: u64,
     secs: f64,
-    latency: Histogram<u64>,
+    /// Latency quantiles p50, p99, p99.9, in ms.
+    latency_ms: [f64; 3],
     server_cpu: f64,
     load_cpu: f64,
 }
@@ -235,8 +249,12 @@ impl Outcome {
         self.server_cpu * 1e6 / self.rps().max(1.0)
     }
 
-    fn quantile_ms(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1e6
+    fn p50_ms(&self) -> f64 {
+        self.latency_ms[0]
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.latency_ms[1]
     }
 
     fn print(&self, name: &str, conns: usize) {
@@ -244,9 +262,9 @@ impl Outcome {
             "{name:<14} conns={conns:<4} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms  \
              cpu: server {:>4.0}% load {:>4.0}%  server {:>5.1} us/req  errors {} non-200 {}",
             self.rps(),
-            self.quantile_ms(0.50),
-            self.quantile_ms(0.99),
-            self.quantile_ms(0.999),
+            self.latency_ms[0],
+            self.latency_ms[1],
+            self.latency_ms[2],
             self.server_cpu * 100.0,
             self.load_cpu * 100.0,
             self.server_us(),
@@ -375,8 +393,23 @@ async fn connection(target: Target, seed: u64, measure_from: Instant, end: Insta
     result
 }
 
-/// Drives `target` with `conns` connections for warm-up plus the measured time.
+/// Drives `target` with `conns` connections for warm-up plus the measured time: with wrk when it
+/// is installed (`settings.wrk`), else with the in-process generator.
 fn drive(
+    load_rt: &Runtime,
+    target: &Target,
+    conns: usize,
+    settings: &Settings,
+    server_cpu: ServerCpu,
+) -> Outcome {
+    match &settings.wrk {
+        Some(wrk) => drive_wrk(wrk, target, conns, settings, server_cpu),
+        None => drive_in_process(load_rt, target, conns, settings, server_cpu),
+    }
+}
+
+/// The in-process generator: one task per connection on the `load` runtime.
+fn drive_in_process(
     load_rt: &Runtime,
     target: &Target,
     conns: usize,
@@ -398,12 +431,13 @@ fn drive(
         tokio::time::sleep_until(end.into()).await;
         let (srv1, load1) = (server_cpu.ticks(), thread_ticks("load"));
         let wall = t0.elapsed().as_secs_f64();
+        let mut latency = histogram();
         let mut outcome = Outcome {
             requests: 0,
             errors: 0,
             bad_status: 0,
             secs: settings.secs,
-            latency: histogram(),
+            latency_ms: [0.0; 3],
             server_cpu: (srv1 - srv0) as f64 / TICKS / wall,
             load_cpu: (load1 - load0) as f64 / TICKS / wall,
         };
@@ -412,10 +446,138 @@ fn drive(
             outcome.requests += r.requests;
             outcome.errors += r.errors;
             outcome.bad_status += r.bad_status;
-            outcome.latency.add(&r.latency).unwrap();
+            latency.add(&r.latency).unwrap();
         }
+        outcome.latency_ms = [0.5, 0.99, 0.999].map(|q| latency.value_at_quantile(q) as f64 / 1e6);
         outcome
     })
+}
+
+/// wrk's script: requests (random pages for `Paths::Pages`, else wrk's static request, which
+/// keeps its fast path) and one `WRK_RESULT` line at the end, as `../shared/bench/wrk/report.lua`.
+fn wrk_script(paths: &Paths) -> String {
+    let request = match paths {
+        Paths::Fixed(_) => String::new(),
+        // The same uniform choice as the in-process generator: FIRST_PAGE + [0, count).
+        Paths::Pages(count) => format!(
+            "local head, tail = nil, nil\n\
+             function init(args) math.randomseed(1) end\n\
+             function request()\n\
+             \x20 if head == nil then\n\
+             \x20   local sample = wrk.format(nil, \"/@\")\n\
+             \x20   local at = string.find(sample, \"/@\", 1, true)\n\
+             \x20   head, tail = string.sub(sample, 1, at - 1), string.sub(sample, at + 2)\n\
+             \x20 end\n\
+             \x20 return head .. \"{PAGES_PREFIX}\" .. ({FIRST_PAGE} + math.random({count}) - 1) .. tail\n\
+             end\n"
+        ),
+    };
+    format!(
+        "{request}\
+         done = function(summary, latency, requests)\n\
+         \x20 local e = summary.errors\n\
+         \x20 io.write(string.format(\"WRK_RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d p999_us=%d \" ..\n\
+         \x20   \"err_connect=%d err_read=%d err_write=%d err_status=%d err_timeout=%d\\n\",\n\
+         \x20   summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),\n\
+         \x20   latency:percentile(99.9), e.connect, e.read, e.write, e.status, e.timeout))\n\
+         end\n"
+    )
+}
+
+/// One wrk run against `target`; returns its `WRK_RESULT` fields and its CPU ticks.
+fn run_wrk(
+    wrk: &Path,
+    target: &Target,
+    conns: usize,
+    secs: f64,
+    settings: &Settings,
+) -> (std::collections::HashMap<String, u64>, u64) {
+    let script = std::env::temp_dir().join(format!(
+        "packages-proxy-hit-load-{}.lua",
+        std::process::id()
+    ));
+    std::fs::write(&script, wrk_script(&target.paths)).unwrap();
+    let path = match &target.paths {
+        Paths::Fixed(uri) => uri.to_string(),
+        Paths::Pages(_) => "/".to_owned(),
+    };
+    let mut command = match settings.load_cores.first() {
+        Some(core) if settings.pin && Path::new("/usr/bin/taskset").exists() => {
+            let mut c = Command::new("/usr/bin/taskset");
+            c.arg("-c").arg(core.to_string()).arg(wrk);
+            c
+        }
+        _ => Command::new(wrk),
+    };
+    let auth = target.auth.to_str().unwrap();
+    command
+        .arg("-t1")
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{}s", secs.ceil().max(1.0)))
+        .arg("--timeout")
+        .arg("2s")
+        .arg("-s")
+        .arg(&script)
+        .arg("-H")
+        .arg(format!("Authorization: {auth}"))
+        .arg(format!("http://{}{path}", target.addr))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    // wrk's CPU: its /proc stat, read until it exits (taskset execs wrk, so the pid is wrk's).
+    let mut ticks = 0;
+    while child.try_wait().unwrap().is_none() {
+        ticks = process_ticks(child.id()).max(ticks);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("WRK_RESULT"))
+        .unwrap_or_else(|| panic!("wrk printed no WRK_RESULT:\n{text}"));
+    let fields = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().unwrap()))
+        .collect();
+    (fields, ticks)
+}
+
+/// Drives `target` with wrk (`-t1`, pinned to the first load core): a warm-up run, then the
+/// measured one. The server's CPU is read around the measured run; wrk's from its /proc stat.
+fn drive_wrk(
+    wrk: &Path,
+    target: &Target,
+    conns: usize,
+    settings: &Settings,
+    server_cpu: ServerCpu,
+) -> Outcome {
+    if settings.warmup_secs > 0.0 {
+        run_wrk(wrk, target, conns, settings.warmup_secs, settings);
+    }
+    let srv0 = server_cpu.ticks();
+    let (fields, load_ticks) = run_wrk(wrk, target, conns, settings.secs, settings);
+    let srv1 = server_cpu.ticks();
+    let get = |k: &str| fields.get(k).copied().unwrap_or(0);
+    // Both sides' CPU over wrk's own measured duration (the server idles outside it).
+    let secs = (get("duration_us") as f64 / 1e6).max(1e-3);
+    let errors = ["err_connect", "err_read", "err_write", "err_timeout"]
+        .iter()
+        .map(|k| get(k))
+        .sum();
+    Outcome {
+        requests: get("requests"),
+        errors,
+        bad_status: get("err_status"),
+        secs,
+        latency_ms: ["p50_us", "p99_us", "p999_us"].map(|k| get(k) as f64 / 1e3),
+        server_cpu: (srv1 - srv0) as f64 / TICKS / secs,
+        load_cpu: load_ticks as f64 / TICKS / secs,
+    }
 }
 
 /// One request, fully read (warm-up and capture).
@@ -698,6 +860,15 @@ fn main() {
         settings.secs,
         settings.warmup_secs,
     );
+    match &settings.wrk {
+        Some(wrk) => println!(
+            "load: {} (-t1, pinned to the first load core; HIT_LOAD_WRK=0 for the in-process generator)",
+            wrk.display()
+        ),
+        None => println!(
+            "load: the in-process generator (wrk not found, or HIT_LOAD_WRK=0): check its CPU column"
+        ),
+    }
 
     let org_token = format!(
         "ghp_fake_{}",
@@ -817,15 +988,15 @@ fn main() {
             "conns={conns:<4} proxy/bare: throughput {:.2}, server cost {:.2}x, p50 {:.2}x, p99 {:.2}x",
             p.rps() / b.rps(),
             p.server_us() / b.server_us(),
-            p.quantile_ms(0.5) / b.quantile_ms(0.5),
-            p.quantile_ms(0.99) / b.quantile_ms(0.99),
+            p.p50_ms() / b.p50_ms(),
+            p.p99_ms() / b.p99_ms(),
         );
         if let Some(n) = n {
             print!(
                 "; proxy/nginx: throughput {:.2}, p50 {:.2}x, p99 {:.2}x",
                 p.rps() / n.rps(),
-                p.quantile_ms(0.5) / n.quantile_ms(0.5),
-                p.quantile_ms(0.99) / n.quantile_ms(0.99),
+                p.p50_ms() / n.p50_ms(),
+                p.p99_ms() / n.p99_ms(),
             );
         }
         println!();
@@ -884,8 +1055,8 @@ fn main() {
         println!(
             "{large} keys / {small} keys: throughput {:.2}, p50 {:.2}x, p99 {:.2}x",
             l.rps() / s.rps(),
-            l.quantile_ms(0.5) / s.quantile_ms(0.5),
-            l.quantile_ms(0.99) / s.quantile_ms(0.99),
+            l.p50_ms() / s.p50_ms(),
+            l.p99_ms() / s.p99_ms(),
         );
     }
     let requests = "packages_proxy_requests_total";
