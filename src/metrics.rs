@@ -30,6 +30,8 @@ pub const GUARD: &str = "packages_proxy_multi_arch_guard_decisions_total";
 pub const DESTRUCTIVE: &str = "packages_proxy_destructive_decisions_total";
 /// Access log lines dropped because the writer's buffer was full (stdout blocked or too slow).
 pub const ACCESS_LOG_DROPPED: &str = "packages_proxy_access_log_dropped_total";
+/// Certificate reloads of the TLS listener, by result (`ok`, `rejected`: the old pair stays).
+pub const TLS_RELOADS: &str = "packages_proxy_tls_reloads_total";
 /// Invalidation scopes this replica bumped alone (Redis failed mid-invalidation) and has not yet
 /// replayed fleet-wide. Above 0, other replicas may still serve what this one deleted, and this
 /// one stays off the L2 until the replay; it should fall back to 0 soon after Redis answers.
@@ -71,6 +73,11 @@ pub fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// One certificate reload of the TLS listener: `ok` or `rejected`.
+pub fn tls_reload(result: &'static str) {
+    counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// One answered request.

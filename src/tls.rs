@@ -301,12 +301,16 @@ async fn reload_loop(
         match Pair::parse(cert, key, &new_cert, &new_key) {
             Ok(pair) => {
                 current.0.store(Arc::new(pair));
+                crate::metrics::tls_reload("ok");
                 tracing::info!(cert_file = %cert.display(), "TLS certificate reloaded");
             }
-            Err(error) => tracing::error!(
-                error = %error_chain(&error),
-                "new TLS certificate or key is unusable; keeping the current pair"
-            ),
+            Err(error) => {
+                crate::metrics::tls_reload("rejected");
+                tracing::error!(
+                    error = %error_chain(&error),
+                    "new TLS certificate or key is unusable; keeping the current pair"
+                );
+            }
         }
         // Remembered even when bad: the error is logged once, and the next change retries.
         (cert_pem, key_pem) = (new_cert, new_key);

@@ -301,7 +301,7 @@ async fn a_configured_client_certificate_authenticates_as_its_client_without_a_t
 
 // Guards hot reload: a rotated certificate (same name, new CA) is served without a restart; a
 // half-written rotation (new certificate, old key) is refused and the old pair keeps serving.
-// Real time: the reload task polls real files every 100ms.
+// Real time: the reload task polls real files every 100ms; `/metrics` says when it has seen them.
 #[tokio::test]
 async fn a_swapped_certificate_is_served_without_a_restart() {
     let sim = spawn_sim().await;
@@ -317,7 +317,16 @@ async fn a_swapped_certificate_is_served_without_a_restart() {
     // The certificate lands before its key: the pair does not match, the old one stays.
     let rotated = new_ca.server();
     std::fs::write(proxy.dir.join("server.pem"), &rotated.cert_pem).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await; // five polls
+    let metrics = proxy.url("/metrics");
+    let rejected = "packages_proxy_tls_reloads_total{result=\"rejected\"}";
+    eventually(Duration::from_secs(10), "the bad pair rejected", || async {
+        let page = match fetch(&trusts_old(), &metrics, None).await {
+            Ok((_, _, _, body)) => String::from_utf8_lossy(&body).into_owned(),
+            Err(_) => return false,
+        };
+        sample(&page, rejected).is_some_and(|n| n >= 1.0)
+    })
+    .await;
     let (status, ..) = fetch(&trusts_old(), &url, Some(&token)).await.unwrap();
     assert_eq!(
         status,
