@@ -205,6 +205,30 @@ impl Decision {
     }
 }
 
+impl std::str::FromStr for Decision {
+    type Err = String;
+
+    /// The name in the log (`completed`, `dry_run`, ...), as `audit list --decision` takes it.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        const ALL: [Decision; 8] = [
+            Decision::Allowed,
+            Decision::Denied,
+            Decision::DryRun,
+            Decision::Refused,
+            Decision::Completed,
+            Decision::Failed,
+            Decision::NotSent,
+            Decision::NotApplied,
+        ];
+        ALL.into_iter()
+            .find(|decision| decision.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = ALL.iter().map(|d| d.as_str()).collect();
+                format!("unknown decision {name:?}; one of: {}", names.join(", "))
+            })
+    }
+}
+
 impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

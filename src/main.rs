@@ -109,9 +109,10 @@ enum AuditCommand {
         log: PathBuf,
         #[command(flatten)]
         filter: FilterArgs,
-        /// Only this decision (denied, dry_run, refused, allowed, completed, failed).
+        /// Only this decision (allowed, denied, dry_run, refused, completed, failed, not_sent,
+        /// not_applied).
         #[arg(long)]
-        decision: Option<String>,
+        decision: Option<packages_proxy::audit::Decision>,
         /// Only this package (decoded name).
         #[arg(long)]
         package: Option<String>,

@@ -68,7 +68,7 @@ pub enum StartError {
 pub struct Running {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
-    /// The shared state (tests inspect it; reload swaps parts of it).
+    /// The shared state (reload swaps parts of it; `main` hands it to reconciliation).
     pub state: Arc<AppState>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,

@@ -22,8 +22,8 @@ pub struct Filter {
     pub until: Option<SystemTime>,
     /// Package name (decoded) equals.
     pub package: Option<String>,
-    /// Decision equals (`denied`, `completed`, ...).
-    pub decision: Option<String>,
+    /// Decision equals.
+    pub decision: Option<Decision>,
 }
 
 /// What `audit restore` did for one version.
@@ -43,10 +43,7 @@ impl Filter {
         let time = humantime::parse_rfc3339_weak(&record.time).ok();
         self.client.as_ref().is_none_or(|c| *c == record.client)
             && self.package.as_ref().is_none_or(|p| *p == record.package)
-            && self
-                .decision
-                .as_ref()
-                .is_none_or(|d| *d == record.decision.as_str())
+            && self.decision.is_none_or(|d| d == record.decision)
             && self
                 .since
                 .is_none_or(|since| time.is_some_and(|t| t >= since))

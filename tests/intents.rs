@@ -192,6 +192,14 @@ async fn intents_a_crash_left_alone_are_reconciled_at_start_and_restorable() {
         .unwrap();
     let listed = String::from_utf8(listed.stdout).unwrap();
     assert!(listed.contains("crash-sent") && listed.contains("\"reconciled\":true"));
+    // A misspelt decision is an error naming the valid ones, not an empty list.
+    let misspelt = std::process::Command::new(e2e::BIN)
+        .args(["audit", "list", "--decision", "complted", "--log"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert_eq!(misspelt.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&misspelt.stderr).contains("not_applied"));
 
     let since = humantime::format_rfc3339_millis(an_hour_ago - Duration::from_secs(1));
     let out = tokio::process::Command::new(e2e::BIN)
