@@ -141,7 +141,7 @@ pub async fn execute(
             .audit
             .write(&record)
             .await
-            .map_err(ProxyError::Audit)?;
+            .map_err(|error| ProxyError::Audit(error.into()))?;
         let guard = record.multi_arch_guard.as_ref();
         return Ok((dry_run_response(m.route, &protections, guard), None));
     }
@@ -179,7 +179,7 @@ pub async fn execute(
     let intent = record.at(Phase::Intent, audit::Decision::Allowed);
     if let Err(error) = state.audit.write(&intent).await {
         spent.give_back(state).await;
-        return Err(ProxyError::Audit(error));
+        return Err(ProxyError::Audit(error.into()));
     }
     // From here on the mutation runs in its own task: a client that hangs up must not cancel a
     // DELETE already sent, leaving no outcome record and stale cache entries behind.
@@ -510,9 +510,7 @@ async fn fresh_read(
         && let Some(backoff) = state.upstream.rate_limit.backoff()
     {
         let limit = state.upstream.rate_limit.snapshot().limit;
-        return Err(ProxyError::BackingOff(crate::ratelimit::LimitAnswer::new(
-            backoff, limit,
-        )));
+        return Err(ProxyError::BackingOff(backoff.answer(limit)));
     }
     if status != StatusCode::OK {
         return Err(unavailable(format!("upstream answered {status}")));

@@ -84,7 +84,7 @@ pub fn render_metrics(state: &AppState) -> String {
     } else {
         0.0
     });
-    for kind in crate::ratelimit::BackoffKind::ALL {
+    for kind in crate::error::limit::BackoffKind::ALL {
         let left = match (rate_limit.backoff_kind, rate_limit.backoff) {
             (Some(open), Some(left)) if open == kind => left.as_secs_f64(),
             _ => 0.0,

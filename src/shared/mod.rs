@@ -42,7 +42,9 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use crate::{
-    cache::Entry, config::SharedConfig, quota::BucketSnapshot, ratelimit::BackoffKind,
+    cache::Entry,
+    config::SharedConfig,
+    error::limit::{BackoffKind, BucketSnapshot},
     state::AppState,
 };
 
