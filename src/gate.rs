@@ -329,7 +329,9 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
 async fn invalidate(state: &AppState, route: &Route) {
     let scopes = crate::cache::Generations::scopes_of(route);
-    if let Err(error) = crate::cache::invalidate(state, &scopes).await {
+    if let Err(error) =
+        crate::cache::invalidate(&state.cache, state.shared.as_deref(), &scopes).await
+    {
         // Only reachable if Redis failed between the send and now (mutations are refused while
         // it is down): this replica is invalidated; the others' entries expire with their TTL.
         tracing::error!(%error, "fleet-wide invalidation failed; this replica only");

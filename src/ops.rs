@@ -215,11 +215,14 @@ pub async fn purge(
             ));
         }
     };
-    cache::invalidate(state, &scopes).await.map_err(|_| {
-        ProxyError::Unavailable(
-            "The shared tier (Redis) is unavailable: a purge must reach every replica".to_owned(),
-        )
-    })?;
+    cache::invalidate(&state.cache, state.shared.as_deref(), &scopes)
+        .await
+        .map_err(|_| {
+            ProxyError::Unavailable(
+                "The shared tier (Redis) is unavailable: a purge must reach every replica"
+                    .to_owned(),
+            )
+        })?;
     if scope.owner.is_none() {
         state.cache.purge_all(); // memory back at once; the key scope already hides old entries
     }
