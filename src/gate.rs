@@ -164,7 +164,13 @@ pub async fn execute(
         Err(error) => return Err(refuse(state, record, audit::Decision::Refused, error).await),
     };
     // Rule budgets last, after every check that may refuse: a refused call never spends one.
-    let spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
+    let spent = match crate::rule_budget::take(
+        state.shared.as_deref(),
+        protections.rules(),
+        m.client,
+    )
+    .await
+    {
         Ok(spent) => spent,
         Err(empty) => {
             return Err(refuse(
@@ -178,7 +184,7 @@ pub async fn execute(
     };
     let intent = record.at(Phase::Intent, audit::Decision::Allowed);
     if let Err(error) = state.audit.write(&intent).await {
-        spent.give_back(state).await;
+        spent.give_back(state.shared.as_deref()).await;
         return Err(ProxyError::Audit(error.into()));
     }
     // From here on the mutation runs in its own task: a client that hangs up must not cancel a
@@ -222,7 +228,7 @@ async fn complete(
     // the send follows its slot at once.
     let spent = std::mem::take(&mut m.spent);
     if let Err(error) = wait_for_slot(&state).await {
-        spent.give_back(&state).await;
+        spent.give_back(state.shared.as_deref()).await;
         // Shutdown left no time for this call's slot: it was not sent, and says so.
         let decision = if matches!(error, ProxyError::ShuttingDown) {
             audit::Decision::NotSent
