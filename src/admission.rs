@@ -24,10 +24,7 @@
 use std::sync::Arc;
 
 use crate::{
-    error::ProxyError,
-    quota::{BucketSnapshot, ClientLimits},
-    ratelimit::LimitAnswer,
-    state::AppState,
+    error::ProxyError, error::limit::BucketSnapshot, quota::ClientLimits, state::AppState,
 };
 
 /// Who pays for an upstream request.
@@ -87,7 +84,7 @@ pub fn may_spend(state: &AppState, work: Work) -> Result<(), ProxyError> {
     let rate_limit = &state.upstream.rate_limit;
     if let Some(backoff) = rate_limit.backoff() {
         let limit = rate_limit.snapshot().limit;
-        return Err(ProxyError::BackingOff(LimitAnswer::new(backoff, limit)));
+        return Err(ProxyError::BackingOff(backoff.answer(limit)));
     }
     if work == Work::Background && rate_limit.below_reserve() {
         return Err(ProxyError::ReserveKept);

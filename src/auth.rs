@@ -14,11 +14,11 @@ use std::{collections::HashMap, sync::Arc};
 use http::{HeaderMap, header};
 
 use crate::{
-    config::Client,
+    config::{Client, tls::CertFingerprint},
     error::ProxyError,
     quota::ClientLimits,
     secret::TokenHash,
-    tls::{CertFingerprint, PeerCert},
+    tls::PeerCert,
 };
 
 /// The configured clients, swapped as a whole on reload.

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 
-use crate::error::BoxError;
+/// Boxed error of bodies and clients (re-exported as `error::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Every response body the proxy produces: buffered JSON, empty, or a streamed upstream body.
 pub type Body = BoxBody<Bytes, BoxError>;

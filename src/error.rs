@@ -10,10 +10,12 @@ use std::error::Error as StdError;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
+pub use crate::body::BoxError;
 use crate::body::{self, Body};
 
-/// Boxed error of bodies and clients.
-pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+pub mod limit;
+
+use limit::{BucketSnapshot, LimitAnswer};
 
 /// Where GitHub's REST docs live; our own errors point there like GitHub's do.
 const DOCS: &str = "https://docs.github.com/rest/packages/packages";
@@ -65,12 +67,12 @@ pub enum ProxyError {
         /// `x-ratelimit-resource` value.
         resource: &'static str,
         /// The bucket's state.
-        snapshot: crate::quota::BucketSnapshot,
+        snapshot: BucketSnapshot,
     },
     /// GitHub told us to slow down; nothing is sent upstream until the back-off ends. Answered
     /// as GitHub answers a rate-limited request, so GitHub's clients wait and retry.
     #[error("{}", .0.message())]
-    BackingOff(crate::ratelimit::LimitAnswer),
+    BackingOff(LimitAnswer),
     /// Background work (a revalidation nobody waits for) is not spent below the reserve.
     #[error("The shared token's rate limit is below the reserve kept for clients' requests")]
     ReserveKept,
@@ -80,9 +82,10 @@ pub enum ProxyError {
     /// Something the call depends on is unavailable (a safety check could not run).
     #[error("{0}")]
     Unavailable(String),
-    /// The audit log cannot be written, so the destructive call was not sent.
+    /// The audit log cannot be written, so the destructive call was not sent (the source is the
+    /// audit log's `AuditError`, boxed so that this module names nothing above it).
     #[error("Audit log unavailable; the call was not sent")]
-    Audit(#[source] crate::audit::AuditError),
+    Audit(#[source] BoxError),
     /// The proxy is at its concurrency limit and sheds load rather than queueing.
     #[error("Service overloaded, try again")]
     Overloaded,

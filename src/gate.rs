@@ -141,7 +141,7 @@ pub async fn execute(
             .audit
             .write(&record)
             .await
-            .map_err(ProxyError::Audit)?;
+            .map_err(|error| ProxyError::Audit(error.into()))?;
         let guard = record.multi_arch_guard.as_ref();
         return Ok((dry_run_response(m.route, &protections, guard), None));
     }
@@ -164,7 +164,13 @@ pub async fn execute(
         Err(error) => return Err(refuse(state, record, audit::Decision::Refused, error).await),
     };
     // Rule budgets last, after every check that may refuse: a refused call never spends one.
-    let spent = match crate::rule_budget::take(state, protections.rules(), m.client).await {
+    let spent = match crate::rule_budget::take(
+        state.shared.as_deref(),
+        protections.rules(),
+        m.client,
+    )
+    .await
+    {
         Ok(spent) => spent,
         Err(empty) => {
             return Err(refuse(
@@ -178,8 +184,8 @@ pub async fn execute(
     };
     let intent = record.at(Phase::Intent, audit::Decision::Allowed);
     if let Err(error) = state.audit.write(&intent).await {
-        spent.give_back(state).await;
-        return Err(ProxyError::Audit(error));
+        spent.give_back(state.shared.as_deref()).await;
+        return Err(ProxyError::Audit(error.into()));
     }
     // From here on the mutation runs in its own task: a client that hangs up must not cancel a
     // DELETE already sent, leaving no outcome record and stale cache entries behind.
@@ -222,7 +228,7 @@ async fn complete(
     // the send follows its slot at once.
     let spent = std::mem::take(&mut m.spent);
     if let Err(error) = wait_for_slot(&state).await {
-        spent.give_back(&state).await;
+        spent.give_back(state.shared.as_deref()).await;
         // Shutdown left no time for this call's slot: it was not sent, and says so.
         let decision = if matches!(error, ProxyError::ShuttingDown) {
             audit::Decision::NotSent
@@ -329,7 +335,9 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
 async fn invalidate(state: &AppState, route: &Route) {
     let scopes = crate::cache::Generations::scopes_of(route);
-    if let Err(error) = crate::cache::invalidate(state, &scopes).await {
+    if let Err(error) =
+        crate::cache::invalidate(&state.cache, state.shared.as_deref(), &scopes).await
+    {
         // Only reachable if Redis failed between the send and now (mutations are refused while
         // it is down): this replica is invalidated; the others' entries expire with their TTL.
         tracing::error!(%error, "fleet-wide invalidation failed; this replica only");
@@ -510,9 +518,7 @@ async fn fresh_read(
         && let Some(backoff) = state.upstream.rate_limit.backoff()
     {
         let limit = state.upstream.rate_limit.snapshot().limit;
-        return Err(ProxyError::BackingOff(crate::ratelimit::LimitAnswer::new(
-            backoff, limit,
-        )));
+        return Err(ProxyError::BackingOff(backoff.answer(limit)));
     }
     if status != StatusCode::OK {
         return Err(unavailable(format!("upstream answered {status}")));

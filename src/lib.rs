@@ -42,18 +42,28 @@
 //!
 //! **Foundations**
 //! - [`state`]: what requests share (`AppState`).
-//! - [`config`] (TOML -> validated `Config`), [`secret`] (org token and client token hashes
-//!   that cannot print), [`tls`] (the optional HTTPS listener: reloading certificate, client
-//!   certificates).
-//! - [`error`]: `ProxyError` and the one error -> response map; [`body`]: the body type.
+//! - [`tls`]: the optional HTTPS listener (acceptor, reloading certificate, client
+//!   certificates), built from [`config::tls`].
+//! - [`config`] (TOML -> validated `Config`; [`config::tls`] the TLS settings, their file checks
+//!   and the certificate fingerprint), [`secret`] (org token and client token hashes that cannot
+//!   print).
+//! - [`error`]: `ProxyError` and the one error -> response map, with [`error::limit`] (what a
+//!   client is told when a quota or GitHub's rate limit refuses it); [`body`]: the body type.
 //! - [`metrics`]: metric names and the recorders (rendering `/metrics` is [`ops`]'s);
 //!   `header_value`: hot-path header values formatted on the stack.
 //!
 //! Beside them: [`sim`], the simulated Packages API used by tests, benchmarks and the demo.
 //!
-//! Not yet strictly layered: `state` holds the cache, the upstream client and the Redis tier,
-//! and some of those still take `&AppState` (and `shared` a `Weak<AppState>`); `error`,
-//! `config`, `policy` and `tls` import each other (issue 17 lists both).
+//! The bottom imports nothing above it: `error` (with `body`), `route`, `secret`, `metrics`,
+//! `header_value`, and `tls`'s settings in `config::tls`. The Redis tier gets the parts of the
+//! state it keeps in step through [`shared::Replica`], not the state itself.
+//!
+//! Not yet strictly layered (issue 17): `config` holds the compiled [`policy::Policy`] (and
+//! `policy` and `rule_budget` import each other), and below `state` the cache's `serve` and
+//! fetch, [`admission`], [`registry`]'s reads and [`guard`] still take `&AppState`, while
+//! [`upstream`] takes admission's `Ticket`. Together these still make one import circle of
+//! `config`, `policy`, `protections`, `rule_budget`, `guard`, `audit`, `auth`, `quota`, `tls`,
+//! `admission`, `cache`, `registry`, `shared`, `upstream` and `state`.
 #![forbid(unsafe_code)]
 
 pub mod access_log;

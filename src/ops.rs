@@ -84,7 +84,7 @@ pub fn render_metrics(state: &AppState) -> String {
     } else {
         0.0
     });
-    for kind in crate::ratelimit::BackoffKind::ALL {
+    for kind in crate::error::limit::BackoffKind::ALL {
         let left = match (rate_limit.backoff_kind, rate_limit.backoff) {
             (Some(open), Some(left)) if open == kind => left.as_secs_f64(),
             _ => 0.0,
@@ -215,11 +215,14 @@ pub async fn purge(
             ));
         }
     };
-    cache::invalidate(state, &scopes).await.map_err(|_| {
-        ProxyError::Unavailable(
-            "The shared tier (Redis) is unavailable: a purge must reach every replica".to_owned(),
-        )
-    })?;
+    cache::invalidate(&state.cache, state.shared.as_deref(), &scopes)
+        .await
+        .map_err(|_| {
+            ProxyError::Unavailable(
+                "The shared tier (Redis) is unavailable: a purge must reach every replica"
+                    .to_owned(),
+            )
+        })?;
     if scope.owner.is_none() {
         state.cache.purge_all(); // memory back at once; the key scope already hides old entries
     }

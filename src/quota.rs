@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{sync::Semaphore, time::Instant};
 
-use crate::config::Quota;
+use crate::{config::Quota, error::limit::BucketSnapshot};
 
 /// A token bucket refilling continuously.
 #[derive(Debug)]
@@ -21,34 +21,6 @@ pub struct TokenBucket {
     per_second: f64,
     /// (tokens, last refill). A std `Mutex`: a few arithmetic operations, never across an await.
     state: Mutex<(f64, Instant)>,
-}
-
-/// A bucket's state as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BucketSnapshot {
-    /// Capacity.
-    pub limit: u64,
-    /// Whole tokens left.
-    pub remaining: u64,
-    /// Epoch second when the bucket is full again.
-    pub reset: u64,
-    /// Until the next token, when empty.
-    pub retry_after: Duration,
-}
-
-// === impl BucketSnapshot ===
-
-impl BucketSnapshot {
-    /// Writes GitHub's `x-ratelimit-*` headers describing this bucket as `resource`.
-    pub fn write_headers(&self, headers: &mut http::HeaderMap, resource: &'static str) {
-        use http::HeaderValue;
-        let used = self.limit.saturating_sub(self.remaining);
-        headers.insert("x-ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset));
-        headers.insert("x-ratelimit-used", HeaderValue::from(used));
-        headers.insert("x-ratelimit-resource", HeaderValue::from_static(resource));
-    }
 }
 
 /// One client's limits, built from its [`Quota`] and kept across its requests.

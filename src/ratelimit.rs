@@ -21,6 +21,8 @@ use std::{
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::{sync::mpsc, time::Instant};
 
+use crate::error::limit::{BackoffKind, CORE, LimitAnswer};
+
 /// Longest exponential back-off when GitHub gives no hint.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Longest back-off honoured from GitHub's headers (a primary reset is at most an hour away);
@@ -32,22 +34,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MIN_PRIMARY: Duration = Duration::from_secs(5);
 /// GitHub's primary rate-limit window.
 const WINDOW: Duration = Duration::from_secs(3600);
-/// The resource the Packages API is counted against.
-pub const CORE: &str = "core";
 /// Resources remembered at most (GitHub reports a handful; a hostile upstream cannot grow this).
 const MAX_RESOURCES: usize = 8;
-
-/// Which limit GitHub reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BackoffKind {
-    /// The primary limit is spent (`x-ratelimit-remaining: 0`): wait for the reset.
-    Primary,
-    /// A secondary limit (403 or 429 saying so): wait `retry-after`, or at least a minute.
-    Secondary,
-    /// A 429 (GitHub's other status for secondary limits): wait `retry-after`, or at least a
-    /// minute.
-    TooManyRequests,
-}
 
 /// An open back-off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,29 +100,6 @@ pub struct RateLimitSnapshot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited;
 
-// === impl BackoffKind ===
-
-impl BackoffKind {
-    /// Stable name for metrics, logs and the fleet's messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Primary => "primary",
-            Self::Secondary => "secondary",
-            Self::TooManyRequests => "too_many_requests",
-        }
-    }
-
-    /// The inverse of [`as_str`](Self::as_str).
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Primary, Self::Secondary, Self::TooManyRequests]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
-    }
-
-    /// Every kind, for metrics.
-    pub const ALL: [Self; 3] = [Self::Primary, Self::Secondary, Self::TooManyRequests];
-}
-
 // === impl Backoff ===
 
 impl Backoff {
@@ -156,6 +121,16 @@ impl Backoff {
             .unwrap_or_default()
             .as_millis();
         u64::try_from(ms.div_ceil(1000)).unwrap_or(u64::MAX)
+    }
+
+    /// What a client is told while it is open; `limit` is the token's `x-ratelimit-limit`.
+    pub fn answer(&self, limit: Option<u64>) -> LimitAnswer {
+        LimitAnswer {
+            kind: self.kind,
+            retry_after_secs: self.retry_after_secs(),
+            reset: self.reset_epoch(),
+            limit,
+        }
     }
 }
 
@@ -420,88 +395,4 @@ fn until_epoch(reset: Option<u64>) -> Duration {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Duration::from_secs(reset).saturating_sub(now)
-}
-
-/// What a client is told while the proxy backs off: GitHub's own answer to a rate-limited
-/// request (403 or 429 with `x-ratelimit-*`, `retry-after` for secondary limits), so GitHub's
-/// clients (Octokit's throttling plugin, githubkit) wait for the end and retry instead of giving
-/// up as they do on a 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitAnswer {
-    /// What opened the back-off.
-    pub kind: BackoffKind,
-    /// Whole seconds until it ends.
-    pub retry_after_secs: u64,
-    /// Its end, epoch seconds (`x-ratelimit-reset`).
-    pub reset: u64,
-    /// The token's `x-ratelimit-limit`, if GitHub said.
-    pub limit: Option<u64>,
-}
-
-// === impl LimitAnswer ===
-
-impl LimitAnswer {
-    /// The answer for an open back-off.
-    pub fn new(backoff: Backoff, limit: Option<u64>) -> Self {
-        Self {
-            kind: backoff.kind,
-            retry_after_secs: backoff.retry_after_secs(),
-            reset: backoff.reset_epoch(),
-            limit,
-        }
-    }
-
-    /// 403 as GitHub answers a spent primary or a secondary limit; 429 when GitHub said 429.
-    pub fn status(&self) -> StatusCode {
-        match self.kind {
-            BackoffKind::Primary | BackoffKind::Secondary => StatusCode::FORBIDDEN,
-            BackoffKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        }
-    }
-
-    /// GitHub's wording (clients match "rate limit exceeded" and "secondary rate limit"), and
-    /// that the proxy's shared token is what waits.
-    pub fn message(&self) -> String {
-        let secs = self.retry_after_secs;
-        match self.kind {
-            BackoffKind::Primary => format!(
-                "API rate limit exceeded for the shared GitHub token of packages-proxy; it sends \
-                 nothing to GitHub until the limit resets in {secs} s (x-ratelimit-reset)"
-            ),
-            BackoffKind::Secondary | BackoffKind::TooManyRequests => format!(
-                "You have exceeded a secondary rate limit: GitHub asked the shared token of \
-                 packages-proxy to slow down; it sends nothing to GitHub for {secs} s \
-                 (retry-after)"
-            ),
-        }
-    }
-
-    /// GitHub's docs page for the kind.
-    pub fn documentation_url(&self) -> &'static str {
-        match self.kind {
-            BackoffKind::Primary => {
-                "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-primary-rate-limits"
-            }
-            _ => {
-                "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-secondary-rate-limits"
-            }
-        }
-    }
-
-    /// `x-ratelimit-*` (and `retry-after` for secondary limits and 429s) as GitHub sends them.
-    pub fn write_headers(&self, headers: &mut HeaderMap) {
-        if let Some(limit) = self.limit {
-            headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
-            headers.insert("x-ratelimit-used", HeaderValue::from(limit));
-        }
-        headers.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
-        headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset));
-        headers.insert("x-ratelimit-resource", HeaderValue::from_static(CORE));
-        if self.kind != BackoffKind::Primary {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(self.retry_after_secs),
-            );
-        }
-    }
 }

@@ -13,7 +13,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{policy::Rule, state::AppState};
+use crate::{policy::Rule, shared::Shared};
 
 /// One rule's budget: `size` calls per client, refilling continuously over `window`.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ impl RuleBudget {
 /// Takes one call from the budget of every rule in `rules` that has one, for `client`. All or
 /// nothing: if one is empty, the ones taken are given back and the empty one is named.
 pub async fn take(
-    state: &AppState,
+    tier: Option<&Shared>,
     rules: &[std::sync::Arc<Rule>],
     client: &str,
 ) -> Result<Spent, Empty> {
@@ -111,10 +111,10 @@ pub async fn take(
         let Some(budget) = rule.budget() else {
             continue;
         };
-        match take_one(state, rule, budget, client).await {
+        match take_one(tier, rule, budget, client).await {
             Ok(shared) => spent.taken.push((rule.clone(), shared)),
             Err(retry_after) => {
-                spent.give_back(state).await;
+                spent.give_back(tier).await;
                 return Err(Empty {
                     rule: rule.name.clone(),
                     retry_after,
@@ -128,12 +128,12 @@ pub async fn take(
 /// Takes from the fleet-wide budget when the shared tier is up (`Ok(true)`), else this
 /// replica's (`Ok(false)`).
 async fn take_one(
-    state: &AppState,
+    tier: Option<&Shared>,
     rule: &Rule,
     budget: &RuleBudget,
     client: &str,
 ) -> Result<bool, Duration> {
-    if let Some(shared) = state.shared.as_ref().filter(|s| s.is_up()) {
+    if let Some(shared) = tier.filter(|s| s.is_up()) {
         let name = format!("{}:{client}", rule.name);
         if let Ok(result) = shared
             .take_budget(&name, budget.size(), budget.window())
@@ -152,12 +152,12 @@ async fn take_one(
 impl Spent {
     /// Gives every call taken back: the mutation was not sent. Best effort in Redis (a refund
     /// lost to a Redis failure leaves the budget stricter, never looser).
-    pub async fn give_back(mut self, state: &AppState) {
+    pub async fn give_back(mut self, tier: Option<&Shared>) {
         for (rule, shared) in self.taken.drain(..) {
             let Some(budget) = rule.budget() else {
                 continue;
             };
-            match (&state.shared, shared) {
+            match (tier, shared) {
                 (Some(tier), true) => {
                     let name = format!("{}:{}", rule.name, self.client);
                     if let Err(error) = tier

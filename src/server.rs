@@ -32,11 +32,11 @@ mod conn;
 use conn::{Drain, IdleLimits};
 
 use crate::{
-    config::Config,
+    config::{Config, tls::TlsError},
     secret::OrgToken,
     service::ProxyService,
     state::{AppState, StateError},
-    tls::{PeerCert, Tls, TlsError},
+    tls::{PeerCert, Tls},
 };
 
 /// Connections waiting in the kernel while we are at `max_connections` or busy accepting: clean-up

@@ -21,9 +21,10 @@ use crate::{
     config::Config,
     pace::{Pacer, PerClient},
     policy::Policy,
+    ratelimit::RateLimit,
     registry::Registry,
     secret::OrgToken,
-    shared::Shared,
+    shared::{Replica, Shared},
     upstream::{BuildError, Upstream},
 };
 
@@ -138,7 +139,7 @@ impl AppState {
         });
         // The shared tier's tasks hold only a weak reference: they end with the state.
         if let Some(shared) = &state.shared {
-            shared.spawn(Arc::downgrade(&state));
+            shared.spawn(Arc::<AppState>::downgrade(&state));
         }
         Ok(state)
     }
@@ -163,5 +164,16 @@ impl AppState {
     pub fn next_request_id(&self) -> HeaderValue {
         let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
         crate::header_value::format(format_args!("{}-{n:x}", self.request_prefix), "invalid")
+    }
+}
+
+/// The parts the shared tier keeps in step with the fleet.
+impl Replica for AppState {
+    fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn rate_limit(&self) -> &RateLimit {
+        &self.upstream.rate_limit
     }
 }

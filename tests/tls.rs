@@ -21,10 +21,9 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use packages_proxy::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, tls::CertFingerprint},
     secret::OrgToken,
     server::{self, Running},
-    tls::CertFingerprint,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::{
     body::{self, Body},
-    ratelimit::BackoffKind,
+    error::limit::BackoffKind,
 };
 
 /// Per-entry memory beyond payload and headers: the `Arc<Entry>`, moka's node and access-order

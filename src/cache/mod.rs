@@ -37,8 +37,8 @@ use crate::{
     body::Body,
     config::CacheConfig,
     error::ProxyError,
+    error::limit::LimitAnswer,
     quota::ClientLimits,
-    ratelimit::LimitAnswer,
     route::{Operation, Route},
     state::AppState,
     upstream::Forwarded,
@@ -351,14 +351,18 @@ impl std::fmt::Debug for Cache {
 /// replica, L1 and L2 keys alike), else on this replica. With a shared tier configured but down,
 /// nothing is bumped locally (a local bump would make this replica's generations diverge from
 /// the fleet's for good) and the caller decides.
-pub async fn invalidate(state: &AppState, scopes: &[String]) -> Result<(), crate::shared::Down> {
-    match &state.shared {
+pub async fn invalidate(
+    cache: &Cache,
+    shared: Option<&crate::shared::Shared>,
+    scopes: &[String],
+) -> Result<(), crate::shared::Down> {
+    match shared {
         Some(shared) => {
             for (scope, value) in shared.bump(scopes).await? {
-                state.cache.generations.raise(&scope, value);
+                cache.generations.raise(&scope, value);
             }
         }
-        None => state.cache.generations.bump_all(scopes),
+        None => cache.generations.bump_all(scopes),
     }
     Ok(())
 }

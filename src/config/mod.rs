@@ -9,8 +9,8 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 use crate::{
     policy::Policy,
     secret::{OrgToken, TokenError, TokenHash},
-    tls::{CertFingerprint, TlsConfig, TlsError},
 };
+use tls::{CertFingerprint, TlsConfig, TlsError};
 
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,7 @@ pub enum ConfigError {
 }
 
 mod raw;
+pub mod tls;
 
 // === validated config ===
 

@@ -12,11 +12,8 @@ mod validate;
 use registry::RawRegistry;
 use validate::{invalid, validate_clients};
 
-use super::{Config, ConfigError, LogConfig, Quota};
-use crate::{
-    policy::{RawPolicy, client_names},
-    tls::RawTls,
-};
+use super::{Config, ConfigError, LogConfig, Quota, tls::RawTls};
+use crate::policy::{RawPolicy, client_names};
 
 // === raw structs (the TOML file) ===
 

@@ -42,8 +42,10 @@ use redis::{AsyncCommands, aio::ConnectionManager};
 use tokio::sync::mpsc;
 
 use crate::{
-    cache::Entry, config::SharedConfig, quota::BucketSnapshot, ratelimit::BackoffKind,
-    state::AppState,
+    cache::{Cache, Entry},
+    config::SharedConfig,
+    error::limit::{BackoffKind, BucketSnapshot},
+    ratelimit::RateLimit,
 };
 
 /// The Redis tier.
@@ -55,6 +57,16 @@ pub struct Shared {
     /// Whether the tier answers now. An atomic: read on every miss and mutation.
     up: AtomicBool,
     scripts: scripts::Scripts,
+}
+
+/// What the tier keeps in step on this replica: the cache (invalidation generations, L1) and the
+/// view of GitHub's rate limit (fleet-wide back-offs). Implemented where they live (`AppState`)
+/// and handed over weakly, so the tier's tasks end when the replica's state is dropped.
+pub trait Replica: Send + Sync + 'static {
+    /// The cache whose generations and L1 follow the fleet's invalidations.
+    fn cache(&self) -> &Cache;
+    /// The rate limit that opens the fleet's back-offs.
+    fn rate_limit(&self) -> &RateLimit;
 }
 
 /// The tier cannot be used now.
@@ -319,15 +331,15 @@ impl Shared {
     }
 
     /// Connects, then keeps the subscription (invalidations, back-offs) alive; also announces
-    /// this replica's back-offs. Ends when the state is dropped.
-    pub fn spawn(self: &Arc<Self>, state: Weak<AppState>) {
+    /// this replica's back-offs. Ends when the replica (its state) is dropped.
+    pub fn spawn(self: &Arc<Self>, replica: Weak<dyn Replica>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(state) = state.upgrade() {
-            state.upstream.rate_limit.announce_to(tx);
+        if let Some(replica) = replica.upgrade() {
+            replica.rate_limit().announce_to(tx);
         }
         tokio::spawn(announce_backoffs(self.clone(), rx));
-        tokio::spawn(probe::probe_forever(self.clone(), state.clone()));
-        tokio::spawn(subscribe_forever(self.clone(), state));
+        tokio::spawn(probe::probe_forever(self.clone(), replica.clone()));
+        tokio::spawn(subscribe_forever(self.clone(), replica));
     }
 }
 
@@ -379,13 +391,13 @@ async fn announce_backoffs(
 }
 
 /// Keeps one subscription open; on every (re)subscribe, drops L1 and reloads shared state.
-async fn subscribe_forever(shared: Arc<Shared>, state: Weak<AppState>) {
+async fn subscribe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica>) {
     let mut delay = Duration::from_millis(100);
     loop {
-        if state.strong_count() == 0 {
+        if replica.strong_count() == 0 {
             return;
         }
-        match session(&shared, &state).await {
+        match session(&shared, &replica).await {
             Ok(()) => delay = Duration::from_millis(100),
             Err(error) => {
                 shared.mark_down(&error.to_string());
@@ -397,7 +409,7 @@ async fn subscribe_forever(shared: Arc<Shared>, state: Weak<AppState>) {
 }
 
 /// One subscription's life: connect, resync, apply messages until the connection breaks.
-async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisResult<()> {
+async fn session(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::RedisResult<()> {
     if shared.conn.get().is_none() {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(shared.config.timeout))
@@ -412,18 +424,18 @@ async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRe
     }
     let mut pubsub = shared.client.get_async_pubsub().await?;
     pubsub.subscribe(shared.key("ch", "events")).await?;
-    resync(shared, state).await?;
+    resync(shared, replica).await?;
     shared.mark_up();
     tracing::info!("shared tier (Redis) connected");
     let mut messages = pubsub.into_on_message();
     while let Some(message) = messages.next().await {
-        let Some(state) = state.upgrade() else {
+        let Some(replica) = replica.upgrade() else {
             return Ok(());
         };
         let Ok(text) = message.get_payload::<String>() else {
             continue;
         };
-        apply(&state, &text);
+        apply(&*replica, &text);
     }
     Err(redis::RedisError::from((
         redis::ErrorKind::Io,
@@ -435,14 +447,14 @@ async fn session(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRe
 /// replica made alone (Redis failed mid-invalidation) are first replayed fleet-wide, then the
 /// fleet's table replaces this replica's outright: its own higher numbers would otherwise
 /// swallow the fleet's next bumps, and the other replicas never learned of its deletes.
-async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisResult<()> {
+async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::RedisResult<()> {
     let mut conn = shared
         .conn
         .get()
         .cloned()
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
-    let replayed = match state.upgrade() {
-        Some(state) => state.cache.generations.diverged(),
+    let replayed = match replica.upgrade() {
+        Some(replica) => replica.cache().generations.diverged(),
         None => return Ok(()),
     };
     let generations_key = shared.key("g", "generations");
@@ -464,14 +476,14 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
     let generations: HashMap<String, u64> = conn.hgetall(&generations_key).await?;
     let backoff: Option<String> = conn.get(shared.key("b", "backoff-until")).await?;
     let backoff_kind: Option<String> = conn.get(shared.key("b", "backoff-kind")).await?;
-    let Some(state) = state.upgrade() else {
+    let Some(replica) = replica.upgrade() else {
         return Ok(());
     };
     if replayed.is_empty() {
-        state.cache.generations.adopt(epoch, &generations);
+        replica.cache().generations.adopt(epoch, &generations);
     } else {
-        state
-            .cache
+        replica
+            .cache()
             .generations
             .adopt_outright(epoch, &generations, &replayed);
         tracing::info!(
@@ -479,17 +491,17 @@ async fn resync(shared: &Arc<Shared>, state: &Weak<AppState>) -> redis::RedisRes
             "invalidations made alone replayed fleet-wide"
         );
     }
-    state.cache.purge_all();
+    replica.cache().purge_all();
     if let Some(until) = backoff {
         let kind = backoff_kind.unwrap_or_default();
-        apply_backoff(&state, &format!("{until} {kind}"));
+        apply_backoff(&*replica, &format!("{until} {kind}"));
     }
     Ok(())
 }
 
 /// A back-off another replica opened: `<until_ms> <kind>` (a bare `<until_ms>` from an older
 /// replica counts as a secondary limit: a wait with a deadline).
-fn apply_backoff(state: &AppState, text: &str) {
+fn apply_backoff(replica: &dyn Replica, text: &str) {
     let mut parts = text.split(' ');
     let until = parts.next().and_then(|until| until.parse::<u64>().ok());
     let kind = parts
@@ -497,20 +509,19 @@ fn apply_backoff(state: &AppState, text: &str) {
         .and_then(BackoffKind::parse)
         .unwrap_or(BackoffKind::Secondary);
     if let Some(until) = until {
-        state
-            .upstream
-            .rate_limit
+        replica
+            .rate_limit()
             .open_until(UNIX_EPOCH + Duration::from_millis(until), kind);
     }
 }
 
 /// One published event: `gen <value> <scope>` or `backoff <until_ms> <kind>`.
-fn apply(state: &AppState, text: &str) {
+fn apply(replica: &dyn Replica, text: &str) {
     let mut parts = text.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("gen"), Some(value), Some(scope)) => {
             if let Ok(value) = value.parse() {
-                state.cache.generations.raise(scope, value);
+                replica.cache().generations.raise(scope, value);
             }
         }
         (Some("backoff"), Some(until), rest) => {
@@ -518,7 +529,7 @@ fn apply(state: &AppState, text: &str) {
                 Some(kind) => format!("{until} {kind}"),
                 None => until.to_owned(),
             };
-            apply_backoff(state, &value);
+            apply_backoff(replica, &value);
         }
         _ => tracing::debug!(message = text, "unknown shared-tier event"),
     }

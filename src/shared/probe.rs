@@ -9,17 +9,19 @@ use std::{
     time::Duration,
 };
 
-use super::{Shared, resync};
-use crate::state::AppState;
+use super::{Replica, Shared, resync};
 
 /// The shortest pause between probes; up to as much again is added at random.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Probes until the state is dropped.
-pub(super) async fn probe_forever(shared: Arc<Shared>, state: Weak<AppState>) {
+pub(super) async fn probe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica>) {
     loop {
         tokio::time::sleep(PROBE_EVERY + jitter(PROBE_EVERY)).await;
-        let Some(diverged) = state.upgrade().map(|s| s.cache.generations.is_diverged()) else {
+        let Some(diverged) = replica
+            .upgrade()
+            .map(|r| r.cache().generations.is_diverged())
+        else {
             return;
         };
         if shared.conn.get().is_none() || (shared.is_up() && !diverged) {
@@ -34,7 +36,7 @@ pub(super) async fn probe_forever(shared: Arc<Shared>, state: Weak<AppState>) {
             continue;
         }
         if diverged {
-            let replay = resync(&shared, &state);
+            let replay = resync(&shared, &replica);
             match tokio::time::timeout(shared.config.timeout * 4, replay).await {
                 Ok(Ok(())) => {}
                 _ => continue, // stays diverged (off the L2) and tries again

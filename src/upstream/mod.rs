@@ -33,7 +33,7 @@ use crate::{
     body::Body,
     config::UpstreamConfig,
     error::{BoxError, ProxyError},
-    ratelimit::{LimitAnswer, RateLimit},
+    ratelimit::RateLimit,
     secret::OrgToken,
 };
 
@@ -195,10 +195,9 @@ impl Upstream {
 
     fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
         match self.rate_limit.backoff() {
-            Some(backoff) => Err(ProxyError::BackingOff(LimitAnswer::new(
-                backoff,
-                self.rate_limit.snapshot().limit,
-            ))),
+            Some(backoff) => Err(ProxyError::BackingOff(
+                backoff.answer(self.rate_limit.snapshot().limit),
+            )),
             None => Ok(()),
         }
     }

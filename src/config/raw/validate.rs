@@ -10,9 +10,9 @@ use crate::{
     config::{
         CacheConfig, Client, ConfigError, MutationsConfig, Quota, ServerConfig, SharedConfig,
         TokenSource, UpstreamConfig,
+        tls::{CertFingerprint, RawTls},
     },
     secret::TokenHash,
-    tls::{CertFingerprint, RawTls},
 };
 
 impl RawShared {
