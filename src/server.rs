@@ -248,10 +248,12 @@ fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor>
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
-    // Hyper answers 431 itself past its header count. Its default (100, the config's default too)
-    // parses into a buffer on the stack; any other count puts two arrays of that many headers on
-    // the heap for every request. So it is raised only when the config asks for more: past
-    // `server.max_headers` our own check answers (GitHub's shape) when hyper's limit is higher.
+    // Hyper answers 431 itself (empty body, no log line) past its header count. Up to 100 (its
+    // default, and the config's) it parses into arrays on the stack; a higher count puts two
+    // arrays of that many headers on the heap for every request. So it is raised only when the
+    // config asks for more than 100, and then to exactly that. Below 100, our own check answers
+    // past `server.max_headers` in GitHub's shape; past 100, and past a higher configured count,
+    // the client gets hyper's plain 431.
     if server.max_headers > HYPER_DEFAULT_MAX_HEADERS {
         builder.http1().max_headers(server.max_headers);
     }
