@@ -21,10 +21,11 @@
 //!
 //! [`Upstream::send`]: crate::upstream::Upstream::send
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::{
-    error::ProxyError, error::limit::BucketSnapshot, quota::ClientLimits, state::AppState,
+    error::ProxyError, error::limit::BucketSnapshot, quota::ClientLimits, shared::Shared,
+    state::AppState,
 };
 
 /// Who pays for an upstream request.
@@ -62,7 +63,8 @@ pub enum Work {
 #[derive(Debug)]
 #[must_use = "a ticket is paid for; use it for a request or refund it"]
 pub struct Ticket {
-    charge: Charge,
+    /// Taken out when the charge is given back, so it is given back once.
+    charge: Mutex<Option<Charge>>,
 }
 
 #[derive(Debug)]
@@ -75,6 +77,7 @@ enum Charge {
     Fleet {
         name: Arc<str>,
         limits: Arc<ClientLimits>,
+        shared: Arc<Shared>,
     },
 }
 
@@ -110,7 +113,9 @@ pub async fn admit(state: &AppState, payer: &Payer, work: Work) -> Result<Ticket
         Payer::Client { name, .. } => name,
     };
     crate::metrics::charged(who, work.as_str());
-    Ok(Ticket { charge })
+    Ok(Ticket {
+        charge: Mutex::new(Some(charge)),
+    })
 }
 
 /// Takes one request that needs GitHub from the client's quota: fleet-wide in Redis when the
@@ -134,6 +139,7 @@ async fn charge_client(
             .map(|_| Charge::Fleet {
                 name: name.clone(),
                 limits: limits.clone(),
+                shared: shared.clone(),
             })
             .map_err(spent);
     }
@@ -162,18 +168,52 @@ pub fn charge_hit(limits: &ClientLimits) -> Result<(), ProxyError> {
 impl Ticket {
     /// Gives the charge back: the request was not sent (the answer came from another replica
     /// through the shared tier, or another request's fetch was joined after all).
-    pub async fn refund(self, state: &AppState) {
-        match self.charge {
-            Charge::Proxy => {}
-            Charge::Local(limits) => limits.upstream.give_back(),
-            Charge::Fleet { name, limits } => match &state.shared {
-                Some(shared) => {
-                    let _ = shared
-                        .refund(&name, "upstream", limits.quota.upstream_per_minute)
-                        .await;
-                }
-                None => limits.upstream.give_back(),
-            },
+    pub async fn refund(self) {
+        if let Some(charge) = self.take() {
+            charge.give_back().await;
+        }
+    }
+
+    /// Gives the charge back from where the ticket is only borrowed: [`Upstream::send`] refused
+    /// before sending (a back-off opened while the request waited for an upstream slot, or the
+    /// upstream queue was full). A fleet-wide refund runs in a task of its own.
+    ///
+    /// [`Upstream::send`]: crate::upstream::Upstream::send
+    pub(crate) fn refund_unsent(&self) {
+        match self.take() {
+            None | Some(Charge::Proxy) => {}
+            Some(Charge::Local(limits)) => limits.upstream.give_back(),
+            Some(charge @ Charge::Fleet { .. }) => {
+                tokio::spawn(charge.give_back());
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Charge> {
+        self.charge
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take()
+    }
+}
+
+// === impl Charge ===
+
+impl Charge {
+    async fn give_back(self) {
+        match self {
+            Self::Proxy => {}
+            Self::Local(limits) => limits.upstream.give_back(),
+            Self::Fleet {
+                name,
+                limits,
+                shared,
+            } => {
+                // Redis failing since the charge loses the refund: the local bucket was not
+                // charged, so it gets nothing.
+                let per_minute = limits.quota.upstream_per_minute;
+                let _ = shared.refund(&name, "upstream", per_minute).await;
+            }
         }
     }
 }

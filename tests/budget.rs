@@ -165,27 +165,32 @@ async fn the_upstream_concurrency_cap_holds() {
     );
 }
 
-// Retries share the request's one deadline (`upstream.timeout`): a retry that cannot finish in
-// time ends in a 504 at the deadline instead of stretching the request to twice the timeout.
+// Retries share the request's one deadline (`upstream.timeout`), and a retry starts only with a
+// quarter of it left: GitHub's own 502 is answered instead of a retry that could only time out.
+// Each retry used to get a whole timeout of its own, stretching the request past it.
 #[tokio::test]
 async fn retries_share_one_deadline() {
     let sim = spawn_sim().await;
     let opts = ProxyOptions {
-        retries: 3,
+        retries: 5,
         upstream_timeout: "2s",
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;
     let slow_502 = FaultKind::Delayed {
         fault: Box::new(FaultKind::Status(StatusCode::BAD_GATEWAY)),
-        delay: Duration::from_millis(1500),
+        delay: Duration::from_millis(700),
     };
     sim.handle.inject(Fault::new(slow_502, 10));
     let reply = get(&proxy.url(&cold(0)), proxy.token()).await;
-    // The first 502 comes at 1.5 s; the retry starts after at least 100 ms and cannot get its
-    // answer (1.5 s more) before the deadline at 2 s.
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(sim.gets(), 2, "one attempt and one retry");
+    // 502 at 0.7 s, a retry after 100-200 ms (1.5 s left), 502 at ~1.6 s; the next wait
+    // (200-400 ms) would leave less than 0.5 s, so GitHub's 502 is the answer.
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        sim.gets(),
+        2,
+        "one attempt and one retry within the deadline"
+    );
 }
 
 #[tokio::test]
@@ -476,4 +481,43 @@ async fn requests_past_the_global_in_flight_limit_are_shed_at_once() {
         get(&proxy.url(WEB), proxy.token()).await.status,
         StatusCode::OK
     );
+}
+
+// A request refused before it reaches GitHub (the upstream queue is full) costs the client
+// nothing: its quota of requests that need GitHub is given back.
+#[tokio::test]
+async fn a_request_refused_before_it_is_sent_is_not_charged() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra_upstream: "max_concurrency = 1\nmax_queue = 0",
+            extra: "[quotas]\nupstream_per_minute = 10\n".to_owned(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(1500)),
+        1,
+    ));
+    let slow = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the slow read upstream",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    for i in 1..4 {
+        let refused = get(&proxy.url(&cold(i)), proxy.token()).await;
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(sim.gets(), 1, "a refused read went upstream");
+    let remaining = |reply: Reply| reply.json()["rate"]["remaining"].as_u64().unwrap();
+    let left = remaining(get(&proxy.url("/rate_limit"), proxy.token()).await);
+    assert_eq!(left, 9, "only the read that was sent is charged");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
 }

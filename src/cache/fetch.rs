@@ -37,7 +37,7 @@ pub(super) async fn fetch_fleet(
     if let Some(entry) = shared.l2_get(&spec.key).await
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
     {
-        ticket.refund(state).await;
+        ticket.refund().await;
         return Fetched::FromL2(Arc::new(entry));
     }
     // Redis trouble while locking: fetch ourselves rather than wait.
@@ -45,7 +45,7 @@ pub(super) async fn fetch_fleet(
         Ok(Some(token)) => Some(token),
         Ok(None) => match shared.wait_for(&spec.key).await {
             Some(entry) => {
-                ticket.refund(state).await;
+                ticket.refund().await;
                 return Fetched::FromL2(Arc::new(entry));
             }
             None => None, // the leader failed: fetch ourselves, without the lock

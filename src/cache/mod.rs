@@ -286,8 +286,7 @@ impl Cache {
         if let Some(rx) = inflight.get(&spec.key) {
             let rx = rx.clone();
             drop(inflight);
-            let state = state.clone();
-            tokio::spawn(async move { ticket.refund(&state).await });
+            tokio::spawn(ticket.refund());
             return (rx, false);
         }
         let (tx, rx) = watch::channel(None);

@@ -135,13 +135,17 @@ impl Upstream {
     /// [`RateLimited`](crate::ratelimit::RateLimited) extension.
     pub async fn send(
         &self,
-        _ticket: &Ticket,
+        ticket: &Ticket,
         method: Method,
         path_and_query: &str,
         forwarded: &Forwarded,
     ) -> Result<Response<Body>, ProxyError> {
-        self.refuse_during_backoff()?;
-        let permit = self.slot().await?;
+        // Refused before anything is sent: the payer gets its charge back.
+        let permit = match self.refuse_during_backoff() {
+            Ok(()) => self.slot().await,
+            Err(error) => Err(error),
+        };
+        let permit = permit.inspect_err(|_| ticket.refund_unsent())?;
         // One deadline for every attempt: retries share `upstream.timeout`, never extend it.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut delays = retry_delays(if method == Method::GET {
@@ -159,10 +163,12 @@ impl Upstream {
             };
             crate::metrics::upstream(method.as_str(), status, sent.elapsed());
             // The next attempt, if a retry is allowed and its delay ends before the deadline.
+            // A retry needs a quarter of the timeout left after its wait: one started just before
+            // the deadline would turn GitHub's own answer into our 504.
             let mut next_delay = || {
-                delays
-                    .next()
-                    .filter(|delay| tokio::time::Instant::now() + *delay < deadline)
+                delays.next().filter(|delay| {
+                    tokio::time::Instant::now() + *delay + self.timeout / 4 <= deadline
+                })
             };
             let delay = match result {
                 Err(_) => return Err(ProxyError::UpstreamTimeout),
