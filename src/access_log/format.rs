@@ -185,34 +185,17 @@ fn timestamp(out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (Howard Hinnant's `civil_from_days`).
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (humantime's RFC 3339, without its `Z`). Once a
+/// second per thread: `timestamp` caches it.
 fn civil(secs: u64) -> [u8; 19] {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let mut text = *b"0000-00-00T00:00:00";
-    let mut put = |at: usize, width: usize, value: u64| {
-        let mut value = value;
-        for i in (at..at + width).rev() {
-            text[i] = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
-    };
-    put(0, 4, year.clamp(0, 9999) as u64);
-    put(5, 2, month as u64);
-    put(8, 2, day as u64);
-    put(11, 2, rem / 3600);
-    put(14, 2, rem / 60 % 60);
-    put(17, 2, rem % 60);
-    text
+    use std::io::Write as _;
+    let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let mut text = [0u8; 20]; // `2026-11-30T03:47:00Z`
+    // Years past 9999 do not fit: the text stays zeros rather than panicking.
+    let _ = write!(&mut text[..], "{}", humantime::format_rfc3339_seconds(at));
+    let mut civil = [0u8; 19];
+    civil.copy_from_slice(&text[..19]);
+    civil
 }
 
 #[cfg(test)]
