@@ -290,18 +290,11 @@ fn check_owner(state: &AppState, route: &Route) -> Result<(), ProxyError> {
     let upstream = &state.config.upstream;
     let allowed = match &route.owner {
         Owner::AuthenticatedUser => upstream.allow_user_routes,
-        Owner::Org(login) | Owner::User(login) => {
-            // Owners are stored lower-case; a GitHub login fits 39 bytes, so no heap copy.
-            let mut folded = [0u8; 64];
-            match folded.get_mut(..login.len()) {
-                Some(buf) => {
-                    buf.copy_from_slice(login.as_bytes());
-                    buf.make_ascii_lowercase();
-                    std::str::from_utf8(buf).is_ok_and(|l| upstream.owners.contains(l))
-                }
-                None => upstream.owners.contains(&login.to_ascii_lowercase()),
-            }
-        }
+        // Stored lower-case, and a handful: no folded copy of the login per request.
+        Owner::Org(login) | Owner::User(login) => upstream
+            .owners
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(login)),
     };
     if allowed {
         Ok(())
