@@ -21,7 +21,7 @@
 
 use std::{borrow::Cow, sync::Arc, time::Instant};
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::{
@@ -39,6 +39,10 @@ use crate::{
     tls::PeerCert,
     upstream::Forwarded,
 };
+
+/// Header names the walk sets on every answer, parsed once (a `&str` name is parsed per call).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_OAUTH_SCOPES: HeaderName = HeaderName::from_static("x-oauth-scopes");
 
 /// What the log line reports about one request, filled in as the walk goes.
 #[derive(Default)]
@@ -76,10 +80,10 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Respons
     let mut response = result.unwrap_or_else(ProxyError::into_response);
     response
         .headers_mut()
-        .insert("x-request-id", request_id.clone());
+        .insert(X_REQUEST_ID, request_id.clone());
     if let Some(scopes) = log.scopes {
         let headers = response.headers_mut();
-        headers.insert("x-oauth-scopes", HeaderValue::from_static(scopes));
+        headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
     }
     let elapsed = started.elapsed();
     crate::metrics::request(
@@ -147,12 +151,12 @@ async fn walk(
     if ops::is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
         let identity = authenticate(state, &request, log)?;
-        return Ok(ops::rate_limit(state, &identity).await);
+        return Ok(Box::pin(ops::rate_limit(state, &identity)).await);
     }
     if path == ops::PURGE_PATH {
         log.route = Some(ops::PURGE_PATH);
         let identity = authenticate(state, &request, log)?;
-        return ops::purge(state, &identity, request).await;
+        return Box::pin(ops::purge(state, &identity, request)).await;
     }
     // 3. route, 4. authenticate, 5. owner
     let route = Route::parse(request.method(), path, request.uri().query())?;
@@ -172,7 +176,9 @@ async fn walk(
     let forwarded = Forwarded::from_request(request.headers())?;
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
-    // 7. gate, cache or pass-through (each admits what it sends upstream)
+    // 7. gate, cache or pass-through (each admits what it sends upstream). The rarer branches are
+    //    boxed: an `async fn` is as large as its largest `.await`, and this one is set up for
+    //    every request, so a hit pays for none of their state.
     if route.operation.is_destructive() {
         let mutation = Mutation {
             route: &route,
@@ -184,14 +190,17 @@ async fn walk(
             dry_run_requested: gate::dry_run_requested(request.headers())?,
             public_base: &public_base,
         };
-        let (response, upstream_status) = gate::execute(state, mutation).await?;
+        let (response, upstream_status) = Box::pin(gate::execute(state, mutation)).await?;
         log.upstream_status = upstream_status;
         return Ok(response);
     }
     if !state.config.cache.enabled {
         let payer = Payer::client(&identity.name, &identity.limits);
-        let ticket = admission::admit(state, &payer, Work::Read).await?;
-        return pass_through(state, &ticket, &route, &forwarded, &public_base, log).await;
+        return Box::pin(async {
+            let ticket = admission::admit(state, &payer, Work::Read).await?;
+            pass_through(state, &ticket, &route, &forwarded, &public_base, log).await
+        })
+        .await;
     }
     let conditions = ClientConditions {
         no_cache: no_cache(request.headers()),
@@ -310,17 +319,13 @@ fn ghes_prefix(path: &str) -> bool {
 }
 
 /// The base for rewritten `Link` URLs: our public URL, plus `/api/v3` if the client used it.
-fn public_base(state: &AppState, ghes: bool) -> String {
-    let mut base = state.public_url.clone();
-    if ghes {
-        base.push_str("/api/v3");
-    }
-    base
+fn public_base(state: &AppState, ghes: bool) -> Arc<str> {
+    state.public_bases[usize::from(ghes)].clone()
 }
 
 /// The client's `X-Request-Id` if it is short and plain (it goes into logs and the audit log).
 fn client_request_id(request: &Request<Incoming>) -> Option<String> {
-    let value = request.headers().get("x-request-id")?;
+    let value = request.headers().get(X_REQUEST_ID)?;
     let b = value.as_bytes();
     let plain = !b.is_empty()
         && b.len() <= 64

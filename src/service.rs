@@ -33,13 +33,28 @@ impl ProxyService {
         Self { state, in_flight }
     }
 
-    /// Answers one request; never fails.
-    pub async fn call(&self, mut request: Request<Incoming>) -> Response<Body> {
+    /// Answers one request; never fails. `guard` is held until the answer is built (the
+    /// connection counts requests in flight with it).
+    ///
+    /// The edge's checks run here, at once, and the returned future owns what it needs: a
+    /// connection passes it to hyper as it is, rather than awaiting it inside an `async` block
+    /// of its own, which would store the walk's state machine twice (13 KB instead of 6 KB, set
+    /// up and copied for every request).
+    pub fn call<G: Send + 'static>(
+        &self,
+        mut request: Request<Incoming>,
+        guard: G,
+    ) -> impl Future<Output = Response<Body>> + Send + 'static {
         mark_sensitive(request.headers_mut());
-        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
-            return ProxyError::Overloaded.into_response();
-        };
-        proxy::handle(self.state.clone(), request).await
+        let permit = self.in_flight.clone().try_acquire_owned();
+        let state = self.state.clone();
+        async move {
+            let _guard = guard;
+            let Ok(_permit) = permit else {
+                return ProxyError::Overloaded.into_response();
+            };
+            proxy::handle(state, request).await
+        }
     }
 }
 

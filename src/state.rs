@@ -47,9 +47,10 @@ pub enum StateError {
 pub struct AppState {
     /// The validated config this process started with.
     pub(crate) config: Config,
-    /// Where clients reach us: `server.public_url`, or `http://` (`https://` with `[server.tls]`)
-    /// and the bound address.
-    pub(crate) public_url: String,
+    /// The bases answers' URLs are rewritten onto: where clients reach us (`server.public_url`,
+    /// or `http://` (`https://` with `[server.tls]`) and the bound address), and that plus
+    /// `/api/v3` for clients that use GHES paths. Shared: a request clones a pointer.
+    pub(crate) public_bases: [Arc<str>; 2],
     /// The one upstream client, holding the org token.
     pub(crate) upstream: Upstream,
     /// The container registry client of the multi-arch guard (its own manifest cache inside).
@@ -118,9 +119,13 @@ impl AppState {
         // A fixed prefix is still unique per process start thanks to the counter; randomness only
         // keeps ids distinct across replicas.
         let _ = getrandom::fill(&mut seed);
+        let public_bases = [
+            Arc::from(public_url.as_str()),
+            Arc::from(format!("{public_url}/api/v3")),
+        ];
         let state = Arc::new(Self {
             config,
-            public_url,
+            public_bases,
             upstream,
             registry,
             cache,

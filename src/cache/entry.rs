@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use tokio::time::Instant;
 
 use crate::{
@@ -14,6 +14,8 @@ use crate::{
 /// Per-entry memory beyond payload and headers: the `Arc<Entry>`, moka's node and access-order
 /// bookkeeping, and allocator slack (measured, see `weight`).
 const ENTRY_OVERHEAD: usize = 1536;
+/// RFC 9211's `Cache-Status`, set on every answer from the cache (parsed once, not per call).
+pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// One upstream answer, buffered once and shared by every hit (the body is refcounted `Bytes`,
 /// the headers are already filtered and `Link`-rewritten).
@@ -204,7 +206,7 @@ impl Entry {
         let age_value = crate::header_value::format(format_args!("{age}"), "0");
         headers.insert(header::AGE, age_value);
         let ttl = i128::from(self.ttl.as_secs() as u32) - i128::from(age as u32);
-        headers.insert("cache-status", status.header_value(ttl));
+        headers.insert(CACHE_STATUS, status.header_value(ttl));
         response
     }
 }

@@ -104,7 +104,7 @@ pub struct FetchSpec {
     /// Validated client headers (without the client's conditional headers).
     pub forwarded: Forwarded,
     /// Base for rewritten `Link` URLs.
-    pub public_base: String,
+    pub public_base: Arc<str>,
 }
 
 /// Counters for each cache outcome, for the metrics endpoint.
@@ -311,7 +311,9 @@ impl Cache {
             // Stored first, then unlisted, then announced: a request arriving in between finds
             // the stored entry; one that joined earlier gets the announcement.
             if matches!(fetched, Fetched::Failed(Failure::TooLarge)) {
+                // The stored (older, smaller) answer is outdated: the key passes through now.
                 state.cache.oversized.insert(spec.key.clone(), ());
+                state.cache.store.invalidate(&spec.key);
             }
             drop(unlist);
             let _ = tx.send(Some(fetched));
@@ -393,34 +395,79 @@ pub type Served = (Response<Body>, Option<u16>, CacheStatus);
 /// hit quota; a request that starts an upstream fetch is admitted and charged by
 /// [`admission`](crate::admission) (joining one under way is free). While the proxy saves the
 /// token (back-off, reserve), a usable stale entry is served instead of going upstream.
+///
+/// A fresh hit, the common case, is answered here with no `.await` and one lookup; everything
+/// else is boxed, so the walk's state machine (set up for every request) carries none of it.
 pub async fn serve(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
     asker: Asker<'_>,
 ) -> Result<Served, ProxyError> {
-    let cache = &state.cache;
     let now = Instant::now();
+    if !conditions.no_cache
+        && let Some(entry) = state.cache.store.get(&spec.key)
+        && entry.freshness(now, Duration::ZERO, Duration::ZERO) == Freshness::Fresh
+    {
+        // A key is never both stored and known oversized (storing the mark drops the entry).
+        admission::charge_hit(asker.limits)?;
+        let saving = admission::saving(state);
+        return Ok(answer(
+            state,
+            &entry,
+            CacheStatus::Hit,
+            None,
+            &conditions,
+            now,
+            saving,
+        ));
+    }
+    Box::pin(serve_slow(state, spec, conditions, asker, now)).await
+}
+
+/// The response from `entry`: `304` when it matches the client's `If-None-Match`, with the
+/// proxy's own rate-limit figures while it saves the token or serves stale.
+fn answer(
+    state: &AppState,
+    entry: &Entry,
+    status: CacheStatus,
+    upstream: Option<u16>,
+    conditions: &ClientConditions,
+    now: Instant,
+    saving: bool,
+) -> Served {
+    state.cache.count(status);
+    let not_modified = entry.status == StatusCode::OK
+        && conditions
+            .if_none_match
+            .as_ref()
+            .is_some_and(|inm| entry.matches(inm));
+    let mut response = entry.respond(status, now, not_modified);
+    if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
+        // The stored figures may say `remaining: 4999` while the proxy backs off.
+        state
+            .upstream
+            .rate_limit
+            .write_headers(response.headers_mut());
+    }
+    (response, upstream, status)
+}
+
+/// [`serve`] past a fresh hit: oversized keys, `no-cache`, stale entries, misses.
+async fn serve_slow(
+    state: &Arc<AppState>,
+    spec: FetchSpec,
+    conditions: ClientConditions,
+    asker: Asker<'_>,
+    now: Instant,
+) -> Result<Served, ProxyError> {
+    let cache = &state.cache;
     let saving = admission::saving(state);
     let respond = |entry: &Entry, status: CacheStatus, upstream: Option<u16>| {
-        cache.count(status);
-        let not_modified = entry.status == StatusCode::OK
-            && conditions
-                .if_none_match
-                .as_ref()
-                .is_some_and(|inm| entry.matches(inm));
-        let mut response = entry.respond(status, now, not_modified);
-        if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
-            // The stored figures may say `remaining: 4999` while the proxy backs off.
-            state
-                .upstream
-                .rate_limit
-                .write_headers(response.headers_mut());
-        }
-        (response, upstream, status)
+        answer(state, entry, status, upstream, &conditions, now, saving)
     };
     if cache.oversized.contains_key(&spec.key) {
-        return pass_through(state, &spec, asker).await;
+        return Box::pin(pass_through(state, &spec, asker)).await;
     }
     let (sie, swr, interval) = (
         cache.config.stale_if_error,
@@ -445,7 +492,7 @@ pub async fn serve(
             }
             Freshness::StaleWhileRevalidate => {
                 admission::charge_hit(asker.limits)?;
-                let why = revalidate_in_background(state, &spec, &entry).await;
+                let why = Box::pin(revalidate_in_background(state, &spec, &entry)).await;
                 return Ok(respond(&entry, CacheStatus::Stale(why), None));
             }
             Freshness::StaleIfError => Some(entry),
@@ -472,7 +519,8 @@ pub async fn serve(
         (rx, false)
     } else {
         let work = if forced { Work::Revalidate } else { Work::Read };
-        match admission::admit(state, &Payer::client(asker.name, asker.limits), work).await {
+        let payer = Payer::client(asker.name, asker.limits);
+        match Box::pin(admission::admit(state, &payer, work)).await {
             Ok(ticket) => {
                 if forced && !interval.is_zero() {
                     cache.revalidated.insert(spec.key.clone(), ());
@@ -530,7 +578,7 @@ pub async fn serve(
             };
             Ok(respond(&entry, status, Some(fwd_status)))
         }
-        Fetched::Failed(Failure::TooLarge) => pass_through(state, &spec, asker).await,
+        Fetched::Failed(Failure::TooLarge) => Box::pin(pass_through(state, &spec, asker)).await,
         Fetched::Limited(entry) => {
             let fwd_status = entry.status.as_u16();
             let status = match &fallback {
@@ -611,7 +659,7 @@ async fn pass_through(
             .response_headers(&spec.route, &spec.public_base, &parts.headers);
     response
         .headers_mut()
-        .insert("cache-status", CacheStatus::TooLarge.header_value(0));
+        .insert(entry::CACHE_STATUS, CacheStatus::TooLarge.header_value(0));
     state.cache.count(CacheStatus::TooLarge);
     Ok((response, Some(parts.status.as_u16()), CacheStatus::TooLarge))
 }

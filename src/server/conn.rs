@@ -20,6 +20,7 @@ use std::{
 };
 
 use crate::{body::Body, service::ProxyService, tls::PeerCert};
+use futures_util::FutureExt as _;
 use http::{Request, Response};
 use hyper::{
     body::Incoming,
@@ -93,12 +94,8 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
             activity: self.activity.clone(),
             start: self.start,
         };
-        let svc = self.svc.clone();
-        Box::pin(async move {
-            let response = svc.call(request).await;
-            drop(in_flight);
-            Ok(response)
-        })
+        // `map`, not an `async` block awaiting the call: that would hold the walk twice.
+        Box::pin(self.svc.call(request, in_flight).map(Ok))
     }
 }
 
@@ -136,6 +133,9 @@ pub(super) async fn serve<I>(
     let mut closing = false;
     loop {
         tokio::select! {
+            // In order, the connection first: it is what wakes this task on every request, and
+            // the two watches only matter at their own deadlines (no random start per wake).
+            biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");

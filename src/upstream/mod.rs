@@ -16,7 +16,8 @@ use std::{
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -36,6 +37,9 @@ use crate::{
     ratelimit::RateLimit,
     secret::OrgToken,
 };
+
+/// Read from every request (parsed once, not per call).
+const X_GITHUB_API_VERSION: HeaderName = HeaderName::from_static("x-github-api-version");
 
 pub mod shape;
 
@@ -391,7 +395,7 @@ impl Forwarded {
             Some(_) => return Err(ProxyError::BadRequest("Invalid Accept header".to_owned())),
             None => HeaderValue::from_static(DEFAULT_ACCEPT),
         };
-        let api_version = match headers.get("x-github-api-version") {
+        let api_version = match headers.get(X_GITHUB_API_VERSION) {
             None => HeaderValue::from_static(DEFAULT_API_VERSION),
             Some(value) => match API_VERSIONS
                 .iter()
