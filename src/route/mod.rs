@@ -13,7 +13,7 @@
 //! 4. the segments must spell one operation of `endpoints.tsv` with the right method;
 //! 5. query parameters are limited to those the operation defines, with validated values.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use http::Method;
 
@@ -338,13 +338,19 @@ impl Route {
             path.push('/');
             path.push_str(package.package_type.as_str());
             path.push('/');
-            path.push_str(&package.name.replace('/', "%2F"));
+            // `/` in a name is `%2F` in the path (no copy of the name).
+            for (i, part) in package.name.split('/').enumerate() {
+                if i > 0 {
+                    path.push_str("%2F");
+                }
+                path.push_str(part);
+            }
             match self.operation {
                 Operation::RestorePackage => path.push_str("/restore"),
                 Operation::ListVersions => path.push_str("/versions"),
                 Operation::GetVersion | Operation::DeleteVersion | Operation::RestoreVersion => {
                     path.push_str("/versions/");
-                    path.push_str(&self.version_id.unwrap_or_default().to_string());
+                    let _ = write!(path, "{}", self.version_id.unwrap_or_default());
                     if self.operation == Operation::RestoreVersion {
                         path.push_str("/restore");
                     }
@@ -462,7 +468,12 @@ fn login(segment: &str) -> Result<String, ProxyError> {
 /// Decodes a package-name segment: `%2F` becomes `/`; every part between slashes must be a
 /// non-empty plain name that is not `.` or `..`.
 fn decode_name(raw: &str) -> Option<String> {
-    let name = raw.replace("%2F", "/").replace("%2f", "/");
+    // Most names have no `%`: one copy, no search-and-replace.
+    let name = if raw.contains('%') {
+        raw.replace("%2F", "/").replace("%2f", "/")
+    } else {
+        raw.to_owned()
+    };
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.contains('%')
