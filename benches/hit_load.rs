@@ -39,6 +39,10 @@ use tokio::{
     runtime::Runtime,
 };
 
+/// The shipped binary's allocator, so what is measured is what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The cached answer every hit run asks for: 30 versions of a container package, with `Link`.
 const HIT_PATH: &str = "/orgs/acme/packages/container/pkg-0/versions?per_page=30";
 /// Prefix of the key-count runs: pages past the end of pkg-1's versions (empty lists, all alike).

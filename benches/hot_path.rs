@@ -31,6 +31,10 @@ use packages_proxy::{
 };
 use tokio::{net::TcpStream, runtime::Runtime};
 
+/// The shipped binary's allocator, so what is measured is what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PATH: &str = "/orgs/acme/packages/container/pkg-0/versions";
 const QUERY: &str = "per_page=30";
 

@@ -32,6 +32,10 @@ use packages_proxy::{
 };
 use tokio::{net::TcpStream, runtime::Runtime};
 
+/// The shipped binary's allocator, so what is measured is what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A per-minute quota no run reaches: this bench measures the tier, not the client quotas (which
 /// are still taken on every request, fleet-wide in Redis for requests that miss L1).
 const QUOTA_OFF: u32 = 4_000_000_000;

@@ -38,8 +38,8 @@ impl ProxyService {
     ///
     /// The edge's checks run here, at once, and the returned future owns what it needs: a
     /// connection passes it to hyper as it is, rather than awaiting it inside an `async` block
-    /// of its own, which would store the walk's state machine twice (13 KB instead of 6 KB, set
-    /// up and copied for every request).
+    /// of its own, which would hold the walk's state machine twice: 13 KB set up and copied for
+    /// every request that way, 3 KB now.
     pub fn call<G: Send + 'static>(
         &self,
         mut request: Request<Incoming>,

@@ -573,6 +573,80 @@ async fn answers_over_max_entry_bytes_are_passed_through_not_cached() {
     );
 }
 
+// A stored list that grows past `cache.max_entry_bytes` at GitHub: once a revalidation finds it
+// too large, later reads pass it through too. The old, smaller copy is never served again, even
+// while its TTL has not run out (hits are answered before any other check).
+#[tokio::test]
+async fn a_stored_answer_that_grows_too_large_is_no_longer_served() {
+    let sim = spawn_sim_with(
+        packages_proxy::sim::Dataset::new()
+            .org("acme", 9919)
+            .package("acme", "container", "grow", "private", 12),
+    )
+    .await;
+    let path = "/orgs/acme/packages/container/grow/versions?per_page=100";
+    let direct = |sim_base: String, token: String| async move {
+        send(Method::GET, &format!("{sim_base}{path}"), Some(&token), &[]).await
+    };
+    let all = direct(sim.handle.base_url(), sim.org_token.clone()).await;
+    let ids = all.ids();
+    assert_eq!(ids.len(), 12);
+    // Half the versions deleted at GitHub (not through the proxy): a small list.
+    for id in &ids[..6] {
+        let url = format!(
+            "{}/orgs/acme/packages/container/grow/versions/{id}",
+            sim.handle.base_url()
+        );
+        let deleted = send(Method::DELETE, &url, Some(&sim.org_token), &[]).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    }
+    let small = direct(sim.handle.base_url(), sim.org_token.clone()).await;
+    let limit = (small.body.len() + all.body.len()) / 2;
+    // `no-cache` always goes upstream (no minimum interval between revalidations).
+    let options = format!("max_entry_bytes = {limit}\nmin_revalidate_interval = \"0s\"");
+    let proxy = spawn_proxy(&sim, cache_options(&options)).await;
+    let stored = get(&proxy.url(path), proxy.token()).await;
+    assert_eq!(stored.ids().len(), 6);
+    assert!(
+        cache_status(&stored).contains("stored"),
+        "{}",
+        cache_status(&stored)
+    );
+    let hit = get(&proxy.url(path), proxy.token()).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    // Restored at GitHub: the list is past the limit now.
+    for id in &ids[..6] {
+        let url = format!(
+            "{}/orgs/acme/packages/container/grow/versions/{id}/restore",
+            sim.handle.base_url()
+        );
+        let restored = send(Method::POST, &url, Some(&sim.org_token), &[]).await;
+        assert_eq!(restored.status, StatusCode::NO_CONTENT);
+    }
+    let forced = send(
+        Method::GET,
+        &proxy.url(path),
+        Some(proxy.token()),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(forced.ids().len(), 12);
+    assert!(
+        cache_status(&forced).contains("detail=too-large"),
+        "{}",
+        cache_status(&forced)
+    );
+    for _ in 0..3 {
+        let later = get(&proxy.url(path), proxy.token()).await;
+        assert_eq!(later.ids().len(), 12, "the old, smaller copy was served");
+        assert!(
+            cache_status(&later).contains("detail=too-large"),
+            "{}",
+            cache_status(&later)
+        );
+    }
+}
+
 // RFC 9211: `fwd-status` is what the upstream really sent for this key: 200 on a miss, 304
 // when it confirmed a stale entry.
 #[tokio::test]

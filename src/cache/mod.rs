@@ -307,13 +307,16 @@ impl Cache {
                 && cacheable(entry.status)
             {
                 state.cache.store.insert(spec.key.clone(), entry.clone());
+                state.cache.oversized.invalidate(&spec.key);
             }
             // Stored first, then unlisted, then announced: a request arriving in between finds
             // the stored entry; one that joined earlier gets the announcement.
             if matches!(fetched, Fetched::Failed(Failure::TooLarge)) {
-                // The stored (older, smaller) answer is outdated: the key passes through now.
-                state.cache.oversized.insert(spec.key.clone(), ());
+                // The stored (older, smaller) answer is outdated: the key passes through from
+                // now on. Dropped before the mark is set, so a request in between joins this
+                // fetch (still listed) and passes through too.
                 state.cache.store.invalidate(&spec.key);
+                state.cache.oversized.insert(spec.key.clone(), ());
             }
             drop(unlist);
             let _ = tx.send(Some(fetched));
@@ -405,16 +408,18 @@ pub async fn serve(
     asker: Asker<'_>,
 ) -> Result<Served, ProxyError> {
     let now = Instant::now();
+    let found = state.cache.store.get(&spec.key);
     if !conditions.no_cache
-        && let Some(entry) = state.cache.store.get(&spec.key)
+        && let Some(entry) = &found
         && entry.freshness(now, Duration::ZERO, Duration::ZERO) == Freshness::Fresh
     {
-        // A key is never both stored and known oversized (storing the mark drops the entry).
+        // Stored and marked oversized at once does not last: the fetch task drops the entry
+        // before it sets the mark, and clears the mark when it stores an answer.
         admission::charge_hit(asker.limits)?;
         let saving = admission::saving(state);
         return Ok(answer(
             state,
-            &entry,
+            entry,
             CacheStatus::Hit,
             None,
             &conditions,
@@ -422,7 +427,7 @@ pub async fn serve(
             saving,
         ));
     }
-    Box::pin(serve_slow(state, spec, conditions, asker, now)).await
+    Box::pin(serve_slow(state, spec, conditions, asker, now, found)).await
 }
 
 /// The response from `entry`: `304` when it matches the client's `If-None-Match`, with the
@@ -453,13 +458,15 @@ fn answer(
     (response, upstream, status)
 }
 
-/// [`serve`] past a fresh hit: oversized keys, `no-cache`, stale entries, misses.
+/// [`serve`] past a fresh hit: oversized keys, `no-cache`, stale entries, misses. `found` is what
+/// [`serve`] found stored for the key (one lookup per request).
 async fn serve_slow(
     state: &Arc<AppState>,
     spec: FetchSpec,
     conditions: ClientConditions,
     asker: Asker<'_>,
     now: Instant,
+    found: Option<Arc<Entry>>,
 ) -> Result<Served, ProxyError> {
     let cache = &state.cache;
     let saving = admission::saving(state);
@@ -474,7 +481,7 @@ async fn serve_slow(
         cache.config.stale_while_revalidate,
         cache.config.min_revalidate_interval,
     );
-    let stale = match cache.store.get(&spec.key) {
+    let stale = match found {
         Some(entry) if conditions.no_cache => {
             let freshness = entry.freshness(now, swr, sie);
             let recently = entry.age(now) < interval

@@ -17,7 +17,6 @@ use std::{
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
-
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
