@@ -585,22 +585,23 @@ async fn a_stored_answer_that_grows_too_large_is_no_longer_served() {
     )
     .await;
     let path = "/orgs/acme/packages/container/grow/versions?per_page=100";
-    let direct = |sim_base: String, token: String| async move {
-        send(Method::GET, &format!("{sim_base}{path}"), Some(&token), &[]).await
-    };
-    let all = direct(sim.handle.base_url(), sim.org_token.clone()).await;
+    let all = sim.direct(Method::GET, path).await;
     let ids = all.ids();
     assert_eq!(ids.len(), 12);
-    // Half the versions deleted at GitHub (not through the proxy): a small list.
-    for id in &ids[..6] {
-        let url = format!(
-            "{}/orgs/acme/packages/container/grow/versions/{id}",
-            sim.handle.base_url()
-        );
-        let deleted = send(Method::DELETE, &url, Some(&sim.org_token), &[]).await;
-        assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    }
-    let small = direct(sim.handle.base_url(), sim.org_token.clone()).await;
+    // Half the versions deleted at GitHub, then restored, behind the proxy's back.
+    let at_github = |method: Method, suffix: &'static str| {
+        let sim = &sim;
+        let ids = ids[..6].to_vec();
+        async move {
+            for id in ids {
+                let version = format!("/orgs/acme/packages/container/grow/versions/{id}{suffix}");
+                let answer = sim.direct(method.clone(), &version).await;
+                assert_eq!(answer.status, StatusCode::NO_CONTENT, "{method} {version}");
+            }
+        }
+    };
+    at_github(Method::DELETE, "").await;
+    let small = sim.direct(Method::GET, path).await;
     let limit = (small.body.len() + all.body.len()) / 2;
     // `no-cache` always goes upstream (no minimum interval between revalidations).
     let options = format!("max_entry_bytes = {limit}\nmin_revalidate_interval = \"0s\"");
@@ -614,15 +615,8 @@ async fn a_stored_answer_that_grows_too_large_is_no_longer_served() {
     );
     let hit = get(&proxy.url(path), proxy.token()).await;
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
-    // Restored at GitHub: the list is past the limit now.
-    for id in &ids[..6] {
-        let url = format!(
-            "{}/orgs/acme/packages/container/grow/versions/{id}/restore",
-            sim.handle.base_url()
-        );
-        let restored = send(Method::POST, &url, Some(&sim.org_token), &[]).await;
-        assert_eq!(restored.status, StatusCode::NO_CONTENT);
-    }
+    // Restored: the list is past the limit now.
+    at_github(Method::POST, "/restore").await;
     let forced = send(
         Method::GET,
         &proxy.url(path),

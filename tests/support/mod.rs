@@ -67,11 +67,15 @@ impl Sim {
     /// Version ids of a container package in org `acme`, newest first, read from the simulator
     /// directly (not through a proxy: nothing is cached or charged).
     pub async fn versions(&self, package: &str) -> Vec<u64> {
-        let url = format!(
-            "{}/orgs/acme/packages/container/{package}/versions?per_page=100",
-            self.handle.base_url()
-        );
-        get(&url, &self.org_token).await.ids()
+        let path = format!("/orgs/acme/packages/container/{package}/versions?per_page=100");
+        self.direct(Method::GET, &path).await.ids()
+    }
+
+    /// Sends `method path` to the simulator directly, with the org token: what GitHub does or
+    /// answers behind the proxy's back.
+    pub async fn direct(&self, method: Method, path: &str) -> Reply {
+        let url = format!("{}{path}", self.handle.base_url());
+        send(method, &url, Some(&self.org_token), &[]).await
     }
 }
 
