@@ -98,7 +98,8 @@ pub fn may_spend(state: &AppState, work: Work) -> Result<(), ProxyError> {
 /// True while the proxy saves the token: a back-off is open or the rate limit is below the reserve.
 /// Cached answers that are usable stale are then served instead of going upstream.
 pub fn saving(state: &AppState) -> bool {
-    may_spend(state, Work::Background).is_err()
+    // `may_spend(state, Work::Background).is_err()`, under one lock: every hit asks.
+    state.upstream.rate_limit.saving()
 }
 
 /// Admits one request to GitHub and charges it to `payer`.

@@ -263,17 +263,14 @@ impl RateLimit {
     /// True when what remains of the primary limit is below the reserve and the window GitHub
     /// reported has not yet reset.
     pub fn below_reserve(&self) -> bool {
+        self.lock().below_reserve(self.reserve)
+    }
+
+    /// A back-off is open or the `core` window is below the reserve: the proxy saves the token.
+    /// One lock for both, as every cache hit asks.
+    pub fn saving(&self) -> bool {
         let mut state = self.lock();
-        let Some(window) = state.window(CORE).copied() else {
-            return false;
-        };
-        if window.reset.is_some_and(|reset| reset <= now_epoch()) {
-            return false; // a new window began: its figures are not known yet, but full
-        }
-        match (window.limit, window.remaining) {
-            (Some(limit), Some(remaining)) => (remaining as f64) < (limit as f64) * self.reserve,
-            _ => false,
-        }
+        state.backoff.is_some_and(|b| b.until > Instant::now()) || state.below_reserve(self.reserve)
     }
 
     /// The current numbers of the `core` resource.
@@ -335,6 +332,20 @@ impl RateLimit {
 impl State {
     /// The window of `resource`, created on first sight (bounded: past the cap, unknown
     /// resources are not tracked).
+    /// The `core` window's remaining requests are below `reserve` (a fraction of its limit).
+    fn below_reserve(&mut self, reserve: f64) -> bool {
+        let Some(window) = self.window(CORE).copied() else {
+            return false;
+        };
+        if window.reset.is_some_and(|reset| reset <= now_epoch()) {
+            return false; // a new window began: its figures are not known yet, but full
+        }
+        match (window.limit, window.remaining) {
+            (Some(limit), Some(remaining)) => (remaining as f64) < (limit as f64) * reserve,
+            _ => false,
+        }
+    }
+
     fn window(&mut self, resource: &str) -> Option<&mut Window> {
         let at = match self.windows.iter().position(|(name, _)| name == resource) {
             Some(at) => at,

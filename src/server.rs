@@ -189,8 +189,8 @@ async fn serve(
     let server = &state.config.server;
     let builder = builder(server);
     let limits = IdleLimits {
-        first: server.header_read_timeout,
-        between: server.idle_timeout,
+        head: server.header_read_timeout,
+        idle: server.idle_timeout,
     };
     let connections = Arc::new(Semaphore::new(server.max_connections));
     let (start_drain, draining) = watch::channel(false);
@@ -242,11 +242,10 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 /// The HTTP/1 and HTTP/2 settings of the main listener.
 fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No timer: hyper silently skips its header timeout.
+    // No header timer for HTTP/1: `conn` times request heads itself (hyper's would also close
+    // idle keep-alive connections at the head timeout, and costs a timer per request).
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
     // Hyper answers 431 itself (empty body, no log line) past its header count. Up to 100 (its
     // default, and the config's) it parses into arrays on the stack; a higher count puts two
@@ -306,18 +305,25 @@ struct Conn {
 
 impl Conn {
     async fn serve_plain(self, stream: TcpStream) {
-        // Hyper's header timer starts with the first byte: a connection that sends nothing
+        // The head timer starts with the first byte: a connection that sends nothing
         // would hold its slot forever, so it gets as long as a request head would.
         let mut first = [0u8; 1];
-        if tokio::time::timeout(self.limits.first, stream.peek(&mut first))
+        if tokio::time::timeout(self.limits.head, stream.peek(&mut first))
             .await
             .is_err()
         {
             tracing::debug!("connection closed: nothing sent within the header timeout");
             return;
         }
-        let io = TokioIo::new(stream);
-        conn::serve(&self.builder, io, self.svc, None, self.limits, self.drain).await;
+        conn::serve(
+            &self.builder,
+            stream,
+            self.svc,
+            None,
+            self.limits,
+            self.drain,
+        )
+        .await;
     }
 }
 
@@ -355,6 +361,6 @@ impl Handshake {
             _permit,
         } = self.conn;
         // Every request on this connection carries the client certificate it presented.
-        conn::serve(&builder, TokioIo::new(stream), svc, peer, limits, drain).await;
+        conn::serve(&builder, stream, svc, peer, limits, drain).await;
     }
 }

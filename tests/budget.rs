@@ -378,35 +378,108 @@ async fn half_open_connections_do_not_starve_normal_requests() {
     );
 }
 
-// An idle keep-alive connection is closed after the header read timeout (it waits for the next
-// request head), so idle clients cannot pin connection slots forever.
-#[tokio::test]
-async fn idle_keep_alive_connections_are_closed() {
+/// Reads `stream` until the server closes it (EOF or an error), up to `limit`; returns how long
+/// that took, or `None` if it stayed open.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {} // the rest of an answer
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Sends one `/healthz` on `stream` and reads the start of its answer.
+async fn healthz_on(stream: &mut tokio::net::TcpStream, token: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sim = spawn_sim().await;
-    let opts = ProxyOptions {
-        extra_server: "header_read_timeout = \"300ms\"",
-        ..ProxyOptions::default()
-    };
-    let proxy = spawn_proxy(&sim, opts).await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let request = format!(
-        "GET /healthz HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {}\r\n\r\n",
-        proxy.token()
-    );
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-    // Now idle: the server must close the connection on its own.
-    let closed = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await;
+}
+
+// An idle HTTP/1 keep-alive connection is closed after `idle_timeout`, not after the (shorter)
+// header read timeout: hyper's own header timer used to close it then, so `idle_timeout` did
+// nothing for HTTP/1 and a load balancer's pooled connections were cut every 10 s.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"300ms\"\nidle_timeout = \"2s\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    healthz_on(&mut stream, proxy.token()).await;
+    // Now idle: the server must close the connection on its own, and not before idle_timeout
+    // (a timer never fires early, so the lower bound holds however busy the machine is).
+    let open = closed_within(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("an idle keep-alive connection stayed open past idle_timeout");
     assert!(
-        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
-        "an idle keep-alive connection stayed open: {closed:?}"
+        open >= Duration::from_millis(1500),
+        "closed after {open:?}, before idle_timeout (2 s)"
     );
 }
 
-// Connections that never send a byte must not hold connection slots: hyper's header timer only
+// Once a request was served, the next head still has `header_read_timeout` from its first byte,
+// however long the connection sat idle before it and however it trickles in.
+#[tokio::test]
+async fn a_slow_head_after_a_served_request_is_cut_off_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    healthz_on(&mut stream, proxy.token()).await;
+    let (mut reader, mut writer) = stream.into_split();
+    // One byte every 50 ms: each arrives well inside the timeout, the head never completes.
+    let trickle = tokio::spawn(async move {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: p\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(
+        closed.is_ok(),
+        "a trickled head was kept open for 10 s (idle_timeout is 60 s, the head timeout 500 ms)"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed after {:?}, before the head timeout",
+        started.elapsed()
+    );
+}
+
+// Connections that never send a byte must not hold connection slots: a head timer only
 // starts with the first byte (a regression a security review found: 20 silent sockets took a
 // proxy with max_connections = 20 offline).
 #[tokio::test]

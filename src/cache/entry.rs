@@ -1,6 +1,6 @@
 //! A cached answer, how fresh it is, and how it is served (`Age`, RFC 9211 `Cache-Status`).
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
@@ -205,12 +205,44 @@ impl Entry {
             headers.remove(header::CONTENT_TYPE);
         }
         let age = self.age(now).as_secs();
-        let age_value = crate::header_value::format(format_args!("{age}"), "0");
-        headers.insert(header::AGE, age_value);
         let ttl = i128::from(self.ttl.as_secs() as u32) - i128::from(age as u32);
-        headers.insert(CACHE_STATUS, status.header_value(ttl));
+        let (age_value, status_value) = if let CacheStatus::Hit = status {
+            hit_values(age, ttl)
+        } else {
+            (age_value(age), status.header_value(ttl))
+        };
+        headers.insert(header::AGE, age_value);
+        headers.insert(CACHE_STATUS, status_value);
         response
     }
+}
+
+thread_local! {
+    /// The `Age` and `Cache-Status` values this thread last built for a plain hit, by age and
+    /// remaining ttl in seconds: the hits a thread serves within a second mostly carry the same
+    /// two, and cloning them is cheaper than formatting them.
+    static HIT_VALUES: RefCell<Option<(u64, i128, HeaderValue, HeaderValue)>> =
+        const { RefCell::new(None) };
+}
+
+/// `Age` and `Cache-Status` for a plain hit.
+fn hit_values(age: u64, ttl: i128) -> (HeaderValue, HeaderValue) {
+    HIT_VALUES.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some((a, t, age_value, status_value)) = memo.as_ref()
+            && (*a, *t) == (age, ttl)
+        {
+            return (age_value.clone(), status_value.clone());
+        }
+        let values = (age_value(age), CacheStatus::Hit.header_value(ttl));
+        *memo = Some((age, ttl, values.0.clone(), values.1.clone()));
+        values
+    })
+}
+
+/// An `Age` value.
+fn age_value(age: u64) -> HeaderValue {
+    HeaderValue::from(age)
 }
 
 /// What an allocation of `n` bytes takes from the binary's allocator: mimalloc rounds a request
@@ -313,7 +345,30 @@ impl CacheStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::allocated;
+    use super::{allocated, hit_values};
+
+    #[test]
+    fn hit_values_follow_age_and_ttl_through_the_memo() {
+        let values = |age, ttl| {
+            let (a, s) = hit_values(age, ttl);
+            (
+                a.to_str().unwrap().to_owned(),
+                s.to_str().unwrap().to_owned(),
+            )
+        };
+        let first = ("0".to_owned(), "packages-proxy; hit; ttl=60".to_owned());
+        assert_eq!(values(0, 60), first);
+        assert_eq!(values(0, 60), first);
+        assert_eq!(
+            values(1, 59),
+            ("1".to_owned(), "packages-proxy; hit; ttl=59".to_owned())
+        );
+        assert_eq!(
+            values(1, 3599),
+            ("1".to_owned(), "packages-proxy; hit; ttl=3599".to_owned())
+        );
+        assert_eq!(values(0, 60), first);
+    }
 
     #[test]
     fn allocations_round_up_to_four_sizes_per_power_of_two() {

@@ -12,7 +12,6 @@
 use std::{
     cell::RefCell,
     collections::{BTreeSet, HashMap},
-    fmt::Write,
     sync::{Mutex, RwLock},
 };
 
@@ -270,8 +269,18 @@ pub fn key(
     push_path(&mut key, route);
     push_normalised_query(&mut key, route);
     let [epoch, global, all, scoped] = generations.of_route(route);
-    let _ = write!(key, "|g{epoch}.{global}.{all}.{scoped}");
+    key.push_str("|g");
+    push_int(&mut key, epoch);
+    for generation in [global, all, scoped] {
+        key.push('.');
+        push_int(&mut key, generation);
+    }
     key
+}
+
+/// Appends `n` in decimal (`itoa`: every key has six numbers, `fmt` costs more than the rest).
+fn push_int(key: &mut String, n: impl itoa::Integer) {
+    key.push_str(itoa::Buffer::new().format(n));
 }
 
 /// The canonical path with the owner's login in lower case. Logins are case-insensitive at GitHub:
@@ -297,18 +306,21 @@ fn push_normalised_query(key: &mut String, route: &Route) {
     let q = &route.query;
     let page = q.page.unwrap_or(1);
     let per_page = q.per_page.unwrap_or(30);
-    let _ = match route.operation {
-        Operation::ListPackages => write!(
-            key,
-            "?package_type={}&visibility={}&per_page={per_page}&page={page}",
-            q.package_type.map(|t| t.as_str()).unwrap_or("-"),
-            q.visibility.unwrap_or("all"),
-        ),
-        Operation::ListVersions => write!(
-            key,
-            "?state={}&per_page={per_page}&page={page}",
-            q.state.unwrap_or("active")
-        ),
-        _ => Ok(()),
-    };
+    match route.operation {
+        Operation::ListPackages => {
+            key.push_str("?package_type=");
+            key.push_str(q.package_type.map(|t| t.as_str()).unwrap_or("-"));
+            key.push_str("&visibility=");
+            key.push_str(q.visibility.unwrap_or("all"));
+        }
+        Operation::ListVersions => {
+            key.push_str("?state=");
+            key.push_str(q.state.unwrap_or("active"));
+        }
+        _ => return,
+    }
+    key.push_str("&per_page=");
+    push_int(key, per_page);
+    key.push_str("&page=");
+    push_int(key, page);
 }

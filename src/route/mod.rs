@@ -407,27 +407,59 @@ impl Package {
 /// Splits a raw path into segments after merging repeated slashes. Refuses anything but plain
 /// segment bytes, `%2F` (checked later, per segment), and `.`/`..`. A trailing slash leaves an
 /// empty last segment, which no route matches (GitHub answers 404 there too).
-fn canonical_segments(path: &str) -> Result<Vec<&str>, ProxyError> {
+fn canonical_segments(path: &str) -> Result<Segments<'_>, ProxyError> {
     let rest = path.strip_prefix('/').ok_or(ProxyError::NotFound)?;
     if path.len() > 2048 {
         return Err(ProxyError::NotFound);
     }
-    let mut segments: Vec<&str> = Vec::with_capacity(10);
-    let mut parts = rest.split('/').peekable();
-    while let Some(segment) = parts.next() {
-        let last = parts.peek().is_none();
-        if segment.is_empty() && !last {
-            continue; // `//` merged into `/`
+    let mut segments = Segments {
+        items: [""; MAX_SEGMENTS],
+        len: 0,
+    };
+    // Split at `/` by hand: segments are short, and `str::split`'s searcher costs more to set up
+    // than this loop takes to run.
+    let bytes = rest.as_bytes();
+    let mut start = 0;
+    loop {
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(bytes.len(), |i| start + i);
+        let segment = &rest[start..end];
+        let last = end == bytes.len();
+        // An empty segment before another is `//`, merged into `/`.
+        if !segment.is_empty() || last {
+            if segment == "." || segment == ".." || !segment_bytes_ok(segment) {
+                return Err(ProxyError::NotFound);
+            }
+            let slot = segments
+                .items
+                .get_mut(segments.len)
+                .ok_or(ProxyError::NotFound)?;
+            *slot = segment;
+            segments.len += 1;
         }
-        if segment == "." || segment == ".." || !segment_bytes_ok(segment) {
-            return Err(ProxyError::NotFound);
+        if last {
+            return Ok(segments);
         }
-        segments.push(segment);
+        start = end + 1;
     }
-    if segments.len() > 12 {
-        return Err(ProxyError::NotFound);
+}
+
+/// No route has more segments (`/api/v3/users/{u}/packages/{t}/{n}/versions/{id}/restore`
+/// has 10).
+const MAX_SEGMENTS: usize = 12;
+
+/// A path's segments, on the stack: every request parses one.
+struct Segments<'a> {
+    items: [&'a str; MAX_SEGMENTS],
+    len: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn as_slice(&self) -> &[&'a str] {
+        &self.items[..self.len]
     }
-    Ok(segments)
 }
 
 /// Plain segment bytes, or `%2F`/`%2f` and nothing else percent-encoded.
@@ -490,4 +522,38 @@ fn version_id(segment: &str) -> Result<u64, ProxyError> {
         return Err(ProxyError::NotFound);
     }
     segment.parse().map_err(|_| ProxyError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(path: &str) -> Option<Vec<&str>> {
+        canonical_segments(path).ok().map(|s| s.as_slice().to_vec())
+    }
+
+    #[test]
+    fn splits_merges_repeated_slashes_and_keeps_a_trailing_empty_segment() {
+        assert_eq!(split("/orgs/acme"), Some(vec!["orgs", "acme"]));
+        assert_eq!(split("//orgs///acme"), Some(vec!["orgs", "acme"]));
+        assert_eq!(split("/orgs/acme/"), Some(vec!["orgs", "acme", ""]));
+        assert_eq!(split("/orgs/acme//"), Some(vec!["orgs", "acme", ""]));
+        assert_eq!(split("/"), Some(vec![""]));
+        assert_eq!(split("/a%2Fb"), Some(vec!["a%2Fb"]));
+        assert_eq!(split(""), None);
+        assert_eq!(split("orgs"), None);
+        assert_eq!(split("/orgs/./acme"), None);
+        assert_eq!(split("/orgs/../acme"), None);
+        assert_eq!(split("/a%20b"), None);
+        assert_eq!(split("/é"), None);
+    }
+
+    #[test]
+    fn refuses_more_segments_than_any_route_has() {
+        let twelve = "/a".repeat(MAX_SEGMENTS);
+        assert_eq!(split(&twelve).map(|s| s.len()), Some(MAX_SEGMENTS));
+        assert_eq!(split(&format!("{twelve}/a")), None);
+        assert_eq!(split(&format!("{twelve}/")), None);
+        assert_eq!(split(&format!("/{}", "a/".repeat(3000))), None);
+    }
 }

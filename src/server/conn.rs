@@ -1,47 +1,61 @@
 //! One accepted connection's life: served by hyper (HTTP/1 or HTTP/2), closed gracefully when
-//! it sits idle or when the server drains.
+//! it sits idle, sends a request head too slowly, or when the server drains.
 //!
-//! Hyper times out an HTTP/1 request head, but an HTTP/2 connection that sends the preface,
-//! answers pings and never opens a stream is kept forever, and holds one of
-//! `server.max_connections` slots: twenty of them locked every client out. So every connection
-//! here is watched: one that starts no request within `server.header_read_timeout`, or has no
-//! request in flight for `server.idle_timeout`, gets a graceful shutdown (GOAWAY for HTTP/2;
-//! HTTP/1 closes), and its slot frees.
+//! The connection is watched here rather than by hyper's HTTP/1 header timer, for two reasons:
+//!
+//! - Hyper starts that timer as soon as it waits for the next head, so it also closed idle
+//!   keep-alive connections after `server.header_read_timeout` (10 s), never honouring
+//!   `server.idle_timeout` (60 s) for HTTP/1. A load balancer that keeps backend connections
+//!   open longer than 10 s then races the close with its next request.
+//! - It cost every request a boxed timer registered with and removed from tokio's wheel.
+//!
+//! An HTTP/2 connection that sends the preface, answers pings and never opens a stream would
+//! otherwise be kept forever, and hold one of `server.max_connections` slots: twenty of them
+//! locked every client out. So every connection is watched:
+//!
+//! - until its first request starts, it has `server.header_read_timeout` (from its first byte);
+//! - once idle, it has `server.idle_timeout` with no request in flight;
+//! - on HTTP/1, a request head whose first bytes arrived must be complete within
+//!   `server.header_read_timeout` (slow-client guard), however long the connection sat idle.
+//!
+//! Past a limit it gets a graceful shutdown (GOAWAY for HTTP/2; HTTP/1 closes once any answer
+//! in progress is written), and its slot frees.
 
 use std::{
     convert::Infallible,
     future::Future,
+    io,
     pin::{Pin, pin},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use crate::{body::Body, service::ProxyService, tls::PeerCert};
 use futures_util::FutureExt as _;
-use http::{Request, Response};
-use hyper::{
-    body::Incoming,
-    rt::{Read, Write},
-};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{mpsc, watch},
     time::Instant,
 };
 
-/// How long a connection may sit without a request.
+/// How long a connection may take to send a request head, and sit without a request.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct IdleLimits {
-    /// Until the first request starts (`server.header_read_timeout`).
-    pub(super) first: Duration,
-    /// Between requests, once one was served (`server.idle_timeout`).
-    pub(super) between: Duration,
+    /// `server.header_read_timeout`: until the first request starts, and for each later HTTP/1
+    /// request head from its first byte.
+    pub(super) head: Duration,
+    /// `server.idle_timeout`: with no request in flight, once one was served.
+    pub(super) idle: Duration,
 }
 
 /// What every connection task holds to take part in a drain.
@@ -53,15 +67,27 @@ pub(super) struct Drain {
     pub(super) _alive: mpsc::Sender<()>,
 }
 
-/// Requests in flight on one connection, whether one was ever started, and when the last one
-/// ended. Atomics, not a channel: a hit must not wake the connection's idle watch or churn a
-/// timer; the watch wakes only at its own deadlines and reads these.
-#[derive(Debug, Default)]
+/// How long a connection shut down for a limit may stay open with nothing in flight.
+const FORCE_CLOSE_AFTER: Duration = Duration::from_millis(500);
+
+/// `Activity::head_ms` when no request head is arriving.
+const NO_HEAD: u64 = u64::MAX;
+
+/// Requests in flight on one connection, whether one was ever started, when the last one
+/// ended, and when the next HTTP/1 head began to arrive. Atomics, not a channel: a hit must not
+/// wake the connection's watch or churn a timer; the watch wakes only at its own deadlines and
+/// reads these.
+#[derive(Debug)]
 struct Activity {
     active: AtomicUsize,
     served: AtomicBool,
+    /// HTTP/2: requests come as frames on streams, there is no head to time.
+    multiplexed: AtomicBool,
     /// Milliseconds from the connection's start to the end of its last request.
     last_ms: AtomicU64,
+    /// Milliseconds from the connection's start to the first byte read for the next request
+    /// head while none was in flight, or [`NO_HEAD`].
+    head_ms: AtomicU64,
 }
 
 /// One request in flight; its end is recorded when dropped (answered or cancelled).
@@ -79,6 +105,15 @@ struct Watched {
     start: Instant,
 }
 
+/// The connection's stream, noting in its [`Activity`] when bytes arrive with no request in
+/// flight: the start of the next HTTP/1 request head. One clock read per request; none for
+/// bodies, HTTP/2 frames, or writes.
+struct Tracked<I> {
+    io: I,
+    activity: Arc<Activity>,
+    start: Instant,
+}
+
 impl hyper::service::Service<Request<Incoming>> for Watched {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -88,10 +123,15 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(peer);
         }
-        self.activity.active.fetch_add(1, Ordering::Acquire);
-        self.activity.served.store(true, Ordering::Relaxed);
+        let activity = &self.activity;
+        activity.active.fetch_add(1, Ordering::Acquire);
+        activity.served.store(true, Ordering::Relaxed);
+        activity.head_ms.store(NO_HEAD, Ordering::Relaxed);
+        if request.version() == Version::HTTP_2 {
+            activity.multiplexed.store(true, Ordering::Relaxed);
+        }
         let in_flight = InFlight {
-            activity: self.activity.clone(),
+            activity: activity.clone(),
             start: self.start,
         };
         // `map`, not an `async` block awaiting the call: that would hold the walk twice.
@@ -99,29 +139,112 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
     }
 }
 
+// === impl Activity ===
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            active: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            multiplexed: AtomicBool::new(false),
+            last_ms: AtomicU64::new(0),
+            head_ms: AtomicU64::new(NO_HEAD),
+        }
+    }
+
+    /// Bytes were read: with no request in flight on HTTP/1, a request head has begun.
+    fn bytes_arrived(&self, start: Instant) {
+        if self.head_ms.load(Ordering::Relaxed) == NO_HEAD
+            && self.active.load(Ordering::Relaxed) == 0
+            && !self.multiplexed.load(Ordering::Relaxed)
+        {
+            self.head_ms.store(millis_since(start), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Milliseconds from `start` to now.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.activity.last_ms.store(ms, Ordering::Relaxed);
+        self.activity
+            .last_ms
+            .store(millis_since(self.start), Ordering::Relaxed);
         self.activity.active.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// Serves `io` with `svc` until the peer leaves, the connection sits idle past `limits`, or the
-/// server drains (then in-flight requests finish first).
+// === impl Tracked ===
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.bytes_arrived(this.start);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Serves `io` with `svc` until the peer leaves, the connection sits idle or sends a head too
+/// slowly (see the module's text), or the server drains (then in-flight requests finish first).
 pub(super) async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
+    io: I,
     svc: ProxyService,
     peer: Option<PeerCert>,
     limits: IdleLimits,
     mut drain: Drain,
 ) where
-    TokioIo<I>: Read + Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
+    let activity = Arc::new(Activity::new());
     let start = Instant::now();
     let seen = activity.clone();
+    let io = TokioIo::new(Tracked {
+        io,
+        activity: activity.clone(),
+        start,
+    });
     let svc = Watched {
         svc,
         peer,
@@ -131,10 +254,12 @@ pub(super) async fn serve<I>(
     let conn = builder.serve_connection(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
+    // When a connection shut down for a limit is dropped if it is still open and idle.
+    let mut force_at: Option<Instant> = None;
     loop {
         tokio::select! {
             // In order, the connection first: it is what wakes this task on every request, and
-            // the two watches only matter at their own deadlines (no random start per wake).
+            // the watches only matter at their own deadlines (no random start per wake).
             biased;
             result = conn.as_mut() => {
                 if let Err(error) = result {
@@ -143,35 +268,55 @@ pub(super) async fn serve<I>(
                 return;
             }
             () = idle(&seen, start, limits), if !closing => {
-                tracing::debug!("closing an idle connection");
+                tracing::debug!("closing an idle or slow connection");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                force_at = Some(Instant::now() + FORCE_CLOSE_AFTER);
             }
             _ = drain.draining.wait_for(|d| *d), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            () = tokio::time::sleep_until(force_at.unwrap_or(start)), if force_at.is_some() => {
+                // Hyper leaves an HTTP/1 connection whose first head never completed open after
+                // a graceful shutdown (it only closes between requests): nothing is in flight,
+                // so nothing is lost by dropping it.
+                if seen.active.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("dropping a connection still open after its shutdown");
+                    return;
+                }
+                force_at = Some(Instant::now() + FORCE_CLOSE_AFTER);
+            }
         }
     }
 }
 
-/// Resolves once the connection has had no request in flight for its limit.
+/// Resolves once the connection is past one of its limits: no first request within the head
+/// timeout, no request in flight for the idle timeout, or an HTTP/1 head still incomplete a head
+/// timeout after its first byte.
 async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) {
+    let at = |ms: u64| start + Duration::from_millis(ms);
     loop {
-        let limit = if activity.served.load(Ordering::Relaxed) {
-            limits.between
-        } else {
-            limits.first
-        };
+        let now = Instant::now();
         let next = if activity.active.load(Ordering::Acquire) > 0 {
-            Instant::now() + limit
+            // Busy: look again later.
+            now + limits.head.min(limits.idle)
         } else {
-            let last = start + Duration::from_millis(activity.last_ms.load(Ordering::Relaxed));
-            let deadline = last + limit;
-            if Instant::now() >= deadline {
+            let deadline = if activity.served.load(Ordering::Relaxed) {
+                let idle = at(activity.last_ms.load(Ordering::Relaxed)) + limits.idle;
+                match activity.head_ms.load(Ordering::Relaxed) {
+                    NO_HEAD => idle,
+                    head => idle.min(at(head) + limits.head),
+                }
+            } else {
+                start + limits.head
+            };
+            if now >= deadline {
                 return;
             }
-            deadline
+            // A head can begin at any moment without waking this watch: looking again within
+            // one head timeout finds it while its deadline is still ahead.
+            deadline.min(now + limits.head)
         };
         tokio::time::sleep_until(next).await;
     }
