@@ -18,9 +18,15 @@
 //! touches nothing), the client is authenticated before any owner check or upstream call (so an
 //! unauthenticated caller learns nothing about configured owners), and the upstream request is
 //! rebuilt from the typed route.
+//!
+//! Phases 1 to 7 run at once, up to the first thing that waits ([`walk`]): a fresh cache hit,
+//! most of the traffic, is answered there with no future set up, boxed or polled for it. What
+//! waits (GitHub, the shared tier, the gate, a purge) is a [`Next`] step, run in the request's
+//! one boxed future.
 
-use std::{borrow::Cow, sync::Arc, time::Instant};
+use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
+use futures_util::future::{self, Either, Ready};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
@@ -34,6 +40,7 @@ use crate::{
     error::ProxyError,
     gate::{self, Mutation},
     limits, ops,
+    quota::Slot,
     route::{Owner, Route},
     state::AppState,
     tls::PeerCert,
@@ -56,6 +63,17 @@ struct RequestLog {
     scopes: Option<&'static str>,
 }
 
+/// One request as the walk and its answer see it: what the log line, the metric and the answer's
+/// headers need, whichever way the request went.
+struct Call {
+    started: Instant,
+    /// Ours always: the audit log and the log line key on it. The client's is kept beside it.
+    request_id: HeaderValue,
+    client_request_id: Option<String>,
+    method: Method,
+    log: RequestLog,
+}
+
 /// The proxy's own request id and the client's `X-Request-Id`, if it sent a plain one.
 #[derive(Clone, Copy)]
 struct RequestIds<'a> {
@@ -63,48 +81,80 @@ struct RequestIds<'a> {
     client: Option<&'a str>,
 }
 
+/// An answer: at once, or a future that builds it.
+pub type Answer =
+    Either<Ready<Response<Body>>, Pin<Box<dyn Future<Output = Response<Body>> + Send>>>;
+
 /// Handles one request; never fails (errors become GitHub-shaped responses).
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Response<Body> {
-    let started = Instant::now();
-    // Ours always: the audit log and the log line key on it. The client's is kept beside it.
-    let request_id = state.next_request_id();
+///
+/// The walk's checks and a fresh cache hit (most requests) run here, at once, and the answer is
+/// ready: no future is set up, boxed, or polled for it. Anything that waits (GitHub, the shared
+/// tier, the gate, a purge) continues in one boxed future, which holds `keep` (the server's and
+/// the connection's in-flight marks) until its answer is built.
+pub fn handle<K: Send + 'static>(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    keep: K,
+) -> Answer {
     let client_request_id = client_request_id(&request);
-    let method = request.method().clone();
-    let mut log = RequestLog::default();
-    let ids = RequestIds {
-        own: request_id.to_str().unwrap_or_default(),
-        client: client_request_id.as_deref(),
+    let mut call = Call {
+        started: Instant::now(),
+        request_id: state.next_request_id(),
+        client_request_id,
+        method: request.method().clone(),
+        log: RequestLog::default(),
     };
-    let result = walk(&state, request, ids, &mut log).await;
-    // 8. respond: errors become GitHub's shape; the request id, scopes, metric and log line.
-    let mut response = result.unwrap_or_else(ProxyError::into_response);
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID, request_id.clone());
-    if let Some(scopes) = log.scopes {
-        let headers = response.headers_mut();
-        headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
+    match walk(&state, request, &mut call) {
+        Step::Done(result) => Either::Left(future::ready(call.finish(result))),
+        Step::Wait(next) => Either::Right(Box::pin(async move {
+            let _keep = keep;
+            let result = next.run(&state, &mut call).await;
+            call.finish(result)
+        })),
     }
-    let elapsed = started.elapsed();
-    crate::metrics::request(
-        log.route.unwrap_or("-"),
-        response.status().as_u16(),
-        log.cache.unwrap_or("none"),
-        log.client.as_deref().unwrap_or("-"),
-        elapsed,
-    );
-    crate::access_log::record(&AccessRecord {
-        request_id: request_id.to_str().unwrap_or_default(),
-        client_request_id: client_request_id.as_deref(),
-        method: &method,
-        client: log.client.as_deref(),
-        route: log.route,
-        status: response.status().as_u16(),
-        upstream_status: log.upstream_status,
-        cache: log.cache,
-        duration: elapsed,
-    });
-    response
+}
+
+// === impl Call ===
+
+impl Call {
+    fn ids(&self) -> RequestIds<'_> {
+        RequestIds {
+            own: self.request_id.to_str().unwrap_or_default(),
+            client: self.client_request_id.as_deref(),
+        }
+    }
+
+    /// 8. respond: errors become GitHub's shape; the request id, scopes, metric and log line.
+    fn finish(self, result: Result<Response<Body>, ProxyError>) -> Response<Body> {
+        let log = self.log;
+        let mut response = result.unwrap_or_else(ProxyError::into_response);
+        let request_id = self.request_id.to_str().unwrap_or_default();
+        let elapsed = self.started.elapsed();
+        crate::metrics::request(
+            log.route.unwrap_or("-"),
+            response.status().as_u16(),
+            log.cache.unwrap_or("none"),
+            log.client.as_deref().unwrap_or("-"),
+            elapsed,
+        );
+        crate::access_log::record(&AccessRecord {
+            request_id,
+            client_request_id: self.client_request_id.as_deref(),
+            method: &self.method,
+            client: log.client.as_deref(),
+            route: log.route,
+            status: response.status().as_u16(),
+            upstream_status: log.upstream_status,
+            cache: log.cache,
+            duration: elapsed,
+        });
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID, self.request_id);
+        if let Some(scopes) = log.scopes {
+            headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
+        }
+        response
+    }
 }
 
 /// The client behind a request: its bearer token, else its TLS client certificate. Records the
@@ -134,29 +184,76 @@ fn granted_scopes(state: &AppState, identity: &Identity) -> &'static str {
     }
 }
 
-async fn walk(
-    state: &Arc<AppState>,
+/// Where the walk got to without waiting.
+// Returned once, then moved into the request's one boxed future: boxing `Next` would add an
+// allocation to every request that waits.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// The answer, or the error it becomes.
+    Done(Result<Response<Body>, ProxyError>),
+    /// The rest needs to wait for something.
+    Wait(Next),
+}
+
+/// What a request still has to do after the walk's checks, with what it needs for that.
+enum Next {
+    /// `GET /rate_limit`.
+    RateLimit(Identity),
+    /// The cache purge.
+    Purge(Identity, Request<Incoming>),
+    /// A delete or restore, through the gate.
+    Mutate { read: Read, dry_run_requested: bool },
+    /// A read with the cache off.
+    PassThrough(Read),
+    /// A read the cache could not answer from a fresh entry.
+    Cache {
+        deferred: cache::Deferred,
+        identity: Identity,
+        _in_flight: Slot,
+    },
+}
+
+/// A Packages API call past its checks.
+struct Read {
+    route: Route,
+    identity: Identity,
+    forwarded: Forwarded,
+    public_base: Arc<str>,
+    /// The client's cap on requests in flight, held until the answer is built.
+    _in_flight: Slot,
+}
+
+/// Phases 1 to 7 up to the first wait (see the module's text).
+fn walk(state: &AppState, request: Request<Incoming>, call: &mut Call) -> Step {
+    match walk_checked(state, request, call) {
+        Ok(step) => step,
+        Err(error) => Step::Done(Err(error)),
+    }
+}
+
+fn walk_checked(
+    state: &AppState,
     request: Request<Incoming>,
-    ids: RequestIds<'_>,
-    log: &mut RequestLog,
-) -> Result<Response<Body>, ProxyError> {
+    call: &mut Call,
+) -> Result<Step, ProxyError> {
+    let log = &mut call.log;
     // 1. limits
     limits::check_limits(state, &request)?;
     // 2. the proxy's own endpoints
     let path = request.uri().path();
     let metrics_here = state.config.server.admin_listen.is_none();
     if let Some(response) = ops::operational(state, request.method(), path, metrics_here) {
-        return Ok(response);
+        return Ok(Step::Done(Ok(response)));
     }
     if ops::is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
         let identity = authenticate(state, &request, log)?;
-        return Ok(Box::pin(ops::rate_limit(state, &identity)).await);
+        return Ok(Step::Wait(Next::RateLimit(identity)));
     }
     if path == ops::PURGE_PATH {
         log.route = Some(ops::PURGE_PATH);
         let identity = authenticate(state, &request, log)?;
-        return Box::pin(ops::purge(state, &identity, request)).await;
+        return Ok(Step::Wait(Next::Purge(identity, request)));
     }
     // 3. route, 4. authenticate, 5. owner
     let route = Route::parse(request.method(), path, request.uri().query())?;
@@ -164,43 +261,41 @@ async fn walk(
     let identity = authenticate(state, &request, log)?;
     check_owner(state, &route)?;
     // 6. admission. Held until the answer is built: the client's cap on requests in flight.
-    let _in_flight = identity
-        .limits
-        .in_flight
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| ProxyError::TooManyRequests {
-            message: "Too many requests in flight for this client".to_owned(),
-            retry_after_secs: 1,
-        })?;
+    let in_flight =
+        identity
+            .limits
+            .in_flight
+            .try_take()
+            .ok_or_else(|| ProxyError::TooManyRequests {
+                message: "Too many requests in flight for this client".to_owned(),
+                retry_after_secs: 1,
+            })?;
     let forwarded = Forwarded::from_request(request.headers())?;
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
-    // 7. gate, cache or pass-through (each admits what it sends upstream). The rarer branches are
-    //    boxed: an `async fn` is as large as its largest `.await`, and this one is set up for
-    //    every request, so a hit pays for none of their state.
+    // 7. gate, cache or pass-through (each admits what it sends upstream)
     if route.operation.is_destructive() {
-        let mutation = Mutation {
-            route: &route,
-            forwarded: &forwarded,
-            client: &identity.name,
-            limits: &identity.limits,
-            request_id: ids.own,
-            client_request_id: ids.client,
-            dry_run_requested: gate::dry_run_requested(request.headers())?,
-            public_base: &public_base,
+        let dry_run_requested = gate::dry_run_requested(request.headers())?;
+        let read = Read {
+            route,
+            identity,
+            forwarded,
+            public_base,
+            _in_flight: in_flight,
         };
-        let (response, upstream_status) = Box::pin(gate::execute(state, mutation)).await?;
-        log.upstream_status = upstream_status;
-        return Ok(response);
+        return Ok(Step::Wait(Next::Mutate {
+            read,
+            dry_run_requested,
+        }));
     }
     if !state.config.cache.enabled {
-        let payer = Payer::client(&identity.name, &identity.limits);
-        return Box::pin(async {
-            let ticket = admission::admit(state, &payer, Work::Read).await?;
-            pass_through(state, &ticket, &route, &forwarded, &public_base, log).await
-        })
-        .await;
+        return Ok(Step::Wait(Next::PassThrough(Read {
+            route,
+            identity,
+            forwarded,
+            public_base,
+            _in_flight: in_flight,
+        })));
     }
     let conditions = ClientConditions {
         no_cache: no_cache(request.headers()),
@@ -220,11 +315,82 @@ async fn walk(
         name: &identity.name,
         limits: &identity.limits,
     };
-    let (response, upstream_status, cache_status) =
-        cache::serve(state, spec, conditions, asker).await?;
-    log.upstream_status = upstream_status;
-    log.cache = Some(cache_status.as_str());
-    Ok(response)
+    match cache::serve_fresh(state, spec, conditions, asker) {
+        Ok(served) => {
+            let (response, _, cache_status) = served?;
+            log.cache = Some(cache_status.as_str());
+            Ok(Step::Done(Ok(response)))
+        }
+        Err(deferred) => Ok(Step::Wait(Next::Cache {
+            deferred,
+            identity,
+            _in_flight: in_flight,
+        })),
+    }
+}
+
+// === impl Next ===
+
+impl Next {
+    /// The rest of the request, from where the walk stopped.
+    async fn run(
+        self,
+        state: &Arc<AppState>,
+        call: &mut Call,
+    ) -> Result<Response<Body>, ProxyError> {
+        match self {
+            Self::RateLimit(identity) => Ok(ops::rate_limit(state, &identity).await),
+            Self::Purge(identity, request) => ops::purge(state, &identity, request).await,
+            Self::Mutate {
+                read,
+                dry_run_requested,
+            } => {
+                let ids = call.ids();
+                let mutation = Mutation {
+                    route: &read.route,
+                    forwarded: &read.forwarded,
+                    client: &read.identity.name,
+                    limits: &read.identity.limits,
+                    request_id: ids.own,
+                    client_request_id: ids.client,
+                    dry_run_requested,
+                    public_base: &read.public_base,
+                };
+                let (response, upstream_status) = gate::execute(state, mutation).await?;
+                call.log.upstream_status = upstream_status;
+                Ok(response)
+            }
+            Self::PassThrough(read) => {
+                let payer = Payer::client(&read.identity.name, &read.identity.limits);
+                let ticket = admission::admit(state, &payer, Work::Read).await?;
+                let log = &mut call.log;
+                pass_through(
+                    state,
+                    &ticket,
+                    &read.route,
+                    &read.forwarded,
+                    &read.public_base,
+                    log,
+                )
+                .await
+            }
+            Self::Cache {
+                deferred,
+                identity,
+                _in_flight,
+            } => {
+                let asker = cache::Asker {
+                    name: &identity.name,
+                    limits: &identity.limits,
+                };
+                let (response, upstream_status, cache_status) =
+                    cache::serve_deferred(state, deferred, asker).await?;
+                call.log.upstream_status = upstream_status;
+                call.log.cache = Some(cache_status.as_str());
+                Ok(response)
+            }
+        }
+    }
 }
 
 /// Passes an upstream answer to the client without caching it; API URLs in a JSON body are

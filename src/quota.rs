@@ -6,11 +6,14 @@
 //! read without spending it.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::time::Instant;
 
 use crate::{config::Quota, error::limit::BucketSnapshot};
 
@@ -31,9 +34,57 @@ pub struct ClientLimits {
     /// Requests answered from cache.
     pub hits: TokenBucket,
     /// Requests in flight.
-    pub in_flight: Arc<Semaphore>,
+    pub in_flight: Arc<Slots>,
     /// The quota they were built from.
     pub quota: Quota,
+}
+
+/// A cap on requests in flight, taken without waiting: past it a request is refused at once.
+///
+/// A counter rather than tokio's `Semaphore`, whose release takes a mutex for waiters that a
+/// `try_acquire` never leaves: two such locks per request (the server's cap and the client's),
+/// shared by every connection.
+#[derive(Debug)]
+pub struct Slots {
+    taken: AtomicUsize,
+    total: usize,
+}
+
+/// One taken slot, given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+// === impl Slots ===
+
+impl Slots {
+    /// `total` slots, all free.
+    pub fn new(total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            taken: AtomicUsize::new(0),
+            total,
+        })
+    }
+
+    /// A slot, or `None` when all are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.taken
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
+                (taken < self.total).then_some(taken + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// Slots taken now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::Release);
+    }
 }
 
 // === impl TokenBucket ===
@@ -105,8 +156,27 @@ impl ClientLimits {
         Self {
             upstream: TokenBucket::per_minute((quota.upstream_per_minute / replicas.max(1)).max(1)),
             hits: TokenBucket::per_minute(quota.hits_per_minute),
-            in_flight: Arc::new(Semaphore::new(quota.max_in_flight)),
+            in_flight: Slots::new(quota.max_in_flight),
             quota,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_refuse_past_the_total_and_free_when_dropped() {
+        let slots = Slots::new(2);
+        let a = slots.try_take().expect("first");
+        let b = slots.try_take().expect("second");
+        assert!(slots.try_take().is_none());
+        assert_eq!(slots.taken(), 2);
+        drop(a);
+        let c = slots.try_take().expect("freed");
+        drop((b, c));
+        assert_eq!(slots.taken(), 0);
+        assert!(Slots::new(0).try_take().is_none());
     }
 }

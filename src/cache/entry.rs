@@ -16,6 +16,10 @@ use crate::{
 /// body under steady churn with mimalloc (benches/README.md, `keys.sh`'s RSS step), against
 /// 4,536 counted with 1,536 here.
 const ENTRY_OVERHEAD: usize = 2048;
+/// Headers every answer from the cache adds to the stored ones: `Age`, `Cache-Status`, and the
+/// walk's `X-Request-Id` and `X-OAuth-Scopes`. Stored maps keep room for them: the clone a hit
+/// sends then never rehashes its index to grow (it did, once per hit).
+pub const ANSWER_HEADERS: usize = 4;
 /// RFC 9211's `Cache-Status`, set on every answer from the cache (parsed once, not per call).
 pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -25,7 +29,8 @@ pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 pub struct Entry {
     /// The upstream status (200 or 404 when cached; anything when only shared with waiters).
     pub status: StatusCode,
-    /// Response headers to send, without `Age` and `Cache-Status`.
+    /// Response headers to send, without `Age` and `Cache-Status`, with room for
+    /// [`ANSWER_HEADERS`] more.
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,

@@ -26,7 +26,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
 
-pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
+pub use entry::{ANSWER_HEADERS, CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
 pub(crate) use fetch::read_body;
 pub use key::{Generations, key};
 
@@ -390,23 +390,34 @@ pub struct Asker<'a> {
     pub limits: &'a Arc<ClientLimits>,
 }
 
-/// What [`serve`] answers: the response, the status GitHub sent for this request (if it was
+/// What the cache answers: the response, the status GitHub sent for this request (if it was
 /// asked), and what the cache did.
 pub type Served = (Response<Body>, Option<u16>, CacheStatus);
+
+/// What [`serve_fresh`] could not answer, for [`serve_deferred`]: the request and what its one
+/// lookup found.
+pub struct Deferred {
+    spec: FetchSpec,
+    conditions: ClientConditions,
+    now: Instant,
+    found: Option<Arc<Entry>>,
+}
 
 /// Serves a cacheable GET: hit, stale, coalesced miss or revalidation. Hits spend the client's
 /// hit quota; a request that starts an upstream fetch is admitted and charged by
 /// [`admission`](crate::admission) (joining one under way is free). While the proxy saves the
 /// token (back-off, reserve), a usable stale entry is served instead of going upstream.
 ///
-/// A fresh hit, the common case, is answered here with no `.await` and one lookup; everything
-/// else is boxed, so the walk's state machine (set up for every request) carries none of it.
-pub async fn serve(
-    state: &Arc<AppState>,
+/// This is its first half: a fresh hit, the common case, is answered here with one lookup and
+/// no future at all (`Ok`, with the answer or the client's quota error). Anything else (`Err`)
+/// continues in [`serve_deferred`] with what the lookup found.
+#[allow(clippy::result_large_err)] // `Err` is not an error: it is the rest of the work
+pub fn serve_fresh(
+    state: &AppState,
     spec: FetchSpec,
     conditions: ClientConditions,
     asker: Asker<'_>,
-) -> Result<Served, ProxyError> {
+) -> Result<Result<Served, ProxyError>, Deferred> {
     let now = Instant::now();
     let found = state.cache.store.get(&spec.key);
     if !conditions.no_cache
@@ -415,9 +426,11 @@ pub async fn serve(
     {
         // Stored and marked oversized at once does not last: the fetch task drops the entry
         // before it sets the mark, and clears the mark when it stores an answer.
-        admission::charge_hit(asker.limits)?;
+        if let Err(quota) = admission::charge_hit(asker.limits) {
+            return Ok(Err(quota));
+        }
         let saving = admission::saving(state);
-        return Ok(answer(
+        return Ok(Ok(answer(
             state,
             entry,
             CacheStatus::Hit,
@@ -425,9 +438,29 @@ pub async fn serve(
             &conditions,
             now,
             saving,
-        ));
+        )));
     }
-    Box::pin(serve_slow(state, spec, conditions, asker, now, found)).await
+    Err(Deferred {
+        spec,
+        conditions,
+        now,
+        found,
+    })
+}
+
+/// Serves what [`serve_fresh`] could not: oversized keys, `no-cache`, stale entries, misses.
+pub async fn serve_deferred(
+    state: &Arc<AppState>,
+    deferred: Deferred,
+    asker: Asker<'_>,
+) -> Result<Served, ProxyError> {
+    let Deferred {
+        spec,
+        conditions,
+        now,
+        found,
+    } = deferred;
+    serve_slow(state, spec, conditions, asker, now, found).await
 }
 
 /// The response from `entry`: `304` when it matches the client's `If-None-Match`, with the
@@ -458,8 +491,8 @@ fn answer(
     (response, upstream, status)
 }
 
-/// [`serve`] past a fresh hit: oversized keys, `no-cache`, stale entries, misses. `found` is what
-/// [`serve`] found stored for the key (one lookup per request).
+/// [`serve_deferred`]'s work. `found` is what [`serve_fresh`] found stored for the key (one
+/// lookup per request).
 async fn serve_slow(
     state: &Arc<AppState>,
     spec: FetchSpec,
