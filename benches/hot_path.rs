@@ -286,7 +286,7 @@ fn loopback_hit(c: &mut Criterion) {
 fn bookkeeping(c: &mut Criterion) {
     let bucket = TokenBucket::per_minute(u32::MAX);
     c.bench_function("token_bucket_take", |b| {
-        b.iter(|| black_box(&bucket).take().unwrap())
+        b.iter(|| black_box(&bucket).take(tokio::time::Instant::now()))
     });
     // Two threads taking from one bucket: what one client's hits cost on a 2-worker server.
     c.bench_function("token_bucket_take_2_threads", |b| {
@@ -295,12 +295,12 @@ fn bookkeeping(c: &mut Criterion) {
             std::thread::scope(|scope| {
                 let other = scope.spawn(move || {
                     for _ in 0..iters {
-                        black_box(bucket.take().unwrap());
+                        bucket.take(tokio::time::Instant::now()).unwrap();
                     }
                 });
                 let start = Instant::now();
                 for _ in 0..iters {
-                    black_box(bucket.take().unwrap());
+                    bucket.take(tokio::time::Instant::now()).unwrap();
                 }
                 let elapsed = start.elapsed();
                 other.join().unwrap();

@@ -23,6 +23,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use tokio::time::Instant;
+
 use crate::{
     error::ProxyError, error::limit::BucketSnapshot, quota::ClientLimits, shared::Shared,
     state::AppState,
@@ -146,17 +148,16 @@ async fn charge_client(
     }
     limits
         .upstream
-        .take()
-        .map(|_| Charge::Local(limits.clone()))
+        .take(Instant::now())
+        .map(|()| Charge::Local(limits.clone()))
         .map_err(spent)
 }
 
-/// Charges one cache hit to the client's hit quota.
-pub fn charge_hit(limits: &ClientLimits) -> Result<(), ProxyError> {
+/// Charges one cache hit, answered at `now`, to the client's hit quota.
+pub fn charge_hit(limits: &ClientLimits, now: Instant) -> Result<(), ProxyError> {
     limits
         .hits
-        .take()
-        .map(drop)
+        .take(now)
         .map_err(|snapshot: BucketSnapshot| ProxyError::Quota {
             message: "This client's quota of cached reads is spent; retry later",
             resource: "proxy-hits",

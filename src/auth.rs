@@ -76,9 +76,9 @@ impl Clients {
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ProxyError> {
         let value = headers
             .get(header::AUTHORIZATION)
-            .ok_or(ProxyError::Unauthorized("Requires authentication"))?;
-        let token =
-            bearer_token(value.as_bytes()).ok_or(ProxyError::Unauthorized("Bad credentials"))?;
+            .ok_or_else(|| ProxyError::Unauthorized("Requires authentication"))?;
+        let token = bearer_token(value.as_bytes())
+            .ok_or_else(|| ProxyError::Unauthorized("Bad credentials"))?;
         let presented = TokenHash::of(token);
         let mut found: Option<&Identity> = None;
         // No early exit: every entry is compared whatever matched.
@@ -89,7 +89,7 @@ impl Clients {
         }
         found
             .cloned()
-            .ok_or(ProxyError::Unauthorized("Bad credentials"))
+            .ok_or_else(|| ProxyError::Unauthorized("Bad credentials"))
     }
 
     /// Finds the client behind a request: its `Authorization` header when it sends one (a bad

@@ -315,7 +315,8 @@ fn walk_checked(
         name: &identity.name,
         limits: &identity.limits,
     };
-    match cache::serve_fresh(state, spec, conditions, asker) {
+    let now = tokio::time::Instant::from_std(call.started);
+    match cache::serve_fresh(state, spec, conditions, asker, now) {
         Ok(served) => {
             let (response, _, cache_status) = served?;
             log.cache = Some(cache_status.as_str());

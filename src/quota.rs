@@ -100,11 +100,12 @@ impl TokenBucket {
         }
     }
 
-    fn refill(&self, state: &mut (f64, Instant)) {
-        let now = Instant::now();
+    /// Adds what flowed in up to `now`. A caller's `now` may be older than the last refill (it
+    /// was read when its request started): time then never moves back.
+    fn refill(&self, state: &mut (f64, Instant), now: Instant) {
         let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
         state.0 = (state.0 + elapsed * self.per_second).min(self.capacity);
-        state.1 = now;
+        state.1 = state.1.max(now);
     }
 
     fn snapshot(&self, tokens: f64) -> BucketSnapshot {
@@ -121,13 +122,13 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token; `Err` carries the snapshot for the 429.
-    pub fn take(&self) -> Result<BucketSnapshot, BucketSnapshot> {
+    /// Takes one token at `now`; `Err` carries the snapshot for the 429.
+    pub fn take(&self, now: Instant) -> Result<(), BucketSnapshot> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.refill(&mut state);
+        self.refill(&mut state, now);
         if state.0 >= 1.0 {
             state.0 -= 1.0;
-            Ok(self.snapshot(state.0))
+            Ok(())
         } else {
             Err(self.snapshot(state.0))
         }
@@ -142,7 +143,7 @@ impl TokenBucket {
     /// The state without spending.
     pub fn peek(&self) -> BucketSnapshot {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.refill(&mut state);
+        self.refill(&mut state, Instant::now());
         self.snapshot(state.0)
     }
 }
@@ -164,7 +165,25 @@ impl ClientLimits {
 
 #[cfg(test)]
 mod tests {
-    use super::Slots;
+    use super::{Slots, TokenBucket};
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_bucket_refills_once_for_time_seen_out_of_order() {
+        let bucket = TokenBucket::per_minute(60); // one a second
+        let start = Instant::now();
+        for _ in 0..60 {
+            bucket.take(start).expect("full");
+        }
+        assert!(bucket.take(start).is_err());
+        let later = start + std::time::Duration::from_secs(2);
+        bucket.take(later).expect("two flowed in");
+        // A request that started before `later` is charged at its start: nothing flows in twice.
+        bucket
+            .take(start + std::time::Duration::from_secs(1))
+            .expect("one left");
+        assert!(bucket.take(later).is_err());
+    }
 
     #[test]
     fn slots_refuse_past_the_total_and_free_when_dropped() {

@@ -408,8 +408,8 @@ pub struct Deferred {
 /// [`admission`](crate::admission) (joining one under way is free). While the proxy saves the
 /// token (back-off, reserve), a usable stale entry is served instead of going upstream.
 ///
-/// This is its first half: a fresh hit, the common case, is answered here with one lookup and
-/// no future at all (`Ok`, with the answer or the client's quota error). Anything else (`Err`)
+/// This is its first half, for a request that arrived at `now`: a fresh hit, the common case, is
+/// answered here with one lookup and no future at all (`Ok`, with the answer or the client's quota error). Anything else (`Err`)
 /// continues in [`serve_deferred`] with what the lookup found.
 #[allow(clippy::result_large_err)] // `Err` is not an error: it is the rest of the work
 pub fn serve_fresh(
@@ -417,8 +417,8 @@ pub fn serve_fresh(
     spec: FetchSpec,
     conditions: ClientConditions,
     asker: Asker<'_>,
+    now: Instant,
 ) -> Result<Result<Served, ProxyError>, Deferred> {
-    let now = Instant::now();
     let found = state.cache.store.get(&spec.key);
     if !conditions.no_cache
         && let Some(entry) = &found
@@ -426,7 +426,7 @@ pub fn serve_fresh(
     {
         // Stored and marked oversized at once does not last: the fetch task drops the entry
         // before it sets the mark, and clears the mark when it stores an answer.
-        if let Err(quota) = admission::charge_hit(asker.limits) {
+        if let Err(quota) = admission::charge_hit(asker.limits, now) {
             return Ok(Err(quota));
         }
         let saving = admission::saving(state);
@@ -520,18 +520,18 @@ async fn serve_slow(
             let recently = entry.age(now) < interval
                 || (!interval.is_zero() && cache.revalidated.contains_key(&spec.key));
             if freshness != Freshness::Expired && recently {
-                admission::charge_hit(asker.limits)?;
+                admission::charge_hit(asker.limits, now)?;
                 return Ok(respond(&entry, CacheStatus::HitRecentlyRevalidated, None));
             }
             (freshness != Freshness::Expired).then_some(entry)
         }
         Some(entry) => match entry.freshness(now, swr, sie) {
             Freshness::Fresh => {
-                admission::charge_hit(asker.limits)?;
+                admission::charge_hit(asker.limits, now)?;
                 return Ok(respond(&entry, CacheStatus::Hit, None));
             }
             Freshness::StaleWhileRevalidate => {
-                admission::charge_hit(asker.limits)?;
+                admission::charge_hit(asker.limits, now)?;
                 let why = Box::pin(revalidate_in_background(state, &spec, &entry)).await;
                 return Ok(respond(&entry, CacheStatus::Stale(why), None));
             }
@@ -548,7 +548,7 @@ async fn serve_slow(
         && saving
         && let Some(entry) = &fallback
     {
-        admission::charge_hit(asker.limits)?;
+        admission::charge_hit(asker.limits, now)?;
         let reason = match admission::may_spend(state, Work::Background) {
             Err(ProxyError::BackingOff(answer)) => ErrorReason::BackingOff(answer.kind),
             _ => ErrorReason::Reserve,
@@ -574,7 +574,7 @@ async fn serve_slow(
                 if let Some(rx) = cache.join(&spec.key) {
                     (rx, false)
                 } else if let (true, Some(entry)) = (forced, &stale) {
-                    admission::charge_hit(asker.limits)?;
+                    admission::charge_hit(asker.limits, now)?;
                     return Ok(respond(entry, CacheStatus::HitNoCacheRefused, None));
                 } else {
                     return Err(error);
@@ -582,7 +582,7 @@ async fn serve_slow(
             }
             Err(ProxyError::BackingOff(answer)) => match &fallback {
                 Some(entry) => {
-                    admission::charge_hit(asker.limits)?;
+                    admission::charge_hit(asker.limits, now)?;
                     let reason = ErrorReason::BackingOff(answer.kind);
                     return Ok(respond(entry, CacheStatus::StaleIfError(reason), None));
                 }
