@@ -396,8 +396,11 @@ impl fmt::Debug for Route {
 
 impl Package {
     fn parse(ty: &str, raw_name: &str) -> Result<Self, ProxyError> {
-        let package_type = PackageType::parse(ty).ok_or(ProxyError::NotFound)?;
-        let name = decode_name(raw_name).ok_or(ProxyError::NotFound)?;
+        // `let else`, not `ok_or(NotFound)`: that builds and drops an error on every request.
+        let (Some(package_type), Some(name)) = (PackageType::parse(ty), decode_name(raw_name))
+        else {
+            return Err(ProxyError::NotFound);
+        };
         Ok(Self { package_type, name })
     }
 }
@@ -408,7 +411,9 @@ impl Package {
 /// segment bytes, `%2F` (checked later, per segment), and `.`/`..`. A trailing slash leaves an
 /// empty last segment, which no route matches (GitHub answers 404 there too).
 fn canonical_segments(path: &str) -> Result<Segments<'_>, ProxyError> {
-    let rest = path.strip_prefix('/').ok_or(ProxyError::NotFound)?;
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(ProxyError::NotFound);
+    };
     if path.len() > 2048 {
         return Err(ProxyError::NotFound);
     }
@@ -432,10 +437,9 @@ fn canonical_segments(path: &str) -> Result<Segments<'_>, ProxyError> {
             if segment == "." || segment == ".." || !segment_bytes_ok(segment) {
                 return Err(ProxyError::NotFound);
             }
-            let slot = segments
-                .items
-                .get_mut(segments.len)
-                .ok_or(ProxyError::NotFound)?;
+            let Some(slot) = segments.items.get_mut(segments.len) else {
+                return Err(ProxyError::NotFound);
+            };
             *slot = segment;
             segments.len += 1;
         }
