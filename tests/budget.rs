@@ -479,6 +479,58 @@ async fn a_slow_head_after_a_served_request_is_cut_off_at_the_header_timeout() {
     );
 }
 
+// A body still being sent when the connection's limits fire is finished, not cut: the idle
+// and head timeouts close a connection gracefully, after the answer in progress. Here GitHub
+// trickles a list for longer than `idle_timeout` (the request counts as done once its head is
+// answered; not JSON, so it is streamed as GitHub sends it), and the client must still get every
+// byte.
+#[tokio::test]
+async fn a_body_still_streaming_past_the_idle_timeout_is_finished() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", upstream.local_addr().unwrap());
+    let body: Vec<u8> = format!("[{}]", " ".repeat(998)).into_bytes();
+    let served = body.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = upstream.accept().await {
+            let body = served.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 8192];
+                let _ = stream.read(&mut head).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                     content-length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // 10 pieces, 250 ms apart: the last arrives ~2.5 s after the head.
+                for piece in body.chunks(100) {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if stream.write_all(piece).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let opts = ProxyOptions {
+        extra_server: "header_read_timeout = \"300ms\"\nidle_timeout = \"1s\"",
+        ..ProxyOptions::uncached()
+    };
+    let proxy = spawn_proxy_to(&upstream_url, "ghp_fake_org_token", opts).await;
+    let reply = get(
+        &proxy.url("/orgs/acme/packages?package_type=container"),
+        proxy.token(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.body.as_ref(),
+        body.as_slice(),
+        "the answer was cut short"
+    );
+}
+
 // Connections that never send a byte must not hold connection slots: a head timer only
 // starts with the first byte (a regression a security review found: 20 silent sockets took a
 // proxy with max_connections = 20 offline).

@@ -66,7 +66,7 @@ pub(super) struct Drain {
     pub(super) _alive: mpsc::Sender<()>,
 }
 
-/// How long a connection shut down for a limit may stay open with nothing in flight.
+/// How long a connection that never started a request may stay open after its shutdown.
 const FORCE_CLOSE_AFTER: Duration = Duration::from_millis(500);
 
 /// `Activity::head_ms` when no request head is arriving.
@@ -253,7 +253,7 @@ pub(super) async fn serve<I>(
     let conn = builder.serve_connection(io, svc);
     let mut conn = pin!(conn);
     let mut closing = false;
-    // When a connection shut down for a limit is dropped if it is still open and idle.
+    // When a connection shut down before its first request is dropped if it is still open.
     let mut force_at: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -275,16 +275,18 @@ pub(super) async fn serve<I>(
             _ = drain.draining.wait_for(|d| *d), if !closing => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
+                force_at = Some(Instant::now() + FORCE_CLOSE_AFTER);
             }
             () = tokio::time::sleep_until(force_at.unwrap_or(start)), if force_at.is_some() => {
                 // Hyper leaves an HTTP/1 connection whose first head never completed open after
-                // a graceful shutdown (it only closes between requests): nothing is in flight,
-                // so nothing is lost by dropping it.
-                if seen.active.load(Ordering::Acquire) == 0 {
-                    tracing::debug!("dropping a connection still open after its shutdown");
+                // a graceful shutdown (it closes between requests, and after the one in
+                // progress). One that never started a request has no answer to lose: drop it.
+                // Any other finishes what it is sending (a long body included), then closes.
+                if !seen.served.load(Ordering::Acquire) && seen.active.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("dropping a connection that never started a request");
                     return;
                 }
-                force_at = Some(Instant::now() + FORCE_CLOSE_AFTER);
+                force_at = None;
             }
         }
     }
