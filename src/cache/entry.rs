@@ -17,9 +17,8 @@ use crate::{
 /// 4,536 counted with 1,536 here.
 const ENTRY_OVERHEAD: usize = 2048;
 /// Headers every answer from the cache adds to the stored ones: `Age`, `Cache-Status`, and the
-/// walk's `X-Request-Id` and `X-OAuth-Scopes`. Stored maps keep room for them: the clone a hit
-/// sends then never rehashes its index to grow (it did, once per hit).
-pub const ANSWER_HEADERS: usize = 4;
+/// walk's `X-Request-Id` and `X-OAuth-Scopes`.
+const ANSWER_HEADERS: usize = 4;
 /// RFC 9211's `Cache-Status`, set on every answer from the cache (parsed once, not per call).
 pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -29,8 +28,7 @@ pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 pub struct Entry {
     /// The upstream status (200 or 404 when cached; anything when only shared with waiters).
     pub status: StatusCode,
-    /// Response headers to send, without `Age` and `Cache-Status`, with room for
-    /// [`ANSWER_HEADERS`] more.
+    /// Response headers to send, without `Age` and `Cache-Status`.
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
@@ -204,10 +202,14 @@ impl Entry {
         } else {
             self.status
         };
+        // Built with room for what every answer adds: a clone of the stored map would have
+        // exactly its length, and grow (reallocate) twice before the answer is sent.
         let headers = response.headers_mut();
-        *headers = self.headers.clone();
-        if not_modified {
-            headers.remove(header::CONTENT_TYPE);
+        *headers = HeaderMap::with_capacity(self.headers.len() + ANSWER_HEADERS);
+        for (name, value) in &self.headers {
+            if !(not_modified && name == header::CONTENT_TYPE) {
+                headers.append(name.clone(), value.clone());
+            }
         }
         let age = self.age(now).as_secs();
         let ttl = i128::from(self.ttl.as_secs() as u32) - i128::from(age as u32);

@@ -138,7 +138,6 @@ async fn fetch(
     // GitHub's tag revalidates upstream; on JSON answers the client sees the proxy's own.
     let etag = headers.get(header::ETAG).cloned();
     let body = crate::body_url::apply(&mut headers, body, state.upstream.base(), &spec.public_base);
-    headers.reserve(super::ANSWER_HEADERS);
     let entry = Arc::new(Entry {
         status: parts.status,
         etag,

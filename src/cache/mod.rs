@@ -26,7 +26,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
 
-pub use entry::{ANSWER_HEADERS, CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
+pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
 pub(crate) use fetch::read_body;
 pub use key::{Generations, key};
 

@@ -82,7 +82,6 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Entry> {
         headers.append(name, value);
     }
     let body = Bytes::from(read(&mut buf)?);
-    headers.reserve(crate::cache::ANSWER_HEADERS);
     // Age carries over: the monotonic time it was fetched, as seen from this replica.
     let age = SystemTime::now()
         .duration_since(fetched_wall)
