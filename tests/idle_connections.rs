@@ -9,14 +9,23 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use support::{ProxyOptions, send, spawn_proxy, spawn_sim};
-use tokio::{net::TcpStream, task::JoinHandle};
+use support::{ProxyOptions, send, spawn_proxy, spawn_proxy_to, spawn_sim};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
 
 /// An HTTP/2 client connection (prior knowledge, h2c): hyper's driver answers pings and
 /// settings; the connection task ends when the server closes it.
@@ -115,4 +124,166 @@ async fn an_h2_connection_idle_after_a_request_is_closed_after_idle_timeout() {
     all_end(&[task], Duration::from_secs(10)).await;
     let open = started.elapsed();
     assert!(open >= Duration::from_millis(5500), "closed after {open:?}");
+}
+
+const PATH: &str = "/orgs/acme/packages/container/web/versions";
+const HALF: usize = 1000;
+
+/// An upstream whose answer to every request is 200 with a non-JSON body of 2 * HALF bytes, the
+/// second half sent `pause` after the first (a slow GitHub, or a large answer on a slow link).
+async fn slow_upstream(pause: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: Request<hyper::body::Incoming>| async move {
+                        let stream = futures_util::stream::unfold(0u8, move |step| async move {
+                            match step {
+                                0 => Some((
+                                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'a'; HALF]))),
+                                    1,
+                                )),
+                                1 => {
+                                    tokio::time::sleep(pause).await;
+                                    Some((Ok(Frame::data(Bytes::from(vec![b'b'; HALF]))), 2))
+                                }
+                                _ => None,
+                            }
+                        });
+                        let response = Response::builder()
+                            .status(200)
+                            .header("content-type", "application/octet-stream")
+                            .body(StreamBody::new(stream))
+                            .unwrap();
+                        Ok::<_, Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn uncached(extra_server: &'static str) -> ProxyOptions {
+    ProxyOptions {
+        extra_server,
+        upstream_timeout: "20s",
+        ..ProxyOptions::uncached()
+    }
+}
+
+// A stream still sending its body past idle_timeout is finished: the connection is not idle
+// while an answer is being sent (the request counts until its body's last byte).
+#[tokio::test]
+async fn h2_body_longer_than_idle_timeout_is_delivered_whole() {
+    let upstream = slow_upstream(Duration::from_secs(3)).await;
+    let proxy = spawn_proxy_to(
+        &format!("http://{upstream}"),
+        "ghp_fake_unused",
+        uncached("header_read_timeout = \"1s\"\nidle_timeout = \"1s\""),
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(proxy.url(PATH))
+        .header("authorization", format!("Bearer {}", proxy.token()))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .expect("body timed out");
+    let body = body.expect("HTTP/2 body cut off mid-answer").to_bytes();
+    assert_eq!(body.len(), 2 * HALF);
+}
+
+// A client that sends its next request once it has the previous answer's head (hyper reads it
+// ahead while the body is still being sent) gets the whole body and then its second answer: those
+// bytes are not a slow head, however long the body takes.
+#[tokio::test]
+async fn next_request_sent_during_a_slow_body_does_not_cut_the_body() {
+    let upstream = slow_upstream(Duration::from_secs(3)).await;
+    let proxy = spawn_proxy_to(
+        &format!("http://{upstream}"),
+        "ghp_fake_unused",
+        uncached("header_read_timeout = \"1s\"\nidle_timeout = \"60s\""),
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let token = proxy.token().to_owned();
+    let first = format!("GET {PATH} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(first.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // Up to the first answer's head.
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    let second = format!(
+        "GET /healthz HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(second.as_bytes()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    let bs = text.matches('b').count();
+    assert!(
+        bs >= HALF && text.matches("HTTP/1.1 200").count() == 2,
+        "first body's second half or second answer missing: {} bytes read, {} of {HALF} 'b', {} status lines",
+        got.len(),
+        bs,
+        text.matches("HTTP/1.1 ").count()
+    );
+}
+
+// A connection whose first head never completes does not hold a drain to its deadline: hyper
+// ignores a graceful shutdown there, so the connection is dropped (it has no answer to lose).
+// The 100 ms only lets the proxy accept the connection before the drain starts.
+#[tokio::test]
+async fn a_partial_first_head_does_not_hold_a_drain_to_its_deadline() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra_server: "header_read_timeout = \"500ms\"\nshutdown_delay = \"0s\"",
+            drain_timeout: "6s",
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: p\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    proxy.running.shutdown().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "shutdown took {took:?}: a slow-loris head held the drain (header_read_timeout 500ms)"
+    );
 }

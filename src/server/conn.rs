@@ -14,7 +14,8 @@
 //! locked every client out. So every connection is watched:
 //!
 //! - until its first request starts, it has `server.header_read_timeout` (from its first byte);
-//! - once idle, it has `server.idle_timeout` with no request in flight;
+//! - once idle, it has `server.idle_timeout` with no request in flight (a request is in flight
+//!   until its answer's last byte is sent, not just its head);
 //! - on HTTP/1, a request head whose first bytes arrived must be complete within
 //!   `server.header_read_timeout` (slow-client guard), however long the connection sat idle.
 //!
@@ -33,8 +34,14 @@ use std::{
     time::Duration,
 };
 
-use crate::{body::Body, proxy::Answer, service::ProxyService, tls::PeerCert};
-use futures_util::{FutureExt as _, future::Map};
+use crate::{
+    body::{Body, BoxError},
+    proxy::Answer,
+    service::ProxyService,
+    tls::PeerCert,
+};
+use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -89,7 +96,8 @@ struct Activity {
     head_ms: AtomicU64,
 }
 
-/// One request in flight; its end is recorded when dropped (answered or cancelled).
+/// One request in flight; its end is recorded when dropped: once its answer's body is sent, or
+/// when it is cancelled.
 struct InFlight {
     activity: Arc<Activity>,
     start: Instant,
@@ -114,9 +122,9 @@ struct Tracked<I> {
 }
 
 impl hyper::service::Service<Request<Incoming>> for Watched {
-    type Response = Response<Body>;
+    type Response = Response<Sent>;
     type Error = Infallible;
-    type Future = Map<Answer, fn(Response<Body>) -> Result<Response<Body>, Infallible>>;
+    type Future = Answered;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         if let Some(peer) = self.peer {
@@ -126,15 +134,81 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
         activity.active.fetch_add(1, Ordering::Acquire);
         activity.served.store(true, Ordering::Relaxed);
         activity.head_ms.store(NO_HEAD, Ordering::Relaxed);
-        if request.version() == Version::HTTP_2 {
-            activity.multiplexed.store(true, Ordering::Relaxed);
-        }
         let in_flight = InFlight {
             activity: activity.clone(),
             start: self.start,
         };
-        // No box of our own: a hit's answer is ready, and the rest is boxed once inside.
-        self.svc.call(request, in_flight).map(Ok)
+        let answer = if request.version() == Version::HTTP_2 {
+            activity.multiplexed.store(true, Ordering::Relaxed);
+            // Hyper calls an HTTP/2 connection's service in the connection's task and spawns
+            // the future it returns: the walk runs in that future, so one connection's streams
+            // (a load balancer's, say) are served on every worker, not one after another.
+            let svc = self.svc.clone();
+            Either::Right(Box::pin(async move { svc.call(request, ()).await }) as _)
+        } else {
+            // HTTP/1 serves one request at a time anyway: no box of our own, a hit's answer is
+            // ready, and the rest is boxed once inside.
+            self.svc.call(request, ())
+        };
+        Answered {
+            answer,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+/// A request's answer on its way: [`Watched`]'s future. The answer's body carries the
+/// request's [`InFlight`], so the connection counts the request until its last byte is sent.
+pub(super) struct Answered {
+    answer: Answer,
+    in_flight: Option<InFlight>,
+}
+
+/// An answer's body, holding its request's [`InFlight`] until it ends or is dropped: a body can
+/// take much longer to send than its head (a slow GitHub, a slow reader), and the connection is
+/// not idle meanwhile, nor are the bytes of the next request that hyper reads ahead a slow head.
+pub(super) struct Sent {
+    body: Body,
+    in_flight: Option<InFlight>,
+}
+
+// === impl Answered ===
+
+impl Future for Answered {
+    type Output = Result<Response<Sent>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let response = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| Sent { body, in_flight })))
+    }
+}
+
+// === impl Sent ===
+
+impl hyper::body::Body for Sent {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.in_flight = None; // sent: the request is over
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
