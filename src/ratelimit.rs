@@ -14,7 +14,10 @@
 //! sending), so one replica cannot keep hammering a token GitHub is about to block.
 
 use std::{
-    sync::{Mutex, OnceLock},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -54,6 +57,10 @@ pub struct Backoff {
 pub struct RateLimit {
     reserve: f64,
     state: Mutex<State>,
+    /// True while [`RateLimit::saving`] last found nothing to save and nobody has taken the lock
+    /// since: every cache hit asks, and then answers without the lock (shared by every
+    /// connection). Taking the lock for anything else clears it.
+    quiet: AtomicBool,
     /// Where a back-off this replica opens is announced (the shared tier tells the fleet).
     announce: OnceLock<mpsc::UnboundedSender<(SystemTime, BackoffKind)>>,
 }
@@ -142,12 +149,16 @@ impl RateLimit {
         Self {
             reserve,
             state: Mutex::new(State::default()),
+            quiet: AtomicBool::new(false),
             announce: OnceLock::new(),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Whoever takes the lock may change what `saving` would say.
+        self.quiet.store(false, Ordering::Relaxed);
+        state
     }
 
     /// Reads an upstream answer's rate-limit headers and opens a back-off when GitHub asks.
@@ -269,8 +280,18 @@ impl RateLimit {
     /// A back-off is open or the `core` window is below the reserve: the proxy saves the token.
     /// One lock for both, as every cache hit asks.
     pub fn saving(&self) -> bool {
-        let mut state = self.lock();
-        state.backoff.is_some_and(|b| b.until > Instant::now()) || state.below_reserve(self.reserve)
+        // Nothing opens a back-off or lowers the remaining count but a change under the lock,
+        // which clears `quiet`; time alone only ends them.
+        if self.quiet.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let saving = state.backoff.is_some_and(|b| b.until > Instant::now())
+            || state.below_reserve(self.reserve);
+        if !saving {
+            self.quiet.store(true, Ordering::Release);
+        }
+        saving
     }
 
     /// The current numbers of the `core` resource.
@@ -406,4 +427,48 @@ fn until_epoch(reset: Option<u64>) -> Duration {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     Duration::from_secs(reset).saturating_sub(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn saving_sees_every_change_after_answering_without_the_lock() {
+        let rate_limit = RateLimit::new(0.1);
+        assert!(!rate_limit.saving());
+        assert!(!rate_limit.saving(), "the quiet answer");
+        // Below the reserve: 100 of 5,000 left, the window ends in the future.
+        let low = headers(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "100"),
+            ("x-ratelimit-reset", "99999999999"),
+        ]);
+        rate_limit.observe(StatusCode::OK, &low, false);
+        assert!(rate_limit.saving());
+        let high = headers(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4000"),
+            ("x-ratelimit-reset", "99999999999"),
+        ]);
+        rate_limit.observe(StatusCode::OK, &high, false);
+        assert!(!rate_limit.saving());
+        assert!(!rate_limit.saving(), "quiet again");
+        // A secondary limit opens a back-off.
+        let limited = headers(&[("retry-after", "60")]);
+        rate_limit.observe(StatusCode::TOO_MANY_REQUESTS, &limited, true);
+        assert!(rate_limit.saving());
+    }
 }

@@ -12,7 +12,10 @@
 use std::{
     cell::RefCell,
     collections::{BTreeSet, HashMap},
-    sync::{Mutex, RwLock},
+    sync::{
+        Mutex, RwLock, RwLockWriteGuard,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crate::{
@@ -28,11 +31,47 @@ pub struct Generations {
     /// Redis loses it (a restart), counting starts again from zero under a new epoch, so the
     /// epoch in every key keeps old keys from coming back. 0 without a shared tier.
     map: RwLock<(u64, HashMap<String, u64>)>,
+    /// The epoch while the table is empty (nothing bumped: most replicas, most of the time),
+    /// else [`BUMPED`]. Set under the write lock by every change, read without any lock: every
+    /// cacheable request asks, and a lock shared by every connection would be touched per hit.
+    plain_epoch: AtomicU64,
     /// Scopes this replica bumped on its own while a shared tier exists (Redis failed mid-way):
     /// its numbers no longer match the fleet's. The shared tier replays these bumps fleet-wide
     /// and then replaces the local numbers outright (`shared::resync`); until then this replica
     /// keeps off the L2. A std `Mutex`: touched only on that rare failure and on resyncs.
     diverged: Mutex<BTreeSet<String>>,
+}
+
+/// `Generations::plain_epoch` once any scope was bumped.
+const BUMPED: u64 = u64::MAX;
+
+/// The generation table, write-locked; on drop (still holding the lock) it records whether the
+/// table is empty for the lock-free read.
+struct Write<'a> {
+    map: RwLockWriteGuard<'a, (u64, HashMap<String, u64>)>,
+    plain_epoch: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Write<'_> {
+    type Target = (u64, HashMap<String, u64>);
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Write<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        let (epoch, table) = &*self.map;
+        let plain = if table.is_empty() { *epoch } else { BUMPED };
+        self.plain_epoch.store(plain, Ordering::Release);
+    }
 }
 
 // === impl Generations ===
@@ -42,10 +81,25 @@ impl Generations {
         self.map.read().unwrap_or_else(|poison| poison.into_inner())
     }
 
+    /// The table for a change; `plain_epoch` follows it when the guard drops.
+    fn write(&self) -> Write<'_> {
+        Write {
+            map: self
+                .map
+                .write()
+                .unwrap_or_else(|poison| poison.into_inner()),
+            plain_epoch: &self.plain_epoch,
+        }
+    }
+
     /// The epoch and the three generations a key of `route` carries (global, owner, package or
     /// lists), under one read lock. Nothing was ever bumped on most replicas most of the time:
     /// then no scope name is built at all; else they are built in one per-thread buffer.
     fn of_route(&self, route: &Route) -> [u64; 4] {
+        let plain = self.plain_epoch.load(Ordering::Acquire);
+        if plain != BUMPED {
+            return [plain, 0, 0, 0];
+        }
         let map = self.read();
         let (epoch, table) = (&map.0, &map.1);
         if table.is_empty() {
@@ -86,10 +140,7 @@ impl Generations {
     /// Adopts the shared tier's table: a new epoch replaces every value (the old ones belong to
     /// a table Redis no longer has); the same epoch only raises.
     pub fn adopt(&self, epoch: u64, values: &HashMap<String, u64>) {
-        let mut map = self
-            .map
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut map = self.write();
         if map.0 != epoch {
             *map = (epoch, values.clone());
             return;
@@ -101,19 +152,13 @@ impl Generations {
     }
 
     fn bump(&self, scope: String) {
-        let mut map = self
-            .map
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut map = self.write();
         *map.1.entry(scope).or_insert(0) += 1;
     }
 
     /// Raises a scope to `value` (from the shared tier); never lowers it.
     pub fn raise(&self, scope: &str, value: u64) {
-        let mut map = self
-            .map
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut map = self.write();
         let slot = map.1.entry(scope.to_owned()).or_insert(0);
         *slot = (*slot).max(value);
     }
@@ -149,10 +194,7 @@ impl Generations {
     /// After `replayed` were bumped fleet-wide: takes the fleet's table outright (this
     /// replica's own numbers may be higher than the fleet's and would swallow later bumps).
     pub fn adopt_outright(&self, epoch: u64, values: &HashMap<String, u64>, replayed: &[String]) {
-        *self
-            .map
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = (epoch, values.clone());
+        *self.write() = (epoch, values.clone());
         let mut diverged = self
             .diverged
             .lock()
@@ -323,4 +365,30 @@ fn push_normalised_query(key: &mut String, route: &Route) {
     push_int(key, per_page);
     key.push_str("&page=");
     push_int(key, page);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn generations_follow_bumps_and_epochs_through_the_lock_free_read() {
+        let generations = Generations::default();
+        let route = Route::parse(
+            &Method::GET,
+            "/orgs/acme/packages/container/web/versions",
+            None,
+        )
+        .expect("a route");
+        assert_eq!(generations.of_route(&route), [0, 0, 0, 0]);
+        generations.adopt(7, &HashMap::new());
+        assert_eq!(generations.of_route(&route), [7, 0, 0, 0]);
+        generations.bump_all(&[GLOBAL.to_owned()]);
+        assert_eq!(generations.of_route(&route), [7, 1, 0, 0]);
+        generations.raise(GLOBAL, 5);
+        assert_eq!(generations.of_route(&route), [7, 5, 0, 0]);
+        generations.adopt_outright(8, &HashMap::new(), &[]);
+        assert_eq!(generations.of_route(&route), [8, 0, 0, 0]);
+    }
 }
