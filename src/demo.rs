@@ -10,8 +10,9 @@ use crate::{
     sim::{Dataset, Simulator},
 };
 
-/// Runs the demo until Ctrl-C or SIGTERM.
-pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs the demo until `shutdown` resolves (the binary passes Ctrl-C or SIGTERM: it has installed
+/// a SIGTERM handler, so waiting for Ctrl-C alone left `docker stop` or `timeout` unheard).
+pub async fn run(listen: SocketAddr, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let org_token = new_client_token()?;
     let client_token = new_client_token()?;
     // `acme/app`: two multi-arch images (`latest`, `v1`), a single-arch tag and two orphans.
@@ -27,7 +28,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let running = server::start(config, OrgToken::new(&org_token)?).await?;
     print_instructions(&sim.base_url(), running.addr, &client_token);
     print_guard_examples(running.addr, &app, &audit);
-    tokio::signal::ctrl_c().await?;
+    shutdown.await;
     running.shutdown().await;
     sim.shutdown().await;
     Ok(())

@@ -225,7 +225,10 @@ async fn run(signals: Signals) -> Result<()> {
                 },
         } => explain(&config, &client, &method, &path),
         Command::Audit { command } => audit_command(command).await,
-        Command::Demo { listen } => demo::run(listen).await,
+        Command::Demo { listen } => {
+            let mut signals = signals;
+            demo::run(listen, async move { signals.shutdown().await }).await
+        }
     }
 }
 

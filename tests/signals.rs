@@ -165,3 +165,31 @@ async fn sigterm_during_start_is_a_clean_exit() {
         proc.log_text()
     );
 }
+
+// The README's first command must stop the way a terminal, `timeout` or `docker stop` stops it.
+// It caught SIGTERM (main installs the handler for every command) and waited for Ctrl-C only,
+// so SIGTERM was swallowed and the demo ran on.
+#[tokio::test]
+async fn the_demo_stops_cleanly_on_sigterm() {
+    let dir = TempDir::new("signals-demo");
+    let port = free_ports(1)[0];
+    let mut cmd = Command::new(BIN);
+    cmd.arg("demo")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    let mut proc = Proc::spawn("demo", cmd, &dir.path("demo.log"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready(port).await {
+        assert!(proc.try_exit().is_none(), "exited: {}", proc.log_text());
+        assert!(Instant::now() < deadline, "the demo never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proc.terminate();
+    let status = proc.wait_exit(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "{status:?} (signal {:?}): {}",
+        status.signal(),
+        proc.log_text()
+    );
+}
