@@ -202,7 +202,9 @@ fn through_tracing(r: &AccessRecord<'_>) {
         status = r.status,
         upstream_status = r.upstream_status,
         cache = r.cache.unwrap_or("none"),
-        duration_ms = r.duration.as_secs_f64() * 1000.0,
+        // Whole microseconds over 1000, as the writer prints them: `0.507`, not the
+        // `0.5075019999999999` of `as_secs_f64() * 1000.0`.
+        duration_ms = r.duration.as_micros() as f64 / 1000.0,
         "request"
     );
 }
