@@ -287,3 +287,58 @@ async fn a_partial_first_head_does_not_hold_a_drain_to_its_deadline() {
         "shutdown took {took:?}: a slow-loris head held the drain (header_read_timeout 500ms)"
     );
 }
+
+// A partial head sent while an answer's body is still being sent, then left to stall, is cut off
+// at header_read_timeout from the end of that body, not kept to idle_timeout.
+#[tokio::test]
+async fn a_partial_head_sent_during_a_body_is_timed_from_the_body_s_end() {
+    let upstream = slow_upstream(Duration::from_secs(2)).await;
+    let proxy = spawn_proxy_to(
+        &format!("http://{upstream}"),
+        "ghp_fake_unused",
+        uncached("header_read_timeout = \"1s\"\nidle_timeout = \"30s\""),
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let token = proxy.token().to_owned();
+    let first = format!("GET {PATH} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(first.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Part of the next head, then nothing.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: p\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(12), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        closed.is_ok(),
+        "a stalled partial head was kept for idle_timeout (30 s), not header_read_timeout (1 s)"
+    );
+    // The body (its second half ~2 s after the head) arrives whole before the close.
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.matches('b').count() >= HALF,
+        "the body was cut: {} bytes",
+        got.len()
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "closed after {took:?}, before the body ended + 1 s"
+    );
+}

@@ -94,6 +94,9 @@ struct Activity {
     /// Milliseconds from the connection's start to the first byte read for the next request
     /// head while none was in flight, or [`NO_HEAD`].
     head_ms: AtomicU64,
+    /// HTTP/1: the request in flight has its answer's head; bytes read now are the next head
+    /// (or an unread request body), not part of this request's head.
+    answered: AtomicBool,
 }
 
 /// One request in flight; its end is recorded when dropped: once its answer's body is sent, or
@@ -134,6 +137,7 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
         activity.active.fetch_add(1, Ordering::Acquire);
         activity.served.store(true, Ordering::Relaxed);
         activity.head_ms.store(NO_HEAD, Ordering::Relaxed);
+        activity.answered.store(false, Ordering::Relaxed);
         let in_flight = InFlight {
             activity: activity.clone(),
             start: self.start,
@@ -181,6 +185,9 @@ impl Future for Answered {
         let this = self.get_mut();
         let response = std::task::ready!(Pin::new(&mut this.answer).poll(cx));
         let in_flight = this.in_flight.take();
+        if let Some(in_flight) = &in_flight {
+            in_flight.activity.answered.store(true, Ordering::Relaxed);
+        }
         Poll::Ready(Ok(response.map(|body| Sent { body, in_flight })))
     }
 }
@@ -222,13 +229,15 @@ impl Activity {
             multiplexed: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             head_ms: AtomicU64::new(NO_HEAD),
+            answered: AtomicBool::new(false),
         }
     }
 
-    /// Bytes were read: with no request in flight on HTTP/1, a request head has begun.
+    /// Bytes were read: on HTTP/1 with no request in flight, or once the one in flight has its
+    /// answer, the next request's head has begun.
     fn bytes_arrived(&self, start: Instant) {
         if self.head_ms.load(Ordering::Relaxed) == NO_HEAD
-            && self.active.load(Ordering::Relaxed) == 0
+            && (self.active.load(Ordering::Relaxed) == 0 || self.answered.load(Ordering::Relaxed))
             && !self.multiplexed.load(Ordering::Relaxed)
         {
             self.head_ms.store(millis_since(start), Ordering::Relaxed);
@@ -243,10 +252,15 @@ fn millis_since(start: Instant) -> u64 {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.activity
-            .last_ms
-            .store(millis_since(self.start), Ordering::Relaxed);
-        self.activity.active.fetch_sub(1, Ordering::Release);
+        let activity = &self.activity;
+        let now = millis_since(self.start);
+        activity.last_ms.store(now, Ordering::Relaxed);
+        // A head that began while this answer was being sent has its clock start now: the
+        // client could not expect it read before.
+        if activity.head_ms.load(Ordering::Relaxed) != NO_HEAD {
+            activity.head_ms.store(now, Ordering::Relaxed);
+        }
+        activity.active.fetch_sub(1, Ordering::Release);
     }
 }
 
