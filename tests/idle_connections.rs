@@ -178,6 +178,49 @@ fn uncached(extra_server: &'static str) -> ProxyOptions {
     }
 }
 
+/// A proxy (cache off) in front of [`slow_upstream`] with `server` limits, and a raw HTTP/1
+/// connection to it that asked for `PATH` and read up to its answer's head (the body is on its
+/// way): returns the connection and the bytes read so far.
+async fn mid_slow_body(
+    pause: Duration,
+    server: &'static str,
+) -> (support::TestProxy, TcpStream, Vec<u8>) {
+    let upstream = slow_upstream(pause).await;
+    let proxy = spawn_proxy_to(
+        &format!("http://{upstream}"),
+        "ghp_fake_unused",
+        uncached(server),
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let token = proxy.token();
+    let first = format!("GET {PATH} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(first.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    (proxy, stream, got)
+}
+
+/// Reads `stream` into `got` until the server closes it; false if it is still open after `limit`.
+async fn read_until_closed(stream: &mut TcpStream, got: &mut Vec<u8>, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 8192];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 // A stream still sending its body past idle_timeout is finished: the connection is not idle
 // while an answer is being sent (the request counts until its body's last byte).
 #[tokio::test]
@@ -215,38 +258,17 @@ async fn h2_body_longer_than_idle_timeout_is_delivered_whole() {
 // bytes are not a slow head, however long the body takes.
 #[tokio::test]
 async fn next_request_sent_during_a_slow_body_does_not_cut_the_body() {
-    let upstream = slow_upstream(Duration::from_secs(3)).await;
-    let proxy = spawn_proxy_to(
-        &format!("http://{upstream}"),
-        "ghp_fake_unused",
-        uncached("header_read_timeout = \"1s\"\nidle_timeout = \"60s\""),
+    let (proxy, mut stream, mut got) = mid_slow_body(
+        Duration::from_secs(3),
+        "header_read_timeout = \"1s\"\nidle_timeout = \"60s\"",
     )
     .await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let token = proxy.token().to_owned();
-    let first = format!("GET {PATH} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
-    stream.write_all(first.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    // Up to the first answer's head.
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
+    let token = proxy.token();
     let second = format!(
         "GET /healthz HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(second.as_bytes()).await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    read_until_closed(&mut stream, &mut got, Duration::from_secs(10)).await;
     let text = String::from_utf8_lossy(&got);
     let bs = text.matches('b').count();
     assert!(
@@ -260,7 +282,6 @@ async fn next_request_sent_during_a_slow_body_does_not_cut_the_body() {
 
 // A connection whose first head never completes does not hold a drain to its deadline: hyper
 // ignores a graceful shutdown there, so the connection is dropped (it has no answer to lose).
-// The 100 ms only lets the proxy accept the connection before the drain starts.
 #[tokio::test]
 async fn a_partial_first_head_does_not_hold_a_drain_to_its_deadline() {
     let sim = spawn_sim().await;
@@ -278,7 +299,10 @@ async fn a_partial_first_head_does_not_hold_a_drain_to_its_deadline() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: p\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The accept loop takes connections in order: once one opened after ours is answered, ours
+    // was accepted (no fixed sleep that a busy machine could lose).
+    let health = send(Method::GET, &proxy.url("/healthz"), None, &[]).await;
+    assert_eq!(health.status, StatusCode::OK);
     let started = std::time::Instant::now();
     proxy.running.shutdown().await;
     let took = started.elapsed();
@@ -292,42 +316,21 @@ async fn a_partial_first_head_does_not_hold_a_drain_to_its_deadline() {
 // at header_read_timeout from the end of that body, not kept to idle_timeout.
 #[tokio::test]
 async fn a_partial_head_sent_during_a_body_is_timed_from_the_body_s_end() {
-    let upstream = slow_upstream(Duration::from_secs(2)).await;
-    let proxy = spawn_proxy_to(
-        &format!("http://{upstream}"),
-        "ghp_fake_unused",
-        uncached("header_read_timeout = \"1s\"\nidle_timeout = \"30s\""),
+    let (_proxy, mut stream, mut got) = mid_slow_body(
+        Duration::from_secs(2),
+        "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"",
     )
     .await;
-    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
-    let token = proxy.token().to_owned();
-    let first = format!("GET {PATH} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\n\r\n");
-    stream.write_all(first.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 8192];
-    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        got.extend_from_slice(&buf[..n]);
-    }
     // Part of the next head, then nothing.
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: p\r\n")
         .await
         .unwrap();
     let started = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(12), async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    let closed = read_until_closed(&mut stream, &mut got, Duration::from_secs(12)).await;
     let took = started.elapsed();
     assert!(
-        closed.is_ok(),
+        closed,
         "a stalled partial head was kept for idle_timeout (30 s), not header_read_timeout (1 s)"
     );
     // The body (its second half ~2 s after the head) arrives whole before the close.
