@@ -95,16 +95,18 @@ pub async fn apply_streamed(
 
 /// `head`, then the rest of `rest`.
 fn prefixed(head: Bytes, rest: Body) -> Body {
-    Prefixed {
+    crate::body::boxed(Prefixed {
         head: Some(head),
         rest,
-    }
-    .boxed()
+    })
 }
 
 /// A body that fails with `error` at once.
 fn error_body(error: BoxError) -> Body {
-    StreamBody::new(futures_util::stream::iter([Err::<Frame<Bytes>, _>(error)])).boxed()
+    crate::body::boxed(StreamBody::new(futures_util::stream::iter([Err::<
+        Frame<Bytes>,
+        _,
+    >(error)])))
 }
 
 /// Bytes already read, then the rest of the body they came from.

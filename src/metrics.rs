@@ -102,12 +102,13 @@ pub fn request(
     );
 }
 
-/// The label parts of one request series besides the client: all `&'static str`.
-type SeriesKey = (&'static str, &'static str, &'static str);
+/// The label parts of one request series besides the client, by address and length: all are
+/// `&'static str`, so hashing six words stands for hashing three strings (two equal strings at
+/// different addresses are two keys for the same series: harmless).
+type SeriesKey = [usize; 6];
 
 /// Handles by series, then by client name. Every part is bounded (templates, classes, outcomes,
-/// configured client names), so the table is too. foldhash, not SipHash: these keys are ours, and
-/// hashing four strings per request with SipHash cost more than the lookup.
+/// configured client names), so the table is too. foldhash, not SipHash: these keys are ours.
 type HandleTable = HashMap<SeriesKey, HashMap<Box<str>, (Counter, Histogram)>>;
 
 thread_local! {
@@ -126,9 +127,17 @@ fn with_handles(
     client: &str,
     record: impl FnOnce(&Counter, &Histogram),
 ) {
+    let series = [
+        route.as_ptr() as usize,
+        route.len(),
+        class.as_ptr() as usize,
+        class.len(),
+        cache.as_ptr() as usize,
+        cache.len(),
+    ];
     HANDLES.with(|table| {
         let mut table = table.borrow_mut();
-        let by_client = table.entry((route, class, cache)).or_default();
+        let by_client = table.entry(series).or_default();
         if let Some((counter, histogram)) = by_client.get(client) {
             return record(counter, histogram);
         }

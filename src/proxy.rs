@@ -48,8 +48,9 @@ use crate::{
 };
 
 /// Header names the walk sets on every answer, parsed once (a `&str` name is parsed per call).
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_OAUTH_SCOPES: HeaderName = HeaderName::from_static("x-oauth-scopes");
+/// An answer from the cache has a slot for each already (`cache::StoredHeaders`).
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_OAUTH_SCOPES: HeaderName = HeaderName::from_static("x-oauth-scopes");
 
 /// What the log line reports about one request, filled in as the walk goes.
 #[derive(Default)]
@@ -150,9 +151,11 @@ impl Call {
         });
         let headers = response.headers_mut();
         headers.insert(X_REQUEST_ID, self.request_id);
-        if let Some(scopes) = log.scopes {
-            headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
-        }
+        match log.scopes {
+            Some(scopes) => headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes)),
+            // An answer from the cache carries a slot for it: no caller, no scopes.
+            None => headers.remove(X_OAUTH_SCOPES),
+        };
         response
     }
 }

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::{
     body::{self, Body},
     error::limit::BackoffKind,
+    proxy::{X_OAUTH_SCOPES, X_REQUEST_ID},
 };
 
 /// Per-entry memory beyond payload and headers: the `Arc<Entry>`, moka's node and access-order
@@ -16,11 +17,12 @@ use crate::{
 /// body under steady churn with mimalloc (benches/README.md, `keys.sh`'s RSS step), against
 /// 4,536 counted with 1,536 here.
 const ENTRY_OVERHEAD: usize = 2048;
-/// Headers every answer from the cache adds to the stored ones: `Age`, `Cache-Status`, and the
-/// walk's `X-Request-Id` and `X-OAuth-Scopes`.
-const ANSWER_HEADERS: usize = 4;
 /// RFC 9211's `Cache-Status`, set on every answer from the cache (parsed once, not per call).
 pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// The headers every answer from the cache adds to the stored ones: `Age` and `Cache-Status`
+/// here, the walk's `X-Request-Id` and `X-OAuth-Scopes` (`proxy::Call::finish`). None of them
+/// is ever stored (none is on the upstream allow-list).
+const SLOTS: [HeaderName; 4] = [header::AGE, CACHE_STATUS, X_REQUEST_ID, X_OAUTH_SCOPES];
 
 /// One upstream answer, buffered once and shared by every hit (the body is refcounted `Bytes`,
 /// the headers are already filtered and `Link`-rewritten).
@@ -29,7 +31,7 @@ pub struct Entry {
     /// The upstream status (200 or 404 when cached; anything when only shared with waiters).
     pub status: StatusCode,
     /// Response headers to send, without `Age` and `Cache-Status`.
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     /// The body.
     pub body: Bytes,
     /// GitHub's `ETag`, sent upstream to revalidate. The client's (in `headers`) is the proxy's
@@ -41,6 +43,19 @@ pub struct Entry {
     pub fetched_wall: std::time::SystemTime,
     /// How long it is fresh.
     pub ttl: Duration,
+}
+
+/// An entry's headers, kept inside the map every answer from it starts from: the stored headers
+/// and one slot for each header an answer adds ([`SLOTS`], placeholders until filled).
+///
+/// A hit clones that map and fills the slots in place: one copy of two exactly sized tables, with
+/// no rehash and no growth. Built afresh per hit, the map was sized by the `HeaderMap`'s
+/// power-of-two rule (12 buckets, 1,248 bytes, for 7 headers), past mimalloc's small-block fast
+/// path, and every stored header was hashed again. It is also smaller than the map it replaces:
+/// a clone holds exactly its entries. Reads see the stored headers only.
+#[derive(Debug, Clone)]
+pub struct StoredHeaders {
+    answer: HeaderMap,
 }
 
 /// Where an entry is in its life.
@@ -177,7 +192,7 @@ impl Entry {
     /// True when the client's `If-None-Match` names the ETag the client was sent (weak
     /// comparison): a 304 only for the representation the client holds.
     pub fn matches(&self, if_none_match: &HeaderValue) -> bool {
-        let Some(etag) = self.headers.get(header::ETAG) else {
+        let Some(etag) = self.headers.get(&header::ETAG) else {
             return false;
         };
         let strip = |s: &[u8]| -> Vec<u8> { s.strip_prefix(b"W/").unwrap_or(s).to_vec() };
@@ -189,7 +204,8 @@ impl Entry {
             .any(|tag| tag == b"*" || strip(tag) == ours)
     }
 
-    /// The response for a client: `304` with no body when `not_modified`.
+    /// The response for a client: `304` with no body when `not_modified`. Its `X-Request-Id`
+    /// and `X-OAuth-Scopes` slots are left for the walk to fill or remove.
     pub fn respond(&self, status: CacheStatus, now: Instant, not_modified: bool) -> Response<Body> {
         let body = if not_modified {
             body::empty()
@@ -202,14 +218,9 @@ impl Entry {
         } else {
             self.status
         };
-        // Built with room for what every answer adds: a clone of the stored map would have
-        // exactly its length, and grow (reallocate) twice before the answer is sent.
-        let headers = response.headers_mut();
-        *headers = HeaderMap::with_capacity(self.headers.len() + ANSWER_HEADERS);
-        for (name, value) in &self.headers {
-            if !(not_modified && name == header::CONTENT_TYPE) {
-                headers.append(name.clone(), value.clone());
-            }
+        let mut headers = self.headers.answer.clone();
+        if not_modified {
+            headers.remove(header::CONTENT_TYPE);
         }
         let age = self.age(now).as_secs();
         let ttl = i128::from(self.ttl.as_secs() as u32) - i128::from(age as u32);
@@ -220,8 +231,77 @@ impl Entry {
         };
         headers.insert(header::AGE, age_value);
         headers.insert(CACHE_STATUS, status_value);
+        *response.headers_mut() = headers;
         response
     }
+}
+
+// === impl StoredHeaders ===
+
+impl StoredHeaders {
+    /// Keeps `stored` (any header named like a slot is dropped: the answer writes its own).
+    pub fn new(stored: &HeaderMap) -> Self {
+        let mut answer = HeaderMap::with_capacity(stored.len() + SLOTS.len());
+        for (name, value) in stored {
+            if !is_slot(name) {
+                answer.append(name.clone(), value.clone());
+            }
+        }
+        for slot in SLOTS {
+            answer.insert(slot, HeaderValue::from_static(""));
+        }
+        // A clone's tables hold exactly its entries: what every hit's clone allocates.
+        Self {
+            answer: answer.clone(),
+        }
+    }
+
+    /// The stored headers, as a map of their own (to change some and build anew).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.len());
+        for (name, value) in self.iter() {
+            map.append(name.clone(), value.clone());
+        }
+        map
+    }
+
+    /// The first stored value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        if is_slot(name) {
+            return None;
+        }
+        self.answer.get(name)
+    }
+
+    /// Whether `name` is stored.
+    pub fn contains_key(&self, name: &HeaderName) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every stored header, one pair per value.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.answer.iter().filter(|(name, _)| !is_slot(name))
+    }
+
+    /// How many values are stored.
+    pub fn len(&self) -> usize {
+        self.answer.len() - SLOTS.len()
+    }
+
+    /// Whether no header is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Buckets the map's tables hold (what it costs besides the values).
+    fn capacity(&self) -> usize {
+        self.answer.capacity()
+    }
+}
+
+/// Whether `name` is one of the headers an answer writes itself.
+fn is_slot(name: &HeaderName) -> bool {
+    SLOTS.iter().any(|slot| slot == name)
 }
 
 thread_local! {
@@ -352,7 +432,71 @@ impl CacheStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::{allocated, hit_values};
+    use super::*;
+
+    fn entry(stored: &[(&'static str, &'static str)]) -> Entry {
+        let mut map = HeaderMap::new();
+        for (name, value) in stored {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        Entry {
+            status: StatusCode::OK,
+            headers: StoredHeaders::new(&map),
+            body: Bytes::from_static(b"[]"),
+            etag: None,
+            fetched_at: Instant::now(),
+            fetched_wall: std::time::SystemTime::now(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn stored_headers_hide_the_answer_slots_and_drop_slot_names() {
+        let entry = entry(&[
+            ("content-type", "application/json"),
+            ("vary", "Accept"),
+            ("vary", "Authorization"),
+            ("age", "999"),
+            ("x-request-id", "upstream-id"),
+        ]);
+        let headers = &entry.headers;
+        assert_eq!(headers.len(), 3);
+        let names: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("content-type", "application/json"),
+                ("vary", "Accept"),
+                ("vary", "Authorization")
+            ]
+        );
+        assert!(headers.get(&header::AGE).is_none());
+        assert!(!headers.contains_key(&X_REQUEST_ID));
+        assert!(headers.contains_key(&header::VARY));
+        assert_eq!(headers.to_map().len(), 3);
+        assert_eq!(StoredHeaders::new(&headers.to_map()).len(), 3);
+    }
+
+    #[test]
+    fn an_answer_fills_age_and_cache_status_and_leaves_the_walk_its_slots() {
+        let entry = entry(&[("content-type", "application/json"), ("etag", "W/\"a\"")]);
+        let now = entry.fetched_at + Duration::from_secs(5);
+        let response = entry.respond(CacheStatus::Hit, now, false);
+        let headers = response.headers();
+        assert_eq!(headers["age"], "5");
+        assert_eq!(headers["cache-status"], "packages-proxy; hit; ttl=55");
+        assert_eq!(headers["content-type"], "application/json");
+        assert!(headers.contains_key(X_REQUEST_ID) && headers.contains_key(X_OAUTH_SCOPES));
+        assert_eq!(headers.len(), 6);
+
+        let not_modified = entry.respond(CacheStatus::Hit, now, true);
+        assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+        assert!(!not_modified.headers().contains_key(header::CONTENT_TYPE));
+        assert_eq!(not_modified.headers()["etag"], "W/\"a\"");
+    }
 
     #[test]
     fn hit_values_follow_age_and_ttl_through_the_memo() {

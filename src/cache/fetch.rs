@@ -8,7 +8,7 @@ use http::{Method, StatusCode, header};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
-use super::{Entry, Failure, FetchSpec, Fetched, Freshness, cacheable};
+use super::{Entry, Failure, FetchSpec, Fetched, Freshness, StoredHeaders, cacheable};
 use crate::{
     admission::Ticket, body::Body, error::ProxyError, ratelimit::RateLimited, state::AppState,
 };
@@ -141,7 +141,7 @@ async fn fetch(
     let entry = Arc::new(Entry {
         status: parts.status,
         etag,
-        headers,
+        headers: StoredHeaders::new(&headers),
         body,
         fetched_at: now,
         fetched_wall: std::time::SystemTime::now(),
@@ -175,13 +175,15 @@ pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Fai
 /// they describe the representation clients hold.
 fn refresh_headers(entry: &mut Entry, from: &http::HeaderMap) {
     let fresh = crate::upstream::filter_response_headers(from);
+    let mut headers = entry.headers.to_map();
     for name in fresh.keys() {
         if name == header::ETAG || name == header::CONTENT_TYPE {
             continue;
         }
-        entry.headers.remove(name);
+        headers.remove(name);
         for value in fresh.get_all(name) {
-            entry.headers.append(name.clone(), value.clone());
+            headers.append(name.clone(), value.clone());
         }
     }
+    entry.headers = StoredHeaders::new(&headers);
 }

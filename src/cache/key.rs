@@ -10,7 +10,7 @@
 //! list generation, so every old key simply stops being asked for (moka evicts them by size/TTL).
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::{BTreeSet, HashMap},
     sync::{
         Mutex, RwLock, RwLockWriteGuard,
@@ -301,7 +301,8 @@ pub fn key(
     ghes_links: bool,
     generations: &Generations,
 ) -> String {
-    let mut key = String::with_capacity(160);
+    let mut key = SPARE.take().unwrap_or_else(|| String::with_capacity(160));
+    key.clear();
     key.push_str(forwarded.api_version.to_str().unwrap_or("?"));
     key.push('|');
     key.push_str(forwarded.accept.to_str().unwrap_or("?"));
@@ -318,6 +319,20 @@ pub fn key(
         push_int(&mut key, generation);
     }
     key
+}
+
+thread_local! {
+    /// A key a fresh hit was done with, kept for the thread's next key: a hit needs its key only
+    /// for the lookup, and allocating it per request was a needless allocation and free.
+    static SPARE: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+/// Hands a key that is no longer needed back to [`key`] on this thread.
+pub(super) fn recycle(key: String) {
+    // A key is at most a few hundred bytes (bounded path and query); keep no outsized buffer.
+    if key.capacity() <= 1024 {
+        SPARE.set(Some(key));
+    }
 }
 
 /// Appends `n` in decimal (`itoa`: every key has six numbers, `fmt` costs more than the rest).

@@ -22,15 +22,19 @@ use std::{
 
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
 
-pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy};
+pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy, StoredHeaders};
 pub(crate) use fetch::read_body;
+use key::recycle;
 pub use key::{Generations, key};
 
 use fetch::fetch_fleet;
+
+/// GitHub's remaining-requests figure, read from stored 403s (parsed once).
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 use crate::{
     admission::{self, Payer, Ticket, Work},
@@ -430,7 +434,7 @@ pub fn serve_fresh(
             return Ok(Err(quota));
         }
         let saving = admission::saving(state);
-        return Ok(Ok(answer(
+        let served = answer(
             state,
             entry,
             CacheStatus::Hit,
@@ -438,7 +442,9 @@ pub fn serve_fresh(
             &conditions,
             now,
             saving,
-        )));
+        );
+        recycle(spec.key);
+        return Ok(Ok(served));
     }
     Err(Deferred {
         spec,
@@ -717,10 +723,10 @@ fn error_reason(entry: &Entry) -> Option<ErrorReason> {
     }
     let limited = entry.status == StatusCode::TOO_MANY_REQUESTS
         || (entry.status == StatusCode::FORBIDDEN
-            && (entry.headers.contains_key(header::RETRY_AFTER)
+            && (entry.headers.contains_key(&header::RETRY_AFTER)
                 || entry
                     .headers
-                    .get("x-ratelimit-remaining")
+                    .get(&X_RATELIMIT_REMAINING)
                     .is_some_and(|v| v == "0")));
     limited.then_some(ErrorReason::RateLimited(status))
 }

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::time::Instant;
 
-use crate::cache::Entry;
+use crate::cache::{Entry, StoredHeaders};
 
 const VERSION: u8 = 1;
 /// Longest freshness any route class may have; larger was not written by a replica.
@@ -89,7 +89,7 @@ pub(super) fn decode(bytes: &[u8]) -> Option<Entry> {
     let fetched_at = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
     Some(Entry {
         status,
-        headers,
+        headers: StoredHeaders::new(&headers),
         body,
         etag,
         fetched_at,

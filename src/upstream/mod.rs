@@ -261,11 +261,10 @@ impl Upstream {
         let timeout = self.timeout;
         response.map(|body: Incoming| {
             let body = TimeoutBody::new(timeout, body).map_err(|error| -> BoxError { error });
-            PermitBody {
-                inner: body.boxed(),
+            crate::body::boxed(PermitBody {
+                inner: crate::body::boxed(body),
                 _permit: permit,
-            }
-            .boxed()
+            })
         })
     }
 
