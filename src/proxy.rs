@@ -484,8 +484,15 @@ fn check_owner(state: &AppState, route: &Route) -> Result<(), ProxyError> {
 
 /// Whether the client used the GHES `/api/v3` prefix (with slashes merged).
 fn ghes_prefix(path: &str) -> bool {
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    segments.next() == Some("api") && segments.next() == Some("v3")
+    let slashes = |s: &[u8]| s.iter().take_while(|&&b| b == b'/').count();
+    let path = path.as_bytes();
+    let path = &path[slashes(path)..];
+    let Some(rest) = path.strip_prefix(b"api/") else {
+        return false;
+    };
+    let rest = &rest[slashes(rest)..];
+    rest.strip_prefix(b"v3")
+        .is_some_and(|after| after.is_empty() || after[0] == b'/')
 }
 
 /// The base for rewritten `Link` URLs: our public URL, plus `/api/v3` if the client used it.
@@ -502,4 +509,33 @@ fn client_request_id(request: &Request<Incoming>) -> Option<String> {
         && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c));
     plain.then(|| String::from_utf8_lossy(b).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ghes_prefix;
+
+    #[test]
+    fn the_ghes_prefix_is_two_whole_segments_with_slashes_merged() {
+        for path in [
+            "/api/v3",
+            "/api/v3/",
+            "/api/v3/orgs/acme",
+            "//api//v3//orgs",
+            "/api/v3%2F",
+        ] {
+            assert_eq!(ghes_prefix(path), !path.ends_with("%2F"), "{path}");
+        }
+        for path in [
+            "/",
+            "/api",
+            "/api/",
+            "/apiv3",
+            "/api/v30/orgs",
+            "/api/v",
+            "/orgs/api/v3",
+        ] {
+            assert!(!ghes_prefix(path), "{path}");
+        }
+    }
 }
