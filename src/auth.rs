@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 
 use crate::{
     config::{Client, tls::CertFingerprint},
@@ -74,9 +74,12 @@ impl Clients {
 
     /// Finds the client behind a request's `Authorization` header.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ProxyError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ProxyError::Unauthorized("Requires authentication"))?;
+        self.authenticate_header(headers.get(header::AUTHORIZATION))
+    }
+
+    /// [`Clients::authenticate`] of the request's `Authorization` value, if it sent one.
+    fn authenticate_header(&self, value: Option<&HeaderValue>) -> Result<Identity, ProxyError> {
+        let value = value.ok_or_else(|| ProxyError::Unauthorized("Requires authentication"))?;
         let token = bearer_token(value.as_bytes())
             .ok_or_else(|| ProxyError::Unauthorized("Bad credentials"))?;
         let presented = TokenHash::of(token);
@@ -99,13 +102,22 @@ impl Clients {
         headers: &HeaderMap,
         peer: Option<&PeerCert>,
     ) -> Result<Identity, ProxyError> {
-        match peer {
-            Some(peer) if !headers.contains_key(header::AUTHORIZATION) => self
+        self.authenticate_presented(headers.get(header::AUTHORIZATION), peer)
+    }
+
+    /// [`Clients::authenticate_request`] with the `Authorization` value already looked up.
+    pub fn authenticate_presented(
+        &self,
+        authorization: Option<&HeaderValue>,
+        peer: Option<&PeerCert>,
+    ) -> Result<Identity, ProxyError> {
+        match (authorization, peer) {
+            (None, Some(peer)) => self
                 .by_cert
                 .get(&peer.fingerprint)
                 .cloned()
                 .ok_or(ProxyError::Unauthorized("Bad credentials")),
-            _ => self.authenticate(headers),
+            (authorization, _) => self.authenticate_header(authorization),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Input limits hyper does not apply itself, checked first on every request: a request past
 //! them is refused before it is routed or authenticated.
 
-use http::{Request, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, header};
 use hyper::body::{Body as _, Incoming};
 
 use crate::{error::ProxyError, state::AppState};
@@ -9,9 +9,84 @@ use crate::{error::ProxyError, state::AppState};
 /// Largest request body we read past; no Packages API call takes a body.
 const MAX_BODY: u64 = 1024;
 
+/// The request headers the walk reads, found in the same pass that sizes them. Looked up one
+/// by one, each was a hash of its name and a probe: eight of them on every cache hit.
+/// Each is the name's first value, as `HeaderMap::get` gives it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Heads<'a> {
+    /// `Authorization`.
+    pub authorization: Option<&'a HeaderValue>,
+    /// `Accept`.
+    pub accept: Option<&'a HeaderValue>,
+    /// `X-GitHub-Api-Version`.
+    pub api_version: Option<&'a HeaderValue>,
+    /// `If-None-Match`.
+    pub if_none_match: Option<&'a HeaderValue>,
+    /// `If-Modified-Since`.
+    pub if_modified_since: Option<&'a HeaderValue>,
+    /// The client's `X-Request-Id`.
+    pub request_id: Option<&'a HeaderValue>,
+    /// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`, in any of their values.
+    pub no_cache: bool,
+    content_length: Option<&'a HeaderValue>,
+    /// Name and value bytes of every header, as [`check_limits`] counts them.
+    bytes: usize,
+}
+
+/// `X-GitHub-Api-Version` and `X-Request-Id`, parsed once.
+const X_GITHUB_API_VERSION: HeaderName = HeaderName::from_static("x-github-api-version");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+impl<'a> Heads<'a> {
+    /// One pass over `headers`.
+    pub fn scan(headers: &'a HeaderMap) -> Self {
+        let mut heads = Heads::default();
+        for (name, value) in headers {
+            heads.bytes += name.as_str().len() + value.len() + 4;
+            let slot = if name == header::AUTHORIZATION {
+                &mut heads.authorization
+            } else if name == header::ACCEPT {
+                &mut heads.accept
+            } else if name == header::IF_NONE_MATCH {
+                &mut heads.if_none_match
+            } else if name == header::IF_MODIFIED_SINCE {
+                &mut heads.if_modified_since
+            } else if name == header::CONTENT_LENGTH {
+                &mut heads.content_length
+            } else if name == header::CACHE_CONTROL || name == header::PRAGMA {
+                heads.no_cache |= says_no_cache(value);
+                continue;
+            } else if name == X_GITHUB_API_VERSION {
+                &mut heads.api_version
+            } else if name == X_REQUEST_ID {
+                &mut heads.request_id
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        heads
+    }
+}
+
+/// A `Cache-Control` or `Pragma` value asking to revalidate first.
+fn says_no_cache(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .any(|d| d == "no-cache" || d == "max-age=0")
+    })
+}
+
 /// Input limits hyper does not apply itself: URI length (414), header bytes (431), body size
 /// (413; no Packages API call takes a body).
-pub fn check_limits(state: &AppState, request: &Request<Incoming>) -> Result<(), ProxyError> {
+pub fn check_limits(
+    state: &AppState,
+    request: &Request<Incoming>,
+    heads: &Heads<'_>,
+) -> Result<(), ProxyError> {
     let server = &state.config.server;
     let uri_len = request
         .uri()
@@ -20,21 +95,58 @@ pub fn check_limits(state: &AppState, request: &Request<Incoming>) -> Result<(),
     if uri_len > server.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    let header_bytes: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    if header_bytes > server.max_header_bytes || request.headers().len() > server.max_headers {
+    if heads.bytes > server.max_header_bytes || request.headers().len() > server.max_headers {
         return Err(ProxyError::HeadersTooLarge);
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
+    let declared = heads
+        .content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY) || request.body().size_hint().lower() > MAX_BODY {
         return Err(ProxyError::PayloadTooLarge);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_finds_first_values_and_any_no_cache() {
+        let mut headers = HeaderMap::new();
+        headers.append("authorization", HeaderValue::from_static("Bearer one"));
+        headers.append("Authorization", HeaderValue::from_static("Bearer two"));
+        headers.append("accept", HeaderValue::from_static("application/json"));
+        headers.append(
+            "x-github-api-version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        headers.append("x-request-id", HeaderValue::from_static("abc"));
+        headers.append("cache-control", HeaderValue::from_static("max-age=60"));
+        let heads = Heads::scan(&headers);
+        assert_eq!(heads.authorization.unwrap(), "Bearer one");
+        assert_eq!(heads.accept.unwrap(), "application/json");
+        assert_eq!(heads.api_version.unwrap(), "2022-11-28");
+        assert_eq!(heads.request_id.unwrap(), "abc");
+        assert!(heads.if_none_match.is_none() && heads.if_modified_since.is_none());
+        assert!(!heads.no_cache);
+        let counted: usize = headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        assert_eq!(heads.bytes, counted);
+
+        headers.append(
+            "cache-control",
+            HeaderValue::from_static("private, No-Cache"),
+        );
+        assert!(Heads::scan(&headers).no_cache);
+        let mut pragma = HeaderMap::new();
+        pragma.append("pragma", HeaderValue::from_static("no-cache"));
+        assert!(Heads::scan(&pragma).no_cache);
+        pragma.insert("pragma", HeaderValue::from_static("max-age=0"));
+        assert!(Heads::scan(&pragma).no_cache);
+        assert!(!Heads::scan(&HeaderMap::new()).no_cache);
+    }
 }

@@ -27,7 +27,7 @@
 use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
 
 use futures_util::future::{self, Either, Ready};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::{
@@ -39,7 +39,8 @@ use crate::{
     cache::{self, ClientConditions, FetchSpec},
     error::ProxyError,
     gate::{self, Mutation},
-    limits, ops,
+    limits::{self, Heads},
+    ops,
     quota::Slot,
     route::{Owner, Route},
     state::AppState,
@@ -97,11 +98,10 @@ pub fn handle<K: Send + 'static>(
     request: Request<Incoming>,
     keep: K,
 ) -> Answer {
-    let client_request_id = client_request_id(&request);
     let mut call = Call {
         started: Instant::now(),
         request_id: state.next_request_id(),
-        client_request_id,
+        client_request_id: None,
         method: request.method().clone(),
         log: RequestLog::default(),
     };
@@ -165,13 +165,14 @@ impl Call {
 fn authenticate<B>(
     state: &AppState,
     request: &Request<B>,
+    heads: &Heads<'_>,
     log: &mut RequestLog,
 ) -> Result<Identity, ProxyError> {
     let peer = request.extensions().get::<PeerCert>();
     let identity = state
         .clients
         .load()
-        .authenticate_request(request.headers(), peer)?;
+        .authenticate_presented(heads.authorization, peer)?;
     log.client = Some(identity.name.clone());
     log.scopes = Some(granted_scopes(state, &identity));
     Ok(identity)
@@ -239,9 +240,11 @@ fn walk_checked(
     request: Request<Incoming>,
     call: &mut Call,
 ) -> Result<Step, ProxyError> {
+    // 1. limits, and the headers the walk reads, in one pass
+    let heads = Heads::scan(request.headers());
+    call.client_request_id = heads.request_id.and_then(client_request_id);
     let log = &mut call.log;
-    // 1. limits
-    limits::check_limits(state, &request)?;
+    limits::check_limits(state, &request, &heads)?;
     // 2. the proxy's own endpoints
     let path = request.uri().path();
     let metrics_here = state.config.server.admin_listen.is_none();
@@ -250,18 +253,18 @@ fn walk_checked(
     }
     if ops::is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
-        let identity = authenticate(state, &request, log)?;
+        let identity = authenticate(state, &request, &heads, log)?;
         return Ok(Step::Wait(Next::RateLimit(identity)));
     }
     if path == ops::PURGE_PATH {
         log.route = Some(ops::PURGE_PATH);
-        let identity = authenticate(state, &request, log)?;
+        let identity = authenticate(state, &request, &heads, log)?;
         return Ok(Step::Wait(Next::Purge(identity, request)));
     }
     // 3. route, 4. authenticate, 5. owner
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
-    let identity = authenticate(state, &request, log)?;
+    let identity = authenticate(state, &request, &heads, log)?;
     check_owner(state, &route)?;
     // 6. admission. Held until the answer is built: the client's cap on requests in flight.
     let in_flight =
@@ -273,7 +276,7 @@ fn walk_checked(
                 message: "Too many requests in flight for this client".to_owned(),
                 retry_after_secs: 1,
             })?;
-    let forwarded = Forwarded::from_request(request.headers())?;
+    let forwarded = Forwarded::from_heads(&heads)?;
     let ghes = ghes_prefix(path);
     let public_base = public_base(state, ghes);
     // 7. gate, cache or pass-through (each admits what it sends upstream)
@@ -301,7 +304,7 @@ fn walk_checked(
         })));
     }
     let conditions = ClientConditions {
-        no_cache: no_cache(request.headers()),
+        no_cache: heads.no_cache,
         if_none_match: forwarded.if_none_match.clone(),
     };
     let mut upstream_headers = forwarded;
@@ -450,20 +453,6 @@ async fn pass_through(
     Ok(response)
 }
 
-/// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`: revalidate first.
-fn no_cache(headers: &HeaderMap) -> bool {
-    let says = |name: header::HeaderName| {
-        headers.get_all(name).iter().any(|value| {
-            value.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .map(|d| d.trim().to_ascii_lowercase())
-                    .any(|d| d == "no-cache" || d == "max-age=0")
-            })
-        })
-    };
-    says(header::CACHE_CONTROL) || says(header::PRAGMA)
-}
-
 /// Owners outside the config are 404, like a package the token cannot see.
 fn check_owner(state: &AppState, route: &Route) -> Result<(), ProxyError> {
     let upstream = &state.config.upstream;
@@ -501,8 +490,7 @@ fn public_base(state: &AppState, ghes: bool) -> Arc<str> {
 }
 
 /// The client's `X-Request-Id` if it is short and plain (it goes into logs and the audit log).
-fn client_request_id(request: &Request<Incoming>) -> Option<String> {
-    let value = request.headers().get(X_REQUEST_ID)?;
+fn client_request_id(value: &HeaderValue) -> Option<String> {
     let b = value.as_bytes();
     let plain = !b.is_empty()
         && b.len() <= 64

@@ -16,7 +16,7 @@ use std::{
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -36,9 +36,6 @@ use crate::{
     ratelimit::RateLimit,
     secret::OrgToken,
 };
-
-/// Read from every request (parsed once, not per call).
-const X_GITHUB_API_VERSION: HeaderName = HeaderName::from_static("x-github-api-version");
 
 pub mod shape;
 
@@ -388,12 +385,17 @@ impl hyper::body::Body for PermitBody {
 impl Forwarded {
     /// Validates the client's headers; an unknown API version is a 400, as at GitHub.
     pub fn from_request(headers: &HeaderMap) -> Result<Self, ProxyError> {
-        let accept = match headers.get(header::ACCEPT) {
+        Self::from_heads(&crate::limits::Heads::scan(headers))
+    }
+
+    /// [`Forwarded::from_request`] from the walk's one pass over the headers.
+    pub fn from_heads(heads: &crate::limits::Heads<'_>) -> Result<Self, ProxyError> {
+        let accept = match heads.accept {
             Some(value) if sane(value, 256) => value.clone(),
             Some(_) => return Err(ProxyError::BadRequest("Invalid Accept header".to_owned())),
             None => HeaderValue::from_static(DEFAULT_ACCEPT),
         };
-        let api_version = match headers.get(X_GITHUB_API_VERSION) {
+        let api_version = match heads.api_version {
             None => HeaderValue::from_static(DEFAULT_API_VERSION),
             Some(value) => match API_VERSIONS
                 .iter()
@@ -408,14 +410,8 @@ impl Forwarded {
                 }
             },
         };
-        let if_none_match = headers
-            .get(header::IF_NONE_MATCH)
-            .filter(|v| sane(v, 1024))
-            .cloned();
-        let if_modified_since = headers
-            .get(header::IF_MODIFIED_SINCE)
-            .filter(|v| sane(v, 64))
-            .cloned();
+        let if_none_match = heads.if_none_match.filter(|v| sane(v, 1024)).cloned();
+        let if_modified_since = heads.if_modified_since.filter(|v| sane(v, 64)).cloned();
         Ok(Self {
             accept,
             api_version,
