@@ -134,9 +134,41 @@ impl Clients {
 
 /// The token in `Bearer <t>` or `token <t>` (scheme case-insensitive).
 fn bearer_token(value: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let (scheme, token) = text.split_once(' ')?;
-    let scheme_ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
-    let token = token.trim();
-    (scheme_ok && !token.is_empty()).then_some(token)
+    // Bytes first, text last: only the token itself needs to be UTF-8.
+    let text = value.trim_ascii();
+    let space = text.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = (&text[..space], text[space + 1..].trim_ascii());
+    let scheme_ok = scheme.eq_ignore_ascii_case(b"bearer") || scheme.eq_ignore_ascii_case(b"token");
+    if !scheme_ok || token.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_and_token_schemes_in_any_case_with_spaces_trimmed() {
+        for (value, token) in [
+            (&b"Bearer abc"[..], Some("abc")),
+            (b"bearer abc", Some("abc")),
+            (b"TOKEN abc", Some("abc")),
+            (b"  Bearer   abc \t", Some("abc")),
+            (b"Bearer", None),
+            (b"Bearer ", None),
+            (b"Basic abc", None),
+            (b"Bearerabc", None),
+            (b"Bearer \xff\xfe", None),
+            (b"", None),
+        ] {
+            assert_eq!(
+                bearer_token(value),
+                token,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
 }

@@ -150,12 +150,23 @@ impl Call {
             duration: elapsed,
         });
         let headers = response.headers_mut();
-        headers.insert(X_REQUEST_ID, self.request_id);
         match log.scopes {
-            Some(scopes) => headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes)),
-            // An answer from the cache carries a slot for it: no caller, no scopes.
-            None => headers.remove(X_OAUTH_SCOPES),
-        };
+            // An answer from the cache has a slot for each (`cache::StoredHeaders`).
+            Some(scopes) if log.cache.is_some() => cache::fill_slots(
+                headers,
+                (&X_REQUEST_ID, self.request_id),
+                (&X_OAUTH_SCOPES, HeaderValue::from_static(scopes)),
+            ),
+            Some(scopes) => {
+                headers.insert(X_REQUEST_ID, self.request_id);
+                headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
+            }
+            None => {
+                headers.insert(X_REQUEST_ID, self.request_id);
+                // No caller, no scopes (and no slot left empty).
+                headers.remove(X_OAUTH_SCOPES);
+            }
+        }
         response
     }
 }

@@ -229,10 +229,43 @@ impl Entry {
         } else {
             (age_value(age), status.header_value(ttl))
         };
-        headers.insert(header::AGE, age_value);
-        headers.insert(CACHE_STATUS, status_value);
+        fill_slots(
+            &mut headers,
+            (&header::AGE, age_value),
+            (&CACHE_STATUS, status_value),
+        );
         *response.headers_mut() = headers;
         response
+    }
+}
+
+/// Sets two headers of `headers`, a map from [`Entry::respond`]: its slots come first, so they
+/// are found in a walk over its first entries, without hashing either name for an `insert`
+/// (which cost more than the rest of serving the stored map). A name with no slot (a map from
+/// elsewhere) is inserted.
+pub fn fill_slots(
+    headers: &mut HeaderMap,
+    (first_name, first): (&HeaderName, HeaderValue),
+    (second_name, second): (&HeaderName, HeaderValue),
+) {
+    let (mut first, mut second) = (Some(first), Some(second));
+    for (name, value) in headers.iter_mut() {
+        if first.is_some() && name == first_name {
+            *value = first.take().unwrap_or_else(|| HeaderValue::from_static(""));
+        } else if second.is_some() && name == second_name {
+            *value = second
+                .take()
+                .unwrap_or_else(|| HeaderValue::from_static(""));
+        }
+        if first.is_none() && second.is_none() {
+            return;
+        }
+    }
+    if let Some(first) = first {
+        headers.insert(first_name.clone(), first);
+    }
+    if let Some(second) = second {
+        headers.insert(second_name.clone(), second);
     }
 }
 
@@ -242,13 +275,14 @@ impl StoredHeaders {
     /// Keeps `stored` (any header named like a slot is dropped: the answer writes its own).
     pub fn new(stored: &HeaderMap) -> Self {
         let mut answer = HeaderMap::with_capacity(stored.len() + SLOTS.len());
+        // Slots first, in `SLOTS` order: `fill_slots` finds them at the start of the map.
+        for slot in SLOTS {
+            answer.insert(slot, HeaderValue::from_static(""));
+        }
         for (name, value) in stored {
             if !is_slot(name) {
                 answer.append(name.clone(), value.clone());
             }
-        }
-        for slot in SLOTS {
-            answer.insert(slot, HeaderValue::from_static(""));
         }
         // A clone's tables hold exactly its entries: what every hit's clone allocates.
         Self {
@@ -478,6 +512,34 @@ mod tests {
         assert!(headers.contains_key(&header::VARY));
         assert_eq!(headers.to_map().len(), 3);
         assert_eq!(StoredHeaders::new(&headers.to_map()).len(), 3);
+    }
+
+    #[test]
+    fn filling_slots_replaces_them_in_place_and_inserts_what_has_none() {
+        let entry = entry(&[("content-type", "application/json")]);
+        let response = entry.respond(CacheStatus::Hit, entry.fetched_at, false);
+        let mut headers = response.headers().clone();
+        let (request_id, scopes) = (X_REQUEST_ID, X_OAUTH_SCOPES);
+        let fill = || {
+            (
+                (&request_id, HeaderValue::from_static("id-1")),
+                (&scopes, HeaderValue::from_static("read:packages")),
+            )
+        };
+        let (first, second) = fill();
+        fill_slots(&mut headers, first, second);
+        assert_eq!(headers.len(), 5);
+        assert_eq!(headers["x-request-id"], "id-1");
+        assert_eq!(headers["x-oauth-scopes"], "read:packages");
+        assert_eq!(headers.get_all("x-request-id").iter().count(), 1);
+
+        let mut elsewhere = HeaderMap::new();
+        elsewhere.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        let (first, second) = fill();
+        fill_slots(&mut elsewhere, first, second);
+        assert_eq!(elsewhere.len(), 3);
+        assert_eq!(elsewhere["x-request-id"], "id-1");
+        assert_eq!(elsewhere["x-oauth-scopes"], "read:packages");
     }
 
     #[test]

@@ -26,7 +26,9 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 
 use tokio::{sync::watch, time::Instant};
 
-pub use entry::{CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy, StoredHeaders};
+pub use entry::{
+    CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy, StoredHeaders, fill_slots,
+};
 pub(crate) use fetch::read_body;
 use key::recycle;
 pub use key::{Generations, key};
