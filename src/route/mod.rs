@@ -522,12 +522,12 @@ fn login(segment: &str) -> Result<String, ProxyError> {
 /// Decodes a package-name segment: `%2F` becomes `/`; every part between slashes must be a
 /// non-empty plain name that is not `.` or `..`.
 fn decode_name(raw: &str) -> Option<String> {
-    // Most names have no `%`: one copy, no search-and-replace.
-    let name = if raw.contains('%') {
-        raw.replace("%2F", "/").replace("%2f", "/")
-    } else {
-        raw.to_owned()
-    };
+    // Most names are one plain segment: checked as it is, and one copy.
+    if !raw.bytes().any(|b| b == b'%' || b == b'/') {
+        let ok = !raw.is_empty() && raw.len() <= MAX_NAME && raw != "." && raw != "..";
+        return ok.then(|| raw.to_owned());
+    }
+    let name = raw.replace("%2F", "/").replace("%2f", "/");
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && !name.contains('%')
@@ -571,6 +571,26 @@ mod tests {
         assert_eq!(split("/a%2f"), Some(vec!["a%2f"]));
         for cut in ["/a%", "/a%2", "/a%2G", "/a%%2F", "/a b", "/a?b", "/a\\b"] {
             assert_eq!(split(cut), None, "{cut}");
+        }
+    }
+
+    #[test]
+    fn package_names_decode_slashes_and_refuse_dot_parts() {
+        let long = "a".repeat(MAX_NAME + 1);
+        for (raw, name) in [
+            ("web", Some("web")),
+            ("base%2Fruntime", Some("base/runtime")),
+            ("base%2fruntime", Some("base/runtime")),
+            ("", None),
+            (".", None),
+            ("..", None),
+            ("a%2F..", None),
+            ("a%2F%2Fb", None),
+            ("%2Fa", None),
+            ("a%20b", None),
+            (long.as_str(), None),
+        ] {
+            assert_eq!(decode_name(raw).as_deref(), name, "{raw}");
         }
     }
 
