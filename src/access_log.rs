@@ -13,7 +13,8 @@
 //! The binary [`install`]s the writer (stdout, text or JSON per `[log] format`). Without one (the
 //! library in tests, the demo) the line goes through `tracing` as an event, as before. Either way
 //! the line is written only when `tracing` would log an `INFO` event of target
-//! `packages_proxy::proxy`, so `[log] level` and `RUST_LOG` keep deciding. Lines carry the same
+//! `packages_proxy::proxy`, so `[log] level` and `RUST_LOG` keep deciding (the writer asks once,
+//! when it is installed after the subscriber). Lines carry the same
 //! fields in both formats: request id, method, client, route template, status, upstream status,
 //! cache outcome and duration; never a token or the raw path.
 
@@ -89,6 +90,11 @@ pub enum InstallError {
 /// The installed writer: the shared buffer and the thread draining it.
 struct Writer {
     format: Format,
+    /// Whether `tracing` logs an `INFO` event of [`TARGET`], asked once at [`install`]: the
+    /// filter is fixed for the process's life (`[log] level` and `RUST_LOG` are read at start,
+    /// and the request path opens no span a directive could match), and asking per request
+    /// cost a dispatcher lookup and a walk of the filter's directives on every hit.
+    enabled: bool,
     shared: Arc<Shared>,
     /// Signalled by the writer thread once it wrote everything after [`close`].
     done: Mutex<Option<mpsc::Receiver<()>>>,
@@ -132,6 +138,7 @@ pub fn install(format: Format, out: Box<dyn Write + Send>) -> Result<(), Install
     let (done_tx, done_rx) = mpsc::channel();
     let writer = Writer {
         format,
+        enabled: tracing::enabled!(target: TARGET, tracing::Level::INFO),
         shared: shared.clone(),
         done: Mutex::new(Some(done_rx)),
     };
@@ -150,12 +157,15 @@ pub fn install(format: Format, out: Box<dyn Write + Send>) -> Result<(), Install
 
 /// Writes one request's line (or sends it through `tracing` when no writer is installed).
 pub fn record(record: &AccessRecord<'_>) {
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    let Some(writer) = WRITER.get() else {
+        if tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            through_tracing(record);
+        }
+        return;
+    };
+    if !writer.enabled {
         return;
     }
-    let Some(writer) = WRITER.get() else {
-        return through_tracing(record);
-    };
     LINE.with(|line| {
         // A re-entrant call (impossible today) would find the buffer borrowed: format afresh.
         match line.try_borrow_mut() {

@@ -43,12 +43,19 @@ format = \"{format}\"
 /// Sends a miss then a hit with known request ids, stops the proxy at once (SIGTERM), and returns
 /// the output: both lines must be there even though the stop came right after the answers.
 async fn lines_written_by_a_run(format: &str) -> String {
+    lines_written_by_a_run_logging(format, "", "info").await
+}
+
+/// [`lines_written_by_a_run`] with `extra` appended to the `[log]` table and `RUST_LOG`
+/// set to `rust_log` (empty: unset).
+async fn lines_written_by_a_run_logging(format: &str, extra: &str, rust_log: &str) -> String {
     let dir = TempDir::new(&format!("access-{format}"));
     let sim = SimProc::start(&dir).await;
     let (token, hash) = token_pair();
     let port = free_ports(1)[0];
-    let text = config(port, &sim.url, &hash, format);
-    let mut proxy = ProxyProc::start(&dir, "proxy", port, &text, &sim.token).await;
+    let text = config(port, &sim.url, &hash, format) + extra;
+    let mut proxy =
+        ProxyProc::start_logging(&dir, "proxy", port, &text, &sim.token, rust_log).await;
     let http = client();
     let url = proxy.url("/orgs/acme/packages/container/web/versions?per_page=5");
     for id in ["access-miss", "access-hit"] {
@@ -97,6 +104,28 @@ async fn text_access_lines_are_written_and_flushed_at_shutdown() {
         "a hit has no upstream status: {hit}"
     );
     assert!(!log.contains("\u{1b}["), "no colour codes in a log file");
+}
+
+#[tokio::test]
+async fn the_log_level_and_rust_log_decide_whether_access_lines_are_written() {
+    let quiet = lines_written_by_a_run_logging("text", "level = \"warn\"\n", "").await;
+    assert!(
+        !quiet.contains("access-miss") && !quiet.contains("access-hit"),
+        "[log] level = warn still wrote access lines:\n{quiet}"
+    );
+    // RUST_LOG wins over the config, and a directive for the access lines' target is enough.
+    let loud = lines_written_by_a_run_logging(
+        "text",
+        "level = \"warn\"\n",
+        "warn,packages_proxy::proxy=info",
+    )
+    .await;
+    for id in ["access-miss", "access-hit"] {
+        assert!(
+            loud.contains(&format!("client_request_id=\"{id}\"")),
+            "no access line for {id} with RUST_LOG naming the target:\n{loud}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -225,6 +225,8 @@ pub struct ProxyProc {
     pub config: PathBuf,
     pub log: PathBuf,
     org_token: String,
+    /// `RUST_LOG` for the process (`info` unless started with [`ProxyProc::start_logging`]).
+    rust_log: String,
     pub proc: Option<Proc>,
 }
 
@@ -237,6 +239,20 @@ impl ProxyProc {
         config_text: &str,
         org_token: &str,
     ) -> Self {
+        Self::start_logging(dir, name, port, config_text, org_token, "info").await
+    }
+
+    /// [`ProxyProc::start`] with `RUST_LOG` set to `rust_log` (empty: unset, so the config's
+    /// `[log] level` decides).
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub async fn start_logging(
+        dir: &TempDir,
+        name: &str,
+        port: u16,
+        config_text: &str,
+        org_token: &str,
+        rust_log: &str,
+    ) -> Self {
         let config = dir.path(&format!("{name}.toml"));
         fs::write(&config, config_text).unwrap();
         let mut proxy = Self {
@@ -245,6 +261,7 @@ impl ProxyProc {
             config,
             log: dir.path(&format!("{name}.log")),
             org_token: org_token.to_owned(),
+            rust_log: rust_log.to_owned(),
             proc: None,
         };
         proxy.spawn_until_ready().await;
@@ -263,8 +280,12 @@ impl ProxyProc {
             cmd.arg("serve")
                 .arg("--config")
                 .arg(&self.config)
-                .env(ORG_TOKEN_ENV, &self.org_token)
-                .env("RUST_LOG", "info");
+                .env(ORG_TOKEN_ENV, &self.org_token);
+            if self.rust_log.is_empty() {
+                cmd.env_remove("RUST_LOG");
+            } else {
+                cmd.env("RUST_LOG", &self.rust_log);
+            }
             let mut proc = Proc::spawn(&self.name, cmd, &self.log);
             let deadline = Instant::now() + Duration::from_secs(10);
             let http = client();
