@@ -391,3 +391,52 @@ async fn audit_records_key_on_the_proxys_id_and_keep_the_clients_apart() {
         }
     }
 }
+
+// HEAD over HTTP/2 (h2c, prior knowledge): hyper sends a HEAD answer's body as DATA on HTTP/2 (it
+// leaves it out on HTTP/1 only), and the client reset the stream with PROTOCOL_ERROR, on a miss
+// and on a hit alike. The answer has the GET's length and no body.
+#[tokio::test]
+async fn head_over_http2_has_the_gets_length_and_no_body() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let path = format!("{WEB}/versions?per_page=3");
+    let mut ask = async |method: Method| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(proxy.url(&path))
+            .header("authorization", format!("Bearer {}", proxy.token()))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("stream reset").to_bytes();
+        (parts, body)
+    };
+    for round in ["miss", "hit"] {
+        let (head, body) = ask(Method::HEAD).await;
+        assert_eq!(head.status, StatusCode::OK, "{round}");
+        assert_eq!(head.version, http::Version::HTTP_2);
+        assert!(body.is_empty(), "{round}: HEAD answered with a body");
+        let cache = head.headers["cache-status"].to_str().unwrap();
+        assert!(cache.contains(round), "{round}: {cache}");
+        let (get, body) = ask(Method::GET).await;
+        assert_eq!(get.status, StatusCode::OK);
+        assert!(!body.is_empty());
+        assert_eq!(
+            head.headers["content-length"],
+            body.len().to_string(),
+            "{round}: HEAD's length is the GET's"
+        );
+    }
+}

@@ -42,7 +42,7 @@ use crate::{
 };
 use bytes::Bytes;
 use futures_util::future::Either;
-use http::{Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -148,7 +148,11 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
             // the future it returns: the walk runs in that future, so one connection's streams
             // (a load balancer's, say) are served on every worker, not one after another.
             let svc = self.svc.clone();
-            Either::Right(Box::pin(async move { svc.call(request, ()).await }) as _)
+            let head = request.method() == Method::HEAD;
+            Either::Right(Box::pin(async move {
+                let response = svc.call(request, ()).await;
+                if head { bodiless(response) } else { response }
+            }) as _)
         } else {
             // HTTP/1 serves one request at a time anyway: no box of our own, a hit's answer is
             // ready, and the rest is boxed once inside.
@@ -174,6 +178,20 @@ pub(super) struct Answered {
 pub(super) struct Sent {
     body: Body,
     in_flight: Option<InFlight>,
+}
+
+/// A HEAD answer for HTTP/2. Hyper leaves out a HEAD answer's body on HTTP/1 only: on HTTP/2 it
+/// sends it as DATA, and a client resets such a stream (`PROTOCOL_ERROR`). The length stays what
+/// the GET's would be, as on HTTP/1.
+fn bodiless(mut response: Response<Body>) -> Response<Body> {
+    if !response.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(len) = hyper::body::Body::size_hint(response.body()).exact()
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    response.map(|_| crate::body::empty())
 }
 
 // === impl Answered ===
