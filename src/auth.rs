@@ -134,7 +134,17 @@ impl Clients {
 
 /// The token in `Bearer <t>` or `token <t>` (scheme case-insensitive).
 fn bearer_token(value: &[u8]) -> Option<&str> {
-    // Bytes first, text last: only the token itself needs to be UTF-8.
+    if !value.is_ascii() {
+        // Rare: the text rules, which also trim Unicode spaces (a no-break space after the
+        // token was accepted, and still is).
+        let text = std::str::from_utf8(value).ok()?.trim();
+        let (scheme, token) = text.split_once(' ')?;
+        let scheme_ok =
+            scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
+        let token = token.trim();
+        return (scheme_ok && !token.is_empty()).then_some(token);
+    }
+    // ASCII (every real token): the same rules on bytes, without a UTF-8 check or `char` trims.
     let text = value.trim_ascii();
     let space = text.iter().position(|&b| b == b' ')?;
     let (scheme, token) = (&text[..space], text[space + 1..].trim_ascii());
@@ -161,6 +171,8 @@ mod tests {
             (b"Basic abc", None),
             (b"Bearerabc", None),
             (b"Bearer \xff\xfe", None),
+            ("Bearer abc\u{a0}".as_bytes(), Some("abc")),
+            ("\u{3000}bearer abc".as_bytes(), Some("abc")),
             (b"", None),
         ] {
             assert_eq!(
