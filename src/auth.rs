@@ -11,7 +11,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderValue;
 
 use crate::{
     config::{Client, tls::CertFingerprint},
@@ -72,12 +72,25 @@ impl Clients {
         Self { entries, by_cert }
     }
 
-    /// Finds the client behind a request's `Authorization` header.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ProxyError> {
-        self.authenticate_header(headers.get(header::AUTHORIZATION))
+    /// Finds the client behind a request: its `Authorization` value when it sent one (a bad
+    /// token is refused, never retried as a certificate), else its connection's client
+    /// certificate. The walk looks the value up in its one pass over the headers.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        peer: Option<&PeerCert>,
+    ) -> Result<Identity, ProxyError> {
+        match (authorization, peer) {
+            (None, Some(peer)) => self
+                .by_cert
+                .get(&peer.fingerprint)
+                .cloned()
+                .ok_or(ProxyError::Unauthorized("Bad credentials")),
+            (authorization, _) => self.authenticate_header(authorization),
+        }
     }
 
-    /// [`Clients::authenticate`] of the request's `Authorization` value, if it sent one.
+    /// The client whose token an `Authorization` value carries.
     fn authenticate_header(&self, value: Option<&HeaderValue>) -> Result<Identity, ProxyError> {
         let value = value.ok_or_else(|| ProxyError::Unauthorized("Requires authentication"))?;
         let token = bearer_token(value.as_bytes())
@@ -93,32 +106,6 @@ impl Clients {
         found
             .cloned()
             .ok_or_else(|| ProxyError::Unauthorized("Bad credentials"))
-    }
-
-    /// Finds the client behind a request: its `Authorization` header when it sends one (a bad
-    /// token is refused, never retried as a certificate), else its connection's client certificate.
-    pub fn authenticate_request(
-        &self,
-        headers: &HeaderMap,
-        peer: Option<&PeerCert>,
-    ) -> Result<Identity, ProxyError> {
-        self.authenticate_presented(headers.get(header::AUTHORIZATION), peer)
-    }
-
-    /// [`Clients::authenticate_request`] with the `Authorization` value already looked up.
-    pub fn authenticate_presented(
-        &self,
-        authorization: Option<&HeaderValue>,
-        peer: Option<&PeerCert>,
-    ) -> Result<Identity, ProxyError> {
-        match (authorization, peer) {
-            (None, Some(peer)) => self
-                .by_cert
-                .get(&peer.fingerprint)
-                .cloned()
-                .ok_or(ProxyError::Unauthorized("Bad credentials")),
-            (authorization, _) => self.authenticate_header(authorization),
-        }
     }
 
     /// How many clients are configured.

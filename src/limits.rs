@@ -12,7 +12,7 @@ const MAX_BODY: u64 = 1024;
 /// The request headers the walk reads, found in the same pass that sizes them. Looked up one
 /// by one, each was a hash of its name and a probe: eight of them on every cache hit.
 /// Each is the name's first value, as `HeaderMap::get` gives it.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default, Clone, Copy)]
 pub struct Heads<'a> {
     /// `Authorization`.
     pub authorization: Option<&'a HeaderValue>,
@@ -31,6 +31,21 @@ pub struct Heads<'a> {
     content_length: Option<&'a HeaderValue>,
     /// Name and value bytes of every header, as [`check_limits`] counts them.
     bytes: usize,
+}
+
+/// Never prints the `Authorization` value (a client's token).
+impl std::fmt::Debug for Heads<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Heads")
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
+            .field("accept", &self.accept)
+            .field("api_version", &self.api_version)
+            .field("if_none_match", &self.if_none_match)
+            .field("if_modified_since", &self.if_modified_since)
+            .field("request_id", &self.request_id)
+            .field("no_cache", &self.no_cache)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `X-GitHub-Api-Version` and `X-Request-Id`, parsed once.
@@ -148,5 +163,17 @@ mod tests {
         pragma.insert("pragma", HeaderValue::from_static("max-age=0"));
         assert!(Heads::scan(&pragma).no_cache);
         assert!(!Heads::scan(&HeaderMap::new()).no_cache);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer secret-token"),
+        );
+        let printed = format!("{:?}", Heads::scan(&headers));
+        assert!(!printed.contains("secret-token"), "{printed}");
+        assert!(printed.contains("redacted"), "{printed}");
     }
 }

@@ -183,7 +183,7 @@ fn authenticate<B>(
     let identity = state
         .clients
         .load()
-        .authenticate_presented(heads.authorization, peer)?;
+        .authenticate(heads.authorization, peer)?;
     log.client = Some(identity.name.clone());
     log.scopes = Some(granted_scopes(state, &identity));
     Ok(identity)

@@ -399,17 +399,10 @@ async fn audit_records_key_on_the_proxys_id_and_keep_the_clients_apart() {
 async fn head_over_http2_has_the_gets_length_and_no_body() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
     let sim = spawn_sim().await;
     let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
-    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2(proxy.addr()).await;
     let path = format!("{WEB}/versions?per_page=3");
     let mut ask = async |method: Method| {
         let request = http::Request::builder()

@@ -19,33 +19,13 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use support::{ProxyOptions, send, spawn_proxy, spawn_proxy_to, spawn_sim};
+use hyper_util::rt::TokioIo;
+use support::{ProxyOptions, h2, send, spawn_proxy, spawn_proxy_to, spawn_sim};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-
-/// An HTTP/2 client connection (prior knowledge, h2c): hyper's driver answers pings and
-/// settings; the connection task ends when the server closes it.
-async fn h2(
-    addr: std::net::SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
-    JoinHandle<()>,
-) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (sender, task)
-}
 
 /// Waits (polling, with a deadline) until every task has ended.
 async fn all_end(tasks: &[JoinHandle<()>], limit: Duration) -> Duration {
@@ -232,13 +212,7 @@ async fn h2_body_longer_than_idle_timeout_is_delivered_whole() {
         uncached("header_read_timeout = \"1s\"\nidle_timeout = \"1s\""),
     )
     .await;
-    let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2(proxy.addr()).await;
     let request = Request::get(proxy.url(PATH))
         .header("authorization", format!("Bearer {}", proxy.token()))
         .body(Empty::<Bytes>::new())
