@@ -8,10 +8,15 @@
 //! On a TLS listener with `server.tls.client_ca_file`, a client may instead be named by its
 //! certificate's SHA-256 ([`PeerCert`]). The fingerprint is looked up in a map: it is no secret,
 //! and the handshake already proved the client holds the certificate's key.
+//!
+//! An HTTP/1 connection keeps the last client it authenticated in an [`AuthMemo`]: its next
+//! request with the same `Authorization` value (compared in constant time) skips the hash and the
+//! scan, until a reload changes the clients or the policy.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use http::HeaderValue;
+use subtle::ConstantTimeEq;
 
 use crate::{
     config::{Client, tls::CertFingerprint},
@@ -29,6 +34,20 @@ pub struct Clients {
     by_cert: HashMap<CertFingerprint, Identity>,
 }
 
+/// The client one connection last authenticated by its `Authorization` value, with the scopes it
+/// was granted. A connection serves its HTTP/1 requests one at a time, so a `RefCell` will do.
+#[derive(Default)]
+pub struct AuthMemo(RefCell<Option<Remembered>>);
+
+struct Remembered {
+    /// The credentials generation it was authenticated under (see [`AuthMemo::recall`]).
+    generation: u64,
+    /// The whole `Authorization` value: a secret, kept only as long as the connection.
+    authorization: Vec<u8>,
+    identity: Identity,
+    scopes: &'static str,
+}
+
 /// Who a request comes from.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -38,6 +57,56 @@ pub struct Identity {
     pub admin: bool,
     /// Its quotas and their current state.
     pub limits: Arc<ClientLimits>,
+}
+
+// === impl AuthMemo ===
+
+/// Names the client remembered, never its credentials.
+impl std::fmt::Debug for AuthMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let client = self.0.try_borrow().ok().and_then(|memo| {
+            memo.as_ref()
+                .map(|remembered| remembered.identity.name.clone())
+        });
+        f.debug_struct("AuthMemo").field("client", &client).finish()
+    }
+}
+
+impl AuthMemo {
+    /// The client remembered for exactly this `Authorization` value, if nothing was reloaded
+    /// since (`generation` moves on every reload of clients or policy). The bytes are compared in
+    /// constant time: behind a load balancer one connection carries many clients' requests.
+    pub fn recall(
+        &self,
+        generation: u64,
+        authorization: &[u8],
+    ) -> Option<(Identity, &'static str)> {
+        let memo = self.0.borrow();
+        let remembered = memo.as_ref()?;
+        let same = remembered.generation == generation
+            && bool::from(remembered.authorization.as_slice().ct_eq(authorization));
+        same.then(|| (remembered.identity.clone(), remembered.scopes))
+    }
+
+    /// Remembers who `authorization` named under `generation` (read before the clients were).
+    pub fn remember(
+        &self,
+        generation: u64,
+        authorization: &[u8],
+        identity: &Identity,
+        scopes: &'static str,
+    ) {
+        let mut memo = self.0.borrow_mut();
+        let mut bytes = memo.take().map(|old| old.authorization).unwrap_or_default();
+        bytes.clear();
+        bytes.extend_from_slice(authorization);
+        *memo = Some(Remembered {
+            generation,
+            authorization: bytes,
+            identity: identity.clone(),
+            scopes,
+        });
+    }
 }
 
 // === impl Clients ===

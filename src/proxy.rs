@@ -24,7 +24,13 @@
 //! waits (GitHub, the shared tier, the gate, a purge) is a [`Next`] step, run in the request's
 //! one boxed future.
 
-use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc, time::Instant};
+use std::{
+    borrow::Cow,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    time::Instant,
+};
 
 use futures_util::future::{self, Either, Ready};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -33,7 +39,7 @@ use hyper::body::Incoming;
 use crate::{
     access_log::AccessRecord,
     admission::{self, Payer, Ticket, Work},
-    auth::Identity,
+    auth::{AuthMemo, Identity},
     body::Body,
     body_url,
     cache::{self, ClientConditions, FetchSpec},
@@ -41,7 +47,7 @@ use crate::{
     gate::{self, Mutation},
     limits::{self, Heads},
     ops,
-    quota::Slot,
+    quota::{Slot, Taken},
     route::{Owner, Route},
     state::AppState,
     tls::PeerCert,
@@ -93,10 +99,12 @@ pub type Answer =
 /// ready: no future is set up, boxed, or polled for it. Anything that waits (GitHub, the shared
 /// tier, the gate, a purge) continues in one boxed future, which holds `keep` (the server's and
 /// the connection's in-flight marks) until its answer is built.
-pub fn handle<K: Send + 'static>(
-    state: Arc<AppState>,
+pub fn handle<G: Send + 'static>(
+    state: &Arc<AppState>,
     request: Request<Incoming>,
-    keep: K,
+    guard: G,
+    slot: Taken<'_>,
+    memo: Option<&AuthMemo>,
 ) -> Answer {
     let mut call = Call {
         started: Instant::now(),
@@ -105,13 +113,18 @@ pub fn handle<K: Send + 'static>(
         method: request.method().clone(),
         log: RequestLog::default(),
     };
-    match walk(&state, request, &mut call) {
+    match walk(state, request, &mut call, memo) {
+        // The slot and the guard are given back once the answer is built.
         Step::Done(result) => Either::Left(future::ready(call.finish(result))),
-        Step::Wait(next) => Either::Right(Box::pin(async move {
-            let _keep = keep;
-            let result = next.run(&state, &mut call).await;
-            call.finish(result)
-        })),
+        Step::Wait(next) => {
+            let keep = (guard, slot.keep());
+            let state = state.clone();
+            Either::Right(Box::pin(async move {
+                let _keep = keep;
+                let result = next.run(&state, &mut call).await;
+                call.finish(result)
+            }))
+        }
     }
 }
 
@@ -173,19 +186,36 @@ impl Call {
 
 /// The client behind a request: its bearer token, else its TLS client certificate. Records the
 /// client and the scopes it is granted for the log line and the answer's `X-OAuth-Scopes`.
+/// A connection's `memo` answers its repeated `Authorization` without the hash (see
+/// [`AuthMemo`]); a client named by its certificate needs no hash anyway.
 fn authenticate<B>(
     state: &AppState,
     request: &Request<B>,
     heads: &Heads<'_>,
     log: &mut RequestLog,
+    memo: Option<&AuthMemo>,
 ) -> Result<Identity, ProxyError> {
     let peer = request.extensions().get::<PeerCert>();
+    // Read before the clients and the policy: a reload in between makes the memo stale.
+    let generation = state.credentials_generation.load(Ordering::Acquire);
+    let memo = memo.zip(heads.authorization).filter(|_| peer.is_none());
+    if let Some((memo, authorization)) = memo
+        && let Some((identity, scopes)) = memo.recall(generation, authorization.as_bytes())
+    {
+        log.client = Some(identity.name.clone());
+        log.scopes = Some(scopes);
+        return Ok(identity);
+    }
     let identity = state
         .clients
         .load()
         .authenticate(heads.authorization, peer)?;
+    let scopes = granted_scopes(state, &identity);
+    if let Some((memo, authorization)) = memo {
+        memo.remember(generation, authorization.as_bytes(), &identity, scopes);
+    }
     log.client = Some(identity.name.clone());
-    log.scopes = Some(granted_scopes(state, &identity));
+    log.scopes = Some(scopes);
     Ok(identity)
 }
 
@@ -239,8 +269,13 @@ struct Read {
 }
 
 /// Phases 1 to 7 up to the first wait (see the module's text).
-fn walk(state: &AppState, request: Request<Incoming>, call: &mut Call) -> Step {
-    match walk_checked(state, request, call) {
+fn walk(
+    state: &AppState,
+    request: Request<Incoming>,
+    call: &mut Call,
+    memo: Option<&AuthMemo>,
+) -> Step {
+    match walk_checked(state, request, call, memo) {
         Ok(step) => step,
         Err(error) => Step::Done(Err(error)),
     }
@@ -250,6 +285,7 @@ fn walk_checked(
     state: &AppState,
     request: Request<Incoming>,
     call: &mut Call,
+    memo: Option<&AuthMemo>,
 ) -> Result<Step, ProxyError> {
     // 1. limits, and the headers the walk reads, in one pass
     let heads = Heads::scan(request.headers());
@@ -264,18 +300,18 @@ fn walk_checked(
     }
     if ops::is_rate_limit_path(path) && request.method() == Method::GET {
         log.route = Some("/rate_limit");
-        let identity = authenticate(state, &request, &heads, log)?;
+        let identity = authenticate(state, &request, &heads, log, memo)?;
         return Ok(Step::Wait(Next::RateLimit(identity)));
     }
     if path == ops::PURGE_PATH {
         log.route = Some(ops::PURGE_PATH);
-        let identity = authenticate(state, &request, &heads, log)?;
+        let identity = authenticate(state, &request, &heads, log, memo)?;
         return Ok(Step::Wait(Next::Purge(identity, request)));
     }
     // 3. route, 4. authenticate, 5. owner
     let route = Route::parse(request.method(), path, request.uri().query())?;
     log.route = Some(route.template());
-    let identity = authenticate(state, &request, &heads, log)?;
+    let identity = authenticate(state, &request, &heads, log, memo)?;
     check_owner(state, &route)?;
     // 6. admission. Held until the answer is built: the client's cap on requests in flight.
     let in_flight =
@@ -294,11 +330,11 @@ fn walk_checked(
     if route.operation.is_destructive() {
         let dry_run_requested = gate::dry_run_requested(request.headers())?;
         let read = Read {
+            _in_flight: in_flight.keep(),
             route,
             identity,
             forwarded,
             public_base,
-            _in_flight: in_flight,
         };
         return Ok(Step::Wait(Next::Mutate {
             read,
@@ -307,11 +343,11 @@ fn walk_checked(
     }
     if !state.config.cache.enabled {
         return Ok(Step::Wait(Next::PassThrough(Read {
+            _in_flight: in_flight.keep(),
             route,
             identity,
             forwarded,
             public_base,
-            _in_flight: in_flight,
         })));
     }
     let conditions = ClientConditions {
@@ -340,9 +376,9 @@ fn walk_checked(
             Ok(Step::Done(Ok(response)))
         }
         Err(deferred) => Ok(Step::Wait(Next::Cache {
+            _in_flight: in_flight.keep(),
             deferred,
             identity,
-            _in_flight: in_flight,
         })),
     }
 }

@@ -54,6 +54,13 @@ pub struct Slots {
 #[derive(Debug)]
 pub struct Slot(Arc<Slots>);
 
+/// A slot taken for as long as the caller's borrow of its [`Slots`]: a cache hit takes and
+/// gives back both of its slots without touching the `Arc`'s count. [`Taken::keep`] turns it
+/// into a [`Slot`] that a waiting request carries.
+#[derive(Debug)]
+#[must_use = "dropping it gives the slot back"]
+pub struct Taken<'a>(&'a Arc<Slots>);
+
 // === impl Slots ===
 
 impl Slots {
@@ -66,13 +73,13 @@ impl Slots {
     }
 
     /// A slot, or `None` when all are taken.
-    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+    pub fn try_take(self: &Arc<Self>) -> Option<Taken<'_>> {
         self.taken
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
                 (taken < self.total).then_some(taken + 1)
             })
             .ok()
-            .map(|_| Slot(self.clone()))
+            .map(|_| Taken(self))
     }
 
     /// Slots taken now.
@@ -82,6 +89,23 @@ impl Slots {
 }
 
 impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.taken.fetch_sub(1, Ordering::Release);
+    }
+}
+
+// === impl Taken ===
+
+impl Taken<'_> {
+    /// The slot, held past the borrow (given back when the [`Slot`] is dropped).
+    pub fn keep(self) -> Slot {
+        let slots = self.0.clone();
+        std::mem::forget(self);
+        Slot(slots)
+    }
+}
+
+impl Drop for Taken<'_> {
     fn drop(&mut self) {
         self.0.taken.fetch_sub(1, Ordering::Release);
     }
@@ -193,7 +217,8 @@ mod tests {
         assert!(slots.try_take().is_none());
         assert_eq!(slots.taken(), 2);
         drop(a);
-        let c = slots.try_take().expect("freed");
+        let c = slots.try_take().expect("freed").keep();
+        assert_eq!(slots.taken(), 2, "a kept slot stays taken");
         drop((b, c));
         assert_eq!(slots.taken(), 0);
         assert!(Slots::new(0).try_take().is_none());

@@ -31,6 +31,7 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
             );
             state.clients.store(Arc::new(clients));
             state.policy.store(config.policy.clone());
+            state.credentials_generation.fetch_add(1, Ordering::Release);
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 clients = config.clients.len(),

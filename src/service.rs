@@ -17,6 +17,7 @@ use http::{HeaderMap, Request, header};
 use hyper::body::Incoming;
 
 use crate::{
+    auth::AuthMemo,
     error::ProxyError,
     proxy::{self, Answer},
     quota::Slots,
@@ -44,12 +45,20 @@ impl ProxyService {
     /// The edge's checks and the walk run here, at once: a fresh cache hit comes back ready, with
     /// no future set up for it; anything that waits comes back as one boxed future that owns what
     /// it needs, `guard` and the server's in-flight slot included.
-    pub fn call<G: Send + 'static>(&self, mut request: Request<Incoming>, guard: G) -> Answer {
+    ///
+    /// `memo` is the connection's last authenticated client, when the walk runs on the
+    /// connection itself (HTTP/1).
+    pub fn call<G: Send + 'static>(
+        &self,
+        mut request: Request<Incoming>,
+        guard: G,
+        memo: Option<&AuthMemo>,
+    ) -> Answer {
         mark_sensitive(request.headers_mut());
         let Some(slot) = self.in_flight.try_take() else {
             return Either::Left(future::ready(ProxyError::Overloaded.into_response()));
         };
-        proxy::handle(self.state.clone(), request, (guard, slot))
+        proxy::handle(&self.state, request, guard, slot, memo)
     }
 }
 

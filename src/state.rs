@@ -74,6 +74,9 @@ pub struct AppState {
     pub(crate) audit_failures: AtomicU64,
     /// Config reloads applied.
     pub(crate) reloads_ok: AtomicU64,
+    /// Moves on (`Release`, after both swaps) whenever the clients and policy are reloaded:
+    /// connections' [`crate::auth::AuthMemo`]s made under an older one are not used.
+    pub(crate) credentials_generation: AtomicU64,
     /// Config reloads rejected (the last good config stays).
     pub(crate) reloads_failed: AtomicU64,
     /// Set when shutdown starts: `/readyz` fails so load balancers stop sending.
@@ -137,6 +140,7 @@ impl AppState {
             per_client: Arc::default(),
             audit_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
+            credentials_generation: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             request_prefix: hex::encode(seed),

@@ -588,3 +588,116 @@ async fn shutdown_fails_readiness_and_lets_in_flight_requests_finish() {
         "still accepting after shutdown"
     );
 }
+
+/// One request on `sender`'s connection: status and `x-oauth-scopes`.
+async fn on_connection(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: &'static str,
+) -> StatusCode {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "proxy")
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .unwrap();
+    sender.ready().await.expect("the connection is still open");
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap();
+    status
+}
+
+// Guards the connection's memo of its last client (it skips the token hash on repeats): one
+// keep-alive connection carrying several clients' requests, as a load balancer's does, gets each
+// request its own client; a wrong token after a right one is refused; and a reload that drops a
+// client refuses it at once on a connection that had already authenticated it.
+#[tokio::test]
+async fn one_connection_is_authenticated_per_request_across_clients_and_reloads() {
+    let sim = spawn_sim().await;
+    let options = ProxyOptions {
+        admins: vec!["team-a"],
+        ..ProxyOptions::default()
+    };
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &options);
+    let dir = temp_dir("memo");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = packages_proxy::config::Config::load(&path).unwrap();
+    let running = packages_proxy::server::start(
+        config,
+        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
+    )
+    .await
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let (admin, other) = (tokens[0].as_str(), tokens[1].as_str());
+    let read = "/orgs/acme/packages?package_type=container";
+    let purge = "/admin/cache/purge";
+    let owner = r#"{"owner": "acme"}"#;
+
+    for _ in 0..2 {
+        assert_eq!(
+            on_connection(&mut sender, Method::GET, read, admin, "").await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            on_connection(&mut sender, Method::POST, purge, admin, owner).await,
+            StatusCode::OK,
+            "team-a is an admin"
+        );
+        assert_eq!(
+            on_connection(&mut sender, Method::POST, purge, other, owner).await,
+            StatusCode::FORBIDDEN,
+            "team-b was taken for the connection's previous client"
+        );
+        assert_eq!(
+            on_connection(&mut sender, Method::GET, read, other, "").await,
+            StatusCode::OK
+        );
+    }
+    let wrong = format!("{}x", &admin[..admin.len() - 1]);
+    assert_eq!(
+        on_connection(&mut sender, Method::GET, read, admin, "").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        on_connection(&mut sender, Method::GET, read, &wrong, "").await,
+        StatusCode::UNAUTHORIZED,
+        "a token one character off the connection's last one"
+    );
+
+    // Drop team-a (its `[[clients]]` table is the first) and reload: on the same connection, the
+    // token it had just authenticated is refused, and team-b is still served.
+    assert_eq!(
+        on_connection(&mut sender, Method::GET, read, admin, "").await,
+        StatusCode::OK
+    );
+    let start = text.find("[[clients]]\nname = \"team-a\"").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    std::fs::write(&path, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    assert_eq!(
+        on_connection(&mut sender, Method::GET, read, admin, "").await,
+        StatusCode::UNAUTHORIZED,
+        "a client the reload removed was still served on its connection"
+    );
+    assert_eq!(
+        on_connection(&mut sender, Method::GET, read, other, "").await,
+        StatusCode::OK
+    );
+    running.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

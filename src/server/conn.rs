@@ -35,6 +35,7 @@ use std::{
 };
 
 use crate::{
+    auth::AuthMemo,
     body::{Body, BoxError},
     proxy::Answer,
     service::ProxyService,
@@ -113,6 +114,8 @@ struct Watched {
     peer: Option<PeerCert>,
     activity: Arc<Activity>,
     start: Instant,
+    /// The client this connection last authenticated (HTTP/1: its walk runs here).
+    memo: AuthMemo,
 }
 
 /// The connection's stream, noting in its [`Activity`] when bytes arrive with no request in
@@ -150,13 +153,13 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
             let svc = self.svc.clone();
             let head = request.method() == Method::HEAD;
             Either::Right(Box::pin(async move {
-                let response = svc.call(request, ()).await;
+                let response = svc.call(request, (), None).await;
                 if head { bodiless(response) } else { response }
             }) as _)
         } else {
             // HTTP/1 serves one request at a time anyway: no box of our own, a hit's answer is
             // ready, and the rest is boxed once inside.
-            self.svc.call(request, ())
+            self.svc.call(request, (), Some(&self.memo))
         };
         Answered {
             answer,
@@ -355,6 +358,7 @@ pub(super) async fn serve<I>(
         peer,
         activity,
         start,
+        memo: AuthMemo::default(),
     };
     let conn = builder.serve_connection(io, svc);
     let mut conn = pin!(conn);
