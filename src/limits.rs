@@ -20,8 +20,10 @@ pub struct Heads<'a> {
     pub accept: Option<&'a HeaderValue>,
     /// `X-GitHub-Api-Version`.
     pub api_version: Option<&'a HeaderValue>,
-    /// `If-None-Match`.
-    pub if_none_match: Option<&'a HeaderValue>,
+    /// `If-None-Match`: the first line; [`Heads::if_none_match`] gives every line's tags.
+    if_none_match: Option<&'a HeaderValue>,
+    /// The headers, when `If-None-Match` came on more than one line (RFC 9110 §5.3: one list).
+    if_none_match_lines: Option<&'a HeaderMap>,
     /// `If-Modified-Since`.
     pub if_modified_since: Option<&'a HeaderValue>,
     /// The client's `X-Request-Id`.
@@ -63,6 +65,9 @@ impl<'a> Heads<'a> {
             } else if name == header::ACCEPT {
                 &mut heads.accept
             } else if name == header::IF_NONE_MATCH {
+                if heads.if_none_match.is_some() {
+                    heads.if_none_match_lines = Some(headers);
+                }
                 &mut heads.if_none_match
             } else if name == header::IF_MODIFIED_SINCE {
                 &mut heads.if_modified_since
@@ -83,6 +88,24 @@ impl<'a> Heads<'a> {
             }
         }
         heads
+    }
+}
+
+impl Heads<'_> {
+    /// `If-None-Match` as one value: its lines joined with `, ` when it came on several (a
+    /// client or an intermediary may split a list), as RFC 9110 §5.3 reads them.
+    pub fn if_none_match(&self) -> Option<HeaderValue> {
+        let Some(headers) = self.if_none_match_lines else {
+            return self.if_none_match.cloned();
+        };
+        let mut joined = Vec::new();
+        for line in headers.get_all(header::IF_NONE_MATCH) {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(line.as_bytes());
+        }
+        HeaderValue::from_bytes(&joined).ok()
     }
 }
 
@@ -144,7 +167,7 @@ mod tests {
         assert_eq!(heads.accept.unwrap(), "application/json");
         assert_eq!(heads.api_version.unwrap(), "2022-11-28");
         assert_eq!(heads.request_id.unwrap(), "abc");
-        assert!(heads.if_none_match.is_none() && heads.if_modified_since.is_none());
+        assert!(heads.if_none_match().is_none() && heads.if_modified_since.is_none());
         assert!(!heads.no_cache);
         let counted: usize = headers
             .iter()

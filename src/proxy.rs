@@ -298,7 +298,7 @@ fn walk_checked(
     if let Some(response) = ops::operational(state, request.method(), path, metrics_here) {
         return Ok(Step::Done(Ok(response)));
     }
-    if ops::is_rate_limit_path(path) && request.method() == Method::GET {
+    if ops::is_rate_limit_path(path) && matches!(*request.method(), Method::GET | Method::HEAD) {
         log.route = Some("/rate_limit");
         let identity = authenticate(state, &request, &heads, log, memo)?;
         return Ok(Step::Wait(Next::RateLimit(identity)));

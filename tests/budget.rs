@@ -292,6 +292,17 @@ async fn rate_limit_is_answered_locally_per_client_with_effective_scopes() {
             .contains("delete:packages")
     );
     assert_eq!(b.header("x-oauth-scopes"), Some("read:packages"));
+    // HEAD, as GitHub answers it on every GET: the same headers, no body.
+    let head = send(
+        Method::HEAD,
+        &proxy.url("/rate_limit"),
+        Some(&proxy.tokens[1]),
+        &[],
+    )
+    .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("x-ratelimit-remaining"), Some("50"));
+    assert!(head.body.is_empty());
     assert_eq!(
         send(Method::GET, &proxy.url("/rate_limit"), None, &[])
             .await

@@ -433,3 +433,97 @@ async fn head_over_http2_has_the_gets_length_and_no_body() {
         );
     }
 }
+
+// Guards conditional requests whose `If-None-Match` list comes split over two header lines (RFC
+// 9110 §5.3 makes them one list; clients and intermediaries may split it): the matching tag is
+// honoured whichever line carries it, from the cache and on the pass-through path.
+#[tokio::test]
+async fn an_if_none_match_list_split_over_two_lines_is_one_list() {
+    let sim = spawn_sim().await;
+    for options in [ProxyOptions::default(), ProxyOptions::uncached()] {
+        let proxy = spawn_proxy(&sim, options).await;
+        let url = proxy.url(WEB);
+        let first = get(&url, proxy.token()).await;
+        assert_eq!(first.status, StatusCode::OK);
+        let etag = first.header("etag").unwrap().to_owned();
+        for lines in [
+            [
+                ("if-none-match", "\"nope\""),
+                ("if-none-match", etag.as_str()),
+            ],
+            [
+                ("if-none-match", etag.as_str()),
+                ("if-none-match", "\"nope\""),
+            ],
+        ] {
+            let reply = send(Method::GET, &url, Some(proxy.token()), &lines).await;
+            assert_eq!(reply.status, StatusCode::NOT_MODIFIED, "{lines:?}");
+        }
+        let neither = [("if-none-match", "\"a\""), ("if-none-match", "\"b\"")];
+        let reply = send(Method::GET, &url, Some(proxy.token()), &neither).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+}
+
+/// An upstream that answers every request with `[]` and GitHub's retirement and SSO headers
+/// (the simulator's API version is not retiring, and it has no SSO).
+async fn retiring_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |_req: http::Request<hyper::body::Incoming>| async {
+                        let response = http::Response::builder()
+                            .header("content-type", "application/json; charset=utf-8")
+                            .header("etag", "W/\"retiring\"")
+                            .header("deprecation", "@1772323200")
+                            .header("sunset", "Wed, 01 Mar 2028 00:00:00 GMT")
+                            .header("x-github-sso", "partial-results; organizations=21955855")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"[]")))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// Guards the headers GitHub uses to warn a client: `Deprecation` and `Sunset` (the API version it
+// asked for is retiring) and `X-GitHub-SSO` (`partial-results`: SSO-protected orgs left out of
+// a list) reach it on a miss, a hit and the pass-through path.
+#[tokio::test]
+async fn retirement_and_sso_warnings_reach_the_client() {
+    let upstream = format!("http://{}", retiring_upstream().await);
+    for (options, rounds) in [(ProxyOptions::default(), 2), (ProxyOptions::uncached(), 1)] {
+        let proxy = spawn_proxy_to(&upstream, "ghp_fake_retiring", options).await;
+        for round in 0..rounds {
+            let reply = get(
+                &proxy.url("/orgs/acme/packages?package_type=container"),
+                proxy.token(),
+            )
+            .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(
+                reply.header("deprecation"),
+                Some("@1772323200"),
+                "round {round}"
+            );
+            assert_eq!(
+                reply.header("sunset"),
+                Some("Wed, 01 Mar 2028 00:00:00 GMT")
+            );
+            assert_eq!(
+                reply.header("x-github-sso"),
+                Some("partial-results; organizations=21955855")
+            );
+        }
+    }
+}

@@ -319,3 +319,40 @@ async fn a_partial_head_sent_during_a_body_is_timed_from_the_body_s_end() {
         "closed after {took:?}, before the body ended + 1 s"
     );
 }
+
+// Guards half-closed HTTP/1 requests: a client that shuts its sending side once its request is
+// out (Python's `socket.shutdown(SHUT_WR)`, `nc -N`) still gets its answer, also when the answer
+// has to wait for a slow GitHub (hyper's default dropped those connections unanswered).
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    let sim = spawn_sim().await;
+    sim.handle.inject(packages_proxy::sim::Fault::new(
+        packages_proxy::sim::FaultKind::Latency(Duration::from_millis(300)),
+        2,
+    ));
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    for path in [
+        "/orgs/acme/packages/container/web",
+        "/orgs/acme/packages/container/web",
+    ] {
+        // The first is a miss behind the slow GitHub, the second a hit.
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
+            proxy.token()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        assert!(
+            read_until_closed(&mut stream, &mut got, Duration::from_secs(10)).await,
+            "the connection stayed open"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{path}: {text:.200}"
+        );
+        assert!(text.contains("\"name\""), "no body: {text:.400}");
+    }
+}

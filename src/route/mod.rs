@@ -505,14 +505,20 @@ impl<'a> Segments<'a> {
     }
 }
 
-/// An org or user login: ASCII letters, digits and hyphens, at most 39, no encoding.
-fn login(segment: &str) -> Result<String, ProxyError> {
-    let ok = !segment.is_empty()
-        && segment.len() <= MAX_LOGIN
-        && segment
+/// Whether `name` can be a GitHub login: ASCII letters, digits, hyphens and underscores, at most
+/// 39, no encoding. Underscores appear in Enterprise Managed Users' logins (`handle_shortcode`),
+/// which can own packages.
+pub fn is_login(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_LOGIN
+        && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// An org or user login segment (see [`is_login`]).
+fn login(segment: &str) -> Result<String, ProxyError> {
+    if is_login(segment) {
         Ok(segment.to_owned())
     } else {
         Err(ProxyError::NotFound)
@@ -552,6 +558,22 @@ mod tests {
 
     fn split(path: &str) -> Option<Vec<&str>> {
         canonical_segments(path).ok().map(|s| s.as_slice().to_vec())
+    }
+
+    #[test]
+    fn logins_take_enterprise_managed_users_underscores_and_nothing_else() {
+        for login in ["acme", "Mona-Lisa", "mona_acme", "a1", &"x".repeat(39)] {
+            assert!(is_login(login), "{login}");
+            let path = format!("/users/{login}/packages/container/web");
+            let route = Route::parse(&Method::GET, &path, None).expect("routed");
+            assert_eq!(
+                route.owner_login().as_deref(),
+                Some(login.to_ascii_lowercase().as_str())
+            );
+        }
+        for refused in ["", "a.b", "a%5Fb", "a b", "a/b", &"x".repeat(40)] {
+            assert!(!is_login(refused), "{refused}");
+        }
     }
 
     #[test]

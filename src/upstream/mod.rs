@@ -410,7 +410,7 @@ impl Forwarded {
                 }
             },
         };
-        let if_none_match = heads.if_none_match.filter(|v| sane(v, 1024)).cloned();
+        let if_none_match = heads.if_none_match().filter(|v| sane(v, 1024));
         let if_modified_since = heads.if_modified_since.filter(|v| sane(v, 64)).cloned();
         Ok(Self {
             accept,

@@ -13,7 +13,7 @@ use super::Upstream;
 use crate::{link, route::Route};
 
 /// Response headers a client may see (`link` is rewritten separately).
-const PASS_HEADERS: [&str; 15] = [
+const PASS_HEADERS: [&str; 18] = [
     "content-type",
     "etag",
     "last-modified",
@@ -32,6 +32,12 @@ const PASS_HEADERS: [&str; 15] = [
     // What the endpoint needs (the same for every caller); `x-oauth-scopes` describes the org
     // token, so it is not here: the proxy writes the caller's own scopes instead.
     "x-accepted-oauth-scopes",
+    // The requested API version nears retirement: the client chose it, so it must hear of it.
+    "deprecation",
+    "sunset",
+    // SAML SSO: a 403's link to authorise the token, and `partial-results` on lists that left
+    // SSO-protected orgs out (without it such a list looks complete).
+    "x-github-sso",
 ];
 
 /// Whether a response header is on the allow-list (`Link` aside, which is rewritten).

@@ -197,12 +197,7 @@ pub(super) fn validate_owners(owners: Vec<String>) -> Result<HashSet<String>, Co
     }
     let mut set = HashSet::new();
     for owner in owners {
-        let ok = !owner.is_empty()
-            && owner.len() <= 39
-            && owner
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !ok {
+        if !crate::route::is_login(&owner) {
             return Err(invalid(
                 "upstream.owners",
                 &format!("{owner:?} is not a GitHub login"),
