@@ -353,6 +353,11 @@ fn walk_checked(
     let conditions = ClientConditions {
         no_cache: heads.no_cache,
         if_none_match: forwarded.if_none_match.clone(),
+        if_modified_since: forwarded
+            .if_modified_since
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| httpdate::parse_http_date(value).ok()),
     };
     let mut upstream_headers = forwarded;
     upstream_headers.if_none_match = None;

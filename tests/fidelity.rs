@@ -465,9 +465,9 @@ async fn an_if_none_match_list_split_over_two_lines_is_one_list() {
     }
 }
 
-/// An upstream that answers every request with `[]` and GitHub's retirement and SSO headers
-/// (the simulator's API version is not retiring, and it has no SSO).
-async fn retiring_upstream() -> std::net::SocketAddr {
+/// An upstream that answers every request `200` with `[]` and `headers` (for headers the
+/// simulator does not send: a retiring API version, SSO, `Last-Modified`).
+async fn fixed_upstream(headers: &'static [(&'static str, &'static str)]) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -475,16 +475,14 @@ async fn retiring_upstream() -> std::net::SocketAddr {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
-                    |_req: http::Request<hyper::body::Incoming>| async {
-                        let response = http::Response::builder()
-                            .header("content-type", "application/json; charset=utf-8")
-                            .header("etag", "W/\"retiring\"")
-                            .header("deprecation", "@1772323200")
-                            .header("sunset", "Wed, 01 Mar 2028 00:00:00 GMT")
-                            .header("x-github-sso", "partial-results; organizations=21955855")
-                            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"[]")))
-                            .unwrap();
-                        Ok::<_, std::convert::Infallible>(response)
+                    move |_req: http::Request<hyper::body::Incoming>| async move {
+                        let mut response = http::Response::builder()
+                            .header("content-type", "application/json; charset=utf-8");
+                        for (name, value) in headers {
+                            response = response.header(*name, *value);
+                        }
+                        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"[]"));
+                        Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -493,7 +491,7 @@ async fn retiring_upstream() -> std::net::SocketAddr {
             });
         }
     });
-    addr
+    format!("http://{addr}")
 }
 
 // Guards the headers GitHub uses to warn a client: `Deprecation` and `Sunset` (the API version it
@@ -501,7 +499,13 @@ async fn retiring_upstream() -> std::net::SocketAddr {
 // a list) reach it on a miss, a hit and the pass-through path.
 #[tokio::test]
 async fn retirement_and_sso_warnings_reach_the_client() {
-    let upstream = format!("http://{}", retiring_upstream().await);
+    let upstream = fixed_upstream(&[
+        ("etag", "W/\"retiring\""),
+        ("deprecation", "@1772323200"),
+        ("sunset", "Wed, 01 Mar 2028 00:00:00 GMT"),
+        ("x-github-sso", "partial-results; organizations=21955855"),
+    ])
+    .await;
     for (options, rounds) in [(ProxyOptions::default(), 2), (ProxyOptions::uncached(), 1)] {
         let proxy = spawn_proxy_to(&upstream, "ghp_fake_retiring", options).await;
         for round in 0..rounds {
@@ -526,4 +530,37 @@ async fn retirement_and_sso_warnings_reach_the_client() {
             );
         }
     }
+}
+
+// Guards `If-Modified-Since` with the cache on (the default): the proxy asks GitHub for the whole
+// answer to store it, so it must judge the client's condition itself, on the miss as on hits,
+// against the stored `Last-Modified`; `If-None-Match` takes precedence (RFC 9110 §13.1.3).
+#[tokio::test]
+async fn if_modified_since_is_answered_from_the_cache() {
+    const LAST_MODIFIED: &str = "Tue, 01 Jul 2025 10:00:00 GMT";
+    let upstream = fixed_upstream(&[("etag", "W/\"lm\""), ("last-modified", LAST_MODIFIED)]).await;
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_lm", ProxyOptions::default()).await;
+    let url = proxy.url("/orgs/acme/packages?package_type=container");
+    let ask = |headers: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        let token = proxy.token().to_owned();
+        async move { send(Method::GET, &url, Some(&token), &headers).await }
+    };
+    let miss = ask(vec![("if-modified-since", LAST_MODIFIED)]).await;
+    assert_eq!(miss.status, StatusCode::NOT_MODIFIED, "on the miss");
+    assert_eq!(miss.header("last-modified"), Some(LAST_MODIFIED));
+    assert!(miss.body.is_empty());
+    let later = ask(vec![("if-modified-since", "Wed, 02 Jul 2025 00:00:00 GMT")]).await;
+    assert_eq!(later.status, StatusCode::NOT_MODIFIED, "on a hit");
+    let earlier = ask(vec![("if-modified-since", "Mon, 30 Jun 2025 00:00:00 GMT")]).await;
+    assert_eq!(earlier.status, StatusCode::OK, "modified since");
+    assert_eq!(earlier.text(), "[]");
+    let garbage = ask(vec![("if-modified-since", "yesterday")]).await;
+    assert_eq!(garbage.status, StatusCode::OK, "not an HTTP date");
+    let both = ask(vec![
+        ("if-none-match", "W/\"other\""),
+        ("if-modified-since", LAST_MODIFIED),
+    ])
+    .await;
+    assert_eq!(both.status, StatusCode::OK, "If-None-Match decides");
 }

@@ -385,6 +385,28 @@ pub struct ClientConditions {
     pub no_cache: bool,
     /// The client's `If-None-Match`, answered from the cache.
     pub if_none_match: Option<HeaderValue>,
+    /// The client's `If-Modified-Since`, when it is an HTTP date: answered from the cache
+    /// against the stored `Last-Modified`, unless `If-None-Match` is there (RFC 9110 §13.1.3).
+    pub if_modified_since: Option<std::time::SystemTime>,
+}
+
+impl ClientConditions {
+    /// Whether the client's copy is `entry`'s: a `304` instead of the body.
+    fn not_modified(&self, entry: &Entry) -> bool {
+        if entry.status != StatusCode::OK {
+            return false;
+        }
+        match (&self.if_none_match, self.if_modified_since) {
+            (Some(if_none_match), _) => entry.matches(if_none_match),
+            (None, Some(since)) => entry
+                .headers
+                .get(&header::LAST_MODIFIED)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| httpdate::parse_http_date(value).ok())
+                .is_some_and(|modified| modified <= since),
+            (None, None) => false,
+        }
+    }
 }
 
 /// Who asks: the client's name and quotas.
@@ -471,8 +493,9 @@ pub async fn serve_deferred(
     serve_slow(state, spec, conditions, asker, now, found).await
 }
 
-/// The response from `entry`: `304` when it matches the client's `If-None-Match`, with the
-/// proxy's own rate-limit figures while it saves the token or serves stale.
+/// The response from `entry`: `304` when it is the client's copy (`If-None-Match`, else
+/// `If-Modified-Since`), with the proxy's own rate-limit figures while it saves the token or
+/// serves stale.
 fn answer(
     state: &AppState,
     entry: &Entry,
@@ -483,11 +506,7 @@ fn answer(
     saving: bool,
 ) -> Served {
     state.cache.count(status);
-    let not_modified = entry.status == StatusCode::OK
-        && conditions
-            .if_none_match
-            .as_ref()
-            .is_some_and(|inm| entry.matches(inm));
+    let not_modified = conditions.not_modified(entry);
     let mut response = entry.respond(status, now, not_modified);
     if saving || matches!(status, CacheStatus::Stale(_) | CacheStatus::StaleIfError(_)) {
         // The stored figures may say `remaining: 4999` while the proxy backs off.
