@@ -221,13 +221,19 @@ fn unreadable(error: RegistryError, version: &Listed) -> ProxyError {
     if let RegistryError::Refused(refused) = error {
         return refused;
     }
+    // The client learns what kind of failure it was; the causes (host names, resolver and TLS
+    // errors) go to the operator's log only.
+    tracing::warn!(
+        version = version.id,
+        error = %DisplayChain(&error),
+        "multi-arch guard: the registry failed; the delete was not sent"
+    );
     ProxyError::Unavailable(format!(
         "The multi-arch guard could not read the image manifest of tagged version {} ({}) from \
-         the container registry: {}. The delete was not sent (fail closed); retry later, or set \
-         multi_arch_guard = false on the policy rule to delete without this check",
+         the container registry: {error}. The delete was not sent (fail closed); retry later, or \
+         set multi_arch_guard = false on the policy rule to delete without this check",
         version.id,
         version.tags.join(", "),
-        DisplayChain(&error),
     ))
 }
 
