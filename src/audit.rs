@@ -98,7 +98,8 @@ pub enum Decision {
     Completed,
     /// Sent, and GitHub answered with an error, or no answer came.
     Failed,
-    /// Queued at shutdown and never sent.
+    /// Allowed and queued, never sent: shutdown, a GitHub back-off past the queue's patience,
+    /// a full upstream queue.
     NotSent,
     /// Reconciled at start: GitHub shows the intent was not performed.
     NotApplied,
@@ -110,6 +111,15 @@ pub struct Audit {
     path: Option<Arc<PathBuf>>,
     /// Serialises appends so records never interleave. A std `Mutex` inside `spawn_blocking`.
     lock: Arc<Mutex<()>>,
+}
+
+// === impl Audit (enabled) ===
+
+impl Audit {
+    /// Whether an audit log is configured: without one no allowed call may be sent.
+    pub fn is_enabled(&self) -> bool {
+        self.path.is_some()
+    }
 }
 
 /// The audit log could not be written.

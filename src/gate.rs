@@ -154,10 +154,8 @@ pub async fn execute(
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
     };
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
-    if let Some(wait) = state.upstream.rate_limit.backoff_remaining()
-        && wait <= state.config.mutations.max_queue_wait
-    {
-        tokio::time::sleep(wait).await;
+    if let Err(error) = wait_out_backoff(state).await {
+        return Err(refuse(state, record, audit::Decision::Refused, error).await);
     }
     let ticket = match admission::admit(state, &payer, Work::Mutation).await {
         Ok(ticket) => ticket,
@@ -182,13 +180,14 @@ pub async fn execute(
             .await);
         }
     };
-    let intent = record.at(Phase::Intent, audit::Decision::Allowed);
-    if let Err(error) = state.audit.write(&intent).await {
+    // The intent is an allowed call's first record: never sent without one.
+    if !state.audit.is_enabled() {
         spent.give_back(state.shared.as_deref()).await;
-        return Err(ProxyError::Audit(error.into()));
+        return Err(ProxyError::Audit("no audit log is configured".into()));
     }
-    // From here on the mutation runs in its own task: a client that hangs up must not cancel a
-    // DELETE already sent, leaving no outcome record and stale cache entries behind.
+    // From the intent on, the mutation runs in its own task: a client that hangs up must not
+    // cancel it between its intent and its outcome (an intent left open, a budget spent on a
+    // call never sent), nor a DELETE already sent (stale cache entries behind it).
     let owned = Owned {
         route: m.route.clone(),
         forwarded: m.forwarded.clone(),
@@ -201,6 +200,65 @@ pub async fn execute(
     let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
     task.await
         .unwrap_or_else(|error| Err(ProxyError::Internal(Box::new(error))))
+}
+
+/// Waits out a GitHub back-off if it ends within the queue's patience (`max_queue_wait`) and
+/// before shutdown's send deadline; else the call is refused with the back-off's own answer (or
+/// the shutdown's), so the client's throttling waits and retries.
+async fn wait_out_backoff(state: &AppState) -> Result<(), ProxyError> {
+    let Some(wait) = state.upstream.rate_limit.backoff_remaining() else {
+        return Ok(());
+    };
+    if wait > state.config.mutations.max_queue_wait {
+        // Refused at once, in GitHub's shape: the upstream call would be.
+        return state.upstream.refuse_during_backoff();
+    }
+    state
+        .pacer
+        .wait_until(tokio::time::Instant::now() + wait)
+        .await
+        .map_err(|_| ProxyError::ShuttingDown)
+}
+
+/// Whether a mutation's send was refused before anything left (a back-off opened, the upstream
+/// queue was full): not sent, so its budget is given back.
+fn refused_before_sending(error: &ProxyError) -> bool {
+    matches!(
+        error,
+        ProxyError::BackingOff(_) | ProxyError::UpstreamQueueFull | ProxyError::ShuttingDown
+    )
+}
+
+/// Closes the intent of a call that was never sent (shutdown, a back-off, a full queue, Redis
+/// unable to pace it) with its outcome, and gives its rule budgets back: only sent calls spend.
+async fn unsent(
+    state: &AppState,
+    record: &AuditRecord,
+    spent: crate::rule_budget::Spent,
+    error: ProxyError,
+) -> ProxyError {
+    spent.give_back(state.shared.as_deref()).await;
+    let decision = if refused_before_sending(&error) {
+        audit::Decision::NotSent
+    } else {
+        audit::Decision::Refused
+    };
+    let mut outcome = record.at(Phase::Outcome, decision);
+    outcome.reason = Some(match &error {
+        ProxyError::ShuttingDown => {
+            "Not sent: the proxy shut down before this call's pace slot".to_owned()
+        }
+        other if decision == audit::Decision::NotSent => format!("Not sent: {other}"),
+        other => other.to_string(),
+    });
+    crate::metrics::destructive(decision.as_str());
+    if let Err(audit_error) = state.audit.write(&outcome).await {
+        tracing::error!(error = %audit_error, "audit outcome of an unsent mutation not written");
+        state
+            .audit_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    error
 }
 
 /// What the mutation task owns.
@@ -224,31 +282,25 @@ async fn complete(
     record: AuditRecord,
     cleared: Cleared,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
-    // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
-    // the send follows its slot at once.
     let spent = std::mem::take(&mut m.spent);
-    if let Err(error) = wait_for_slot(&state).await {
+    let intent = record.at(Phase::Intent, audit::Decision::Allowed);
+    if let Err(error) = state.audit.write(&intent).await {
         spent.give_back(state.shared.as_deref()).await;
-        // Shutdown left no time for this call's slot: it was not sent, and says so.
-        let decision = if matches!(error, ProxyError::ShuttingDown) {
-            audit::Decision::NotSent
-        } else {
-            audit::Decision::Refused
-        };
-        let mut outcome = record.at(Phase::Outcome, decision);
-        outcome.reason = Some(match decision {
-            audit::Decision::NotSent => {
-                "Not sent: the proxy shut down before this call's pace slot".to_owned()
-            }
-            _ => error.to_string(),
-        });
-        crate::metrics::destructive(decision.as_str());
-        if let Err(audit_error) = state.audit.write(&outcome).await {
-            tracing::error!(error = %audit_error, "audit outcome of a refused mutation not written");
-        }
-        return Err(error);
+        return Err(ProxyError::Audit(error.into()));
+    }
+    // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
+    // the send follows its slot at once, unless a back-off GitHub opened meanwhile (then the
+    // call waits it out like the queue does, or is not sent: see `wait_for_slot`).
+    if let Err(error) = wait_for_slot(&state).await {
+        return Err(unsent(&state, &record, spent, error).await);
     }
     let sent = send_mutation(&state, &m, cleared).await;
+    let sent = match sent {
+        Err(error) if refused_before_sending(&error) => {
+            return Err(unsent(&state, &record, spent, error).await);
+        }
+        sent => sent,
+    };
     let mut outcome = record.at(Phase::Outcome, audit::Decision::Failed);
     if let Ok(response) = &sent {
         outcome.upstream_status = Some(response.status().as_u16());
@@ -317,6 +369,7 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
             .wait_until(tokio::time::Instant::now() + wait)
             .await
             .map_err(|_| ProxyError::ShuttingDown)?;
+        wait_out_backoff(state).await?;
         return shared
             .before_send(mutations.pace)
             .await
@@ -328,6 +381,9 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
         .map_err(|busy| too_long(busy.retry_after))?;
     slot.wait().await.map_err(|_| ProxyError::ShuttingDown)?;
     drop(slot);
+    // A back-off GitHub opened while this call waited: waited out here, before the pace check,
+    // so that calls it held up still go `pace` apart after it.
+    wait_out_backoff(state).await?;
     state.pacer.before_send().await;
     Ok(())
 }

@@ -42,6 +42,16 @@ impl PerClient {
     }
 }
 
+impl PerClient {
+    /// No destructive call is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+}
+
 impl Drop for Place {
     fn drop(&mut self) {
         let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());

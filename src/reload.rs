@@ -22,7 +22,7 @@ use crate::{auth::Clients, config::Config, config::ConfigError, state::AppState}
 
 /// Re-reads `path` and swaps clients and policy; on error nothing changes.
 pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
-    match Config::load(path) {
+    match Config::load(path).and_then(|config| fits_the_running_audit_log(state, config)) {
         Ok(config) => {
             let clients = Clients::new(
                 &config.clients,
@@ -46,6 +46,21 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
             Err(error)
         }
     }
+}
+
+/// The audit log is opened at start and stays (it needs a restart): a reload may not allow
+/// destructive calls to a process started without one, however the new file sets
+/// `mutations.audit_log`. Such a reload is rejected and the running policy stays.
+fn fits_the_running_audit_log(state: &AppState, config: Config) -> Result<Config, ConfigError> {
+    if config.policy.has_allow_rules() && !state.audit.is_enabled() {
+        return Err(ConfigError::Invalid {
+            field: "mutations.audit_log".to_owned(),
+            reason: "this process was started without an audit log, and allow rules need one; \
+                     restart it with the new config"
+                .to_owned(),
+        });
+    }
+    Ok(config)
 }
 
 /// Watches for SIGHUP and for changes of the config (and policy) file.

@@ -93,6 +93,18 @@ impl Running {
         if let Err(error) = self.task.await {
             tracing::error!(%error, "server task failed");
         }
+        // A mutation already sent runs in its own task: its outcome is written before the
+        // process exits, even when its client's connection was cut at the drain deadline (a
+        // send lasts at most `upstream.timeout`; queued ones were answered "not sent" above).
+        let deadline = tokio::time::Instant::now()
+            + self.state.config.upstream.timeout
+            + Duration::from_secs(1);
+        while !self.state.per_client.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.state.per_client.is_empty() {
+            tracing::error!("exiting with a destructive call whose outcome is not written");
+        }
     }
 }
 

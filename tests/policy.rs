@@ -740,3 +740,146 @@ async fn one_client_cannot_fill_the_mutation_queue_for_others() {
         .count();
     assert_eq!((done, refused), (2, 2), "{statuses:?}");
 }
+
+// Guards the audit log across reloads: it is opened at start, so a reload that brings allow
+// rules (and an `audit_log`) to a process started without one is rejected, and no delete is
+// ever sent unaudited.
+#[tokio::test]
+async fn a_reload_cannot_allow_deletes_in_a_process_started_without_an_audit_log() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("reload-no-audit");
+    let audit = dir.join("audit.jsonl");
+    let (path, tokens) = write_config(&dir, &sim, "");
+    let config = packages_proxy::config::Config::load(&path).unwrap();
+    let running = packages_proxy::server::start(
+        config,
+        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
+    )
+    .await
+    .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n{}", policy(&audit, "0s"))).unwrap();
+    let error = packages_proxy::reload::reload(&running.state, &path).unwrap_err();
+    assert!(error.to_string().contains("mutations.audit_log"), "{error}");
+    let web = sim.versions("web").await;
+    let target = format!(
+        "http://{}/orgs/acme/packages/container/web/versions/{}",
+        running.addr, web[1]
+    );
+    let reply = send(Method::DELETE, &target, Some(&tokens[0]), &[]).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(sim.deletes(), 0);
+    assert!(!audit.exists());
+}
+
+// Guards deletes queued for their pace slot when GitHub opens a back-off meanwhile: they wait it
+// out like the queue does and are then sent, never refused after their intent as a "failed"
+// call that GitHub never saw (which also spent their rule budget).
+#[tokio::test]
+async fn deletes_waiting_for_their_slot_wait_out_a_back_off_that_opens_meanwhile() {
+    let Setup { sim, proxy, audit } = setup("1s").await;
+    let web = sim.versions("web").await;
+    let targets = web[1..4]
+        .iter()
+        .map(|id| {
+            (
+                proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
+                proxy.token().to_owned(),
+            )
+        })
+        .collect();
+    let tasks = spawn_deletes(targets);
+    eventually(Duration::from_secs(5), "the first delete sent", || async {
+        sim.deletes() == 1
+    })
+    .await;
+    // A read meets a secondary limit: a back-off of 2 s opens while two deletes wait for slots.
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 2,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(sim.deletes(), 3);
+    for pair in sim.arrivals(&Method::DELETE).windows(2) {
+        let gap = pair[1] - pair[0];
+        // Still paced after the back-off (1 s, less scheduling jitter on a busy machine).
+        assert!(gap >= Duration::from_millis(900), "mutations {gap:?} apart");
+    }
+    let records = records(&audit);
+    let outcomes: Vec<_> = records.iter().filter(|r| r.phase == "outcome").collect();
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes.iter().all(|o| o.decision == "completed"),
+        "{outcomes:?}"
+    );
+}
+
+// Guards the outcome of a delete GitHub is still answering when shutdown's drain ends: the
+// process waits for it (up to `upstream.timeout`) and writes it, instead of exiting with the
+// intent alone.
+#[tokio::test]
+async fn shutdown_writes_the_outcome_of_a_delete_sent_before_the_drain_ended() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("policy").join("audit.jsonl");
+    let opts = ProxyOptions {
+        // No guard read before the DELETE: the next request the simulator sees is the DELETE.
+        extra: policy(&audit, "0s").replace(
+            "max_per_hour = 2",
+            "max_per_hour = 2\nmulti_arch_guard = false",
+        ),
+        drain_timeout: "500ms",
+        extra_server: "shutdown_delay = \"0s\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let worker = {
+        let url = format!(
+            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
+            sim.handle.base_url()
+        );
+        get(&url, &sim.org_token).await.json()[1]["id"]
+            .as_u64()
+            .unwrap()
+    };
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(3000)),
+        1,
+    ));
+    let url = proxy.url(&format!(
+        "/orgs/acme/packages/container/team-b%2Fworker/versions/{worker}"
+    ));
+    let token = proxy.tokens[1].clone();
+    let client = tokio::spawn(async move {
+        let request = http::Request::builder()
+            .method(Method::DELETE)
+            .uri(url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        // Cut off at the drain deadline: the answer does not matter here, the record does.
+        let _ = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http()
+            .request(request)
+            .await;
+    });
+    eventually(Duration::from_secs(5), "the DELETE sent", || async {
+        !sim.arrivals(&Method::DELETE).is_empty()
+    })
+    .await;
+    proxy.running.shutdown().await;
+    let records = records(&audit);
+    let outcome = records
+        .iter()
+        .find(|r| r.phase == "outcome")
+        .expect("the process exited with the intent alone");
+    assert_eq!(outcome.decision, "completed");
+    assert_eq!(outcome.upstream_status, Some(204));
+    client.abort();
+}

@@ -493,3 +493,64 @@ async fn concurrent_secondary_limits_are_one_episode() {
         "retry-after {wait}: one episode counted as several"
     );
 }
+
+// Guards the back-off against a rate-limit answer whose body cannot be read (over 64 KiB, as a
+// WAF's or load balancer's page in front of GHES may be): its headers still open the back-off,
+// so the next requests are not sent.
+#[tokio::test]
+async fn a_rate_limit_answer_with_an_unreadable_body_still_opens_the_back_off() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |_req: http::Request<hyper::body::Incoming>| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let reset = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            + 600;
+                        let response = http::Response::builder()
+                            .status(403)
+                            .header("x-ratelimit-limit", "5000")
+                            .header("x-ratelimit-remaining", "0")
+                            .header("x-ratelimit-reset", reset.to_string())
+                            .header("content-type", "text/html")
+                            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                                b'x';
+                                70_000
+                            ])))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_big", ProxyOptions::default()).await;
+    let first = get(&proxy.url(&cold(0)), proxy.token()).await;
+    assert!(first.status.is_client_error() || first.status.is_server_error());
+    for i in 1..4 {
+        let reply = get(&proxy.url(&cold(i)), proxy.token()).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+        assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "requests sent during the back-off"
+    );
+}

@@ -199,7 +199,8 @@ impl Upstream {
         }
     }
 
-    fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
+    /// GitHub's answer for a request refused during a back-off, or `Ok` when none is open.
+    pub fn refuse_during_backoff(&self) -> Result<(), ProxyError> {
         match self.rate_limit.backoff() {
             Some(backoff) => Err(ProxyError::BackingOff(
                 backoff.answer(self.rate_limit.snapshot().limit),
@@ -219,8 +220,16 @@ impl Upstream {
         let read = Limited::new(body, MAX_ERROR_BODY).collect();
         let bytes = match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(error)) => return Err(ProxyError::Upstream(error)),
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(error)) => {
+                // An unreadable body (too large, cut off) still carries the limit's headers:
+                // the back-off opens all the same (a secondary limit is then told by them alone).
+                self.rate_limit.observe(parts.status, &parts.headers, false);
+                return Err(ProxyError::Upstream(error));
+            }
+            Err(_) => {
+                self.rate_limit.observe(parts.status, &parts.headers, false);
+                return Err(ProxyError::UpstreamTimeout);
+            }
         };
         drop(permit);
         let says_secondary = contains_ignore_case(&bytes, b"secondary rate limit");
