@@ -356,3 +356,76 @@ async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
         assert!(text.contains("\"name\""), "no body: {text:.400}");
     }
 }
+
+// Guards connection slots against peers that read nothing: two clients that ask for a large
+// answer and never read it held both of `max_connections = 2` for ever (their answers stayed "in
+// flight"), and `/healthz` timed out. Once every write has found their sockets full for
+// `idle_timeout`, they are dropped.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
+    // Far more than loopback's socket buffers hold.
+    let body = bytes::Bytes::from(vec![b' '; 48 << 20]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = body.clone();
+                        async move {
+                            let response = Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(body))
+                                .unwrap();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let proxy = spawn_proxy_to(
+        &upstream,
+        "ghp_fake_unread",
+        uncached("max_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+    )
+    .await;
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "GET /orgs/acme/packages?package_type=container HTTP/1.1\r\nHost: proxy\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            proxy.token()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        unread.push(stream); // never read
+    }
+    let healthz = || async {
+        let reply = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut stream = TcpStream::connect(proxy.addr()).await.ok()?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.ok()?;
+            Some(got)
+        })
+        .await;
+        matches!(reply, Ok(Some(got)) if got.starts_with(b"HTTP/1.1 200"))
+    };
+    let start = Instant::now();
+    while !healthz().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "clients that read nothing still hold every connection slot"
+        );
+    }
+    drop(unread);
+}

@@ -21,6 +21,10 @@
 //!
 //! Past a limit it gets a graceful shutdown (GOAWAY for HTTP/2; HTTP/1 closes once any answer
 //! in progress is written), and its slot frees.
+//!
+//! - A peer that reads nothing would keep its answer "in flight" for ever: once every write has
+//!   found the socket full for `server.idle_timeout`, the connection is dropped (nothing graceful
+//!   can reach it). A slow reader that reads at all is not stalled.
 
 use std::{
     convert::Infallible,
@@ -74,6 +78,15 @@ pub(super) struct Drain {
     pub(super) _alive: mpsc::Sender<()>,
 }
 
+/// Why [`idle`] gave up on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quiet {
+    /// Past a head or idle timeout: closed gracefully.
+    Idle,
+    /// An answer unread for the idle timeout (every write found the socket full): dropped.
+    Unread,
+}
+
 /// How long a connection that never started a request may stay open after its shutdown.
 const FORCE_CLOSE_AFTER: Duration = Duration::from_millis(500);
 
@@ -98,7 +111,13 @@ struct Activity {
     /// HTTP/1: the request in flight has its answer's head; bytes read now are the next head
     /// (or an unread request body), not part of this request's head.
     answered: AtomicBool,
+    /// Milliseconds from the connection's start to when a write found the socket full and none
+    /// has gone through since (the peer reads nothing), or [`NOT_STALLED`].
+    stalled_ms: AtomicU64,
 }
+
+/// `Activity::stalled_ms` while writes go through.
+const NOT_STALLED: u64 = u64::MAX;
 
 /// One request in flight; its end is recorded when dropped: once its answer's body is sent, or
 /// when it is cancelled.
@@ -251,6 +270,26 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             head_ms: AtomicU64::new(NO_HEAD),
             answered: AtomicBool::new(false),
+            stalled_ms: AtomicU64::new(NOT_STALLED),
+        }
+    }
+
+    /// Notes how a write went: the moment the socket first stayed full (one clock read per
+    /// stall), and that it drained again. Nothing for writes that go through at once.
+    fn wrote(&self, start: Instant, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => {
+                if self.stalled_ms.load(Ordering::Relaxed) == NOT_STALLED {
+                    self.stalled_ms
+                        .store(millis_since(start), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                if self.stalled_ms.load(Ordering::Relaxed) != NOT_STALLED {
+                    self.stalled_ms.store(NOT_STALLED, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => {}
         }
     }
 
@@ -309,7 +348,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.activity.wrote(this.start, &polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -317,7 +359,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.activity.wrote(this.start, &polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -376,7 +421,12 @@ pub(super) async fn serve<I>(
                 }
                 return;
             }
-            () = idle(&seen, start, limits), if !closing => {
+            quiet = idle(&seen, start, limits), if !closing => {
+                if quiet == Quiet::Unread {
+                    // Nothing graceful can reach a peer that reads nothing: drop it.
+                    tracing::debug!("dropping a connection whose answer sat unread");
+                    return;
+                }
                 tracing::debug!("closing an idle or slow connection");
                 conn.as_mut().graceful_shutdown();
                 closing = true;
@@ -405,13 +455,18 @@ pub(super) async fn serve<I>(
 /// Resolves once the connection is past one of its limits: no first request within the head
 /// timeout, no request in flight for the idle timeout, or an HTTP/1 head still incomplete a head
 /// timeout after its first byte.
-async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) {
+async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) -> Quiet {
     let at = |ms: u64| start + Duration::from_millis(ms);
     loop {
         let now = Instant::now();
         let next = if activity.active.load(Ordering::Acquire) > 0 {
-            // Busy: look again later.
-            now + limits.head.min(limits.idle)
+            // Busy, unless its answer has sat unread for the idle timeout: a peer that reads
+            // nothing would hold its connection slot for ever.
+            match activity.stalled_ms.load(Ordering::Relaxed) {
+                NOT_STALLED => now + limits.head.min(limits.idle),
+                stalled if now >= at(stalled) + limits.idle => return Quiet::Unread,
+                stalled => (at(stalled) + limits.idle).min(now + limits.head),
+            }
         } else {
             let deadline = if activity.served.load(Ordering::Relaxed) {
                 let idle = at(activity.last_ms.load(Ordering::Relaxed)) + limits.idle;
@@ -423,7 +478,7 @@ async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) {
                 start + limits.head
             };
             if now >= deadline {
-                return;
+                return Quiet::Idle;
             }
             // A head can begin at any moment without waking this watch: looking again within
             // one head timeout finds it while its deadline is still ahead.
