@@ -171,6 +171,7 @@ pub async fn execute(
     {
         Ok(spent) => spent,
         Err(empty) => {
+            ticket.refund().await;
             return Err(refuse(
                 state,
                 record,
@@ -183,6 +184,7 @@ pub async fn execute(
     // The intent is an allowed call's first record: never sent without one.
     if !state.audit.is_enabled() {
         spent.give_back(state.shared.as_deref()).await;
+        ticket.refund().await;
         return Err(ProxyError::Audit("no audit log is configured".into()));
     }
     // From the intent on, the mutation runs in its own task: a client that hangs up must not
@@ -230,14 +232,17 @@ fn refused_before_sending(error: &ProxyError) -> bool {
 }
 
 /// Closes the intent of a call that was never sent (shutdown, a back-off, a full queue, Redis
-/// unable to pace it) with its outcome, and gives its rule budgets back: only sent calls spend.
+/// unable to pace it) with its outcome, and gives its rule budgets and its upstream charge back:
+/// only sent calls spend (a charge the upstream already gave back is not given twice).
 async fn unsent(
     state: &AppState,
     record: &AuditRecord,
     spent: crate::rule_budget::Spent,
+    ticket: &Ticket,
     error: ProxyError,
 ) -> ProxyError {
     spent.give_back(state.shared.as_deref()).await;
+    ticket.refund_unsent();
     let decision = if refused_before_sending(&error) {
         audit::Decision::NotSent
     } else {
@@ -286,18 +291,19 @@ async fn complete(
     let intent = record.at(Phase::Intent, audit::Decision::Allowed);
     if let Err(error) = state.audit.write(&intent).await {
         spent.give_back(state.shared.as_deref()).await;
+        m.ticket.refund_unsent();
         return Err(ProxyError::Audit(error.into()));
     }
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once, unless a back-off GitHub opened meanwhile (then the
     // call waits it out like the queue does, or is not sent: see `wait_for_slot`).
     if let Err(error) = wait_for_slot(&state).await {
-        return Err(unsent(&state, &record, spent, error).await);
+        return Err(unsent(&state, &record, spent, &m.ticket, error).await);
     }
     let sent = send_mutation(&state, &m, cleared).await;
     let sent = match sent {
         Err(error) if refused_before_sending(&error) => {
-            return Err(unsent(&state, &record, spent, error).await);
+            return Err(unsent(&state, &record, spent, &m.ticket, error).await);
         }
         sent => sent,
     };

@@ -92,6 +92,12 @@ impl<'a> Heads<'a> {
 }
 
 impl Heads<'_> {
+    /// Whether the request has an `If-None-Match` at all (then `If-Modified-Since` is ignored,
+    /// RFC 9110 §13.1.3, even when its list was too long to use).
+    pub fn has_if_none_match(&self) -> bool {
+        self.if_none_match.is_some()
+    }
+
     /// `If-None-Match` as one value: its lines joined with `, ` when it came on several (a
     /// client or an intermediary may split a list), as RFC 9110 §5.3 reads them.
     pub fn if_none_match(&self) -> Option<HeaderValue> {

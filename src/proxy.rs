@@ -356,6 +356,7 @@ fn walk_checked(
         if_modified_since: forwarded
             .if_modified_since
             .as_ref()
+            .filter(|_| !heads.has_if_none_match())
             .and_then(|value| value.to_str().ok())
             .and_then(|value| httpdate::parse_http_date(value).ok()),
     };

@@ -256,12 +256,12 @@ fn builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor>
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // No header timer for HTTP/1: `conn` times request heads itself (hyper's would also close
     // idle keep-alive connections at the head timeout, and costs a timer per request).
-    // `half_close`: a client may shut its sending side once its request is out (some scripts
-    // and tools do) and still read the answer. Hyper's default takes that EOF for a hang-up and
-    // drops the connection, answer unsent, whenever the answer was not ready before it read it.
+    // No `half_close`: with it hyper stops reading while a request runs, and a client that
+    // hangs up is no longer noticed (its request runs on, holding its in-flight slots, and an
+    // abandoned delete still queued would be sent). A client that shuts only its sending side
+    // after its request is taken for one that hung up, as nginx does.
     builder
         .http1()
-        .half_close(true)
         .max_buf_size((server.max_header_bytes + server.max_uri_bytes).max(16 * 1024) * 2);
     // Hyper answers 431 itself (empty body, no log line) past its header count. Up to 100 (its
     // default, and the config's) it parses into arrays on the stack; a higher count puts two

@@ -563,4 +563,22 @@ async fn if_modified_since_is_answered_from_the_cache() {
     ])
     .await;
     assert_eq!(both.status, StatusCode::OK, "If-None-Match decides");
+    // Even one too long to use (over 1 KiB): its presence alone sets If-Modified-Since aside.
+    let long: &'static str = Box::leak(
+        (0..120)
+            .map(|i| format!("W/\"t{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+            .into_boxed_str(),
+    );
+    let long_list = ask(vec![
+        ("if-none-match", long),
+        ("if-modified-since", LAST_MODIFIED),
+    ])
+    .await;
+    assert_eq!(
+        long_list.status,
+        StatusCode::OK,
+        "a long If-None-Match list"
+    );
 }

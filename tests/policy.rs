@@ -883,3 +883,85 @@ async fn shutdown_writes_the_outcome_of_a_delete_sent_before_the_drain_ended() {
     assert_eq!(outcome.upstream_status, Some(204));
     client.abort();
 }
+
+// Guards what a delete that is never sent costs: one queued for its pace slot when a back-off
+// past the queue's patience opens is recorded `not_sent`, and gives back both its rule budget
+// and its charge on the client's upstream quota (only the sent delete spends one).
+#[tokio::test]
+async fn an_unsent_delete_gives_back_its_upstream_quota_charge() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("policy").join("audit.jsonl");
+    let extra = policy(&audit, "2s")
+        .replace("pace = \"2s\"", "pace = \"2s\"\nmax_queue_wait = \"3s\"")
+        .replace(
+            "max_per_hour = 2",
+            "max_per_hour = 2\nmulti_arch_guard = false",
+        )
+        + "\n[quotas]\nupstream_per_minute = 2\n";
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let ids: Vec<u64> = {
+        let url = format!(
+            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
+            sim.handle.base_url()
+        );
+        let list = get(&url, &sim.org_token).await.json();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["id"].as_u64().unwrap())
+            .collect()
+    };
+    let remaining = || async {
+        get(&proxy.url("/rate_limit"), &proxy.tokens[1])
+            .await
+            .json()["rate"]["remaining"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(remaining().await, 2);
+    let targets = ids[..2]
+        .iter()
+        .map(|id| {
+            let path = format!("/orgs/acme/packages/container/team-b%2Fworker/versions/{id}");
+            (proxy.url(&path), proxy.tokens[1].clone())
+        })
+        .collect();
+    let tasks = spawn_deletes(targets);
+    eventually(Duration::from_secs(5), "the first delete sent", || async {
+        sim.deletes() == 1
+    })
+    .await;
+    // A 30 s back-off, past the queue's 3 s patience, opens while the second waits for its slot.
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 30,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), &proxy.tokens[0]).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(sim.deletes(), 1);
+    let outcomes: Vec<_> = records(&audit)
+        .into_iter()
+        .filter(|r| r.phase == "outcome")
+        .map(|r| r.decision)
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(outcomes.iter().any(|d| *d == "not_sent"), "{outcomes:?}");
+    assert_eq!(
+        remaining().await,
+        1,
+        "the unsent delete's quota charge was kept"
+    );
+}

@@ -22,9 +22,11 @@
 //! Past a limit it gets a graceful shutdown (GOAWAY for HTTP/2; HTTP/1 closes once any answer
 //! in progress is written), and its slot frees.
 //!
-//! - A peer that reads nothing would keep its answer "in flight" for ever: once every write has
-//!   found the socket full for `server.idle_timeout`, the connection is dropped (nothing graceful
-//!   can reach it). A slow reader that reads at all is not stalled.
+//! - A peer that reads nothing would keep its answer "in flight" for ever: once no byte of its
+//!   answer could be written for `server.idle_timeout` (the socket stayed full), the connection
+//!   is dropped (nothing graceful can reach it). Waiting for GitHub writes nothing, so it never
+//!   counts. Not covered: an HTTP/2 peer that reads the socket but never grants its stream
+//!   flow-control window (the stall is inside h2, not at the socket).
 
 use std::{
     convert::Infallible,
