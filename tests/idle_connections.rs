@@ -370,12 +370,9 @@ async fn a_client_that_hangs_up_mid_request_frees_its_in_flight_slot() {
     }
 }
 
-// Guards connection slots against peers that read nothing: two clients that ask for a large
-// answer and never read it held both of `max_connections = 2` for ever (their answers stayed "in
-// flight"), and `/healthz` timed out. Once every write has found their sockets full for
-// `idle_timeout`, they are dropped.
-#[tokio::test]
-async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
+/// An upstream answering every request with 48 MiB, far more than loopback's socket buffers
+/// (and any flow-control window) hold.
+async fn unread_upstream() -> String {
     // Far more than loopback's socket buffers hold.
     let body = bytes::Bytes::from(vec![b' '; 48 << 20]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -402,6 +399,32 @@ async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
             });
         }
     });
+    upstream
+}
+
+/// Whether `/healthz` answers 200 on a new connection within a second.
+async fn healthz_answers(addr: SocketAddr) -> bool {
+    let reply = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.ok()?;
+        Some(got)
+    })
+    .await;
+    matches!(reply, Ok(Some(got)) if got.starts_with(b"HTTP/1.1 200"))
+}
+
+// Guards connection slots against peers that read nothing: two clients that ask for a large
+// answer and never read it held both of `max_connections = 2` for ever (their answers stayed "in
+// flight"), and `/healthz` timed out. Once every write has found their sockets full for
+// `idle_timeout`, they are dropped.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
+    let upstream = unread_upstream().await;
     let proxy = spawn_proxy_to(
         &upstream,
         "ghp_fake_unread",
@@ -419,26 +442,55 @@ async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
         stream.write_all(head.as_bytes()).await.unwrap();
         unread.push(stream); // never read
     }
-    let healthz = || async {
-        let reply = tokio::time::timeout(Duration::from_secs(1), async {
-            let mut stream = TcpStream::connect(proxy.addr()).await.ok()?;
-            stream
-                .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
-                .await
-                .ok()?;
-            let mut got = Vec::new();
-            stream.read_to_end(&mut got).await.ok()?;
-            Some(got)
-        })
-        .await;
-        matches!(reply, Ok(Some(got)) if got.starts_with(b"HTTP/1.1 200"))
-    };
     let start = Instant::now();
-    while !healthz().await {
+    while !healthz_answers(proxy.addr()).await {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "clients that read nothing still hold every connection slot"
         );
     }
     drop(unread);
+}
+
+// The same for HTTP/2, where a peer can read the socket (pings, frames) and never grant its
+// streams flow-control window: hyper holds the answer's data without coming back for more.
+#[tokio::test]
+async fn h2_clients_that_grant_no_window_do_not_hold_their_slots() {
+    let upstream = unread_upstream().await;
+    let proxy = spawn_proxy_to(
+        &upstream,
+        "ghp_fake_unread",
+        uncached("max_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .adaptive_window(false)
+                .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
+            .header("authorization", format!("Bearer {}", proxy.token()))
+            .body(Empty::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        held.push((sender, task, response)); // its body is never read
+    }
+    let start = Instant::now();
+    while !healthz_answers(proxy.addr()).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "HTTP/2 clients that grant no window still hold every connection slot"
+        );
+    }
+    drop(held);
 }

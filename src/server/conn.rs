@@ -25,8 +25,9 @@
 //! - A peer that reads nothing would keep its answer "in flight" for ever: once no byte of its
 //!   answer could be written for `server.idle_timeout` (the socket stayed full), the connection
 //!   is dropped (nothing graceful can reach it). Waiting for GitHub writes nothing, so it never
-//!   counts. Not covered: an HTTP/2 peer that reads the socket but never grants its stream
-//!   flow-control window (the stall is inside h2, not at the socket).
+//!   counts. An HTTP/2 peer may read the socket and grant no flow-control window instead: then
+//!   hyper holds a stream's data without coming back for more, and once some stream's data has
+//!   waited so for `server.idle_timeout`, the connection is dropped the same way.
 
 use std::{
     convert::Infallible,
@@ -116,6 +117,13 @@ struct Activity {
     /// Milliseconds from the connection's start to when a write found the socket full and none
     /// has gone through since (the peer reads nothing), or [`NOT_STALLED`].
     stalled_ms: AtomicU64,
+    /// HTTP/2: the streams whose answer hyper holds data of that it has not sent on (it comes
+    /// back for more only once the peer's flow-control window lets it), by stream, with the
+    /// milliseconds from the connection's start to when it took that data. A peer that reads
+    /// the socket but grants no window never fills it, so [`Activity::stalled_ms`] cannot see it.
+    unsent: std::sync::Mutex<std::collections::HashMap<u64, u64>>,
+    /// Numbers the entries of [`Activity::unsent`].
+    next_stream: AtomicU64,
 }
 
 /// `Activity::stalled_ms` while writes go through.
@@ -202,6 +210,9 @@ pub(super) struct Answered {
 pub(super) struct Sent {
     body: Body,
     in_flight: Option<InFlight>,
+    /// HTTP/2: this stream's entry in [`Activity::unsent`] while hyper holds data it took from
+    /// it and has not come back for more.
+    holding: Option<u64>,
 }
 
 /// A HEAD answer for HTTP/2. Hyper leaves out a HEAD answer's body on HTTP/1 only: on HTTP/2 it
@@ -230,7 +241,11 @@ impl Future for Answered {
         if let Some(in_flight) = &in_flight {
             in_flight.activity.answered.store(true, Ordering::Relaxed);
         }
-        Poll::Ready(Ok(response.map(|body| Sent { body, in_flight })))
+        Poll::Ready(Ok(response.map(|body| Sent {
+            body,
+            in_flight,
+            holding: None,
+        })))
     }
 }
 
@@ -245,9 +260,20 @@ impl hyper::body::Body for Sent {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let (Some(stream), Some(in_flight)) = (this.holding.take(), &this.in_flight) {
+            in_flight.activity.sent_on(stream); // hyper is back for more: the peer reads
+        }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.in_flight = None; // sent: the request is over
+        match &polled {
+            Poll::Ready(None) => this.in_flight = None, // sent: the request is over
+            Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
+                if let Some(in_flight) = &this.in_flight
+                    && in_flight.activity.multiplexed.load(Ordering::Relaxed)
+                {
+                    this.holding = Some(in_flight.activity.holding(in_flight.start));
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -258,6 +284,14 @@ impl hyper::body::Body for Sent {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if let (Some(stream), Some(in_flight)) = (self.holding.take(), &self.in_flight) {
+            in_flight.activity.sent_on(stream);
+        }
     }
 }
 
@@ -273,7 +307,35 @@ impl Activity {
             head_ms: AtomicU64::new(NO_HEAD),
             answered: AtomicBool::new(false),
             stalled_ms: AtomicU64::new(NOT_STALLED),
+            unsent: std::sync::Mutex::default(),
+            next_stream: AtomicU64::new(0),
         }
+    }
+
+    /// HTTP/2: a stream's answer gave hyper data it has yet to send; returns the entry to
+    /// [`Activity::sent_on`] once hyper asks for more (or the stream ends).
+    fn holding(&self, start: Instant) -> u64 {
+        let stream = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let since = millis_since(start);
+        self.unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream, since);
+        stream
+    }
+
+    /// HTTP/2: hyper came back for more of a stream's answer (or the stream ended).
+    fn sent_on(&self, stream: u64) {
+        self.unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&stream);
+    }
+
+    /// HTTP/2: since when the longest-held data has waited for the peer's window, if any does.
+    fn oldest_unsent(&self) -> Option<u64> {
+        let unsent = self.unsent.lock().unwrap_or_else(|p| p.into_inner());
+        unsent.values().min().copied()
     }
 
     /// Notes how a write went: the moment the socket first stayed full (one clock read per
@@ -464,10 +526,19 @@ async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) -> Quiet 
         let next = if activity.active.load(Ordering::Acquire) > 0 {
             // Busy, unless its answer has sat unread for the idle timeout: a peer that reads
             // nothing would hold its connection slot for ever.
-            match activity.stalled_ms.load(Ordering::Relaxed) {
-                NOT_STALLED => now + limits.head.min(limits.idle),
-                stalled if now >= at(stalled) + limits.idle => return Quiet::Unread,
-                stalled => (at(stalled) + limits.idle).min(now + limits.head),
+            let stalled = match activity.stalled_ms.load(Ordering::Relaxed) {
+                NOT_STALLED => None,
+                stalled => Some(stalled),
+            };
+            let held = if activity.multiplexed.load(Ordering::Relaxed) {
+                activity.oldest_unsent()
+            } else {
+                None
+            };
+            match stalled.into_iter().chain(held).min() {
+                None => now + limits.head.min(limits.idle),
+                Some(since) if now >= at(since) + limits.idle => return Quiet::Unread,
+                Some(since) => (at(since) + limits.idle).min(now + limits.head),
             }
         } else {
             let deadline = if activity.served.load(Ordering::Relaxed) {
