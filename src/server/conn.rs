@@ -485,7 +485,8 @@ pub(super) async fn serve<I>(
                 }
                 return;
             }
-            quiet = idle(&seen, start, limits), if !closing => {
+            // Once closing, it only ever answers `Unread`.
+            quiet = idle(&seen, start, limits, closing) => {
                 if quiet == Quiet::Unread {
                     // Nothing graceful can reach a peer that reads nothing: drop it.
                     tracing::debug!("dropping a connection whose answer sat unread");
@@ -518,28 +519,32 @@ pub(super) async fn serve<I>(
 
 /// Resolves once the connection is past one of its limits: no first request within the head
 /// timeout, no request in flight for the idle timeout, or an HTTP/1 head still incomplete a head
-/// timeout after its first byte.
-async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) -> Quiet {
+/// timeout after its first byte (`Quiet::Idle`, never once `closing`); or an answer that could
+/// not be sent on for the idle timeout (`Quiet::Unread`).
+async fn idle(activity: &Activity, start: Instant, limits: IdleLimits, closing: bool) -> Quiet {
     let at = |ms: u64| start + Duration::from_millis(ms);
     loop {
         let now = Instant::now();
-        let next = if activity.active.load(Ordering::Acquire) > 0 {
-            // Busy, unless its answer has sat unread for the idle timeout: a peer that reads
-            // nothing would hold its connection slot for ever.
-            let stalled = match activity.stalled_ms.load(Ordering::Relaxed) {
-                NOT_STALLED => None,
-                stalled => Some(stalled),
-            };
-            let held = if activity.multiplexed.load(Ordering::Relaxed) {
-                activity.oldest_unsent()
-            } else {
-                None
-            };
-            match stalled.into_iter().chain(held).min() {
-                None => now + limits.head.min(limits.idle),
-                Some(since) if now >= at(since) + limits.idle => return Quiet::Unread,
-                Some(since) => (at(since) + limits.idle).min(now + limits.head),
-            }
+        // An answer that could not be sent on for the idle timeout: a peer that reads nothing
+        // (or grants no HTTP/2 window) would hold its slot for ever. Watched whether or not a
+        // request still counts as in flight (hyper may hold a whole answer after its body ended)
+        // and after a graceful shutdown (which waits for that answer).
+        let stalled = match activity.stalled_ms.load(Ordering::Relaxed) {
+            NOT_STALLED => None,
+            stalled => Some(stalled),
+        };
+        let held = if activity.multiplexed.load(Ordering::Relaxed) {
+            activity.oldest_unsent()
+        } else {
+            None
+        };
+        let stuck_until = match stalled.into_iter().chain(held).min() {
+            Some(since) if now >= at(since) + limits.idle => return Quiet::Unread,
+            since => since.map(|since| at(since) + limits.idle),
+        };
+        let next = if closing || activity.active.load(Ordering::Acquire) > 0 {
+            // Busy (or closing already): look again later.
+            now + limits.head.min(limits.idle)
         } else {
             let deadline = if activity.served.load(Ordering::Relaxed) {
                 let idle = at(activity.last_ms.load(Ordering::Relaxed)) + limits.idle;
@@ -557,6 +562,6 @@ async fn idle(activity: &Activity, start: Instant, limits: IdleLimits) -> Quiet 
             // one head timeout finds it while its deadline is still ahead.
             deadline.min(now + limits.head)
         };
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(stuck_until.map_or(next, |stuck| stuck.min(next))).await;
     }
 }
