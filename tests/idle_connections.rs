@@ -370,11 +370,10 @@ async fn a_client_that_hangs_up_mid_request_frees_its_in_flight_slot() {
     }
 }
 
-/// An upstream answering every request with 48 MiB, far more than loopback's socket buffers
-/// (and any flow-control window) hold.
-async fn unread_upstream() -> String {
-    // Far more than loopback's socket buffers hold.
-    let body = bytes::Bytes::from(vec![b' '; 48 << 20]);
+/// An upstream answering every request with `len` bytes of JSON (48 MiB: far more than
+/// loopback's socket buffers, and any flow-control window, hold).
+async fn unread_upstream(len: usize) -> String {
+    let body = bytes::Bytes::from(vec![b' '; len]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -424,7 +423,7 @@ async fn healthz_answers(addr: SocketAddr) -> bool {
 // `idle_timeout`, they are dropped.
 #[tokio::test]
 async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
-    let upstream = unread_upstream().await;
+    let upstream = unread_upstream(48 << 20).await;
     let limits = "max_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"";
     // Streamed through (cache off), and from the cache: hyper then holds the whole answer once
     // the body has ended, so the request no longer counts as in flight.
@@ -462,41 +461,89 @@ async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
 // streams flow-control window: hyper holds the answer's data without coming back for more.
 #[tokio::test]
 async fn h2_clients_that_grant_no_window_do_not_hold_their_slots() {
-    let upstream = unread_upstream().await;
-    let proxy = spawn_proxy_to(
-        &upstream,
-        "ghp_fake_unread",
-        uncached("max_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
-    )
-    .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .initial_stream_window_size(65_535)
-                .initial_connection_window_size(65_535)
-                .adaptive_window(false)
-                .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                .await
+    // 48 MiB is streamed through; 1 MiB (under `max_entry_bytes`) is one frame, which hyper
+    // hands to h2 with its end of stream: then the body is gone and only h2's queue is left.
+    for len in [48 << 20, 1 << 20] {
+        let upstream = unread_upstream(len).await;
+        let proxy = spawn_proxy_to(
+            &upstream,
+            "ghp_fake_unread",
+            uncached("max_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\""),
+        )
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .initial_stream_window_size(65_535)
+                    .initial_connection_window_size(65_535)
+                    .adaptive_window(false)
+                    .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            let task = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
+                .header("authorization", format!("Bearer {}", proxy.token()))
+                .body(Empty::new())
                 .unwrap();
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
-            .header("authorization", format!("Bearer {}", proxy.token()))
-            .body(Empty::new())
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            held.push((sender, task, response)); // its body is never read
+        }
+        let start = Instant::now();
+        while !healthz_answers(proxy.addr()).await {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "HTTP/2 clients that grant no window still hold every connection slot"
+            );
+        }
+        drop(held);
+    }
+}
+
+// A slow but steady HTTP/2 reader (64 KiB window, ~320 KB/s) is never taken for one that grants
+// no window: hyper gets an answer a slice at a time, so what is timed is how long one slice
+// waits for the peer, not how long the whole answer takes to drain.
+#[tokio::test]
+async fn a_slow_steady_h2_reader_gets_its_whole_answer() {
+    let len = 3 << 19; // 1.5 MiB, over the 1 MiB `max_entry_bytes` below: one 1 MiB frame, then streamed
+    let upstream = unread_upstream(len).await;
+    let mut options = uncached("idle_timeout = \"1s\"\nheader_read_timeout = \"1s\"");
+    options.extra.push_str("max_entry_bytes = 1048576\n");
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_unread", options).await;
+    let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
             .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        held.push((sender, task, response)); // its body is never read
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
+        .header("authorization", format!("Bearer {}", proxy.token()))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let (mut got, mut tick) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|error| panic!("cut after {got} bytes: {error}"));
+        if let Ok(data) = frame.into_data() {
+            got += data.len();
+            tick += data.len();
+            if tick >= 32 * 1024 {
+                tick = 0;
+                tokio::time::sleep(Duration::from_millis(100)).await; // the reader's pace
+            }
+        }
     }
-    let start = Instant::now();
-    while !healthz_answers(proxy.addr()).await {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "HTTP/2 clients that grant no window still hold every connection slot"
-        );
-    }
-    drop(held);
+    assert_eq!(got, len);
 }

@@ -213,7 +213,15 @@ pub(super) struct Sent {
     /// HTTP/2: this stream's entry in [`Activity::unsent`] while hyper holds data it took from
     /// it and has not come back for more.
     holding: Option<u64>,
+    /// HTTP/2: what is left of a data frame larger than [`SLICE`], handed to hyper a slice at a
+    /// time, so that an [`Activity::unsent`] entry's age is the time one slice waits for the
+    /// peer's window, not the time a whole cached answer takes to drain.
+    rest: Bytes,
 }
+
+/// HTTP/2: the most of an answer hyper gets at a time (h2's default frame size; hyper cuts
+/// DATA frames this size anyway).
+const SLICE: usize = 16 * 1024;
 
 /// A HEAD answer for HTTP/2. Hyper leaves out a HEAD answer's body on HTTP/1 only: on HTTP/2 it
 /// sends it as DATA, and a client resets such a stream (`PROTOCOL_ERROR`). The length stays what
@@ -245,6 +253,7 @@ impl Future for Answered {
             body,
             in_flight,
             holding: None,
+            rest: Bytes::new(),
         })))
     }
 }
@@ -263,27 +272,51 @@ impl hyper::body::Body for Sent {
         if let (Some(stream), Some(in_flight)) = (this.holding.take(), &this.in_flight) {
             in_flight.activity.sent_on(stream); // hyper is back for more: the peer reads
         }
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.in_flight = None, // sent: the request is over
-            Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
-                if let Some(in_flight) = &this.in_flight
-                    && in_flight.activity.multiplexed.load(Ordering::Relaxed)
-                {
-                    this.holding = Some(in_flight.activity.holding(in_flight.start));
-                }
-            }
-            _ => {}
+        if !this.rest.is_empty() {
+            let slice = this.rest.split_to(this.rest.len().min(SLICE));
+            this.hold();
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(slice))));
         }
-        polled
+        let multiplexed = this
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.activity.multiplexed.load(Ordering::Relaxed));
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.in_flight = None; // sent: the request is over
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) if multiplexed => match frame.into_data() {
+                Ok(mut data) => {
+                    if data.len() > SLICE {
+                        this.rest = data.split_off(SLICE);
+                    }
+                    this.hold();
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            polled => polled,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Sent {
+    /// HTTP/2: hyper took data from this answer; noted until it comes back for more.
+    fn hold(&mut self) {
+        if let Some(in_flight) = &self.in_flight
+            && in_flight.activity.multiplexed.load(Ordering::Relaxed)
+        {
+            self.holding = Some(in_flight.activity.holding(in_flight.start));
+        }
     }
 }
 
@@ -474,6 +507,10 @@ pub(super) async fn serve<I>(
     let mut closing = false;
     // When a connection shut down before its first request is dropped if it is still open.
     let mut force_at: Option<Instant> = None;
+    // HTTP/2 closed for idleness: every answer was handed over, only h2's queue is left; it
+    // gets one more idle timeout (`h2_last_call`), then the connection is dropped.
+    let mut idle_h2 = false;
+    let mut h2_last_call = false;
     loop {
         tokio::select! {
             // In order, the connection first: it is what wakes this task on every request, and
@@ -496,6 +533,7 @@ pub(super) async fn serve<I>(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
                 force_at = Some(Instant::now() + FORCE_CLOSE_AFTER);
+                idle_h2 = seen.multiplexed.load(Ordering::Relaxed);
             }
             _ = drain.draining.wait_for(|d| *d), if !closing => {
                 conn.as_mut().graceful_shutdown();
@@ -511,7 +549,19 @@ pub(super) async fn serve<I>(
                     tracing::debug!("dropping a connection that never started a request");
                     return;
                 }
-                force_at = None;
+                // An HTTP/2 connection closed for idleness waits only for h2 to hand the peer
+                // what it queued (an answer's last slice goes with its end of stream, and the
+                // body is gone): a peer that grants no window gets an idle timeout for it.
+                if idle_h2 {
+                    idle_h2 = false;
+                    h2_last_call = true;
+                    force_at = Some(Instant::now() + limits.idle);
+                } else if h2_last_call {
+                    tracing::debug!("dropping an HTTP/2 connection whose queued answers were never taken");
+                    return;
+                } else {
+                    force_at = None;
+                }
             }
         }
     }
