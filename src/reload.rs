@@ -33,6 +33,13 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
             state.policy.store(config.policy.clone());
             state.credentials_generation.fetch_add(1, Ordering::Release);
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            if config.mutations.audit_log != state.config.mutations.audit_log {
+                tracing::warn!(
+                    running = ?state.config.mutations.audit_log,
+                    new = ?config.mutations.audit_log,
+                    "mutations.audit_log changed: records keep going to the running one until a restart"
+                );
+            }
             tracing::info!(
                 clients = config.clients.len(),
                 policy = ?config.policy,
