@@ -467,31 +467,14 @@ async fn an_if_none_match_list_split_over_two_lines_is_one_list() {
 
 /// An upstream that answers every request `200` with `[]` and `headers` (for headers the
 /// simulator does not send: a retiring API version, SSO, `Last-Modified`).
-async fn fixed_upstream(headers: &'static [(&'static str, &'static str)]) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |_req: http::Request<hyper::body::Incoming>| async move {
-                        let mut response = http::Response::builder()
-                            .header("content-type", "application/json; charset=utf-8");
-                        for (name, value) in headers {
-                            response = response.header(*name, *value);
-                        }
-                        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"[]"));
-                        Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}")
+async fn fixed_upstream(headers: &[(&'static str, &'static str)]) -> String {
+    let mut all = vec![("content-type", "application/json; charset=utf-8".to_owned())];
+    all.extend(
+        headers
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned())),
+    );
+    answering_upstream(StatusCode::OK, all, bytes::Bytes::from_static(b"[]")).await
 }
 
 // Guards the headers GitHub uses to warn a client: `Deprecation` and `Sunset` (the API version it

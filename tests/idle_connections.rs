@@ -373,32 +373,35 @@ async fn a_client_that_hangs_up_mid_request_frees_its_in_flight_slot() {
 /// An upstream answering every request with `len` bytes of JSON (48 MiB: far more than
 /// loopback's socket buffers, and any flow-control window, hold).
 async fn unread_upstream(len: usize) -> String {
-    let body = bytes::Bytes::from(vec![b' '; len]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let json = vec![("content-type", "application/json".to_owned())];
+    support::answering_upstream(StatusCode::OK, json, Bytes::from(vec![b' '; len])).await
+}
+
+/// An HTTP/2 connection to `addr` with 64 KiB windows that never grow by themselves.
+async fn h2_small_window(
+    addr: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let body = body.clone();
-                        async move {
-                            let response = Response::builder()
-                                .header("content-type", "application/json")
-                                .body(http_body_util::Full::new(body))
-                                .unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        let _ = conn.await;
     });
-    upstream
+    sender
+}
+
+/// Waits (15 s at most, else fails with `what`) until `/healthz` answers on a new connection.
+async fn healthz_within(addr: SocketAddr, what: &str) {
+    let start = Instant::now();
+    while !healthz_answers(addr).await {
+        assert!(start.elapsed() < Duration::from_secs(15), "{what}");
+    }
 }
 
 /// Whether `/healthz` answers 200 on a new connection within a second.
@@ -446,13 +449,11 @@ async fn clients_that_never_read_their_answers_do_not_hold_their_slots() {
             stream.write_all(head.as_bytes()).await.unwrap();
             unread.push(stream); // never read
         }
-        let start = Instant::now();
-        while !healthz_answers(proxy.addr()).await {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "clients that read nothing still hold every connection slot"
-            );
-        }
+        healthz_within(
+            proxy.addr(),
+            "clients that read nothing still hold every slot",
+        )
+        .await;
         drop(unread);
     }
 }
@@ -473,33 +474,20 @@ async fn h2_clients_that_grant_no_window_do_not_hold_their_slots() {
         .await;
         let mut held = Vec::new();
         for _ in 0..2 {
-            let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .initial_stream_window_size(65_535)
-                    .initial_connection_window_size(65_535)
-                    .adaptive_window(false)
-                    .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-                    .await
-                    .unwrap();
-            let task = tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let mut sender = h2_small_window(proxy.addr()).await;
             let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
                 .header("authorization", format!("Bearer {}", proxy.token()))
                 .body(Empty::new())
                 .unwrap();
             let response = sender.send_request(request).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
-            held.push((sender, task, response)); // its body is never read
+            held.push((sender, response)); // its body is never read
         }
-        let start = Instant::now();
-        while !healthz_answers(proxy.addr()).await {
-            assert!(
-                start.elapsed() < Duration::from_secs(15),
-                "HTTP/2 clients that grant no window still hold every connection slot"
-            );
-        }
+        healthz_within(
+            proxy.addr(),
+            "HTTP/2 clients that grant no window still hold every slot",
+        )
+        .await;
         drop(held);
     }
 }
@@ -514,18 +502,7 @@ async fn a_slow_steady_h2_reader_gets_its_whole_answer() {
     let mut options = uncached("idle_timeout = \"1s\"\nheader_read_timeout = \"1s\"");
     options.extra.push_str("max_entry_bytes = 1048576\n");
     let proxy = spawn_proxy_to(&upstream, "ghp_fake_unread", options).await;
-    let tcp = TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .adaptive_window(false)
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = h2_small_window(proxy.addr()).await;
     let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
         .header("authorization", format!("Bearer {}", proxy.token()))
         .body(Empty::new())

@@ -630,13 +630,7 @@ async fn one_connection_is_authenticated_per_request_across_clients_and_reloads(
     let dir = temp_dir("memo");
     let path = dir.join("config.toml");
     std::fs::write(&path, &text).unwrap();
-    let config = packages_proxy::config::Config::load(&path).unwrap();
-    let running = packages_proxy::server::start(
-        config,
-        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
-    )
-    .await
-    .unwrap();
+    let running = start_from_file(&path, &sim).await;
     let stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))

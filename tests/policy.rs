@@ -322,19 +322,23 @@ async fn an_unwritable_audit_log_refuses_the_call() {
     assert_eq!(sim.deletes(), 0, "an unaudited delete was sent");
 }
 
-#[tokio::test]
-async fn every_destructive_request_is_audited_and_mutations_are_paced() {
-    let Setup { sim, proxy, audit } = setup("150ms").await;
-    let web = sim.versions("web").await;
-    let targets = web[1..5]
-        .iter()
+/// DELETEs of `web`'s versions `ids` by team-a, for [`spawn_deletes`].
+fn web_deletes(proxy: &TestProxy, ids: &[u64]) -> Vec<(String, String)> {
+    ids.iter()
         .map(|id| {
             (
                 proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
                 proxy.token().to_owned(),
             )
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test]
+async fn every_destructive_request_is_audited_and_mutations_are_paced() {
+    let Setup { sim, proxy, audit } = setup("150ms").await;
+    let web = sim.versions("web").await;
+    let targets = web_deletes(&proxy, &web[1..5]);
     for task in spawn_deletes(targets) {
         assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
     }
@@ -444,13 +448,7 @@ async fn a_reload_swaps_the_policy_and_an_invalid_file_keeps_the_old_one() {
     let dir = temp_dir("reload");
     let audit = dir.join("audit.jsonl");
     let (path, tokens) = write_config(&dir, &sim, &policy(&audit, "0s"));
-    let config = packages_proxy::config::Config::load(&path).unwrap();
-    let running = packages_proxy::server::start(
-        config,
-        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
-    )
-    .await
-    .unwrap();
+    let running = start_from_file(&path, &sim).await;
     // The file watch `serve` runs (SIGHUP would reach every test in this process).
     let watcher = packages_proxy::reload::spawn(
         running.state.clone(),
@@ -750,13 +748,7 @@ async fn a_reload_cannot_allow_deletes_in_a_process_started_without_an_audit_log
     let dir = temp_dir("reload-no-audit");
     let audit = dir.join("audit.jsonl");
     let (path, tokens) = write_config(&dir, &sim, "");
-    let config = packages_proxy::config::Config::load(&path).unwrap();
-    let running = packages_proxy::server::start(
-        config,
-        packages_proxy::secret::OrgToken::new(&sim.org_token).unwrap(),
-    )
-    .await
-    .unwrap();
+    let running = start_from_file(&path, &sim).await;
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{text}\n{}", policy(&audit, "0s"))).unwrap();
     let error = packages_proxy::reload::reload(&running.state, &path).unwrap_err();
@@ -779,15 +771,7 @@ async fn a_reload_cannot_allow_deletes_in_a_process_started_without_an_audit_log
 async fn deletes_waiting_for_their_slot_wait_out_a_back_off_that_opens_meanwhile() {
     let Setup { sim, proxy, audit } = setup("1s").await;
     let web = sim.versions("web").await;
-    let targets = web[1..4]
-        .iter()
-        .map(|id| {
-            (
-                proxy.url(&format!("/orgs/acme/packages/container/web/versions/{id}")),
-                proxy.token().to_owned(),
-            )
-        })
-        .collect();
+    let targets = web_deletes(&proxy, &web[1..4]);
     let tasks = spawn_deletes(targets);
     eventually(Duration::from_secs(5), "the first delete sent", || async {
         sim.deletes() == 1

@@ -416,3 +416,48 @@ pub fn temp_dir(label: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// An upstream that answers every request with `status`, `headers` and `body` (for answers the
+/// simulator does not give: headers it never sends, huge or unreadable bodies). Returns its base
+/// URL.
+pub async fn answering_upstream(
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: Bytes,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let headers = std::sync::Arc::new(headers);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (headers, body) = (headers.clone(), body.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let mut response = http::Response::builder().status(status);
+                        for (name, value) in headers.iter() {
+                            response = response.header(*name, value.as_str());
+                        }
+                        let response = response.body(Full::new(body.clone())).unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A proxy started from the config file at `path` (so that a test can rewrite and reload it),
+/// in front of `sim`.
+pub async fn start_from_file(path: &std::path::Path, sim: &Sim) -> Running {
+    let config = Config::load(path).unwrap();
+    server::start(config, OrgToken::new(&sim.org_token).unwrap())
+        .await
+        .unwrap()
+}
