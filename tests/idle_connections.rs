@@ -377,6 +377,20 @@ async fn unread_upstream(len: usize) -> String {
     support::answering_upstream(StatusCode::OK, json, Bytes::from(vec![b' '; len])).await
 }
 
+/// The package list, asked on `sender`'s HTTP/2 connection: its answer's head (status 200).
+async fn h2_list(
+    sender: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    proxy: &support::TestProxy,
+) -> Response<hyper::body::Incoming> {
+    let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
+        .header("authorization", format!("Bearer {}", proxy.token()))
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
 /// An HTTP/2 connection to `addr` with 64 KiB windows that never grow by themselves.
 async fn h2_small_window(
     addr: SocketAddr,
@@ -475,12 +489,7 @@ async fn h2_clients_that_grant_no_window_do_not_hold_their_slots() {
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut sender = h2_small_window(proxy.addr()).await;
-            let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
-                .header("authorization", format!("Bearer {}", proxy.token()))
-                .body(Empty::new())
-                .unwrap();
-            let response = sender.send_request(request).await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
+            let response = h2_list(&mut sender, &proxy).await;
             held.push((sender, response)); // its body is never read
         }
         healthz_within(
@@ -503,12 +512,7 @@ async fn a_slow_steady_h2_reader_gets_its_whole_answer() {
     options.extra.push_str("max_entry_bytes = 1048576\n");
     let proxy = spawn_proxy_to(&upstream, "ghp_fake_unread", options).await;
     let mut sender = h2_small_window(proxy.addr()).await;
-    let request = Request::get(proxy.url("/orgs/acme/packages?package_type=container"))
-        .header("authorization", format!("Bearer {}", proxy.token()))
-        .body(Empty::new())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let response = h2_list(&mut sender, &proxy).await;
     let mut body = response.into_body();
     let (mut got, mut tick) = (0, 0);
     while let Some(frame) = body.frame().await {

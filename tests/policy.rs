@@ -82,15 +82,7 @@ fn records(audit: &Path) -> Vec<AuditRecord> {
 async fn the_allow_and_deny_matrix() {
     let Setup { sim, proxy, .. } = setup("0s").await;
     let web = sim.versions("web").await;
-    let worker = {
-        let url = format!(
-            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
-            sim.handle.base_url()
-        );
-        get(&url, &sim.org_token).await.json()[1]["id"]
-            .as_u64()
-            .unwrap()
-    };
+    let worker = sim.versions("team-b%2Fworker").await[1];
     let (a, b) = (0, 1);
     let cases: Vec<(usize, Method, String, StatusCode, &str)> = vec![
         (
@@ -320,6 +312,24 @@ async fn an_unwritable_audit_log_refuses_the_call() {
             .contains("Audit log")
     );
     assert_eq!(sim.deletes(), 0, "an unaudited delete was sent");
+}
+
+/// Once the first of a batch of deletes is sent, a read meets GitHub's secondary limit with
+/// `retry-after: secs`: a back-off opens while the others wait for their pace slots.
+async fn back_off_after_the_first_delete(sim: &Sim, proxy: &TestProxy, secs: u64) {
+    eventually(Duration::from_secs(5), "the first delete sent", || async {
+        sim.deletes() == 1
+    })
+    .await;
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: secs,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
 }
 
 /// DELETEs of `web`'s versions `ids` by team-a, for [`spawn_deletes`].
@@ -773,20 +783,8 @@ async fn deletes_waiting_for_their_slot_wait_out_a_back_off_that_opens_meanwhile
     let web = sim.versions("web").await;
     let targets = web_deletes(&proxy, &web[1..4]);
     let tasks = spawn_deletes(targets);
-    eventually(Duration::from_secs(5), "the first delete sent", || async {
-        sim.deletes() == 1
-    })
-    .await;
     // A read meets a secondary limit: a back-off of 2 s opens while two deletes wait for slots.
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 2,
-        },
-        1,
-    ));
-    let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
-    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    back_off_after_the_first_delete(&sim, &proxy, 2).await;
     for task in tasks {
         assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
     }
@@ -823,15 +821,7 @@ async fn shutdown_writes_the_outcome_of_a_delete_sent_before_the_drain_ended() {
         ..ProxyOptions::default()
     };
     let proxy = spawn_proxy(&sim, opts).await;
-    let worker = {
-        let url = format!(
-            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
-            sim.handle.base_url()
-        );
-        get(&url, &sim.org_token).await.json()[1]["id"]
-            .as_u64()
-            .unwrap()
-    };
+    let worker = sim.versions("team-b%2Fworker").await[1];
     sim.handle.inject(Fault::new(
         FaultKind::Latency(Duration::from_millis(3000)),
         1,
@@ -890,18 +880,7 @@ async fn an_unsent_delete_gives_back_its_upstream_quota_charge() {
         },
     )
     .await;
-    let ids: Vec<u64> = {
-        let url = format!(
-            "{}/orgs/acme/packages/container/team-b%2Fworker/versions",
-            sim.handle.base_url()
-        );
-        let list = get(&url, &sim.org_token).await.json();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["id"].as_u64().unwrap())
-            .collect()
-    };
+    let ids = sim.versions("team-b%2Fworker").await;
     let remaining = || async {
         get(&proxy.url("/rate_limit"), &proxy.tokens[1])
             .await
@@ -918,20 +897,8 @@ async fn an_unsent_delete_gives_back_its_upstream_quota_charge() {
         })
         .collect();
     let tasks = spawn_deletes(targets);
-    eventually(Duration::from_secs(5), "the first delete sent", || async {
-        sim.deletes() == 1
-    })
-    .await;
     // A 30 s back-off, past the queue's 3 s patience, opens while the second waits for its slot.
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 30,
-        },
-        1,
-    ));
-    let limited = get(&proxy.url(&cold(0)), &proxy.tokens[0]).await;
-    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    back_off_after_the_first_delete(&sim, &proxy, 30).await;
     for task in tasks {
         task.await.unwrap();
     }
