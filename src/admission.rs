@@ -15,7 +15,9 @@
 //! client forced, pass-through reads, each page of the fresh tag read before a delete (dry runs
 //! and refused deletes included), registry reads and the mutation itself all get their ticket
 //! here. Joining a fetch already under way needs none; an answer that turned out to come from
-//! another replica (the shared tier's L2) gives its ticket back with [`Ticket::refund`].
+//! another replica (the shared tier's L2) gives its ticket back with [`Ticket::refund`], and a
+//! ticket dropped before its request was sent (refused, or its client hung up while it waited)
+//! gives its charge back on drop.
 //!
 //! Cache hits are charged to the client's hit quota by [`charge_hit`], also here.
 //!
@@ -62,6 +64,12 @@ pub enum Work {
 
 /// Proof that a request to GitHub was admitted and paid for. `Upstream::send` takes one, so no
 /// path to GitHub goes around [`admit`].
+///
+/// The charge is spent when `Upstream::send` puts the request on the wire ([`Ticket::spend`]).
+/// A ticket dropped before that gives its charge back, whichever way its request ended: a
+/// refusal before sending, an error on the way, or a client that hung up while its request
+/// waited for an upstream slot (the request's future is dropped with the ticket in it). Only
+/// requests GitHub was sent cost their payer anything.
 #[derive(Debug)]
 #[must_use = "a ticket is paid for; use it for a request or refund it"]
 pub struct Ticket {
@@ -182,13 +190,17 @@ impl Ticket {
     ///
     /// [`Upstream::send`]: crate::upstream::Upstream::send
     pub(crate) fn refund_unsent(&self) {
-        match self.take() {
-            None | Some(Charge::Proxy) => {}
-            Some(Charge::Local(limits)) => limits.upstream.give_back(),
-            Some(charge @ Charge::Fleet { .. }) => {
-                tokio::spawn(charge.give_back());
-            }
+        if let Some(charge) = self.take() {
+            charge.give_back_now();
         }
+    }
+
+    /// Keeps the charge for good: the request is about to be sent ([`Upstream::send`] calls it
+    /// right before its first attempt; retries are part of the same request).
+    ///
+    /// [`Upstream::send`]: crate::upstream::Upstream::send
+    pub(crate) fn spend(&self) {
+        drop(self.take());
     }
 
     fn take(&self) -> Option<Charge> {
@@ -199,9 +211,36 @@ impl Ticket {
     }
 }
 
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let charge = self
+            .charge
+            .get_mut()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(charge) = charge {
+            charge.give_back_now();
+        }
+    }
+}
+
 // === impl Charge ===
 
 impl Charge {
+    /// Gives the charge back without waiting: a fleet-wide refund runs in a task of its own
+    /// (none outside a runtime, at the very end of a shutdown: the refund is best effort).
+    fn give_back_now(self) {
+        match self {
+            Self::Proxy => {}
+            Self::Local(limits) => limits.upstream.give_back(),
+            charge @ Self::Fleet { .. } => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(charge.give_back());
+                }
+            }
+        }
+    }
+
     async fn give_back(self) {
         match self {
             Self::Proxy => {}

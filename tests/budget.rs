@@ -657,3 +657,65 @@ async fn a_request_refused_before_it_is_sent_is_not_charged() {
     assert_eq!(left, 9, "only the read that was sent is charged");
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
 }
+
+// A request whose client hangs up while it waits for an upstream slot is never sent, so it costs
+// the client nothing, and it leaves the queue. The charge used to stay with the request's dropped
+// future, and its place in the queue for good: `max_queue` such clients refused every later
+// request that found the slots busy, until a restart.
+#[tokio::test]
+async fn a_client_that_hangs_up_while_queued_is_not_charged() {
+    use tokio::io::AsyncWriteExt;
+    let sim = spawn_sim().await;
+    let mut opts = ProxyOptions::uncached();
+    opts.extra_upstream = "max_concurrency = 1\nmax_queue = 3";
+    opts.upstream_timeout = "30s";
+    opts.extra += "[quotas]\nupstream_per_minute = 10\n";
+    let proxy = spawn_proxy(&sim, opts).await;
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
+    let slow = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the slow read upstream",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    let mut waiting = Vec::new();
+    for i in 1..4 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        let head = format!(
+            "GET {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
+            cold(i),
+            proxy.token()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        waiting.push(stream);
+    }
+    let queued = || async {
+        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    eventually(Duration::from_secs(10), "three reads queued", || async {
+        queued().await == Some(3.0)
+    })
+    .await;
+    drop(waiting); // the three clients give up
+    eventually(Duration::from_secs(10), "the queue emptied", || async {
+        queued().await == Some(0.0)
+    })
+    .await;
+    let remaining = |reply: Reply| reply.json()["rate"]["remaining"].as_u64().unwrap();
+    let left = remaining(get(&proxy.url("/rate_limit"), proxy.token()).await);
+    assert_eq!(left, 9, "only the read that was sent is charged");
+    // The slow read still holds the only slot: the next read queues instead of being refused.
+    assert!(!slow.is_finished(), "the test outlived the slow read");
+    let next = get(&proxy.url(&cold(4)), proxy.token()).await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text());
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(sim.gets(), 2, "an abandoned read was sent");
+}

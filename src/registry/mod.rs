@@ -266,8 +266,8 @@ impl Registry {
         url: &str,
         authorization: Option<HeaderValue>,
     ) -> Result<Answer, RegistryError> {
-        // Held while the request runs: the proof it was admitted and paid for.
-        let _ticket = reads
+        // The proof it was admitted and paid for; spent once the request is built and sent.
+        let ticket = reads
             .registry_request()
             .await
             .map_err(RegistryError::Refused)?;
@@ -282,6 +282,7 @@ impl Registry {
         let request = builder
             .body(Empty::new())
             .map_err(|e| RegistryError::Unreachable(Box::new(e)))?;
+        ticket.spend();
         let started = std::time::Instant::now();
         let exchange = async {
             let response = self

@@ -155,6 +155,8 @@ impl Upstream {
         });
         loop {
             let request = self.request(method.clone(), path_and_query, forwarded)?;
+            // From the first attempt on, the charge stays spent (retries are the same request).
+            ticket.spend();
             let sent = std::time::Instant::now();
             let result = tokio::time::timeout_at(deadline, self.client.request(request)).await;
             let status = match &result {
@@ -247,12 +249,15 @@ impl Upstream {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        // Counted out on drop: a waiter whose client hung up leaves the queue too (counted out
+        // only after the wait, such waiters filled `max_queue` for good: every request that
+        // found the slots busy was then refused until a restart).
+        let place = Queued::enter(&self.queued);
+        if place.ahead >= self.max_queue {
             return Err(ProxyError::UpstreamQueueFull);
         }
         let permit = self.slots.clone().acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        drop(place);
         permit.map_err(|e| ProxyError::Internal(Box::new(e)))
     }
 
@@ -434,4 +439,24 @@ impl Forwarded {
 fn sane(value: &HeaderValue, max: usize) -> bool {
     let bytes = value.as_bytes();
     bytes.len() <= max && bytes.iter().all(|b| *b == b' ' || b.is_ascii_graphic())
+}
+
+/// A place in the upstream queue, given up on drop.
+struct Queued<'a> {
+    count: &'a AtomicUsize,
+    /// Waiters already queued when this one arrived.
+    ahead: usize,
+}
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Self { count, ahead }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
