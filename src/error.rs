@@ -92,6 +92,10 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("Service is shutting down")]
     ShuttingDown,
+    /// The client closed its request before the call was sent (nobody reads this answer; it
+    /// names the outcome in the audit log).
+    #[error("the client closed the request before it was sent")]
+    ClientGone,
     /// The upstream could not be reached or broke the connection.
     #[error("upstream request failed")]
     Upstream(#[source] BoxError),
@@ -122,7 +126,9 @@ impl ProxyError {
             Self::BackingOff(answer) => answer.status(),
             Self::UpstreamQueueFull | Self::ReserveKept => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable(_) | Self::Audit(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Overloaded | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overloaded | Self::ShuttingDown | Self::ClientGone => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

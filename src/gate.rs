@@ -5,10 +5,11 @@
 //! a [`Cleared`] that only [`execute`] can build after every check passed and the intent record
 //! is on disk; dry runs return before one exists. So no path around the checks exists.
 
-use std::{sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
+use tokio::sync::oneshot;
 
 use crate::{
     admission::{self, Payer, Ticket, Work},
@@ -189,7 +190,8 @@ pub async fn execute(
     }
     // From the intent on, the mutation runs in its own task: a client that hangs up must not
     // cancel it between its intent and its outcome (an intent left open, a budget spent on a
-    // call never sent), nor a DELETE already sent (stale cache entries behind it).
+    // call never sent), nor a DELETE already sent (stale cache entries behind it). A call still
+    // waiting for its pace slot when its client leaves is not sent (`complete`).
     let owned = Owned {
         route: m.route.clone(),
         forwarded: m.forwarded.clone(),
@@ -199,7 +201,10 @@ pub async fn execute(
         spent,
         _place: place,
     };
-    let task = tokio::spawn(complete(state.clone(), owned, record, Cleared(())));
+    // Held by this request's future: dropped with it when the client hangs up (or resets its
+    // HTTP/2 stream), which tells the task that nobody waits for the call any more.
+    let (_waiting, client) = oneshot::channel::<Infallible>();
+    let task = tokio::spawn(complete(state.clone(), owned, record, client, Cleared(())));
     task.await
         .unwrap_or_else(|error| Err(ProxyError::Internal(Box::new(error))))
 }
@@ -227,7 +232,10 @@ async fn wait_out_backoff(state: &AppState) -> Result<(), ProxyError> {
 fn refused_before_sending(error: &ProxyError) -> bool {
     matches!(
         error,
-        ProxyError::BackingOff(_) | ProxyError::UpstreamQueueFull | ProxyError::ShuttingDown
+        ProxyError::BackingOff(_)
+            | ProxyError::UpstreamQueueFull
+            | ProxyError::ShuttingDown
+            | ProxyError::ClientGone
     )
 }
 
@@ -252,6 +260,9 @@ async fn unsent(
     outcome.reason = Some(match &error {
         ProxyError::ShuttingDown => {
             "Not sent: the proxy shut down before this call's pace slot".to_owned()
+        }
+        ProxyError::ClientGone => {
+            "Not sent: the client closed the request before this call's pace slot".to_owned()
         }
         other if decision == audit::Decision::NotSent => format!("Not sent: {other}"),
         other => other.to_string(),
@@ -280,11 +291,15 @@ struct Owned {
     _place: crate::pace::Place,
 }
 
-/// Slot, send, outcome record, invalidation: everything after the intent is on disk.
+/// Slot, send, outcome record, invalidation: everything after the intent is on disk. `client`
+/// closes when the client stops waiting: until the send begins, the call is then closed as
+/// `not_sent` (a clean-up job killed mid-run leaves no queued deletes behind it); once sent, it
+/// runs to its outcome.
 async fn complete(
     state: Arc<AppState>,
     mut m: Owned,
     record: AuditRecord,
+    mut client: oneshot::Receiver<Infallible>,
     cleared: Cleared,
 ) -> Result<(Response<Body>, Option<u16>), ProxyError> {
     let spent = std::mem::take(&mut m.spent);
@@ -297,7 +312,13 @@ async fn complete(
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once, unless a back-off GitHub opened meanwhile (then the
     // call waits it out like the queue does, or is not sent: see `wait_for_slot`).
-    if let Err(error) = wait_for_slot(&state).await {
+    let slot = tokio::select! {
+        biased;
+        // A closed channel is the client's hang-up (nothing is ever sent on it).
+        _ = &mut client => Err(ProxyError::ClientGone),
+        slot = wait_for_slot(&state) => slot,
+    };
+    if let Err(error) = slot {
         return Err(unsent(&state, &record, spent, &m.ticket, error).await);
     }
     let sent = send_mutation(&state, &m, cleared).await;

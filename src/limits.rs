@@ -30,6 +30,9 @@ pub struct Heads<'a> {
     pub request_id: Option<&'a HeaderValue>,
     /// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`, in any of their values.
     pub no_cache: bool,
+    /// `Authorization` came more than once: refused (400), since a front proxy that reads the
+    /// last one and this proxy, reading the first, would disagree on who the client is.
+    authorization_repeated: bool,
     content_length: Option<&'a HeaderValue>,
     /// Name and value bytes of every header, as [`check_limits`] counts them.
     bytes: usize,
@@ -61,6 +64,7 @@ impl<'a> Heads<'a> {
         for (name, value) in headers {
             heads.bytes += name.as_str().len() + value.len() + 4;
             let slot = if name == header::AUTHORIZATION {
+                heads.authorization_repeated |= heads.authorization.is_some();
                 &mut heads.authorization
             } else if name == header::ACCEPT {
                 &mut heads.accept
@@ -142,6 +146,11 @@ pub fn check_limits(
     if heads.bytes > server.max_header_bytes || request.headers().len() > server.max_headers {
         return Err(ProxyError::HeadersTooLarge);
     }
+    if heads.authorization_repeated {
+        return Err(ProxyError::BadRequest(
+            "Send one Authorization header, not several".to_owned(),
+        ));
+    }
     let declared = heads
         .content_length
         .and_then(|v| v.to_str().ok())
@@ -170,6 +179,7 @@ mod tests {
         headers.append("cache-control", HeaderValue::from_static("max-age=60"));
         let heads = Heads::scan(&headers);
         assert_eq!(heads.authorization.unwrap(), "Bearer one");
+        assert!(heads.authorization_repeated, "two Authorization lines");
         assert_eq!(heads.accept.unwrap(), "application/json");
         assert_eq!(heads.api_version.unwrap(), "2022-11-28");
         assert_eq!(heads.request_id.unwrap(), "abc");

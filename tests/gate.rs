@@ -5,7 +5,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use http::{Method, StatusCode};
 use packages_proxy::audit::{self, AuditRecord};
@@ -382,4 +385,60 @@ async fn budget_equals_sent_deletes(shared: &str) {
         queue_refusals >= 1,
         "no refusal after an intent: {records:?}"
     );
+}
+
+// Found by a hostile review: a delete whose client had hung up while it waited for its pace slot
+// was still sent when the slot came (a clean-up job killed mid-run went on deleting for minutes).
+// Now it is closed as `not_sent`, its rule budget given back, and never sent.
+#[tokio::test]
+async fn a_delete_whose_client_hangs_up_while_queued_is_never_sent() {
+    use tokio::io::AsyncWriteExt;
+    let sim = spawn_sim().await;
+    let policy = "[[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmax_per_hour = 2\n";
+    let (proxy, audit) = proxy_with(&sim, "pace = \"3s\"", policy).await;
+    let web = sim.versions("web").await;
+    let first = send(
+        Method::DELETE,
+        &proxy.url(&version_path("web", web[1])),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    // The second waits ~3 s for its slot; its client gives up after the intent is written.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let head = format!(
+        "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
+        version_path("web", web[2]),
+        proxy.token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let intents = |audit: &Path| {
+        records(audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count()
+    };
+    eventually(Duration::from_secs(10), "the second intent", || async {
+        intents(&audit) == 2
+    })
+    .await;
+    drop(stream);
+    eventually(Duration::from_secs(10), "its not_sent outcome", || async {
+        records(&audit)
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent")
+    })
+    .await;
+    assert_eq!(sim.deletes(), 1, "the abandoned delete was sent");
+    // Its budget came back: a second real delete still fits the budget of 2.
+    let third = send(
+        Method::DELETE,
+        &proxy.url(&version_path("web", web[3])),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(third.status, StatusCode::NO_CONTENT, "{}", third.text());
+    assert_eq!(sim.deletes(), 2);
 }

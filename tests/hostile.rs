@@ -42,3 +42,42 @@ async fn no_hostile_path_reaches_the_upstream() {
     assert_eq!(status, 200);
     assert_eq!(sim.handle.log().len(), 1);
 }
+
+// Found by a hostile review: with two `Authorization` headers the first won, so a front proxy
+// reading the last one (for its logs, or its own checks) and this proxy disagreed on who the
+// client was. Several are now a 400 in GitHub's shape, whatever their order, and nothing is sent.
+#[tokio::test]
+async fn repeated_authorization_headers_are_refused() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let url = proxy.url("/orgs/acme/packages/container/web/versions");
+    let good = format!("Bearer {}", proxy.token());
+    for pair in [
+        [good.as_str(), "Bearer wrong"],
+        ["Bearer wrong", good.as_str()],
+        [good.as_str(), good.as_str()],
+    ] {
+        let reply = send(
+            http::Method::GET,
+            &url,
+            None,
+            &[("authorization", pair[0]), ("authorization", pair[1])],
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::BAD_REQUEST, "{pair:?}");
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("one Authorization"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert!(
+        sim.handle.log().is_empty(),
+        "a refused request went upstream"
+    );
+    let one = send(http::Method::GET, &url, Some(proxy.token()), &[]).await;
+    assert_eq!(one.status, http::StatusCode::OK);
+}
