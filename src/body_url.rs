@@ -22,11 +22,16 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, header};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use sha2::{Digest, Sha256};
 
-use crate::{body::Body, error::BoxError, link::on_upstream, route::Route};
+use crate::{
+    body::Body,
+    error::{BoxError, ProxyError},
+    link::on_upstream,
+    route::Route,
+};
 
 /// Rewrites the API URLs of a JSON answer and gives it the proxy's `ETag`; any other body is
 /// returned as it is.
@@ -61,24 +66,25 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// [`apply`] for an answer not yet read (the pass-through path): a JSON body up to `limit` bytes
 /// is read, rewritten and sent whole; a larger one is streamed as GitHub sent it (logged), as is
-/// any other body.
+/// any other body. A body that fails before anything was sent is an error for the client
+/// instead (a 504 if it stalled past `upstream.timeout`, else a 502), not a `200` cut short.
 pub async fn apply_streamed(
     headers: &mut HeaderMap,
     mut body: Body,
     limit: usize,
     upstream_base: &str,
     public_base: &str,
-) -> Body {
+) -> Result<Body, ProxyError> {
     if !is_json(headers) {
-        return body;
+        return Ok(body);
     }
     let mut buffer = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let data = match frame.map(Frame::into_data) {
             Ok(Ok(data)) => data,
             Ok(Err(_trailers)) => continue,
-            // Hand the failure to the client as the stream would have.
-            Err(error) => return prefixed(buffer.freeze(), error_body(error)),
+            // Nothing has reached the client yet: it gets an error in GitHub's shape.
+            Err(error) => return Err(ProxyError::from_box(error)),
         };
         if buffer.len() + data.len() > limit {
             tracing::warn!(
@@ -86,11 +92,16 @@ pub async fn apply_streamed(
                 "an answer too large to rewrite its URLs is passed as GitHub sent it"
             );
             buffer.extend_from_slice(&data);
-            return prefixed(buffer.freeze(), body);
+            return Ok(prefixed(buffer.freeze(), body));
         }
         buffer.extend_from_slice(&data);
     }
-    crate::body::full(apply(headers, buffer.freeze(), upstream_base, public_base))
+    Ok(crate::body::full(apply(
+        headers,
+        buffer.freeze(),
+        upstream_base,
+        public_base,
+    )))
 }
 
 /// `head`, then the rest of `rest`.
@@ -99,14 +110,6 @@ fn prefixed(head: Bytes, rest: Body) -> Body {
         head: Some(head),
         rest,
     })
-}
-
-/// A body that fails with `error` at once.
-fn error_body(error: BoxError) -> Body {
-    crate::body::boxed(StreamBody::new(futures_util::stream::iter([Err::<
-        Frame<Bytes>,
-        _,
-    >(error)])))
 }
 
 /// Bytes already read, then the rest of the body they came from.

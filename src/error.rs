@@ -137,7 +137,9 @@ impl ProxyError {
 
     /// Classifies a boxed error (a body's, a timeout's).
     pub fn from_box(error: BoxError) -> Self {
-        if is_caused_by::<tokio::time::error::Elapsed>(&*error) {
+        if is_caused_by::<tokio::time::error::Elapsed>(&*error)
+            || is_caused_by::<tower_http::timeout::TimeoutError>(&*error)
+        {
             return Self::UpstreamTimeout;
         }
         match error.downcast::<ProxyError>() {

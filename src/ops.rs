@@ -130,7 +130,8 @@ pub fn is_rate_limit_path(path: &str) -> bool {
 }
 
 /// `GET /rate_limit`, answered here and never forwarded: the calling client's own quota of
-/// requests that need GitHub (its `X-OAuth-Scopes`, as on every answer, come from `handle`).
+/// requests that need GitHub, at zero until the reset while GitHub has the shared token backing
+/// off (its `X-OAuth-Scopes`, as on every answer, come from `handle`).
 pub async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body> {
     let local = identity.limits.upstream.peek();
     let fleet = match state.shared.as_ref().filter(|s| s.is_up()) {
@@ -143,7 +144,14 @@ pub async fn rate_limit(state: &AppState, identity: &Identity) -> Response<Body>
         }
         None => None,
     };
-    let snapshot = fleet.unwrap_or(local);
+    let mut snapshot = fleet.unwrap_or(local);
+    // While GitHub has the shared token backing off, nothing this client sends can reach
+    // GitHub: say so (as every uncached answer's `x-ratelimit-*` does), or a tool that checks
+    // before a batch starts one that cannot succeed.
+    if let Some(backoff) = state.upstream.rate_limit.backoff() {
+        snapshot.remaining = 0;
+        snapshot.reset = snapshot.reset.max(backoff.reset_epoch());
+    }
     let used = snapshot.limit.saturating_sub(snapshot.remaining);
     let bucket = serde_json::json!({
         "limit": snapshot.limit,

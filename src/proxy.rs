@@ -496,7 +496,7 @@ async fn pass_through(
     let body = if parts.status == StatusCode::OK {
         let limit = usize::try_from(state.config.cache.max_entry_bytes).unwrap_or(usize::MAX);
         let upstream_base = state.upstream.base();
-        body_url::apply_streamed(&mut headers, body, limit, upstream_base, public_base).await
+        body_url::apply_streamed(&mut headers, body, limit, upstream_base, public_base).await?
     } else {
         body
     };

@@ -138,10 +138,15 @@ impl TokenBucket {
             .unwrap_or_default();
         let to_full = (self.capacity - tokens).max(0.0) / self.per_second;
         let to_one = (1.0 - tokens).max(0.0) / self.per_second;
+        let remaining = tokens.floor().max(0.0) as u64;
+        // With nothing left, the reset is when the next request is allowed: GitHub's clients
+        // wait for `x-ratelimit-reset` when `remaining` is 0 (Octokit's throttling reads it
+        // before `retry-after`), and the time to a full bucket made them wait minutes too long.
+        let until = if remaining == 0 { to_one } else { to_full };
         BucketSnapshot {
             limit: self.capacity as u64,
-            remaining: tokens.floor().max(0.0) as u64,
-            reset: now.as_secs() + to_full.ceil() as u64,
+            remaining,
+            reset: (now.as_secs_f64() + until).ceil() as u64,
             retry_after: Duration::from_secs_f64(to_one),
         }
     }

@@ -214,16 +214,28 @@ impl RateLimit {
             None => exponential(state),
         };
         let forbidden = status == StatusCode::FORBIDDEN;
-        let (kind, wait) = if remaining == Some(0) && !says_secondary {
+        let too_many = status == StatusCode::TOO_MANY_REQUESTS;
+        // GitHub's own status is kept: a 429 is answered 429, whatever limit it reports.
+        let kind_of = |otherwise: BackoffKind| {
+            if too_many {
+                BackoffKind::TooManyRequests
+            } else {
+                otherwise
+            }
+        };
+        let (kind, wait) = if (forbidden || too_many) && retry_after.is_some() {
+            // `retry-after` first, as GitHub asks (NOTES §6), even beside a spent primary count:
+            // a 403 with it is how GitHub words a secondary limit's wait.
+            (kind_of(BackoffKind::Secondary), hinted(&mut state))
+        } else if remaining == Some(0) && !says_secondary {
             // Spent, whatever the status: the next request would be refused. Half a second of margin
             // (clocks differ), and a floor: a reset already past by our clock (skew, or a window
             // GitHub has not rolled yet) must not become a request a second to a spent token.
             let wait = (until_epoch(reset) + Duration::from_millis(500)).max(MIN_PRIMARY);
-            (BackoffKind::Primary, wait)
-        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            (kind_of(BackoffKind::Primary), wait)
+        } else if too_many {
             (BackoffKind::TooManyRequests, hinted(&mut state))
-        } else if forbidden && (says_secondary || retry_after.is_some()) {
-            // A 403 with `retry-after` is how GitHub words a secondary limit's wait.
+        } else if forbidden && says_secondary {
             (BackoffKind::Secondary, hinted(&mut state))
         } else {
             if (status.is_success() || status == StatusCode::NOT_MODIFIED)

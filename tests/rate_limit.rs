@@ -554,3 +554,139 @@ async fn a_rate_limit_answer_with_an_unreadable_body_still_opens_the_back_off() 
         "requests sent during the back-off"
     );
 }
+
+// Found by a hostile review with Octokit and Python clients. GitHub's guidance (NOTES §6) puts
+// `retry-after` first: a 429 with it beside `x-ratelimit-remaining: 0` backed off until the
+// primary reset, half an hour here, and was answered 403 instead of GitHub's 429.
+#[tokio::test]
+async fn retry_after_comes_first_and_a_429_stays_a_429() {
+    let reset = (epoch_now() + 1800).to_string();
+    let upstream = answering_upstream(
+        StatusCode::TOO_MANY_REQUESTS,
+        vec![
+            ("content-type", "application/json; charset=utf-8".to_owned()),
+            ("retry-after", "2".to_owned()),
+            ("x-ratelimit-limit", "5000".to_owned()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", reset),
+        ],
+        bytes::Bytes::from_static(br#"{"message":"Too many requests"}"#),
+    )
+    .await;
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_429", ProxyOptions::default()).await;
+    let first = get(&proxy.url(WEB), proxy.token()).await;
+    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    // The back-off GitHub's answer opened, as the next client sees it.
+    let next = get(&proxy.url(&cold(1)), proxy.token()).await;
+    assert_eq!(
+        next.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        next.text()
+    );
+    let retry_after: u64 = next.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after <= 2, "retry-after {retry_after}");
+    let reset: u64 = next.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(
+        reset <= epoch_now() + 3,
+        "backs off until {reset}, {} s away",
+        reset.saturating_sub(epoch_now())
+    );
+}
+
+// Found by a hostile review: `/rate_limit` described only the client's own quota, `remaining`
+// 299 of 300, while GitHub had the shared token backing off and every uncached read was refused.
+#[tokio::test]
+async fn rate_limit_says_zero_while_github_has_the_token_backing_off() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let before = get(&proxy.url("/rate_limit"), proxy.token()).await.json();
+    assert!(before["rate"]["remaining"].as_u64().unwrap() > 0);
+    sim.handle.set_rate_window(0, 30);
+    let refused = get(&proxy.url(WEB), proxy.token()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    let during = get(&proxy.url("/rate_limit"), proxy.token()).await;
+    let body = during.json();
+    for bucket in [&body["rate"], &body["resources"]["core"]] {
+        assert_eq!(bucket["remaining"], 0, "{body}");
+        assert!(
+            bucket["reset"].as_u64().unwrap() >= epoch_now() + 25,
+            "{body}"
+        );
+    }
+    assert_eq!(during.header("x-ratelimit-remaining"), Some("0"));
+}
+
+// Found by a hostile review: a client past its quota got `x-ratelimit-reset` at the time its
+// bucket would be full again, and Octokit, which reads it when `remaining` is 0, waited a minute
+// where `retry-after` said 20 s. With nothing left, the reset is when the next request is allowed.
+#[tokio::test]
+async fn an_empty_client_quota_resets_when_the_next_request_is_allowed() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: "[quotas]\nupstream_per_minute = 3\n".to_owned(),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    for i in 0..3 {
+        assert_eq!(
+            get(&proxy.url(&cold(i)), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    let over = get(&proxy.url(&cold(3)), proxy.token()).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.header("x-ratelimit-remaining"), Some("0"));
+    let retry_after: u64 = over.header("retry-after").unwrap().parse().unwrap();
+    let reset: u64 = over.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(
+        (15..=21).contains(&retry_after),
+        "retry-after {retry_after}"
+    );
+    let now = epoch_now();
+    assert!(
+        reset <= now + retry_after + 1,
+        "reset {} s away, retry-after {retry_after} s",
+        reset.saturating_sub(now)
+    );
+}
+
+// Found by a hostile review: GitHub sending the head and then stalling mid-body past
+// `upstream.timeout` was answered 502 "unreachable"; it is a 504, as a slow GitHub is.
+#[tokio::test]
+async fn a_body_that_stalls_past_the_timeout_is_a_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n[";
+                let _ = stream.write_all(head.as_bytes()).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    for options in [ProxyOptions::default(), ProxyOptions::uncached()] {
+        let options = ProxyOptions {
+            upstream_timeout: "1s",
+            ..options
+        };
+        let proxy = spawn_proxy_to(&upstream, "ghp_fake_stall", options).await;
+        let reply = get(&proxy.url(WEB), proxy.token()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            reply.text()
+        );
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("timed out")
+        );
+    }
+}

@@ -157,7 +157,12 @@ async fn fetch(
 pub(crate) async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, Failure> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Failure::Unreachable)?;
+        // A body that stalls past `upstream.timeout` timed out (a 504, `…-timeout`); any other
+        // failure is a broken connection.
+        let frame = frame.map_err(|error| match ProxyError::from_box(error) {
+            ProxyError::UpstreamTimeout => Failure::Timeout,
+            _ => Failure::Unreachable,
+        })?;
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > limit {
                 return Err(Failure::TooLarge);

@@ -321,11 +321,22 @@ impl Shared {
                     .await
             })
             .await?;
+        let remaining = remaining.max(0).unsigned_abs();
+        let retry_after = Duration::from_millis(retry_ms.max(0).unsigned_abs());
+        // As the local bucket: with nothing left, the reset is when the next request is allowed.
+        let reset = if remaining == 0 {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            (now + retry_after).as_secs_f64().ceil() as u64
+        } else {
+            (reset_ms.max(0).unsigned_abs() / 1000) + 1
+        };
         let snapshot = BucketSnapshot {
             limit: u64::from(capacity),
-            remaining: remaining.max(0).unsigned_abs(),
-            reset: (reset_ms.max(0).unsigned_abs() / 1000) + 1,
-            retry_after: Duration::from_millis(retry_ms.max(0).unsigned_abs()),
+            remaining,
+            reset,
+            retry_after,
         };
         Ok(if ok == 1 { Ok(snapshot) } else { Err(snapshot) })
     }
