@@ -75,6 +75,9 @@ pub enum Work {
 pub struct Ticket {
     /// Taken out when the charge is given back, so it is given back once.
     charge: Mutex<Option<Charge>>,
+    /// The client that pays, if one does (the proxy's own work has none): its share of the
+    /// upstream slots is where its requests wait.
+    client: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -124,8 +127,13 @@ pub async fn admit(state: &AppState, payer: &Payer, work: Work) -> Result<Ticket
         Payer::Client { name, .. } => name,
     };
     crate::metrics::charged(who, work.as_str());
+    let client = match payer {
+        Payer::Proxy => None,
+        Payer::Client { name, .. } => Some(name.clone()),
+    };
     Ok(Ticket {
         charge: Mutex::new(Some(charge)),
+        client,
     })
 }
 
@@ -201,6 +209,11 @@ impl Ticket {
     /// [`Upstream::send`]: crate::upstream::Upstream::send
     pub(crate) fn spend(&self) {
         drop(self.take());
+    }
+
+    /// The paying client's name, if a client pays.
+    pub(crate) fn client(&self) -> Option<&Arc<str>> {
+        self.client.as_ref()
     }
 
     fn take(&self) -> Option<Charge> {

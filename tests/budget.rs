@@ -719,3 +719,60 @@ async fn a_client_that_hangs_up_while_queued_is_not_charged() {
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
     assert_eq!(sim.gets(), 2, "an abandoned read was sent");
 }
+
+// Found by a hostile review: the upstream queue was first come, first served across clients, so
+// one client's burst of misses held every slot and queued ahead of everyone: another client's
+// one read waited behind all of it. A client now holds at most its share of the slots
+// (`upstream.max_concurrency_per_client`, half of them by default); its other requests wait for
+// its own turns, and another client's read takes a free slot at once.
+#[tokio::test]
+async fn one_clients_burst_of_misses_does_not_queue_ahead_of_another_client() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_upstream: "max_concurrency = 4",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    sim.handle.inject(Fault::new(
+        FaultKind::Latency(Duration::from_millis(1000)),
+        20,
+    ));
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            let (url, token) = (proxy.url(&cold(i)), proxy.tokens[0].clone());
+            tokio::spawn(async move { get(&url, &token).await.status })
+        })
+        .collect();
+    let queued = || async {
+        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    // Two of team-a's reads at GitHub (its share of four slots), ten waiting for its turns.
+    eventually(Duration::from_secs(10), "team-a's burst queued", || async {
+        sim.gets() == 2 && queued().await == Some(10.0)
+    })
+    .await;
+    let other = get(&proxy.url(&cold(50)), &proxy.tokens[1]).await;
+    assert_eq!(other.status, StatusCode::OK);
+    let arrivals: Vec<String> = sim
+        .handle
+        .log()
+        .iter()
+        .map(|r| r.query.clone().unwrap_or_default())
+        .collect();
+    let position = arrivals
+        .iter()
+        .position(|query| query.contains("per_page=70"))
+        .expect("team-b's read reached GitHub");
+    assert!(
+        position <= 3,
+        "team-b's read reached GitHub {}th, behind team-a's burst: {arrivals:?}",
+        position + 1
+    );
+    for task in burst {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+}

@@ -243,3 +243,25 @@ fn check_config_and_serve_refuse_what_would_panic() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_clients_share_of_the_upstream_slots_is_from_one_to_all_of_them() {
+    for line in [
+        "max_concurrency_per_client = 0",
+        "max_concurrency = 4\nmax_concurrency_per_client = 5",
+    ] {
+        let field = field_of(&with_line("upstream", line));
+        assert_eq!(field, "upstream.max_concurrency_per_client", "{line}");
+    }
+    for line in [
+        "max_concurrency = 4\nmax_concurrency_per_client = 4",
+        "max_concurrency = 1",
+    ] {
+        Config::parse(&with_line("upstream", line)).unwrap();
+    }
+    let config = Config::parse(&with_line("upstream", "max_concurrency = 25")).unwrap();
+    assert_eq!(
+        config.upstream.max_concurrency_per_client, 13,
+        "half, rounded up"
+    );
+}

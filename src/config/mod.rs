@@ -240,6 +240,9 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Requests to GitHub at once (GitHub allows 100 per token, shared with every other user).
     pub max_concurrency: usize,
+    /// Of those, the most one client's requests hold at once (its others wait for its own
+    /// turn): one client's burst of misses cannot hold every slot while others wait behind it.
+    pub max_concurrency_per_client: usize,
     /// Requests waiting for an upstream slot; past it, 503 at once.
     pub max_queue: usize,
     /// Retries of idempotent GETs on connection errors and 502/503/504 (mutations never).

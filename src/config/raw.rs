@@ -212,6 +212,8 @@ struct RawUpstream {
     pool_max_idle_per_host: usize,
     #[serde(default = "default_upstream_concurrency")]
     max_concurrency: usize,
+    /// Default: half of `max_concurrency`, rounded up.
+    max_concurrency_per_client: Option<usize>,
     #[serde(default = "default_upstream_queue")]
     max_queue: usize,
     #[serde(default = "default_retries")]

@@ -67,6 +67,29 @@ pub struct Upstream {
     /// Requests waiting for a slot, bounded by `max_queue`.
     queued: AtomicUsize,
     max_queue: usize,
+    /// Each client's share of the slots (`max_concurrency_per_client`), by client name: a
+    /// request takes one of its client's before a slot, so one client's burst waits for its
+    /// own turns instead of holding every slot while the others queue behind it.
+    shares: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Share>>>,
+    share_size: usize,
+    /// Requests waiting for their client's share, all clients together (for the gauge).
+    waiting_for_share: AtomicUsize,
+}
+
+/// One client's share of the upstream slots.
+#[derive(Debug)]
+struct Share {
+    slots: Arc<Semaphore>,
+    /// Its requests waiting for one, bounded by `max_queue` (per client: one client's burst
+    /// never fills the queue the others wait in).
+    waiting: AtomicUsize,
+}
+
+/// What an upstream request holds until its answer is read: a slot, and its client's share.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    _slot: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 /// The request headers a client may influence, validated.
@@ -114,6 +137,9 @@ impl Upstream {
             slots: Arc::new(Semaphore::new(config.max_concurrency)),
             queued: AtomicUsize::new(0),
             max_queue: config.max_queue,
+            shares: std::sync::Mutex::default(),
+            share_size: config.max_concurrency_per_client,
+            waiting_for_share: AtomicUsize::new(0),
         })
     }
 
@@ -142,7 +168,7 @@ impl Upstream {
     ) -> Result<Response<Body>, ProxyError> {
         // Refused before anything is sent: the payer gets its charge back.
         let permit = match self.refuse_during_backoff() {
-            Ok(()) => self.slot().await,
+            Ok(()) => self.slot(ticket.client()).await,
             Err(error) => Err(error),
         };
         let permit = permit.inspect_err(|_| ticket.refund_unsent())?;
@@ -216,7 +242,7 @@ impl Upstream {
     async fn limited(
         &self,
         response: Response<Incoming>,
-        permit: OwnedSemaphorePermit,
+        permit: Permit,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();
         let read = Limited::new(body, MAX_ERROR_BODY).collect();
@@ -244,8 +270,53 @@ impl Upstream {
         Ok(Response::from_parts(parts, crate::body::full(bytes)))
     }
 
+    /// One of `client`'s share of the slots (none for the proxy's own work), then one of the
+    /// upstream slots; past `max_queue` waiters for a slot, refuses at once.
+    async fn slot(&self, client: Option<&Arc<str>>) -> Result<Permit, ProxyError> {
+        let share = match client {
+            Some(client) => Some(self.share(client).await?),
+            None => None,
+        };
+        let slot = self.any_slot().await?;
+        Ok(Permit {
+            _slot: slot,
+            _share: share,
+        })
+    }
+
+    /// One of `client`'s share of the slots.
+    async fn share(&self, client: &Arc<str>) -> Result<OwnedSemaphorePermit, ProxyError> {
+        let share = {
+            let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
+            // Bounded: one entry per configured client name (reloads add at most theirs).
+            shares
+                .entry(client.clone())
+                .or_insert_with(|| {
+                    Arc::new(Share {
+                        slots: Arc::new(Semaphore::new(self.share_size)),
+                        waiting: AtomicUsize::new(0),
+                    })
+                })
+                .clone()
+        };
+        if let Ok(permit) = share.slots.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        let place = Queued::enter(&share.waiting);
+        if place.ahead >= self.max_queue {
+            return Err(ProxyError::UpstreamQueueFull);
+        }
+        let _counted = Queued::enter(&self.waiting_for_share);
+        share
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| ProxyError::Internal(Box::new(e)))
+    }
+
     /// One of the upstream slots; past `max_queue` waiters, refuses at once.
-    async fn slot(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
+    async fn any_slot(&self) -> Result<OwnedSemaphorePermit, ProxyError> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
@@ -261,14 +332,16 @@ impl Upstream {
         permit.map_err(|e| ProxyError::Internal(Box::new(e)))
     }
 
-    /// Requests to GitHub in flight now, and waiting for a slot.
+    /// Requests to GitHub in flight now, and waiting for a slot (or for their client's share).
     pub fn load(&self) -> (usize, usize) {
         let in_flight = self.slots_total - self.slots.available_permits();
-        (in_flight, self.queued.load(Ordering::Relaxed))
+        let waiting =
+            self.queued.load(Ordering::Relaxed) + self.waiting_for_share.load(Ordering::Relaxed);
+        (in_flight, waiting)
     }
 
     /// The response with a body that holds the upstream slot until it is read or dropped.
-    fn wrap(&self, response: Response<Incoming>, permit: OwnedSemaphorePermit) -> Response<Body> {
+    fn wrap(&self, response: Response<Incoming>, permit: Permit) -> Response<Body> {
         let timeout = self.timeout;
         response.map(|body: Incoming| {
             let body = TimeoutBody::new(timeout, body).map_err(|error| -> BoxError { error });
@@ -371,7 +444,7 @@ fn retry_delays(retries: u32) -> impl Iterator<Item = Duration> {
 /// A body that keeps an upstream slot until it ends.
 struct PermitBody {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 impl hyper::body::Body for PermitBody {

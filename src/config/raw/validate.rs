@@ -163,6 +163,15 @@ impl RawUpstream {
         let owners = validate_owners(self.owners)?;
         nonzero(self.connect_timeout, "upstream.connect_timeout")?;
         positive(self.max_concurrency, "upstream.max_concurrency")?;
+        let per_client = self
+            .max_concurrency_per_client
+            .unwrap_or(self.max_concurrency.div_ceil(2));
+        if per_client == 0 || per_client > self.max_concurrency {
+            return Err(invalid(
+                "upstream.max_concurrency_per_client",
+                "must be from 1 to upstream.max_concurrency",
+            ));
+        }
         if !(0.0..1.0).contains(&self.rate_limit_reserve) {
             return Err(invalid(
                 "upstream.rate_limit_reserve",
@@ -184,6 +193,7 @@ impl RawUpstream {
             timeout: self.timeout,
             pool_max_idle_per_host: self.pool_max_idle_per_host,
             max_concurrency: self.max_concurrency,
+            max_concurrency_per_client: per_client,
             max_queue: self.max_queue,
             retries: self.retries,
             rate_limit_reserve: self.rate_limit_reserve,
