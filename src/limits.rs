@@ -7,7 +7,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::{error::ProxyError, state::AppState};
 
 /// Largest request body we read past; no Packages API call takes a body.
-const MAX_BODY: u64 = 1024;
+pub(crate) const MAX_BODY: u64 = 1024;
 
 /// The request headers the walk reads, found in the same pass that sizes them. Looked up one
 /// by one, each was a hash of its name and a probe: eight of them on every cache hit.

@@ -33,7 +33,8 @@ use std::{
 };
 
 use futures_util::future::{self, Either, Ready};
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::{
@@ -246,8 +247,13 @@ enum Next {
     RateLimit(Identity),
     /// The cache purge.
     Purge(Identity, Request<Incoming>),
-    /// A delete or restore, through the gate.
-    Mutate { read: Read, dry_run_requested: bool },
+    /// A delete or restore, through the gate: its dry-run header lines, and its body (read
+    /// whole before the gate: a dry-run header among its trailers counts too).
+    Mutate {
+        read: Read,
+        dry_run: HeaderMap,
+        body: Incoming,
+    },
     /// A read with the cache off.
     PassThrough(Read),
     /// A read the cache could not answer from a fresh entry.
@@ -328,7 +334,13 @@ fn walk_checked(
     let public_base = public_base(state, ghes);
     // 7. gate, cache or pass-through (each admits what it sends upstream)
     if route.operation.is_destructive() {
-        let dry_run_requested = gate::dry_run_requested(request.headers())?;
+        // Checked now (a bad value is a 400 before anything else), and again with the body's
+        // trailers once it is read.
+        gate::dry_run_requested(request.headers())?;
+        let mut dry_run = HeaderMap::new();
+        for value in request.headers().get_all(gate::DRY_RUN_HEADER) {
+            dry_run.append(gate::DRY_RUN_HEADER, value.clone());
+        }
         let read = Read {
             _in_flight: in_flight.keep(),
             route,
@@ -338,7 +350,8 @@ fn walk_checked(
         };
         return Ok(Step::Wait(Next::Mutate {
             read,
-            dry_run_requested,
+            dry_run,
+            body: request.into_body(),
         }));
     }
     if !state.config.cache.enabled {
@@ -403,8 +416,15 @@ impl Next {
             Self::Purge(identity, request) => ops::purge(state, &identity, request).await,
             Self::Mutate {
                 read,
-                dry_run_requested,
+                mut dry_run,
+                body,
             } => {
+                if let Some(trailers) = read_mutation_body(body).await? {
+                    for value in trailers.get_all(gate::DRY_RUN_HEADER) {
+                        dry_run.append(gate::DRY_RUN_HEADER, value.clone());
+                    }
+                }
+                let dry_run_requested = gate::dry_run_requested(&dry_run)?;
                 let ids = call.ids();
                 let mutation = Mutation {
                     route: &read.route,
@@ -450,6 +470,22 @@ impl Next {
                 Ok(response)
             }
         }
+    }
+}
+
+/// Reads a delete's or restore's body whole (none is needed, and none is sent on), up to the
+/// limit on request bodies whatever its framing (a chunked body declares no length), and
+/// returns its trailers: a dry run asked for there must not be missed.
+async fn read_mutation_body(body: Incoming) -> Result<Option<HeaderMap>, ProxyError> {
+    let limit = usize::try_from(crate::limits::MAX_BODY).unwrap_or(usize::MAX);
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.trailers().cloned()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::PayloadTooLarge)
+        }
+        Err(_) => Err(ProxyError::BadRequest(
+            "The request body could not be read".to_owned(),
+        )),
     }
 }
 

@@ -442,3 +442,44 @@ async fn a_delete_whose_client_hangs_up_while_queued_is_never_sent() {
     assert_eq!(third.status, StatusCode::NO_CONTENT, "{}", third.text());
     assert_eq!(sim.deletes(), 2);
 }
+
+// Found by a hostile review: a delete's body was never read, so a dry-run header sent among its
+// trailers was missed and the delete was real, and a chunked body of any size went through (it
+// declares no length). The body is now read whole, up to the 1 KiB limit, before the gate.
+#[tokio::test]
+async fn a_dry_run_in_trailers_counts_and_a_long_chunked_body_is_413() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) = proxy_with(&sim, "pace = \"0s\"", ALLOW_ALL).await;
+    let web = sim.versions("web").await;
+    let chunked = |id: u64, body: &str, trailers: &str| {
+        format!(
+            "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\
+             Transfer-Encoding: chunked\r\nTrailer: x-packages-proxy-dry-run\r\n\
+             Connection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n{trailers}\r\n",
+            version_path("web", id),
+            proxy.token(),
+            body.len()
+        )
+    };
+    let (status, answer) = raw(
+        proxy.addr(),
+        chunked(web[1], "{}", "x-packages-proxy-dry-run: 1\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"dry_run\":true"), "{answer}");
+    let (status, answer) = raw(
+        proxy.addr(),
+        chunked(web[2], &"x".repeat(2000), "").as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(sim.deletes(), 0, "a delete was sent");
+    let records = records(&audit);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].decision == "dry_run", "{records:?}");
+    // A plain chunked body without the header is a real delete, as before.
+    let (status, answer) = raw(proxy.addr(), chunked(web[3], "{}", "").as_bytes()).await;
+    assert_eq!(status, 204, "{answer}");
+    assert_eq!(sim.deletes(), 1);
+}
