@@ -294,3 +294,121 @@ async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
         assert_eq!(version(proxy, second).await, StatusCode::NOT_FOUND);
     }
 }
+
+/// A command on a connection of its own to `redis`.
+async fn redis_cmd<T: redis::FromRedisValue>(redis: &Redis, cmd: &redis::Cmd) -> T {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    cmd.query_async(&mut conn).await.unwrap()
+}
+
+// Found by a hostile review: after a FLUSHALL (or an eviction of the generations table) with the
+// replicas' connections left open, the next bump started again from 0 and handed out a number the
+// replicas already used: the delete was confirmed and invalidated nothing, and both replicas went
+// on serving the deleted version. A bump now goes past the number the bumping replica holds.
+#[tokio::test]
+async fn a_flushed_generation_table_still_invalidates_every_replica() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(
+        &sim,
+        &redis,
+        2,
+        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
+        "5s",
+    )
+    .await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let ids = get(&a.url(WEB), a.token()).await.ids();
+    assert_eq!(delete(a, ids[1]).await, StatusCode::NO_CONTENT);
+    for proxy in [a, b] {
+        assert_eq!(version(proxy, ids[2]).await, StatusCode::OK); // cached after that bump
+    }
+    let _: () = redis_cmd(&redis, &redis::cmd("FLUSHALL")).await;
+    assert_eq!(delete(a, ids[2]).await, StatusCode::NO_CONTENT);
+    for proxy in [a, b] {
+        eventually(
+            Duration::from_secs(5),
+            "the version deleted after the flush gone on every replica",
+            || async { version(proxy, ids[2]).await == StatusCode::NOT_FOUND },
+        )
+        .await;
+    }
+}
+
+// Found by a hostile review: Redis restarting from an older snapshot brings back a lower
+// generation under the same epoch, and the L2 entries stored under it. A replica joining then
+// served a version deleted (and confirmed) before the crash from those entries. The replicas that
+// used the higher numbers raise the table back when they resync.
+#[tokio::test]
+async fn a_rolled_back_generation_table_is_raised_back_by_the_replicas() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let extra = format!("{}multi_arch_guard = false\n", allow_everything("0s"));
+    let first = fleet(&sim, &redis, 1, &extra, "5s").await;
+    let a = &first[0];
+    let ids = get(&a.url(WEB), a.token()).await.ids();
+    // Stored in L2 under the generation before the delete.
+    assert_eq!(version(a, ids[1]).await, StatusCode::OK);
+    assert_eq!(delete(a, ids[1]).await, StatusCode::NO_CONTENT);
+    // The rollback: the generations as they were before the delete, the epoch and L2 kept.
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("DEL").arg("packages-proxy:g:generations"),
+    )
+    .await;
+    let _: () = redis_cmd(
+        &redis,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"),
+    )
+    .await;
+    // A resyncs and raises the table back.
+    eventually(Duration::from_secs(10), "the table raised back", || async {
+        let table: std::collections::HashMap<String, u64> = redis_cmd(
+            &redis,
+            redis::cmd("HGETALL").arg("packages-proxy:g:generations"),
+        )
+        .await;
+        !table.is_empty()
+    })
+    .await;
+    let later = fleet(&sim, &redis, 1, &extra, "5s").await;
+    assert_eq!(
+        version(&later[0], ids[1]).await,
+        StatusCode::NOT_FOUND,
+        "a replica joining after the rollback served the deleted version"
+    );
+}
+
+// Found by a hostile review: a back-off a replica opened while Redis was down never reached the
+// fleet once Redis came back, so the other replicas went on sending into GitHub's limit.
+#[tokio::test]
+async fn a_back_off_opened_while_redis_was_down_reaches_the_fleet_when_it_returns() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 2, "", "5s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    redis.kill();
+    wait_up(a, false, Duration::from_secs(10)).await;
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 60,
+        },
+        1,
+    ));
+    let limited = get(&a.url(&cold(0)), a.token()).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    redis.spawn();
+    for proxy in [a, b] {
+        wait_up(proxy, true, Duration::from_secs(10)).await;
+    }
+    let before = sim.gets();
+    eventually(Duration::from_secs(5), "B backing off too", || async {
+        get(&b.url(&cold(1)), b.token()).await.status == StatusCode::FORBIDDEN
+    })
+    .await;
+    assert_eq!(sim.gets(), before, "B sent into GitHub's limit");
+}

@@ -173,6 +173,18 @@ impl Generations {
         self.bump_all(scopes);
     }
 
+    /// The epoch and a scope's value on this replica (0 if never bumped).
+    pub fn value(&self, scope: &str) -> (u64, u64) {
+        let map = self.read();
+        (map.0, map.1.get(scope).copied().unwrap_or(0))
+    }
+
+    /// The epoch and every value on this replica.
+    pub fn table(&self) -> (u64, HashMap<String, u64>) {
+        let map = self.read();
+        (map.0, map.1.clone())
+    }
+
     /// The scopes bumped on this replica alone and not yet replayed fleet-wide.
     pub fn diverged(&self) -> Vec<String> {
         let diverged = self

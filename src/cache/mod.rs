@@ -368,7 +368,13 @@ pub async fn invalidate(
 ) -> Result<(), crate::shared::Down> {
     match shared {
         Some(shared) => {
-            for (scope, value) in shared.bump(scopes).await? {
+            // Each past the number this replica holds: a table Redis lost or rolled back must
+            // not hand out one of those again (the bump would invalidate nothing here).
+            let floors: Vec<(String, u64)> = scopes
+                .iter()
+                .map(|scope| (scope.clone(), cache.generations.value(scope).1))
+                .collect();
+            for (scope, value) in shared.bump(&floors).await? {
                 cache.generations.raise(&scope, value);
             }
         }

@@ -164,16 +164,18 @@ impl Shared {
             .await;
     }
 
-    /// Bumps generation scopes fleet-wide; returns the new values.
-    pub async fn bump(&self, scopes: &[String]) -> Result<Vec<(String, u64)>, Down> {
+    /// Bumps generation scopes fleet-wide, each past the value this replica holds (`floors`);
+    /// returns the new values.
+    pub async fn bump(&self, floors: &[(String, u64)]) -> Result<Vec<(String, u64)>, Down> {
         let mut conn = self.conn()?;
         let hash = self.key("g", "generations");
         let channel = self.key("ch", "events");
-        let scopes = scopes.to_vec();
+        let floors = floors.to_vec();
+        let script = self.scripts.bump.clone();
         self.run(async move {
-            let mut out = Vec::with_capacity(scopes.len());
-            for scope in scopes {
-                let value: u64 = conn.hincr(&hash, &scope, 1).await?;
+            let mut out = Vec::with_capacity(floors.len());
+            for (scope, floor) in floors {
+                let value = bump_past(&mut conn, &script, &hash, &scope, floor).await?;
                 let _: () = conn
                     .publish(&channel, format!("gen {value} {scope}"))
                     .await?;
@@ -371,6 +373,22 @@ fn epoch_ms(t: SystemTime) -> u64 {
     millis(t.duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
+/// Bumps `scope` in the generations `hash` past `floor` (see `scripts::BUMP`).
+async fn bump_past(
+    conn: &mut ConnectionManager,
+    script: &redis::Script,
+    hash: &str,
+    scope: &str,
+    floor: u64,
+) -> redis::RedisResult<u64> {
+    script
+        .key(hash)
+        .arg(scope)
+        .arg(floor)
+        .invoke_async(conn)
+        .await
+}
+
 /// Publishes back-offs this replica opens, and stores the latest for replicas that join later.
 async fn announce_backoffs(
     shared: Arc<Shared>,
@@ -380,25 +398,34 @@ async fn announce_backoffs(
         let Ok(mut conn) = shared.conn() else {
             continue;
         };
-        let key = shared.key("b", "backoff-until");
-        let channel = shared.key("ch", "events");
-        let until_ms = epoch_ms(until);
-        let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
-        let kind_key = shared.key("b", "backoff-kind");
-        // The deadline keeps the format replicas of the previous release read (a bare number,
-        // `backoff <ms>`), so a rolling deploy never has a replica ignore a fleet back-off; the
-        // kind travels beside it.
-        let kinded = format!("backoff {until_ms} {}", kind.as_str());
+        // One that fails (Redis down) is announced again by the next resync, if still open.
         let _ = shared
-            .run(async move {
-                let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
-                let _: () = conn.pset_ex(&kind_key, kind.as_str(), ttl).await?;
-                conn.publish::<_, _, ()>(&channel, kinded).await?;
-                conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
-                    .await
-            })
+            .run(store_backoff(&shared, &mut conn, until, kind))
             .await;
     }
+}
+
+/// Stores a back-off for replicas that join later and publishes it to the others.
+async fn store_backoff(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    until: SystemTime,
+    kind: BackoffKind,
+) -> redis::RedisResult<()> {
+    let key = shared.key("b", "backoff-until");
+    let channel = shared.key("ch", "events");
+    let until_ms = epoch_ms(until);
+    let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
+    let kind_key = shared.key("b", "backoff-kind");
+    // The deadline keeps the format replicas of the previous release read (a bare number,
+    // `backoff <ms>`), so a rolling deploy never has a replica ignore a fleet back-off; the
+    // kind travels beside it.
+    let kinded = format!("backoff {until_ms} {}", kind.as_str());
+    let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
+    let _: () = conn.pset_ex(&kind_key, kind.as_str(), ttl).await?;
+    conn.publish::<_, _, ()>(&channel, kinded).await?;
+    conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
+        .await
 }
 
 /// Keeps one subscription open; on every (re)subscribe, drops L1 and reloads shared state.
@@ -464,14 +491,25 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
         .get()
         .cloned()
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
-    let replayed = match replica.upgrade() {
-        Some(replica) => replica.cache().generations.diverged(),
+    let (replayed, (local_epoch, local)) = match replica.upgrade() {
+        Some(replica) => {
+            let generations = &replica.cache().generations;
+            (generations.diverged(), generations.table())
+        }
         None => return Ok(()),
     };
     let generations_key = shared.key("g", "generations");
     let channel = shared.key("ch", "events");
     for scope in &replayed {
-        let value: u64 = conn.hincr(&generations_key, scope, 1).await?;
+        let floor = local.get(scope).copied().unwrap_or(0);
+        let value = bump_past(
+            &mut conn,
+            &shared.scripts.bump,
+            &generations_key,
+            scope,
+            floor,
+        )
+        .await?;
         let _: () = conn
             .publish(&channel, format!("gen {value} {scope}"))
             .await?;
@@ -484,6 +522,30 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
         .set_nx(&epoch_key, u64::from_le_bytes(fresh) >> 1)
         .await?;
     let epoch: u64 = conn.get(&epoch_key).await?;
+    if epoch == local_epoch {
+        // Same table, yet lower than numbers this replica used: Redis came back from an older
+        // snapshot (its epoch with it). Raised back, fleet-wide, or keys with those numbers
+        // (and L2 entries the snapshot brought back under them) would be served again after
+        // deletes that were confirmed.
+        let fleet: HashMap<String, u64> = conn.hgetall(&generations_key).await?;
+        for (scope, value) in &local {
+            if fleet.get(scope).copied().unwrap_or(0) < *value {
+                let raised: i64 = shared
+                    .scripts
+                    .raise
+                    .key(&generations_key)
+                    .arg(scope)
+                    .arg(*value)
+                    .invoke_async(&mut conn)
+                    .await?;
+                if raised == 1 {
+                    let _: () = conn
+                        .publish(&channel, format!("gen {value} {scope}"))
+                        .await?;
+                }
+            }
+        }
+    }
     let generations: HashMap<String, u64> = conn.hgetall(&generations_key).await?;
     let backoff: Option<String> = conn.get(shared.key("b", "backoff-until")).await?;
     let backoff_kind: Option<String> = conn.get(shared.key("b", "backoff-kind")).await?;
@@ -503,9 +565,19 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
         );
     }
     replica.cache().purge_all();
-    if let Some(until) = backoff {
+    let fleet_until = backoff
+        .as_deref()
+        .and_then(|until| until.parse::<u64>().ok());
+    if let Some(until) = &backoff {
         let kind = backoff_kind.unwrap_or_default();
         apply_backoff(&*replica, &format!("{until} {kind}"));
+    }
+    // A back-off this replica opened while Redis was down never reached the fleet: announced
+    // now, unless the fleet's own ends later.
+    if let Some(own) = replica.rate_limit().backoff()
+        && fleet_until.is_none_or(|fleet| fleet < epoch_ms(own.until_wall))
+    {
+        store_backoff(shared, &mut conn, own.until_wall, own.kind).await?;
     }
     Ok(())
 }

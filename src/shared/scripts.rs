@@ -53,6 +53,29 @@ if taken == 0 then retry = math.ceil((1 - tokens) / rate) end
 return {taken, math.floor(tokens), full_at, retry}
 ";
 
+/// Bumps generation ARGV[1] in hash KEYS[1] past ARGV[2], the value the bumping replica holds:
+/// a table Redis lost or rolled back (a flush, an older snapshot) must never hand out a number a
+/// replica already used, or the bump invalidates nothing there. Returns the new value.
+const BUMP: &str = r"
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+local floor = tonumber(ARGV[2])
+if v <= floor then
+  v = floor + 1
+  redis.call('HSET', KEYS[1], ARGV[1], v)
+end
+return v
+";
+
+/// Raises generation ARGV[1] in hash KEYS[1] to ARGV[2] if it is lower. Returns 1 if raised.
+const RAISE: &str = r"
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if cur < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Deletes KEYS[1] only while it holds ARGV[1] (the holder's token). Returns 1 if deleted.
 const UNLOCK: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -72,6 +95,8 @@ pub(super) struct Scripts {
     pub(super) bucket: Script,
     pub(super) unlock: Script,
     pub(super) renew: Script,
+    pub(super) bump: Script,
+    pub(super) raise: Script,
 }
 
 impl Scripts {
@@ -82,6 +107,8 @@ impl Scripts {
             bucket: Script::new(BUCKET),
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),
+            bump: Script::new(BUMP),
+            raise: Script::new(RAISE),
         }
     }
 }
