@@ -5,7 +5,14 @@
 //! a [`Cleared`] that only [`execute`] can build after every check passed and the intent record
 //! is on disk; dry runs return before one exists. So no path around the checks exists.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
@@ -312,18 +319,23 @@ async fn complete(
     // The slot is claimed after the intent is on disk, so the fsync never eats into the pace:
     // the send follows its slot at once, unless a back-off GitHub opened meanwhile (then the
     // call waits it out like the queue does, or is not sent: see `wait_for_slot`).
+    let claimed = AtomicBool::new(false);
     let slot = tokio::select! {
         biased;
         // A closed channel is the client's hang-up (nothing is ever sent on it).
         _ = &mut client => Err(ProxyError::ClientGone),
-        slot = wait_for_slot(&state) => slot,
+        slot = wait_for_slot(&state, &claimed) => slot,
     };
     if let Err(error) = slot {
+        if claimed.load(Ordering::Relaxed) && refused_before_sending(&error) {
+            give_back_slot(&state).await;
+        }
         return Err(unsent(&state, &record, spent, &m.ticket, error).await);
     }
     let sent = send_mutation(&state, &m, cleared).await;
     let sent = match sent {
         Err(error) if refused_before_sending(&error) => {
+            give_back_slot(&state).await;
             return Err(unsent(&state, &record, spent, &m.ticket, error).await);
         }
         sent => sent,
@@ -367,9 +379,20 @@ fn budget_spent(empty: &crate::rule_budget::Empty) -> ProxyError {
     }
 }
 
+/// A claimed slot whose call was not sent: the queue moves up, fleet-wide when shared (a
+/// clean-up job killed mid-run, or a replica shut down, must not hold up everyone's deletes by
+/// the slots it no longer uses).
+async fn give_back_slot(state: &AppState) {
+    match &state.shared {
+        Some(shared) => shared.unpace(state.config.mutations.pace).await,
+        None => state.pacer.give_back(),
+    }
+}
+
 /// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured
 /// (refused with 503 while Redis is down, never sent unpaced), else from the local pacer.
-async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
+/// `claimed` is set once a slot is this call's (then an unsent call gives it back).
+async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), ProxyError> {
     let mutations = &state.config.mutations;
     let too_long = |retry: Duration| ProxyError::TooManyRequests {
         message: "The mutation queue is full; retry later".to_owned(),
@@ -391,6 +414,7 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
             .await
             .map_err(|_| unavailable())?
             .map_err(too_long)?;
+        claimed.store(true, Ordering::Relaxed);
         state
             .pacer
             .wait_until(tokio::time::Instant::now() + wait)
@@ -406,6 +430,7 @@ async fn wait_for_slot(state: &AppState) -> Result<(), ProxyError> {
         .pacer
         .reserve()
         .map_err(|busy| too_long(busy.retry_after))?;
+    claimed.store(true, Ordering::Relaxed);
     slot.wait().await.map_err(|_| ProxyError::ShuttingDown)?;
     drop(slot);
     // A back-off GitHub opened while this call waited: waited out here, before the pace check,

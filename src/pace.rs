@@ -186,6 +186,15 @@ impl Pacer {
         }
     }
 
+    /// A claimed slot was not used (the call was not sent): the queue moves up by one pace, so
+    /// calls that come later are not held up by it. Sends stay `pace` apart whatever the slots
+    /// say ([`Pacer::before_send`]).
+    pub fn give_back(&self) {
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.next = state.next.checked_sub(self.pace).unwrap_or(now).max(now);
+    }
+
     /// Mutations waiting for their slot now.
     pub fn waiting(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).waiting

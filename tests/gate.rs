@@ -389,13 +389,31 @@ async fn budget_equals_sent_deletes(shared: &str) {
 
 // Found by a hostile review: a delete whose client had hung up while it waited for its pace slot
 // was still sent when the slot came (a clean-up job killed mid-run went on deleting for minutes).
-// Now it is closed as `not_sent`, its rule budget given back, and never sent.
+// Now it is closed as `not_sent`, its rule budget and its pace slot given back, and never sent.
 #[tokio::test]
 async fn a_delete_whose_client_hangs_up_while_queued_is_never_sent() {
+    hung_up_delete_is_never_sent("").await;
+}
+
+// The same with the pace and the budget fleet-wide in Redis.
+#[tokio::test]
+async fn a_delete_whose_client_hangs_up_while_queued_is_never_sent_by_the_fleet() {
+    let Some(redis) = Redis::start() else { return };
+    hung_up_delete_is_never_sent(&format!("[shared]\nredis_url = \"{}\"\n", redis.url())).await;
+}
+
+async fn hung_up_delete_is_never_sent(shared: &str) {
     use tokio::io::AsyncWriteExt;
     let sim = spawn_sim().await;
-    let policy = "[[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmax_per_hour = 2\n";
-    let (proxy, audit) = proxy_with(&sim, "pace = \"3s\"", policy).await;
+    let policy = format!(
+        "{shared}[[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmax_per_hour = 2\n"
+    );
+    // The queue waits at most 4 s: the third delete fits only if the abandoned one's slot
+    // (3 s after the first) was given back.
+    let (proxy, audit) = proxy_with(&sim, "pace = \"3s\"\nmax_queue_wait = \"4s\"", &policy).await;
+    if !shared.is_empty() {
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(10)).await;
+    }
     let web = sim.versions("web").await;
     let first = send(
         Method::DELETE,

@@ -215,6 +215,23 @@ impl Shared {
         })
     }
 
+    /// Gives a claimed fleet-wide slot back: its call was not sent (best effort).
+    pub async fn unpace(&self, pace: Duration) {
+        let Ok(mut conn) = self.conn() else { return };
+        let key = self.key("p", "next-mutation");
+        let script = self.scripts.unpace.clone();
+        let pace_ms = millis(pace);
+        let _ = self
+            .run(async move {
+                script
+                    .key(key)
+                    .arg(pace_ms)
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+    }
+
     /// Waits until at least `pace` passed since the fleet's last send, then records this one.
     pub async fn before_send(&self, pace: Duration) -> Result<(), Down> {
         loop {

@@ -16,6 +16,19 @@ redis.call('SET', KEYS[1], next + tonumber(ARGV[1]), 'PX', 3600000)
 return wait
 ";
 
+/// Gives a claimed slot back (its call was not sent): KEYS[1] next-slot ms moves back by ARGV[1]
+/// pace ms, never before now. Sends stay `pace` apart through SEND whatever the slots say.
+const UNPACE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local next = tonumber(redis.call('GET', KEYS[1]) or '0')
+if next <= now then return 0 end
+local back = next - tonumber(ARGV[1])
+if back < now then back = now end
+redis.call('SET', KEYS[1], back, 'PX', 3600000)
+return 1
+";
+
 /// Right before sending: KEYS[1] last-send ms; ARGV[1] pace ms. Returns 0 and records the send
 /// when at least `pace` passed since the last one, else the ms still to wait (a predecessor that
 /// sent late pushes its successors back, so sends, not just slots, stay `pace` apart).
@@ -97,6 +110,7 @@ pub(super) struct Scripts {
     pub(super) renew: Script,
     pub(super) bump: Script,
     pub(super) raise: Script,
+    pub(super) unpace: Script,
 }
 
 impl Scripts {
@@ -109,6 +123,7 @@ impl Scripts {
             renew: Script::new(RENEW),
             bump: Script::new(BUMP),
             raise: Script::new(RAISE),
+            unpace: Script::new(UNPACE),
         }
     }
 }
