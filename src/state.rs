@@ -202,6 +202,10 @@ impl Replica for AppState {
     fn rate_limit(&self) -> &RateLimit {
         &self.upstream.rate_limit
     }
+
+    fn longest_send(&self) -> std::time::Duration {
+        self.config.upstream.timeout
+    }
 }
 
 #[cfg(test)]

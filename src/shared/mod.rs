@@ -67,6 +67,9 @@ pub trait Replica: Send + Sync + 'static {
     fn cache(&self) -> &Cache;
     /// The rate limit that opens the fleet's back-offs.
     fn rate_limit(&self) -> &RateLimit;
+    /// The longest a request to GitHub may take (`upstream.timeout`): a delete another replica
+    /// had sent when Redis failed has its answer by then.
+    fn longest_send(&self) -> Duration;
 }
 
 /// The tier cannot be used now.
@@ -492,10 +495,28 @@ async fn session(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Re
         };
         apply(&*replica, &text);
     }
+    if let Some(replica) = replica.upgrade() {
+        missing_invalidations(&*replica, Arc::downgrade(&replica));
+    }
     Err(redis::RedisError::from((
         redis::ErrorKind::Io,
         "subscription closed",
     )))
+}
+
+/// The subscription broke: other replicas' invalidations no longer arrive. Deletes are refused
+/// while Redis is down, but one another replica had already sent ends within `longest_send` and
+/// its invalidation is lost: L1 is dropped now and once more after that (entries fetched in
+/// between may predate the delete). Resubscribing drops it again.
+fn missing_invalidations(replica: &dyn Replica, weak: Weak<dyn Replica>) {
+    replica.cache().purge_all();
+    let again = replica.longest_send() + Duration::from_secs(1);
+    tokio::spawn(async move {
+        tokio::time::sleep(again).await;
+        if let Some(replica) = weak.upgrade() {
+            replica.cache().purge_all();
+        }
+    });
 }
 
 /// Drops L1 (messages may have been missed) and loads generations and any back-off. Bumps this
