@@ -211,6 +211,15 @@ impl Ticket {
         drop(self.take());
     }
 
+    /// Whether its charge was spent ([`Ticket::spend`]: the request was put on the wire) or
+    /// given back.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.charge
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .is_none()
+    }
+
     /// The paying client's name, if a client pays.
     pub(crate) fn client(&self) -> Option<&Arc<str>> {
         self.client.as_ref()

@@ -89,6 +89,9 @@ pub enum ProxyError {
     /// The proxy is at its concurrency limit and sheds load rather than queueing.
     #[error("Service overloaded, try again")]
     Overloaded,
+    /// The request's body did not arrive in time.
+    #[error("The request body did not arrive in time")]
+    RequestTimeout,
     /// The proxy is shutting down.
     #[error("Service is shutting down")]
     ShuttingDown,
@@ -120,6 +123,7 @@ impl ProxyError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::TooManyRequests { .. } | Self::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -332,7 +332,23 @@ async fn complete(
         }
         return Err(unsent(&state, &record, spent, &m.ticket, error).await);
     }
-    let sent = send_mutation(&state, &m, cleared).await;
+    // The client is watched until the request is on the wire: `Upstream::send` may still wait
+    // for the client's share of the upstream slots, or for a slot.
+    let mut sending = Box::pin(send_mutation(&state, &m, cleared));
+    let mut watching = true;
+    let sent = loop {
+        tokio::select! {
+            biased;
+            sent = &mut sending => break sent,
+            _ = &mut client, if watching => {
+                watching = false; // a oneshot is polled once after it completes
+                if !m.ticket.is_settled() {
+                    break Err(ProxyError::ClientGone);
+                }
+            }
+        }
+    };
+    drop(sending); // a call not sent leaves the upstream queue now
     let sent = match sent {
         Err(error) if refused_before_sending(&error) => {
             give_back_slot(&state).await;

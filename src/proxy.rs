@@ -419,7 +419,8 @@ impl Next {
                 mut dry_run,
                 body,
             } => {
-                if let Some(trailers) = read_mutation_body(body).await? {
+                let patience = state.config.server.header_read_timeout;
+                if let Some(trailers) = read_mutation_body(body, patience).await? {
                     for value in trailers.get_all(gate::DRY_RUN_HEADER) {
                         dry_run.append(gate::DRY_RUN_HEADER, value.clone());
                     }
@@ -475,15 +476,22 @@ impl Next {
 
 /// Reads a delete's or restore's body whole (none is needed, and none is sent on), up to the
 /// limit on request bodies whatever its framing (a chunked body declares no length), and
-/// returns its trailers: a dry run asked for there must not be missed.
-async fn read_mutation_body(body: Incoming) -> Result<Option<HeaderMap>, ProxyError> {
+/// returns its trailers: a dry run asked for there must not be missed. A body that does not
+/// arrive within `patience` (`server.header_read_timeout`, as for the head) is a 408: a client
+/// announcing one and never sending it would hold its slots for good.
+async fn read_mutation_body(
+    body: Incoming,
+    patience: std::time::Duration,
+) -> Result<Option<HeaderMap>, ProxyError> {
     let limit = usize::try_from(crate::limits::MAX_BODY).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.trailers().cloned()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+    let read = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(patience, read).await {
+        Err(_) => Err(ProxyError::RequestTimeout),
+        Ok(Ok(collected)) => Ok(collected.trailers().cloned()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::PayloadTooLarge)
         }
-        Err(_) => Err(ProxyError::BadRequest(
+        Ok(Err(_)) => Err(ProxyError::BadRequest(
             "The request body could not be read".to_owned(),
         )),
     }

@@ -11,7 +11,10 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use packages_proxy::audit::{self, AuditRecord};
+use packages_proxy::{
+    audit::{self, AuditRecord},
+    sim::{Fault, FaultKind},
+};
 use support::*;
 
 /// A proxy whose policy is `policy` (TOML after `[mutations]`), auditing into a fresh file.
@@ -500,4 +503,86 @@ async fn a_dry_run_in_trailers_counts_and_a_long_chunked_body_is_413() {
     let (status, answer) = raw(proxy.addr(), chunked(web[3], "{}", "").as_bytes()).await;
     assert_eq!(status, 204, "{answer}");
     assert_eq!(sim.deletes(), 1);
+}
+
+// Found by a hostile review of the hang-up watch: it covered the pace wait only, and a delete
+// then waited in `Upstream::send` for its client's share of the upstream slots (busy with the
+// client's own slow read). Its client gave up there, and it was sent and recorded `completed`.
+#[tokio::test]
+async fn a_delete_whose_client_hangs_up_while_it_waits_for_an_upstream_slot_is_never_sent() {
+    use tokio::io::AsyncWriteExt;
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\naudit_log = {audit:?}\npace = \"0s\"\n\
+             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
+        ),
+        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
+    let slow = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the slow read at GitHub",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let head = format!(
+        "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
+        version_path("web", web[1]),
+        proxy.token()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    eventually(Duration::from_secs(5), "the delete's intent", || async {
+        records(&audit).iter().any(|r| r.phase == "intent")
+    })
+    .await;
+    drop(stream);
+    eventually(Duration::from_secs(5), "its not_sent outcome", || async {
+        records(&audit)
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent")
+    })
+    .await;
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(sim.deletes(), 0, "the abandoned delete was sent");
+}
+
+// Found by a hostile review: a delete's body is read before the gate, and one announced but never
+// sent held the request (and the client's in-flight slots) for good. It gets a 408 after
+// `server.header_read_timeout`, and nothing is sent.
+#[tokio::test]
+async fn a_delete_body_that_never_arrives_is_a_408() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!("[mutations]\naudit_log = {audit:?}\npace = \"0s\"\n{ALLOW_ALL}"),
+        extra_server: "header_read_timeout = \"1s\"",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let request = format!(
+        "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\nContent-Length: 10\r\n\r\n",
+        version_path("web", web[1]),
+        proxy.token()
+    );
+    let (status, answer) = raw(proxy.addr(), request.as_bytes()).await;
+    assert_eq!(status, 408, "{answer}");
+    assert!(
+        answer.contains("\"message\""),
+        "not GitHub's shape: {answer}"
+    );
+    assert_eq!(sim.deletes(), 0);
+    assert!(records(&audit).is_empty(), "{:?}", records(&audit));
 }
