@@ -350,7 +350,10 @@ async fn complete(
     };
     drop(sending); // a call not sent leaves the upstream queue now
     let sent = match sent {
-        Err(error) if refused_before_sending(&error) => {
+        // `Unavailable` here is Redis failing the send check: not sent either.
+        Err(error)
+            if refused_before_sending(&error) || matches!(error, ProxyError::Unavailable(_)) =>
+        {
             give_back_slot(&state).await;
             return Err(unsent(&state, &record, spent, &m.ticket, error).await);
         }
@@ -436,11 +439,7 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
             .wait_until(tokio::time::Instant::now() + wait)
             .await
             .map_err(|_| ProxyError::ShuttingDown)?;
-        wait_out_backoff(state).await?;
-        return shared
-            .before_send(mutations.pace)
-            .await
-            .map_err(|_| unavailable());
+        return wait_out_backoff(state).await;
     }
     let slot = state
         .pacer
@@ -451,9 +450,28 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
     drop(slot);
     // A back-off GitHub opened while this call waited: waited out here, before the pace check,
     // so that calls it held up still go `pace` apart after it.
-    wait_out_backoff(state).await?;
-    state.pacer.before_send().await;
-    Ok(())
+    wait_out_backoff(state).await
+}
+
+/// The pace's last word, right before the send and with the upstream permit in hand: at least
+/// `pace` since the last send (fleet-wide through Redis, which must answer), and this one
+/// recorded. Taken before the permit, a call then waiting for its client's share of the
+/// upstream slots went out less than `pace` after one that passed the check later.
+async fn send_check(state: &AppState) -> Result<(), ProxyError> {
+    let pace = state.config.mutations.pace;
+    match &state.shared {
+        Some(shared) => shared.before_send(pace).await.map_err(|_| {
+            ProxyError::Unavailable(
+                "The shared tier (Redis) that paces mutations across replicas stopped answering \
+                 before the call was sent; it was not sent"
+                    .to_owned(),
+            )
+        }),
+        None => {
+            state.pacer.before_send().await;
+            Ok(())
+        }
+    }
 }
 
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
@@ -475,10 +493,13 @@ async fn send_mutation(
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
+    let permit = state.upstream.acquire(&m.ticket).await?;
+    send_check(state).await?;
     let response = state
         .upstream
-        .send(
+        .send_holding(
             &m.ticket,
+            permit,
             m.route.operation.method(),
             &m.route.path_and_query(),
             &m.forwarded,

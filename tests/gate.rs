@@ -586,3 +586,69 @@ async fn a_delete_body_that_never_arrives_is_a_408() {
     assert_eq!(sim.deletes(), 0);
     assert!(records(&audit).is_empty(), "{:?}", records(&audit));
 }
+
+// Found by a hostile review: the pace's send check ran before the wait for the client's share of
+// the upstream slots, so it recorded a "send" seconds before the request went out, and another
+// client's delete passing the check meanwhile reached GitHub less than `pace` before it.
+#[tokio::test]
+async fn deletes_stay_pace_apart_when_one_waits_for_its_clients_upstream_share() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\naudit_log = {audit:?}\npace = \"3s\"\n\
+             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
+        ),
+        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // team-a's slow read holds team-a's one upstream slot for 4 s.
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
+    let slow = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.tokens[0].clone());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the slow read at GitHub",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    let targets = vec![(
+        proxy.url(&version_path("web", web[1])),
+        proxy.tokens[0].clone(),
+    )];
+    let mut deletes = spawn_deletes(targets);
+    let queued = || async {
+        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    eventually(
+        Duration::from_secs(5),
+        "team-a's delete waiting for its share",
+        || async { queued().await == Some(1.0) },
+    )
+    .await;
+    // team-b's delete gets the next pace slot, 3 s on, before team-a's read is done.
+    deletes.extend(spawn_deletes(vec![(
+        proxy.url(&version_path("web", web[2])),
+        proxy.tokens[1].clone(),
+    )]));
+    for task in deletes {
+        assert_eq!(task.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let sent = sim.arrivals(&Method::DELETE);
+    assert_eq!(sent.len(), 2);
+    let gap = sent[1].duration_since(sent[0]);
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "two deletes reached GitHub {gap:?} apart with a 3 s pace"
+    );
+}

@@ -405,11 +405,15 @@ async fn a_back_off_opened_while_redis_was_down_reaches_the_fleet_when_it_return
     for proxy in [a, b] {
         wait_up(proxy, true, Duration::from_secs(10)).await;
     }
-    let before = sim.gets();
-    eventually(Duration::from_secs(5), "B backing off too", || async {
-        get(&b.url(&cold(1)), b.token()).await.status == StatusCode::FORBIDDEN
+    // A announces its back-off when it resyncs, which may be after B's.
+    eventually(Duration::from_secs(10), "B backing off too", || async {
+        let text = scrape(&b.url("/metrics")).await;
+        sample(&text, "packages_proxy_upstream_backoff_active") == Some(1.0)
     })
     .await;
+    let before = sim.gets();
+    let refused = get(&b.url(&cold(1)), b.token()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
     assert_eq!(sim.gets(), before, "B sent into GitHub's limit");
 }
 

@@ -166,12 +166,32 @@ impl Upstream {
         path_and_query: &str,
         forwarded: &Forwarded,
     ) -> Result<Response<Body>, ProxyError> {
+        let permit = self.acquire(ticket).await?;
+        self.send_holding(ticket, permit, method, path_and_query, forwarded)
+            .await
+    }
+
+    /// The first half of [`Upstream::send`]: refuses during a back-off, then waits for the
+    /// ticket's client's share and a slot. A mutation takes it before its pace's send check,
+    /// so the send it records is the moment the request goes out, not the start of this wait.
+    pub(crate) async fn acquire(&self, ticket: &Ticket) -> Result<Permit, ProxyError> {
         // Refused before anything is sent: the payer gets its charge back.
         let permit = match self.refuse_during_backoff() {
             Ok(()) => self.slot(ticket.client()).await,
             Err(error) => Err(error),
         };
-        let permit = permit.inspect_err(|_| ticket.refund_unsent())?;
+        permit.inspect_err(|_| ticket.refund_unsent())
+    }
+
+    /// The second half of [`Upstream::send`], with a permit from [`Upstream::acquire`].
+    pub(crate) async fn send_holding(
+        &self,
+        ticket: &Ticket,
+        permit: Permit,
+        method: Method,
+        path_and_query: &str,
+        forwarded: &Forwarded,
+    ) -> Result<Response<Body>, ProxyError> {
         // One deadline for every attempt: retries share `upstream.timeout`, never extend it.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut delays = retry_delays(if method == Method::GET {
