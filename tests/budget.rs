@@ -633,20 +633,7 @@ async fn a_request_refused_before_it_is_sent_is_not_charged() {
         },
     )
     .await;
-    sim.handle.inject(Fault::new(
-        FaultKind::Latency(Duration::from_millis(1500)),
-        1,
-    ));
-    let slow = {
-        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
-        tokio::spawn(async move { get(&url, &token).await.status })
-    };
-    eventually(
-        Duration::from_secs(10),
-        "the slow read upstream",
-        || async { sim.gets() == 1 },
-    )
-    .await;
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_millis(1500)).await;
     for i in 1..4 {
         let refused = get(&proxy.url(&cold(i)), proxy.token()).await;
         assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -664,51 +651,20 @@ async fn a_request_refused_before_it_is_sent_is_not_charged() {
 // request that found the slots busy, until a restart.
 #[tokio::test]
 async fn a_client_that_hangs_up_while_queued_is_not_charged() {
-    use tokio::io::AsyncWriteExt;
     let sim = spawn_sim().await;
     let mut opts = ProxyOptions::uncached();
     opts.extra_upstream = "max_concurrency = 1\nmax_queue = 3";
     opts.upstream_timeout = "30s";
     opts.extra += "[quotas]\nupstream_per_minute = 10\n";
     let proxy = spawn_proxy(&sim, opts).await;
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
-    let slow = {
-        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
-        tokio::spawn(async move { get(&url, &token).await.status })
-    };
-    eventually(
-        Duration::from_secs(10),
-        "the slow read upstream",
-        || async { sim.gets() == 1 },
-    )
-    .await;
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(6)).await;
     let mut waiting = Vec::new();
     for i in 1..4 {
-        let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-        let head = format!(
-            "GET {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
-            cold(i),
-            proxy.token()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        waiting.push(stream);
+        waiting.push(send_head(proxy.addr(), "GET", &cold(i), proxy.token()).await);
     }
-    let queued = || async {
-        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
-        text.lines()
-            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-    };
-    eventually(Duration::from_secs(10), "three reads queued", || async {
-        queued().await == Some(3.0)
-    })
-    .await;
+    wait_upstream_queued(&proxy, 3.0).await;
     drop(waiting); // the three clients give up
-    eventually(Duration::from_secs(10), "the queue emptied", || async {
-        queued().await == Some(0.0)
-    })
-    .await;
+    wait_upstream_queued(&proxy, 0.0).await;
     let remaining = |reply: Reply| reply.json()["rate"]["remaining"].as_u64().unwrap();
     let left = remaining(get(&proxy.url("/rate_limit"), proxy.token()).await);
     assert_eq!(left, 9, "only the read that was sent is charged");
@@ -744,15 +700,10 @@ async fn one_clients_burst_of_misses_does_not_queue_ahead_of_another_client() {
             tokio::spawn(async move { get(&url, &token).await.status })
         })
         .collect();
-    let queued = || async {
-        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
-        text.lines()
-            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-    };
     // Two of team-a's reads at GitHub (its share of four slots), ten waiting for its turns.
-    eventually(Duration::from_secs(10), "team-a's burst queued", || async {
-        sim.gets() == 2 && queued().await == Some(10.0)
+    wait_upstream_queued(&proxy, 10.0).await;
+    eventually(Duration::from_secs(10), "two of them at GitHub", || async {
+        sim.gets() == 2
     })
     .await;
     let other = get(&proxy.url(&cold(50)), &proxy.tokens[1]).await;

@@ -11,10 +11,7 @@ use std::{
 };
 
 use http::{Method, StatusCode};
-use packages_proxy::{
-    audit::{self, AuditRecord},
-    sim::{Fault, FaultKind},
-};
+use packages_proxy::audit::{self, AuditRecord};
 use support::*;
 
 /// A proxy whose policy is `policy` (TOML after `[mutations]`), auditing into a fresh file.
@@ -406,7 +403,6 @@ async fn a_delete_whose_client_hangs_up_while_queued_is_never_sent_by_the_fleet(
 }
 
 async fn hung_up_delete_is_never_sent(shared: &str) {
-    use tokio::io::AsyncWriteExt;
     let sim = spawn_sim().await;
     let policy = format!(
         "{shared}[[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmax_per_hour = 2\n"
@@ -427,13 +423,8 @@ async fn hung_up_delete_is_never_sent(shared: &str) {
     .await;
     assert_eq!(first.status, StatusCode::NO_CONTENT);
     // The second waits ~3 s for its slot; its client gives up after the intent is written.
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let head = format!(
-        "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
-        version_path("web", web[2]),
-        proxy.token()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let path = version_path("web", web[2]);
+    let stream = send_head(proxy.addr(), "DELETE", &path, proxy.token()).await;
     let intents = |audit: &Path| {
         records(audit)
             .iter()
@@ -505,44 +496,33 @@ async fn a_dry_run_in_trailers_counts_and_a_long_chunked_body_is_413() {
     assert_eq!(sim.deletes(), 1);
 }
 
-// Found by a hostile review of the hang-up watch: it covered the pace wait only, and a delete
-// then waited in `Upstream::send` for its client's share of the upstream slots (busy with the
-// client's own slow read). Its client gave up there, and it was sent and recorded `completed`.
-#[tokio::test]
-async fn a_delete_whose_client_hangs_up_while_it_waits_for_an_upstream_slot_is_never_sent() {
-    use tokio::io::AsyncWriteExt;
-    let sim = spawn_sim().await;
+/// A proxy where each client holds one of four upstream slots, deletes of `web` are allowed
+/// (no multi-arch guard) and paced `pace` apart, auditing into a fresh file.
+async fn one_upstream_slot_per_client(sim: &Sim, pace: &str) -> (TestProxy, PathBuf) {
     let audit = temp_dir("gate").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: format!(
-            "[mutations]\naudit_log = {audit:?}\npace = \"0s\"\n\
+            "[mutations]\naudit_log = {audit:?}\npace = \"{pace}\"\n\
              [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
         ),
         extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
         upstream_timeout: "30s",
         ..ProxyOptions::default()
     };
-    let proxy = spawn_proxy(&sim, opts).await;
+    (spawn_proxy(sim, opts).await, audit)
+}
+
+// Found by a hostile review of the hang-up watch: it covered the pace wait only, and a delete
+// then waited in `Upstream::send` for its client's share of the upstream slots (busy with the
+// client's own slow read). Its client gave up there, and it was sent and recorded `completed`.
+#[tokio::test]
+async fn a_delete_whose_client_hangs_up_while_it_waits_for_an_upstream_slot_is_never_sent() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) = one_upstream_slot_per_client(&sim, "0s").await;
     let web = sim.versions("web").await;
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
-    let slow = {
-        let (url, token) = (proxy.url(&cold(0)), proxy.token().to_owned());
-        tokio::spawn(async move { get(&url, &token).await.status })
-    };
-    eventually(
-        Duration::from_secs(5),
-        "the slow read at GitHub",
-        || async { sim.gets() == 1 },
-    )
-    .await;
-    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let head = format!(
-        "DELETE {} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {}\r\n\r\n",
-        version_path("web", web[1]),
-        proxy.token()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(4)).await;
+    let path = version_path("web", web[1]);
+    let stream = send_head(proxy.addr(), "DELETE", &path, proxy.token()).await;
     eventually(Duration::from_secs(5), "the delete's intent", || async {
         records(&audit).iter().any(|r| r.phase == "intent")
     })
@@ -593,48 +573,16 @@ async fn a_delete_body_that_never_arrives_is_a_408() {
 #[tokio::test]
 async fn deletes_stay_pace_apart_when_one_waits_for_its_clients_upstream_share() {
     let sim = spawn_sim().await;
-    let audit = temp_dir("gate").join("audit.jsonl");
-    let opts = ProxyOptions {
-        extra: format!(
-            "[mutations]\naudit_log = {audit:?}\npace = \"3s\"\n\
-             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
-        ),
-        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
-        upstream_timeout: "30s",
-        ..ProxyOptions::default()
-    };
-    let proxy = spawn_proxy(&sim, opts).await;
+    let (proxy, _audit) = one_upstream_slot_per_client(&sim, "3s").await;
     let web = sim.versions("web").await;
     // team-a's slow read holds team-a's one upstream slot for 4 s.
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(4)), 1));
-    let slow = {
-        let (url, token) = (proxy.url(&cold(0)), proxy.tokens[0].clone());
-        tokio::spawn(async move { get(&url, &token).await.status })
-    };
-    eventually(
-        Duration::from_secs(5),
-        "the slow read at GitHub",
-        || async { sim.gets() == 1 },
-    )
-    .await;
+    let slow = slow_read_at_github(&sim, &proxy, &proxy.tokens[0], Duration::from_secs(4)).await;
     let targets = vec![(
         proxy.url(&version_path("web", web[1])),
         proxy.tokens[0].clone(),
     )];
     let mut deletes = spawn_deletes(targets);
-    let queued = || async {
-        let text = get(&proxy.url("/metrics"), proxy.token()).await.text();
-        text.lines()
-            .find_map(|line| line.strip_prefix("packages_proxy_upstream_queued "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-    };
-    eventually(
-        Duration::from_secs(5),
-        "team-a's delete waiting for its share",
-        || async { queued().await == Some(1.0) },
-    )
-    .await;
+    wait_upstream_queued(&proxy, 1.0).await; // team-a's delete, waiting for its share
     // team-b's delete gets the next pace slot, 3 s on, before team-a's read is done.
     deletes.extend(spawn_deletes(vec![(
         proxy.url(&version_path("web", web[2])),

@@ -34,6 +34,11 @@ async fn fleet(sim: &Sim, redis: &Redis, n: usize, extra: &str, upstream: &str) 
     proxies
 }
 
+/// Every delete allowed, unpaced, without the multi-arch guard's registry reads.
+fn deletes_allowed() -> String {
+    format!("{}multi_arch_guard = false\n", allow_everything("0s"))
+}
+
 /// Polls the replica's `/metrics` until its tier is `up` (or down).
 async fn wait_up(proxy: &TestProxy, up: bool, limit: Duration) {
     wait_shared_tier(&proxy.url("/metrics"), up, limit).await;
@@ -80,14 +85,7 @@ async fn version(proxy: &TestProxy, id: u64) -> StatusCode {
 async fn a_stalled_redis_is_marked_up_again_and_deletes_go_through_on_every_replica() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(
-        &sim,
-        &redis,
-        3,
-        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
-        "5s",
-    )
-    .await;
+    let fleet = fleet(&sim, &redis, 3, &deletes_allowed(), "5s").await;
     let ids = get(&fleet[0].url(WEB), fleet[0].token()).await.ids();
     let stalled = stall(&redis, 2.0).await;
     // Each replica asks Redis (an L2 read for a cold key) while it sleeps: timed out, down.
@@ -235,14 +233,7 @@ async fn waiters_learn_that_the_leader_failed() {
 async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(
-        &sim,
-        &redis,
-        2,
-        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
-        "5s",
-    )
-    .await;
+    let fleet = fleet(&sim, &redis, 2, &deletes_allowed(), "5s").await;
     let (a, b) = (&fleet[0], &fleet[1]);
     let ids = get(&a.url(WEB), a.token()).await.ids();
     let (first, second) = (ids[1], ids[2]);
@@ -310,14 +301,7 @@ async fn redis_cmd<T: redis::FromRedisValue>(redis: &Redis, cmd: &redis::Cmd) ->
 async fn a_flushed_generation_table_still_invalidates_every_replica() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let fleet = fleet(
-        &sim,
-        &redis,
-        2,
-        &format!("{}multi_arch_guard = false\n", allow_everything("0s")),
-        "5s",
-    )
-    .await;
+    let fleet = fleet(&sim, &redis, 2, &deletes_allowed(), "5s").await;
     let (a, b) = (&fleet[0], &fleet[1]);
     let ids = get(&a.url(WEB), a.token()).await.ids();
     assert_eq!(delete(a, ids[1]).await, StatusCode::NO_CONTENT);
@@ -344,7 +328,7 @@ async fn a_flushed_generation_table_still_invalidates_every_replica() {
 async fn a_rolled_back_generation_table_is_raised_back_by_the_replicas() {
     let Some(redis) = Redis::start() else { return };
     let sim = spawn_sim().await;
-    let extra = format!("{}multi_arch_guard = false\n", allow_everything("0s"));
+    let extra = deletes_allowed();
     let first = fleet(&sim, &redis, 1, &extra, "5s").await;
     let a = &first[0];
     let ids = get(&a.url(WEB), a.token()).await.ids();
@@ -406,11 +390,8 @@ async fn a_back_off_opened_while_redis_was_down_reaches_the_fleet_when_it_return
         wait_up(proxy, true, Duration::from_secs(10)).await;
     }
     // A announces its back-off when it resyncs, which may be after B's.
-    eventually(Duration::from_secs(10), "B backing off too", || async {
-        let text = scrape(&b.url("/metrics")).await;
-        sample(&text, "packages_proxy_upstream_backoff_active") == Some(1.0)
-    })
-    .await;
+    let series = "packages_proxy_upstream_backoff_active";
+    wait_for_sample(&b.url("/metrics"), series, 1.0, Duration::from_secs(10)).await;
     let before = sim.gets();
     let refused = get(&b.url(&cold(1)), b.token()).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
@@ -427,7 +408,7 @@ async fn a_delete_in_flight_when_redis_fails_is_not_served_stale_by_the_others()
         return;
     };
     let sim = spawn_sim().await;
-    let extra = format!("{}multi_arch_guard = false\n", allow_everything("0s"));
+    let extra = deletes_allowed();
     let fleet = fleet(&sim, &redis, 2, &extra, "3s").await;
     let (a, b) = (&fleet[0], &fleet[1]);
     let ids = get(&a.url(WEB), a.token()).await.ids();

@@ -379,6 +379,56 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (status, text)
 }
 
+/// A request head (no body) written on a socket of its own, returned unread: the test hangs up
+/// by dropping it.
+pub async fn send_head(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    token: &str,
+) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A read of [`cold`]`(0)` by `token` that the simulator answers after `latency`, started and
+/// waited for until it is at GitHub (first there: the proxy then holds an upstream slot for it).
+pub async fn slow_read_at_github(
+    sim: &Sim,
+    proxy: &TestProxy,
+    token: &str,
+    latency: Duration,
+) -> tokio::task::JoinHandle<StatusCode> {
+    use packages_proxy::sim::{Fault, FaultKind};
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(latency), 1));
+    let (url, token) = (proxy.url(&cold(0)), token.to_owned());
+    let slow = tokio::spawn(async move { get(&url, &token).await.status });
+    eventually(
+        Duration::from_secs(10),
+        "the slow read at GitHub",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    slow
+}
+
+/// Waits until `proxy`'s `packages_proxy_upstream_queued` (requests waiting for an upstream slot
+/// or for their client's share) is `n`.
+pub async fn wait_upstream_queued(proxy: &TestProxy, n: f64) {
+    wait_for_sample(
+        &proxy.url("/metrics"),
+        "packages_proxy_upstream_queued",
+        n,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 /// A GET with the given raw request-target and a bearer token, `Connection: close`.
 pub async fn raw_get(addr: SocketAddr, target: &str, token: &str) -> (u16, String) {
     let request = format!(
