@@ -277,7 +277,10 @@ async fn a_replica_that_invalidated_alone_resyncs_and_both_replicas_404() {
         || async { version(b, first).await == StatusCode::NOT_FOUND },
     )
     .await;
-    wait_up(a, true, Duration::from_secs(5)).await;
+    // B's subscription went unanswered during the stall: it is down until it resubscribes.
+    for proxy in [a, b] {
+        wait_up(proxy, true, Duration::from_secs(5)).await;
+    }
     assert_eq!(version(a, second).await, StatusCode::OK); // cached on A again
     assert_eq!(delete(b, second).await, StatusCode::NO_CONTENT);
     for proxy in [a, b] {
@@ -435,4 +438,44 @@ async fn a_delete_in_flight_when_redis_fails_is_not_served_stale_by_the_others()
         || async { version(b, target).await == StatusCode::NOT_FOUND },
     )
     .await;
+}
+
+// Found by a hostile review: a Redis that stalls (a paused process) keeps its connections open,
+// so the other replicas' subscriptions never broke and they served a version deleted as it
+// stalled until Redis answered again. The subscription's heartbeat goes unanswered instead.
+#[tokio::test]
+async fn a_delete_in_flight_when_redis_stalls_is_not_served_stale_by_the_others() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 2, &deletes_allowed(), "3s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let ids = get(&a.url(WEB), a.token()).await.ids();
+    let target = ids[1];
+    assert_eq!(version(b, target).await, StatusCode::OK); // in B's L1
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
+    let deleting = {
+        let url = a.url(&format!(
+            "/orgs/acme/packages/container/web/versions/{target}"
+        ));
+        let token = a.token().to_owned();
+        tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+    };
+    eventually(Duration::from_secs(5), "A's DELETE at GitHub", || async {
+        !sim.arrivals(&Method::DELETE).is_empty()
+    })
+    .await;
+    let stalled_at = Instant::now();
+    let _stalled = stall(&redis, 30.0).await;
+    assert_eq!(deleting.await.unwrap(), StatusCode::NO_CONTENT);
+    eventually(
+        Duration::from_secs(15),
+        "B to stop serving the version deleted as Redis stalled",
+        || async { version(b, target).await == StatusCode::NOT_FOUND },
+    )
+    .await;
+    assert!(
+        stalled_at.elapsed() < Duration::from_secs(25),
+        "B healed only once Redis answered again"
+    );
 }

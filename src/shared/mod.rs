@@ -9,7 +9,8 @@
 //! - **Invalidation**: generations live in a Redis hash; a delete or restore `HINCRBY`s them and
 //!   publishes the new values, and every replica raises its local copy. A replica whose
 //!   subscription broke may have missed messages: on every (re)subscribe it drops its whole L1
-//!   and reloads the generations before trusting its cache again.
+//!   and reloads the generations before trusting its cache again. A `PING` on the subscription
+//!   every second tells a stalled Redis (connections open, nothing arriving) from a quiet one.
 //! - **One pace, global quotas**: Lua scripts (`scripts.rs`) claim the next mutation slot and
 //!   take from per-client token buckets atomically, on Redis's clock.
 //! - **Back-off**: a back-off one replica opens is stored and published; all replicas stop.
@@ -56,6 +57,9 @@ pub struct Shared {
     conn: OnceLock<ConnectionManager>,
     /// Whether the tier answers now. An atomic: read on every miss and mutation.
     up: AtomicBool,
+    /// Whether the subscription is live (resynced, heartbeat answered): the probe marks the tier
+    /// up only then, or this replica would trust its L1 while missing the fleet's invalidations.
+    subscribed: AtomicBool,
     scripts: scripts::Scripts,
 }
 
@@ -87,6 +91,7 @@ impl Shared {
             config: config.clone(),
             conn: OnceLock::new(),
             up: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             scripts: scripts::Scripts::new(),
         })
     }
@@ -455,7 +460,14 @@ async fn subscribe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica>) {
         if replica.strong_count() == 0 {
             return;
         }
-        match session(&shared, &replica).await {
+        let mut connected = false;
+        let ended = session(&shared, &replica, &mut connected).await;
+        shared.subscribed.store(false, Ordering::Relaxed);
+        if connected {
+            // A subscription that had been live: reconnect at once, then back off afresh.
+            delay = Duration::from_millis(100);
+        }
+        match ended {
             Ok(()) => delay = Duration::from_millis(100),
             Err(error) => {
                 shared.mark_down(&error.to_string());
@@ -466,8 +478,63 @@ async fn subscribe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica>) {
     }
 }
 
-/// One subscription's life: connect, resync, apply messages until the connection breaks.
-async fn session(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::RedisResult<()> {
+/// How often a subscription proves it still carries messages: a `PING` on its own connection.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// The shortest wait for the heartbeat's answer (four `shared.timeout`s when that is longer):
+/// a false alarm costs every replica that raises it a refill of its L1 from GitHub.
+const HEARTBEAT_MIN_WAIT: Duration = Duration::from_secs(1);
+
+/// One subscription's life: connect, resync, apply messages until the connection breaks or
+/// stops answering its heartbeat.
+///
+/// A Redis that stalls (a paused process, a host that stops answering) keeps its connections
+/// open: no message arrives and none is missed as far as the stream can tell, while another
+/// replica's invalidation is lost. Without the heartbeat this replica would serve what that
+/// replica deleted until Redis answered again, however long that took.
+async fn session(
+    shared: &Arc<Shared>,
+    replica: &Weak<dyn Replica>,
+    connected: &mut bool,
+) -> redis::RedisResult<()> {
+    let wait = (shared.config.timeout * 4).max(HEARTBEAT_MIN_WAIT);
+    let pubsub = within(wait, connect(shared)).await?;
+    within(wait, resync(shared, replica)).await?;
+    *connected = true;
+    shared.subscribed.store(true, Ordering::Relaxed);
+    shared.mark_up();
+    tracing::info!("shared tier (Redis) connected");
+    let (mut sink, mut messages) = pubsub.split();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.tick().await; // the first tick is now: the resync just proved the tier
+    let why = loop {
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { break "subscription closed" };
+                let Some(replica) = replica.upgrade() else {
+                    return Ok(());
+                };
+                if let Ok(text) = message.get_payload::<String>() {
+                    apply(&*replica, &text);
+                }
+            }
+            _ = heartbeat.tick() => {
+                // Any reply will do (RESP2 answers a subscriber's PING with an array).
+                let pong = tokio::time::timeout(wait, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    break "subscription stopped answering";
+                }
+            }
+        }
+    };
+    if let Some(replica) = replica.upgrade() {
+        missing_invalidations(&*replica, Arc::downgrade(&replica));
+    }
+    Err(redis::RedisError::from((redis::ErrorKind::Io, why)))
+}
+
+/// The command connection (once) and a fresh subscription to the fleet's events.
+async fn connect(shared: &Shared) -> redis::RedisResult<redis::aio::PubSub> {
     if shared.conn.get().is_none() {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(shared.config.timeout))
@@ -482,26 +549,21 @@ async fn session(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Re
     }
     let mut pubsub = shared.client.get_async_pubsub().await?;
     pubsub.subscribe(shared.key("ch", "events")).await?;
-    resync(shared, replica).await?;
-    shared.mark_up();
-    tracing::info!("shared tier (Redis) connected");
-    let mut messages = pubsub.into_on_message();
-    while let Some(message) = messages.next().await {
-        let Some(replica) = replica.upgrade() else {
-            return Ok(());
-        };
-        let Ok(text) = message.get_payload::<String>() else {
-            continue;
-        };
-        apply(&*replica, &text);
-    }
-    if let Some(replica) = replica.upgrade() {
-        missing_invalidations(&*replica, Arc::downgrade(&replica));
-    }
-    Err(redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "subscription closed",
-    )))
+    Ok(pubsub)
+}
+
+/// `step`, or an error once `wait` has passed (a stalled Redis accepts connections and then
+/// answers nothing).
+async fn within<T>(
+    wait: Duration,
+    step: impl Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(wait, step).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no answer in time",
+        )))
+    })
 }
 
 /// The subscription broke: other replicas' invalidations no longer arrive. Deletes are refused

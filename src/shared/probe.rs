@@ -5,7 +5,7 @@
 //! is marked up. The probe also replays invalidations this replica made alone.
 
 use std::{
-    sync::{Arc, Weak},
+    sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
@@ -24,8 +24,13 @@ pub(super) async fn probe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica
         else {
             return;
         };
-        if shared.conn.get().is_none() || (shared.is_up() && !diverged) {
-            continue; // not connected yet (the subscriber connects), or nothing to do
+        if shared.conn.get().is_none()
+            || !shared.subscribed.load(Ordering::Relaxed)
+            || (shared.is_up() && !diverged)
+        {
+            // Not connected yet, or the subscription is down (the subscriber reconnects and
+            // marks the tier up once it has resynced), or nothing to do.
+            continue;
         }
         let Ok(mut conn) = shared.conn() else {
             continue;
