@@ -196,6 +196,14 @@ impl ProxyError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        if matches!(self, Self::PayloadTooLarge | Self::RequestTimeout) {
+            // The rest of the body is never read, so the connection cannot carry another
+            // request: said, so that a client does not send its next one into a closed socket
+            // (hyper drops the header from HTTP/2 answers, where it has no meaning).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

@@ -563,6 +563,10 @@ async fn a_delete_body_that_never_arrives_is_a_408() {
         answer.contains("\"message\""),
         "not GitHub's shape: {answer}"
     );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the connection is closed unannounced: {answer}"
+    );
     assert_eq!(sim.deletes(), 0);
     assert!(records(&audit).is_empty(), "{:?}", records(&audit));
 }
