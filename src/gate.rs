@@ -460,13 +460,17 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
 async fn send_check(state: &AppState) -> Result<(), ProxyError> {
     let pace = state.config.mutations.pace;
     match &state.shared {
-        Some(shared) => shared.before_send(pace).await.map_err(|_| {
-            ProxyError::Unavailable(
+        Some(shared) => match shared.before_send(pace).await {
+            Ok(()) => {
+                state.pacer.record_send();
+                Ok(())
+            }
+            Err(_) => Err(ProxyError::Unavailable(
                 "The shared tier (Redis) that paces mutations across replicas stopped answering \
                  before the call was sent; it was not sent"
                     .to_owned(),
-            )
-        }),
+            )),
+        },
         None => {
             state.pacer.before_send().await;
             Ok(())

@@ -186,6 +186,20 @@ impl Pacer {
         }
     }
 
+    /// Records a send the fleet's pace (in Redis) let through, so that it can be put back if
+    /// Redis loses it ([`Pacer::last_send_within_pace`]).
+    pub fn record_send(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_send = Some(Instant::now());
+    }
+
+    /// How long ago the last send was, if less than `pace` ago.
+    pub fn last_send_within_pace(&self) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ago = state.last_send?.elapsed();
+        (ago < self.pace).then_some(ago)
+    }
+
     /// A claimed slot was not used (the call was not sent): the queue moves up by one pace, so
     /// calls that come later are not held up by it. Sends stay `pace` apart whatever the slots
     /// say ([`Pacer::before_send`]).

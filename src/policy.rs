@@ -16,6 +16,7 @@ use crate::{
     protections::Protections,
     route::{Operation, Owner, PackageType, Route},
     rule_budget::RuleBudget,
+    shared::BudgetDebt,
 };
 
 /// `[policy]` as written in the config.
@@ -341,6 +342,15 @@ impl Policy {
         }
     }
 
+    /// The calls made under every allow rule's budget that it still counts (see
+    /// [`crate::shared::Replica::budget_debts`]).
+    pub fn budget_debts(&self) -> Vec<BudgetDebt> {
+        self.allow
+            .iter()
+            .flat_map(|rule| rule.budget_debts())
+            .collect()
+    }
+
     /// The decision for `client` doing `route` (a destructive route): a matching deny rule
     /// wins; else every matching allow rule's protections apply together.
     pub fn decide(&self, client: &str, route: &Route) -> Decision {
@@ -434,6 +444,21 @@ impl Rule {
     /// The rule's budget (`max_per_hour`), if any.
     pub fn budget(&self) -> Option<&RuleBudget> {
         self.budget.as_ref()
+    }
+
+    /// The calls each client made under this rule that its budget still counts.
+    fn budget_debts(&self) -> impl Iterator<Item = BudgetDebt> + '_ {
+        self.budget.iter().flat_map(move |budget| {
+            budget
+                .debts()
+                .into_iter()
+                .map(move |(client, calls)| BudgetDebt {
+                    name: format!("{}:{client}", self.name),
+                    capacity: budget.size(),
+                    window: budget.window(),
+                    calls,
+                })
+        })
     }
 
     /// True when calls this rule allows are only reported (`dry_run = true` on the rule).

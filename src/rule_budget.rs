@@ -87,6 +87,34 @@ impl RuleBudget {
         ))
     }
 
+    /// Counts one call the fleet-wide budget (in Redis) allowed, whatever this bucket holds:
+    /// what this replica spent can then be put back if Redis loses it ([`RuleBudget::debts`]).
+    pub fn mirror(&self, client: &str) {
+        let capacity = f64::from(self.size);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(client.to_owned()).or_insert((capacity, now));
+        let elapsed = now.saturating_duration_since(bucket.1).as_secs_f64();
+        bucket.0 = ((bucket.0 + elapsed * self.per_second()).min(capacity) - 1.0).max(0.0);
+        bucket.1 = now;
+    }
+
+    /// Per client, the calls this bucket still counts (not yet refilled; fractions included).
+    pub fn debts(&self) -> Vec<(String, f64)> {
+        let capacity = f64::from(self.size);
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets
+            .iter()
+            .filter_map(|(client, (tokens, at))| {
+                let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+                let tokens = (tokens + elapsed * self.per_second()).min(capacity);
+                let calls = capacity - tokens;
+                (calls > 0.0).then(|| (client.clone(), calls))
+            })
+            .collect()
+    }
+
     /// Gives back one call taken by [`RuleBudget::take`] (never above the size).
     pub fn give_back(&self, client: &str) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -139,9 +167,13 @@ async fn take_one(
             .take_budget(&name, budget.size(), budget.window())
             .await
         {
-            return result
+            let taken = result
                 .map(|_| true)
                 .map_err(|snapshot| snapshot.retry_after);
+            if taken.is_ok() {
+                budget.mirror(client);
+            }
+            return taken;
         }
     }
     budget.take(client).map(|()| false)
@@ -159,6 +191,7 @@ impl Spent {
             };
             match (tier, shared) {
                 (Some(tier), true) => {
+                    budget.give_back(&self.client); // the mirror
                     let name = format!("{}:{}", rule.name, self.client);
                     if let Err(error) = tier
                         .refund_budget(&name, budget.size(), budget.window())

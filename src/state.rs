@@ -206,6 +206,14 @@ impl Replica for AppState {
     fn longest_send(&self) -> std::time::Duration {
         self.config.upstream.timeout
     }
+
+    fn budget_debts(&self) -> Vec<crate::shared::BudgetDebt> {
+        self.policy.load().budget_debts()
+    }
+
+    fn last_send_within_pace(&self) -> Option<std::time::Duration> {
+        self.pacer.last_send_within_pace()
+    }
 }
 
 #[cfg(test)]

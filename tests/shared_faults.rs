@@ -479,3 +479,98 @@ async fn a_delete_in_flight_when_redis_stalls_is_not_served_stale_by_the_others(
         "B healed only once Redis answered again"
     );
 }
+
+/// Reads through `proxy` until the read reaches GitHub again (the replica dropped its L1 in a
+/// resync): a key of its own (`per_page`), so no other replica's L2 write answers it.
+async fn wait_for_resync(sim: &Sim, proxy: &TestProxy, per_page: u32) {
+    let path = format!("/orgs/acme/packages/container/web/versions?per_page={per_page}");
+    let fetched = || {
+        sim.handle
+            .log()
+            .iter()
+            .filter(|r| r.query.as_deref() == Some(&format!("per_page={per_page}")[..]))
+            .count()
+    };
+    let before = fetched();
+    eventually(Duration::from_secs(10), "the replica's resync", || async {
+        assert_eq!(
+            get(&proxy.url(&path), proxy.token()).await.status,
+            StatusCode::OK
+        );
+        fetched() > before
+    })
+    .await;
+}
+
+// Found by a hostile review: a Redis that lost its data (a restart without persistence, a
+// FLUSHALL) gave every rule budget and the fleet's pace a fresh start, so a clean-up job could
+// spend its hourly budget again at once. Each replica now watches the generations' epoch, and
+// puts the budgets it spent back when the data is gone.
+#[tokio::test]
+async fn rule_budgets_hold_when_redis_loses_its_data() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let audit = temp_dir("budget-flush").join("audit.jsonl");
+    let extra = format!(
+        "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n[[policy.allow]]\nname = \"two\"\n\
+         packages = [\"web\"]\nmax_per_hour = 2\nmulti_arch_guard = false\n"
+    );
+    let fleet = fleet(&sim, &redis, 2, &extra, "5s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let ids = sim.versions("web").await;
+    assert_eq!(delete(a, ids[1]).await, StatusCode::NO_CONTENT);
+    assert_eq!(delete(b, ids[2]).await, StatusCode::NO_CONTENT);
+    assert_eq!(delete(a, ids[3]).await, StatusCode::TOO_MANY_REQUESTS);
+    for (proxy, per_page) in [(a, 31), (b, 32)] {
+        let path = format!("/orgs/acme/packages/container/web/versions?per_page={per_page}");
+        assert_eq!(
+            get(&proxy.url(&path), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    redis_cmd::<()>(&redis, &redis::cmd("FLUSHALL")).await;
+    wait_for_resync(&sim, a, 31).await;
+    wait_for_resync(&sim, b, 32).await;
+    for proxy in [a, b] {
+        assert_eq!(
+            delete(proxy, ids[3]).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the budget started afresh"
+        );
+    }
+    assert_eq!(sim.deletes(), 2);
+}
+
+// With the budgets: the fleet's last send is put back too, so the pace holds across the loss.
+#[tokio::test]
+async fn the_pace_holds_when_redis_loses_its_data() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let pace = Duration::from_secs(4);
+    let extra = format!("{}multi_arch_guard = false\n", allow_everything("4s"));
+    let fleet = fleet(&sim, &redis, 2, &extra, "5s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let ids = sim.versions("team-a-api").await;
+    let path = |id: u64| format!("/orgs/acme/packages/container/team-a-api/versions/{id}");
+    for (proxy, per_page) in [(a, 31), (b, 32)] {
+        let list = format!("/orgs/acme/packages/container/web/versions?per_page={per_page}");
+        assert_eq!(
+            get(&proxy.url(&list), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    let first = send(Method::DELETE, &a.url(&path(ids[1])), Some(a.token()), &[]).await;
+    assert_eq!(first.status, StatusCode::NO_CONTENT);
+    redis_cmd::<()>(&redis, &redis::cmd("FLUSHALL")).await;
+    wait_for_resync(&sim, a, 31).await;
+    wait_for_resync(&sim, b, 32).await;
+    let second = send(Method::DELETE, &b.url(&path(ids[2])), Some(b.token()), &[]).await;
+    assert_eq!(second.status, StatusCode::NO_CONTENT);
+    let sent = sim.arrivals(&Method::DELETE);
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent[1] - sent[0] >= pace - Duration::from_millis(50),
+        "deletes {:?} apart with a {pace:?} pace",
+        sent[1] - sent[0]
+    );
+}

@@ -179,6 +179,11 @@ impl Generations {
         (map.0, map.1.get(scope).copied().unwrap_or(0))
     }
 
+    /// The epoch of the table this replica holds (0 before any resync).
+    pub fn epoch(&self) -> u64 {
+        self.read().0
+    }
+
     /// The epoch and every value on this replica.
     pub fn table(&self) -> (u64, HashMap<String, u64>) {
         let map = self.read();

@@ -14,6 +14,9 @@
 //! - **One pace, global quotas**: Lua scripts (`scripts.rs`) claim the next mutation slot and
 //!   take from per-client token buckets atomically, on Redis's clock.
 //! - **Back-off**: a back-off one replica opens is stored and published; all replicas stop.
+//! - **Data loss** (a flush, a restart without persistence): the generations' epoch, checked
+//!   with every heartbeat, is gone or new; each replica resyncs and puts back the rule-budget
+//!   calls and the last send it made ([`Replica::budget_debts`]), so budgets and the pace hold.
 //!
 //! Redis down: reads keep working on L1 and upstream (L2 is skipped), quotas fall back to
 //! per-replica buckets of `quota / replicas`, and mutations are refused with 503 rather than
@@ -55,6 +58,9 @@ pub struct Shared {
     client: redis::Client,
     /// Set once the first connection succeeds; reconnects itself afterwards.
     conn: OnceLock<ConnectionManager>,
+    /// Held for a whole resync: the subscriber and the probe may both start one, and spending
+    /// put back twice after a data loss would count twice.
+    resyncing: tokio::sync::Mutex<()>,
     /// Whether the tier answers now. An atomic: read on every miss and mutation.
     up: AtomicBool,
     /// Whether the subscription is live (resynced, heartbeat answered): the probe marks the tier
@@ -74,6 +80,25 @@ pub trait Replica: Send + Sync + 'static {
     /// The longest a request to GitHub may take (`upstream.timeout`): a delete another replica
     /// had sent when Redis failed has its answer by then.
     fn longest_send(&self) -> Duration;
+    /// The calls this replica made that rule budgets still count, per fleet-wide budget: put
+    /// back when Redis loses its buckets.
+    fn budget_debts(&self) -> Vec<BudgetDebt>;
+    /// How long ago this replica last sent a mutation, if within a `pace`: put back when Redis
+    /// loses the fleet's last send.
+    fn last_send_within_pace(&self) -> Option<Duration>;
+}
+
+/// Calls one replica made that a fleet-wide rule budget still counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetDebt {
+    /// The budget's name in Redis (`<rule>:<client>`).
+    pub name: String,
+    /// Its size per window.
+    pub capacity: u32,
+    /// Its window.
+    pub window: Duration,
+    /// Calls not yet refilled (a call made half a window ago counts as half a call).
+    pub calls: f64,
 }
 
 /// The tier cannot be used now.
@@ -90,6 +115,7 @@ impl Shared {
             client: redis::Client::open(config.redis_url.as_str())?,
             config: config.clone(),
             conn: OnceLock::new(),
+            resyncing: tokio::sync::Mutex::new(()),
             up: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             scripts: scripts::Scripts::new(),
@@ -524,6 +550,17 @@ async fn session(
                 if !matches!(pong, Ok(Ok(_))) {
                     break "subscription stopped answering";
                 }
+                // A flush keeps every connection open: the epoch tells that the data is gone.
+                match within(wait, lost_data(shared, replica)).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::warn!("shared tier (Redis) lost its data; resyncing");
+                        if within(wait, resync(shared, replica)).await.is_err() {
+                            break "resync after a data loss failed";
+                        }
+                    }
+                    Err(_) => break "the generations' epoch could not be read",
+                }
             }
         }
     };
@@ -531,6 +568,19 @@ async fn session(
         missing_invalidations(&*replica, Arc::downgrade(&replica));
     }
     Err(redis::RedisError::from((redis::ErrorKind::Io, why)))
+}
+
+/// Whether Redis no longer holds the generation table this replica adopted (its epoch is gone
+/// or another one): a flush, or a restart without persistence under open connections.
+async fn lost_data(shared: &Shared, replica: &Weak<dyn Replica>) -> redis::RedisResult<bool> {
+    let Some(local) = replica.upgrade().map(|r| r.cache().generations.epoch()) else {
+        return Ok(false);
+    };
+    let mut conn = shared
+        .conn()
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))?;
+    let epoch: Option<u64> = conn.get(shared.key("g", "epoch")).await?;
+    Ok(epoch != Some(local))
 }
 
 /// The command connection (once) and a fresh subscription to the fleet's events.
@@ -586,6 +636,7 @@ fn missing_invalidations(replica: &dyn Replica, weak: Weak<dyn Replica>) {
 /// fleet's table replaces this replica's outright: its own higher numbers would otherwise
 /// swallow the fleet's next bumps, and the other replicas never learned of its deletes.
 async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::RedisResult<()> {
+    let _one_at_a_time = shared.resyncing.lock().await;
     let mut conn = shared
         .conn
         .get()
@@ -664,6 +715,12 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
             "invalidations made alone replayed fleet-wide"
         );
     }
+    if local_epoch != 0 && local_epoch != epoch {
+        // Redis lost its data (a restart without persistence, a flush) while this replica ran:
+        // the budgets and the last send it spent are put back, or every rule budget and the
+        // pace would start afresh.
+        put_back_spending(shared, &mut conn, &*replica).await?;
+    }
     replica.cache().purge_all();
     let fleet_until = backoff
         .as_deref()
@@ -678,6 +735,42 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
         && fleet_until.is_none_or(|fleet| fleet < epoch_ms(own.until_wall))
     {
         store_backoff(shared, &mut conn, own.until_wall, own.kind).await?;
+    }
+    Ok(())
+}
+
+/// Puts this replica's rule-budget calls and its last send back into a Redis that lost them.
+async fn put_back_spending(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    replica: &dyn Replica,
+) -> redis::RedisResult<()> {
+    let debts = replica.budget_debts();
+    for debt in &debts {
+        let _: i64 = shared
+            .scripts
+            .debit
+            .key(shared.key("q", &format!("budget:{}", debt.name)))
+            .arg(debt.capacity)
+            .arg(millis(debt.window).max(1))
+            .arg(debt.calls.to_string())
+            .invoke_async(conn)
+            .await?;
+    }
+    if let Some(ago) = replica.last_send_within_pace() {
+        let _: i64 = shared
+            .scripts
+            .sent_ago
+            .key(shared.key("p", "last-send"))
+            .arg(millis(ago))
+            .invoke_async(conn)
+            .await?;
+    }
+    if !debts.is_empty() {
+        tracing::info!(
+            budgets = debts.len(),
+            "rule budgets spent on this replica put back after Redis lost its data"
+        );
     }
     Ok(())
 }

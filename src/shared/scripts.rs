@@ -66,6 +66,37 @@ if taken == 0 then retry = math.ceil((1 - tokens) / rate) end
 return {taken, math.floor(tokens), full_at, retry}
 ";
 
+/// Puts back calls a replica made before Redis lost the bucket KEYS[1] (a flush, a restart
+/// without persistence): ARGV[3] tokens come off a bucket of ARGV[1] per ARGV[2] ms, whatever it
+/// holds (never below zero). Same layout as BUCKET.
+const DEBIT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local capacity = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local rate = capacity / window
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or capacity
+local ts = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + (now - ts) * rate)
+tokens = math.max(0, tokens - tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], window * 2)
+return math.floor(tokens)
+";
+
+/// Puts back a send a replica made before Redis lost KEYS[1] (last-send ms): it happened ARGV[1]
+/// ms ago by the replica's clock, so it is recorded then by Redis's, unless a later one is.
+const SENT_AGO: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = now - tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if at <= last then return 0 end
+redis.call('SET', KEYS[1], at, 'PX', 3600000)
+return 1
+";
+
 /// Bumps generation ARGV[1] in hash KEYS[1] past ARGV[2], the value the bumping replica holds:
 /// a table Redis lost or rolled back (a flush, an older snapshot) must never hand out a number a
 /// replica already used, or the bump invalidates nothing there. Returns the new value.
@@ -111,6 +142,8 @@ pub(super) struct Scripts {
     pub(super) bump: Script,
     pub(super) raise: Script,
     pub(super) unpace: Script,
+    pub(super) debit: Script,
+    pub(super) sent_ago: Script,
 }
 
 impl Scripts {
@@ -124,6 +157,8 @@ impl Scripts {
             bump: Script::new(BUMP),
             raise: Script::new(RAISE),
             unpace: Script::new(UNPACE),
+            debit: Script::new(DEBIT),
+            sent_ago: Script::new(SENT_AGO),
         }
     }
 }
