@@ -216,12 +216,10 @@ impl RateLimit {
         let forbidden = status == StatusCode::FORBIDDEN;
         let too_many = status == StatusCode::TOO_MANY_REQUESTS;
         // GitHub's own status is kept: a 429 is answered 429, whatever limit it reports.
-        let kind_of = |otherwise: BackoffKind| {
-            if too_many {
-                BackoffKind::TooManyRequests
-            } else {
-                otherwise
-            }
+        let kind_of = |otherwise: BackoffKind| match (too_many, otherwise) {
+            (true, BackoffKind::Primary) => BackoffKind::PrimaryTooManyRequests,
+            (true, _) => BackoffKind::TooManyRequests,
+            (false, kind) => kind,
         };
         let (kind, wait) = if (forbidden || too_many) && retry_after.is_some() {
             // `retry-after` first, as GitHub asks (NOTES §6), even beside a spent primary count:

@@ -594,6 +594,49 @@ async fn retry_after_comes_first_and_a_429_stays_a_429() {
     );
 }
 
+// Left by session 8's review: a 429 reporting a spent primary limit (no `retry-after`) was
+// answered 429 with the wait until the reset, but in a secondary limit's words and docs link.
+#[tokio::test]
+async fn a_429_for_a_spent_primary_limit_is_told_as_one() {
+    let reset = (epoch_now() + 30).to_string();
+    let upstream = answering_upstream(
+        StatusCode::TOO_MANY_REQUESTS,
+        vec![
+            ("content-type", "application/json; charset=utf-8".to_owned()),
+            ("x-ratelimit-limit", "5000".to_owned()),
+            ("x-ratelimit-remaining", "0".to_owned()),
+            ("x-ratelimit-reset", reset),
+        ],
+        bytes::Bytes::from_static(br#"{"message":"API rate limit exceeded"}"#),
+    )
+    .await;
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_429p", ProxyOptions::default()).await;
+    assert_eq!(
+        get(&proxy.url(WEB), proxy.token()).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let next = get(&proxy.url(&cold(1)), proxy.token()).await;
+    assert_eq!(
+        next.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        next.text()
+    );
+    let body = next.json();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("API rate limit exceeded"), "{message}");
+    assert!(!message.contains("secondary"), "{message}");
+    assert!(
+        body["documentation_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("#about-primary-rate-limits"),
+        "{body}"
+    );
+    let reset: u64 = next.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset >= epoch_now() + 25, "backs off until {reset} only");
+}
+
 // Found by a hostile review: `/rate_limit` described only the client's own quota, `remaining`
 // 299 of 300, while GitHub had the shared token backing off and every uncached read was refused.
 #[tokio::test]

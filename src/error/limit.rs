@@ -22,6 +22,9 @@ pub enum BackoffKind {
     /// A 429 (GitHub's other status for secondary limits): wait `retry-after`, or at least a
     /// minute.
     TooManyRequests,
+    /// A 429 reporting a spent primary limit (`x-ratelimit-remaining: 0`, no `retry-after`):
+    /// wait for the reset, answered 429 as GitHub did.
+    PrimaryTooManyRequests,
 }
 
 /// A bucket's state as clients see it.
@@ -62,18 +65,22 @@ impl BackoffKind {
             Self::Primary => "primary",
             Self::Secondary => "secondary",
             Self::TooManyRequests => "too_many_requests",
+            Self::PrimaryTooManyRequests => "primary_too_many_requests",
         }
     }
 
     /// The inverse of [`as_str`](Self::as_str).
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Primary, Self::Secondary, Self::TooManyRequests]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 
     /// Every kind, for metrics.
-    pub const ALL: [Self; 3] = [Self::Primary, Self::Secondary, Self::TooManyRequests];
+    pub const ALL: [Self; 4] = [
+        Self::Primary,
+        Self::Secondary,
+        Self::TooManyRequests,
+        Self::PrimaryTooManyRequests,
+    ];
 }
 
 // === impl BucketSnapshot ===
@@ -97,7 +104,9 @@ impl LimitAnswer {
     pub fn status(&self) -> StatusCode {
         match self.kind {
             BackoffKind::Primary | BackoffKind::Secondary => StatusCode::FORBIDDEN,
-            BackoffKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            BackoffKind::TooManyRequests | BackoffKind::PrimaryTooManyRequests => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
         }
     }
 
@@ -106,7 +115,7 @@ impl LimitAnswer {
     pub fn message(&self) -> String {
         let secs = self.retry_after_secs;
         match self.kind {
-            BackoffKind::Primary => format!(
+            BackoffKind::Primary | BackoffKind::PrimaryTooManyRequests => format!(
                 "API rate limit exceeded for the shared GitHub token of packages-proxy; it sends \
                  nothing to GitHub until the limit resets in {secs} s (x-ratelimit-reset)"
             ),
@@ -121,7 +130,7 @@ impl LimitAnswer {
     /// GitHub's docs page for the kind.
     pub fn documentation_url(&self) -> &'static str {
         match self.kind {
-            BackoffKind::Primary => {
+            BackoffKind::Primary | BackoffKind::PrimaryTooManyRequests => {
                 "https://docs.github.com/rest/using-the-rest-api/rate-limits-for-the-rest-api#about-primary-rate-limits"
             }
             _ => {
@@ -139,6 +148,8 @@ impl LimitAnswer {
         headers.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
         headers.insert("x-ratelimit-reset", HeaderValue::from(self.reset));
         headers.insert("x-ratelimit-resource", HeaderValue::from_static(CORE));
+        // GitHub sends none with a spent primary limit; a 429 gets one all the same (some
+        // clients read only `retry-after` on a 429), saying the same wait as the reset.
         if self.kind != BackoffKind::Primary {
             headers.insert(
                 header::RETRY_AFTER,
