@@ -524,7 +524,8 @@ async fn session(
 ) -> redis::RedisResult<()> {
     let wait = (shared.config.timeout * 4).max(HEARTBEAT_MIN_WAIT);
     let pubsub = within(wait, connect(shared)).await?;
-    within(wait, resync(shared, replica)).await?;
+    // Each of the resync's commands is bounded by the connection's response timeout.
+    resync(shared, replica).await?;
     *connected = true;
     shared.subscribed.store(true, Ordering::Relaxed);
     shared.mark_up();
@@ -555,7 +556,7 @@ async fn session(
                     Ok(false) => {}
                     Ok(true) => {
                         tracing::warn!("shared tier (Redis) lost its data; resyncing");
-                        if within(wait, resync(shared, replica)).await.is_err() {
+                        if resync(shared, replica).await.is_err() {
                             break "resync after a data loss failed";
                         }
                     }
@@ -673,6 +674,16 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
         .set_nx(&epoch_key, u64::from_le_bytes(fresh) >> 1)
         .await?;
     let epoch: u64 = conn.get(&epoch_key).await?;
+    if local_epoch != 0
+        && local_epoch != epoch
+        && let Some(replica) = replica.upgrade()
+    {
+        // Redis lost its data (a restart without persistence, a flush) while this replica ran:
+        // the budgets and the last send it spent are put back, or every rule budget and the
+        // pace would start afresh. Before the new epoch is adopted: a resync that fails here
+        // is tried again whole (a call put back twice only makes a budget stricter).
+        put_back_spending(shared, &mut conn, &*replica).await?;
+    }
     if epoch == local_epoch {
         // Same table, yet lower than numbers this replica used: Redis came back from an older
         // snapshot (its epoch with it). Raised back, fleet-wide, or keys with those numbers
@@ -714,12 +725,6 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
             scopes = replayed.len(),
             "invalidations made alone replayed fleet-wide"
         );
-    }
-    if local_epoch != 0 && local_epoch != epoch {
-        // Redis lost its data (a restart without persistence, a flush) while this replica ran:
-        // the budgets and the last send it spent are put back, or every rule budget and the
-        // pace would start afresh.
-        put_back_spending(shared, &mut conn, &*replica).await?;
     }
     replica.cache().purge_all();
     let fleet_until = backoff
