@@ -263,7 +263,7 @@ impl Audit {
     /// only while the policy allows nothing).
     pub fn open(path: Option<&Path>) -> Result<Self, AuditError> {
         if let Some(path) = path {
-            append(path, b"").map_err(AuditError)?;
+            end_torn_line(path).map_err(AuditError)?;
         }
         Ok(Self {
             path: path.map(|p| Arc::new(p.to_owned())),
@@ -311,6 +311,29 @@ impl Audit {
     }
 }
 
+/// Creates the log if needed (checking it is writable), and ends a last line a crash left
+/// without its newline: the next record would be glued onto it, and the intent it carries lost
+/// to every reader (no outcome reconciled, nothing restorable).
+fn end_torn_line(path: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+            tracing::warn!(path = %path.display(), "the audit log's last line was torn; it is ended");
+        }
+    }
+    file.sync_data()
+}
+
 /// Opens in append mode (creating it), writes, and fsyncs the data.
 fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
@@ -322,17 +345,16 @@ fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Reads every record of an audit log (for `audit list` and `audit restore`); lines that do not
-/// parse are reported by line number.
+/// parse (a torn write, bytes that are not UTF-8) are reported by line number and skipped.
 pub fn read(path: &Path) -> std::io::Result<(Vec<AuditRecord>, Vec<usize>)> {
-    let text = std::fs::read_to_string(path)?;
+    let bytes = std::fs::read(path)?;
     let mut records = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        match serde_json::from_str(line) {
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line) {
             Ok(record) => records.push(record),
             Err(_) => bad.push(i + 1),
         }

@@ -10,8 +10,11 @@
 //!   `reconciled: true` (so `audit restore` can undo a reconciled delete);
 //! - otherwise: `not_applied`, `reconciled: true`;
 //! - a read that fails (GitHub down, 5xx, timeout): no record; a warning and the
-//!   `packages_proxy_destructive_total{outcome="unreconciled"}` counter. The intent stays alone
-//!   and the next start tries again.
+//!   `packages_proxy_destructive_decisions_total{outcome="unreconciled"}` counter. The intent
+//!   stays alone and the next start tries again.
+//!
+//! A call whose answer never came (GitHub timed out or broke the connection after the request
+//! left) is as uncertain as a crash: the gate settles it the same way at once ([`settle`]).
 //!
 //! An intent younger than the grace period (a previous process sharing the file may still be
 //! draining and about to write the outcome) is looked at only once the grace has passed, after
@@ -80,17 +83,19 @@ impl Snapshot {
 
 /// Intents with no outcome record of the same request id, action and path.
 fn orphans(records: &[AuditRecord]) -> Vec<AuditRecord> {
-    let same = |a: &AuditRecord, b: &AuditRecord| {
-        a.request_id == b.request_id && a.action == b.action && a.path == b.path
-    };
+    // One pass over the outcomes, then one over the intents: a log of a year's clean-ups (tens
+    // of thousands of pairs) is read at every start, before the listener opens.
+    fn key(r: &AuditRecord) -> (&str, &str, &str) {
+        (&r.request_id, &r.action, &r.path)
+    }
+    let closed: std::collections::HashSet<_> = records
+        .iter()
+        .filter(|r| r.phase == Phase::Outcome)
+        .map(key)
+        .collect();
     records
         .iter()
-        .filter(|r| r.phase == Phase::Intent)
-        .filter(|intent| {
-            !records
-                .iter()
-                .any(|r| r.phase == Phase::Outcome && same(r, intent))
-        })
+        .filter(|r| r.phase == Phase::Intent && !closed.contains(&key(r)))
         .cloned()
         .collect()
 }
@@ -124,10 +129,19 @@ pub async fn reconcile(state: Arc<AppState>, snapshot: Snapshot, grace: Duration
     };
     let still = orphans(&records);
     for intent in snapshot.orphans.iter().filter(|o| still.contains(o)) {
-        match reconcile_one(&state, intent).await {
-            Some(true) => report.completed += 1,
-            Some(false) => report.not_applied += 1,
-            None => report.unresolved += 1,
+        match reconcile_one(&state, intent, AT_START).await {
+            Ok(true) => report.completed += 1,
+            Ok(false) => report.not_applied += 1,
+            Err(why) => {
+                crate::metrics::destructive("unreconciled");
+                tracing::warn!(
+                    request_id = %intent.request_id,
+                    path = %intent.path,
+                    reason = %why,
+                    "cannot reconcile an intent without outcome; retried at the next start"
+                );
+                report.unresolved += 1;
+            }
         }
     }
     tracing::info!(
@@ -139,23 +153,23 @@ pub async fn reconcile(state: Arc<AppState>, snapshot: Snapshot, grace: Duration
     report
 }
 
-/// Reads the intent's target and records the outcome; `Some(performed)`, or `None` if the
-/// read failed (the intent stays alone).
-async fn reconcile_one(state: &AppState, intent: &AuditRecord) -> Option<bool> {
+/// The reason a start-up reconciliation gives.
+const AT_START: &str = "Reconciled at start: the intent had no outcome";
+
+/// Settles a call sent while its answer never came (`record` is its intent's record): reads its
+/// target and records the outcome the read proves, `reconciled: true`, so that a delete GitHub
+/// performed is undone by `audit restore` like any other. `Some(performed)`, or `None` when the
+/// read failed too (no record is written: the caller records the failure).
+pub async fn settle(state: &AppState, record: &AuditRecord) -> Result<bool, String> {
+    const UNANSWERED: &str = "Reconciled after the call: GitHub's answer never came";
+    reconcile_one(state, record, UNANSWERED).await
+}
+
+/// Reads the intent's target and records the outcome (`why` opens its reason);
+/// `Ok(performed)`, or why not (the read or the record failed: nothing was written).
+async fn reconcile_one(state: &AppState, intent: &AuditRecord, why: &str) -> Result<bool, String> {
     let target = intent.path.strip_suffix("/restore").unwrap_or(&intent.path);
-    let present = match target_present(state, target).await {
-        Ok(present) => present,
-        Err(why) => {
-            crate::metrics::destructive("unreconciled");
-            tracing::warn!(
-                request_id = %intent.request_id,
-                path = %intent.path,
-                reason = %why,
-                "cannot reconcile an intent without outcome; retried at the next start"
-            );
-            return None;
-        }
-    };
+    let present = target_present(state, target).await?;
     let performed = if intent.action.starts_with("delete") {
         !present
     } else {
@@ -169,15 +183,16 @@ async fn reconcile_one(state: &AppState, intent: &AuditRecord) -> Option<bool> {
     let mut outcome = intent.at(Phase::Outcome, decision);
     outcome.reconciled = true;
     outcome.reason = Some(format!(
-        "Reconciled at start: the intent had no outcome, and GitHub shows the target {}",
+        "{why}, and GitHub shows the target {}",
         if present { "present" } else { "gone" }
     ));
+    state
+        .audit
+        .write(&outcome)
+        .await
+        .map_err(|error| format!("the reconciled outcome was not written: {error}"))?;
     crate::metrics::destructive(&format!("reconciled_{decision}"));
-    if let Err(error) = state.audit.write(&outcome).await {
-        tracing::error!(%error, "reconciled outcome not written; retried at the next start");
-        return None;
-    }
-    Some(performed)
+    Ok(performed)
 }
 
 /// GETs `path` (a version or a package) from GitHub: `Ok(true)` on 200, `Ok(false)` on 404.

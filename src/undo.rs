@@ -57,11 +57,12 @@ impl Filter {
 /// without duplicates.
 pub fn deleted_versions(records: &[AuditRecord], filter: &Filter) -> Vec<String> {
     let mut paths: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for record in records {
         let deleted = record.phase == Phase::Outcome
             && record.decision == Decision::Completed
             && record.action == "delete_version";
-        if deleted && filter.matches(record) && !paths.contains(&record.path) {
+        if deleted && filter.matches(record) && seen.insert(record.path.as_str()) {
             paths.push(record.path.clone());
         }
     }

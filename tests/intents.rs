@@ -222,3 +222,41 @@ async fn intents_a_crash_left_alone_are_reconciled_at_start_and_restorable() {
         "the reconciled delete was not restored"
     );
 }
+
+// Found by a hostile review: a crash mid-write leaves a last line without its newline (and, cut
+// inside a multi-byte character, bytes that are not UTF-8). The next record was glued onto it,
+// so its intent was lost to reconciliation and `audit restore`, and a non-UTF-8 byte stopped
+// `serve` from starting at all.
+#[tokio::test]
+async fn a_torn_last_line_hides_no_record_and_does_not_stop_the_start() {
+    let sim = spawn_sim().await;
+    let dir = e2e::TempDir::new("intents-torn");
+    let audit = dir.path("audit.jsonl");
+    let web = sim.versions("web").await;
+    let path = |id: u64| format!("/orgs/acme/packages/container/web/versions/{id}");
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let mut bytes =
+        serde_json::to_vec(&orphan_intent(&path(web[1]), "crash-old", an_hour_ago)).unwrap();
+    bytes.push(b'\n');
+    // A record cut inside the `é` of a rule name: invalid UTF-8, no newline.
+    bytes.extend_from_slice(b"{\"time\":\"2026-01-01T00:00:00Z\",\"rule\":\"\xc3");
+    std::fs::write(&audit, &bytes).unwrap();
+
+    let (extra, token) = policy(&audit, "pace = \"0s\"");
+    let proxy = serve(&sim, &dir, &extra, "").await;
+    wait_for_records(&audit, "the old intent reconciled", |r| {
+        r.iter()
+            .any(|r| r.reconciled && r.request_id == "crash-old")
+    })
+    .await;
+    let deleted = send(Method::DELETE, &proxy.url(&path(web[2])), Some(&token), &[]).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let (records, bad) = audit::read(&audit).unwrap();
+    assert_eq!(bad, [2], "only the torn line is unreadable");
+    let phases: Vec<_> = records
+        .iter()
+        .filter(|r| r.path == path(web[2]))
+        .map(|r| r.phase.as_str())
+        .collect();
+    assert_eq!(phases, ["intent", "outcome"], "{records:?}");
+}
