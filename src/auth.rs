@@ -177,6 +177,13 @@ impl Clients {
             .ok_or_else(|| ProxyError::Unauthorized("Bad credentials"))
     }
 
+    /// Whether a client of this name is configured.
+    pub fn has(&self, name: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(_, identity)| *identity.name == *name)
+    }
+
     /// How many clients are configured.
     pub fn len(&self) -> usize {
         self.entries.len()

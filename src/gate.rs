@@ -128,6 +128,7 @@ pub async fn execute(
     record.rule = record.rules.first().cloned();
     record.dry_run = protections.dry_run() || m.dry_run_requested;
     let payer = Payer::client(m.client, m.limits);
+    let checked = tokio::time::Instant::now();
     if let Err(error) = check_protected_tags(state, m.route, &protections, &payer).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
             audit::Decision::Denied
@@ -201,6 +202,9 @@ pub async fn execute(
     // waiting for its pace slot when its client leaves is not sent (`complete`).
     let owned = Owned {
         route: m.route.clone(),
+        client: m.client.clone(),
+        limits: m.limits.clone(),
+        checked,
         forwarded: m.forwarded.clone(),
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
@@ -260,6 +264,8 @@ async fn unsent(
     ticket.refund_unsent();
     let decision = if refused_before_sending(&error) {
         audit::Decision::NotSent
+    } else if matches!(error, ProxyError::Forbidden(_)) {
+        audit::Decision::Denied
     } else {
         audit::Decision::Refused
     };
@@ -287,6 +293,12 @@ async fn unsent(
 /// What the mutation task owns.
 struct Owned {
     route: Route,
+    /// The client's name: the policy is asked again right before the send.
+    client: Arc<str>,
+    /// The client's quotas, which pay for the checks repeated before the send.
+    limits: Arc<crate::quota::ClientLimits>,
+    /// When the tags and the multi-arch guard were read before the call was queued.
+    checked: tokio::time::Instant,
     forwarded: Forwarded,
     public_base: String,
     request_id: String,
@@ -350,12 +362,32 @@ async fn complete(
     };
     drop(sending); // a call not sent leaves the upstream queue now
     let sent = match sent {
-        // `Unavailable` here is Redis failing the send check: not sent either.
+        // Refused before its request left: the checks repeated before the send (a reload that
+        // no longer allows it, a tag or an image index that now protects its target, Redis
+        // failing the pace check) or a refusal of the upstream client's own.
         Err(error)
-            if refused_before_sending(&error) || matches!(error, ProxyError::Unavailable(_)) =>
+            if !m.ticket.is_settled()
+                || refused_before_sending(&error)
+                || matches!(error, ProxyError::Unavailable(_) | ProxyError::Forbidden(_)) =>
         {
             give_back_slot(&state).await;
             return Err(unsent(&state, &record, spent, &m.ticket, error).await);
+        }
+        sent => sent,
+    };
+    let sent = match sent {
+        // Sent, and GitHub's answer never came (a timeout, a broken connection): performed or
+        // not, nobody knows. Settled in the background by a read of the target, as a crash's
+        // intent is at the next start; the client gets its 502 or 504 now. The call's place
+        // in the queue is held until then, so a shutdown waits for the outcome.
+        Err(error @ (ProxyError::Upstream(_) | ProxyError::UpstreamTimeout)) => {
+            let (state, route, place) = (state.clone(), m.route.clone(), m._place);
+            let reason = error.to_string();
+            tokio::spawn(async move {
+                let _place = place;
+                settle_unanswered(&state, &record, &route, reason).await;
+            });
+            return Err(error);
         }
         sent => sent,
     };
@@ -385,6 +417,31 @@ async fn complete(
     let response = sent?;
     let status = response.status().as_u16();
     Ok((response, Some(status)))
+}
+
+/// Records the outcome of a call whose answer never came: what a read of its target proves
+/// (`reconciled: true`; a performed call invalidates its cache entries), after GitHub has had
+/// `upstream.timeout` to finish it; `failed` if the target cannot be read either.
+async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route, reason: String) {
+    tokio::time::sleep(state.config.upstream.timeout).await;
+    match crate::reconcile::settle(state, record).await {
+        Ok(true) => invalidate(state, route).await,
+        Ok(false) => {}
+        Err(why) => {
+            let mut outcome = record.at(Phase::Outcome, audit::Decision::Failed);
+            outcome.reason = Some(format!(
+                "{reason}; GitHub's answer never came, and its target could not be read to \
+                 settle the outcome ({why})"
+            ));
+            crate::metrics::destructive(outcome.decision.as_str());
+            if let Err(error) = state.audit.write(&outcome).await {
+                tracing::error!(%error, request_id = %record.request_id, "audit outcome not written");
+                state
+                    .audit_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// The 429 for a call refused because a matching rule's budget is spent.
@@ -428,12 +485,21 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
         if !shared.is_up() {
             return Err(unavailable());
         }
-        let wait = shared
-            .pace(mutations.pace, mutations.max_queue_wait)
-            .await
-            .map_err(|_| unavailable())?
-            .map_err(too_long)?;
+        // Marked before the call: a client that hangs up while it is in flight cancels it, and
+        // the slot Redis may already have given must come back (given back when none was,
+        // the queue moves up by a pace; sends stay `pace` apart through the send check).
         claimed.store(true, Ordering::Relaxed);
+        let wait = match shared.pace(mutations.pace, mutations.max_queue_wait).await {
+            Ok(Ok(wait)) => wait,
+            Ok(Err(retry)) => {
+                claimed.store(false, Ordering::Relaxed);
+                return Err(too_long(retry));
+            }
+            Err(_) => {
+                claimed.store(false, Ordering::Relaxed);
+                return Err(unavailable());
+            }
+        };
         state
             .pacer
             .wait_until(tokio::time::Instant::now() + wait)
@@ -457,7 +523,46 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
 /// `pace` since the last send (fleet-wide through Redis, which must answer), and this one
 /// recorded. Taken before the permit, a call then waiting for its client's share of the
 /// upstream slots went out less than `pace` after one that passed the check later.
-async fn send_check(state: &AppState) -> Result<(), ProxyError> {
+async fn send_check(state: &AppState, m: &Owned) -> Result<(), ProxyError> {
+    // Again, cheaply: the wait for an upstream slot may have been long.
+    still_allowed(state, m)?;
+    tokio::select! {
+        biased;
+        () = state.pacer.drain_deadline_passed() => Err(ProxyError::ShuttingDown),
+        paced = pace_check(state) => paced,
+    }
+}
+
+/// The client and the policy as they are now: a reload while the call waited (a client removed,
+/// a deny rule added to stop a runaway clean-up, its rule turned to a dry run) applies to every
+/// call not yet sent, however long it was queued.
+fn still_allowed(state: &AppState, m: &Owned) -> Result<Protections, ProxyError> {
+    const LATE: &str =
+        "(the configuration was reloaded while this call was queued; it was not sent)";
+    if !state.clients.load().has(&m.client) {
+        return Err(ProxyError::Forbidden(format!(
+            "The client is no longer configured {LATE}"
+        )));
+    }
+    match state.policy.load().decide(&m.client, &m.route) {
+        Decision::Allow(protections) if !protections.dry_run() => Ok(protections),
+        Decision::Allow(_) => Err(ProxyError::Forbidden(format!(
+            "The policy now only reports {} for this client {LATE}",
+            m.route.operation.as_str()
+        ))),
+        Decision::NoRule => Err(ProxyError::Forbidden(format!(
+            "No policy rule allows {} for this client any more {LATE}",
+            m.route.operation.as_str()
+        ))),
+        Decision::DeniedBy(rule) => Err(ProxyError::Forbidden(format!(
+            "Denied by rule {} {LATE}",
+            rule.name
+        ))),
+    }
+}
+
+/// At least `pace` since the last send, and this one recorded.
+async fn pace_check(state: &AppState) -> Result<(), ProxyError> {
     let pace = state.config.mutations.pace;
     match &state.shared {
         Some(shared) => match shared.before_send(pace).await {
@@ -491,14 +596,39 @@ async fn invalidate(state: &AppState, route: &Route) {
     }
 }
 
+/// How old the tag and guard reads may be when a call is sent; older ones are read again.
+const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// The one place a mutation is sent upstream; never retried.
 async fn send_mutation(
     state: &AppState,
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
-    let permit = state.upstream.acquire(&m.ticket).await?;
-    send_check(state).await?;
+    // The checks that read GitHub, again now that the pace slot has come: the queue may have
+    // held the call for up to `max_queue_wait`, and a tag pushed meanwhile (a protected one, or
+    // one that puts an image index back in use) must stop it. Before the upstream slot is
+    // taken: the reads need slots of their own.
+    // A call that was not held (no queue, no pace) goes on the first reads.
+    let protections = still_allowed(state, m)?;
+    if m.checked.elapsed() >= RECHECK_AFTER {
+        let payer = Payer::client(&m.client, &m.limits);
+        check_protected_tags(state, &m.route, &protections, &payer).await?;
+        let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
+        if let Some(refusal) = crate::guard::check(state, &m.route, enabled, &payer)
+            .await
+            .refusal
+        {
+            return Err(refusal);
+        }
+    }
+    // Shutdown's send deadline also ends the wait for an upstream slot: past it nothing is sent.
+    let permit = tokio::select! {
+        biased;
+        () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+        permit = state.upstream.acquire(&m.ticket) => permit?,
+    };
+    send_check(state, m).await?;
     let response = state
         .upstream
         .send_holding(

@@ -151,6 +151,28 @@ impl Pacer {
         }
     }
 
+    /// Whether shutdown's send deadline has passed: nothing may be sent any more.
+    pub fn past_drain_deadline(&self) -> bool {
+        self.drain
+            .borrow()
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Resolves once shutdown's send deadline has passed (never, while the process runs).
+    pub async fn drain_deadline_passed(&self) {
+        let mut drain = self.drain.subscribe();
+        loop {
+            let deadline = *drain.borrow_and_update();
+            if let Some(deadline) = deadline {
+                tokio::time::sleep_until(deadline).await;
+                return;
+            }
+            if drain.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Reserves the next slot, or says when to come back.
     pub fn reserve(&self) -> Result<Slot<'_>, Busy> {
         let now = Instant::now();

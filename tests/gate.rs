@@ -604,3 +604,229 @@ async fn deletes_stay_pace_apart_when_one_waits_for_its_clients_upstream_share()
         "two deletes reached GitHub {gap:?} apart with a 3 s pace"
     );
 }
+
+/// `web`'s deletes allowed unguarded, audited into `audit`, paced `pace` apart.
+fn web_allowed(audit: &Path, pace: &str) -> String {
+    format!(
+        "[mutations]\naudit_log = {audit:?}\npace = \"{pace}\"\n\
+         [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
+    )
+}
+
+// Found by a hostile review: the policy and the client were checked only before a call was
+// queued. An operator who added a deny rule (or removed the client) to stop a runaway clean-up
+// still had its queued deletes sent, one per pace, and audited `completed`.
+#[tokio::test]
+async fn a_reload_that_denies_applies_to_deletes_still_queued() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("gate-reload");
+    let audit = dir.join("audit.jsonl");
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let path = dir.join("config.toml");
+    let allowed = format!("{text}\n{}", web_allowed(&audit, "3s"));
+    std::fs::write(&path, &allowed).unwrap();
+    let running = start_from_file(&path, &sim).await;
+    let web = sim.versions("web").await;
+    let deletes: Vec<_> = web[1..4]
+        .iter()
+        .map(|id| {
+            let url = format!("http://{}{}", running.addr, version_path("web", *id));
+            let token = tokens[0].clone();
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "one sent, two queued", || async {
+        let intents = records(&audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count();
+        sim.deletes() == 1 && intents == 3
+    })
+    .await;
+    let denied = format!("{allowed}[[policy.deny]]\nname = \"stop\"\npackages = [\"web\"]\n");
+    std::fs::write(&path, denied).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 403, 403]);
+    assert_eq!(sim.deletes(), 1, "a queued delete was sent after the deny");
+    let records = records(&audit);
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|r| r.phase == "outcome" && r.decision == "denied")
+        .collect();
+    assert_eq!(denied.len(), 2, "{records:?}");
+    assert!(
+        denied[0].reason.as_deref().unwrap().contains("stop"),
+        "{records:?}"
+    );
+}
+
+// Found by a hostile review: at shutdown, a delete still waiting for an upstream slot (held by
+// another client's slow read) was sent seconds after the drain deadline, and the process exited
+// before its outcome was written. Past the deadline nothing is sent: it is answered 503 and
+// recorded `not_sent`, as a delete still waiting for its pace slot is.
+#[tokio::test]
+async fn a_delete_waiting_for_an_upstream_slot_is_not_sent_past_the_drain_deadline() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-drain").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "0s"),
+        extra_upstream: "max_concurrency = 1",
+        drain_timeout: "2s",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // team-b's slow read holds the only upstream slot for 5 s.
+    let slow = slow_read_at_github(&sim, &proxy, &proxy.tokens[1], Duration::from_secs(5)).await;
+    let deleting = {
+        let (url, token) = (
+            proxy.url(&version_path("web", web[1])),
+            proxy.token().to_owned(),
+        );
+        tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+    };
+    eventually(Duration::from_secs(5), "the delete's intent", || async {
+        records(&audit).iter().any(|r| r.phase == "intent")
+    })
+    .await;
+    let TestProxy { running, .. } = proxy;
+    let stopped = tokio::spawn(running.shutdown());
+    assert_eq!(deleting.await.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    let _ = slow.await;
+    stopped.await.unwrap();
+    assert_eq!(sim.deletes(), 0, "sent past the drain deadline");
+    let records = records(&audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
+        "{records:?}"
+    );
+}
+
+/// A GitHub that performs every DELETE and never answers it (the answer is lost on the way
+/// back), and answers every other request 404: the deleted target is gone.
+async fn github_losing_delete_answers() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        if request.method() == Method::DELETE {
+                            std::future::pending::<()>().await;
+                        }
+                        let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                            br#"{"message":"Not Found"}"#,
+                        ));
+                        let mut response = http::Response::new(body);
+                        *response.status_mut() = StatusCode::NOT_FOUND;
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+// Found by a hostile review: a delete GitHub performed but whose answer never came (a timeout)
+// was audited `failed` and never looked at again, so `audit restore` skipped it. It is settled
+// like a crash's intent: a read of the target proves it performed.
+#[tokio::test]
+async fn a_delete_whose_answer_never_came_is_settled_by_a_read() {
+    let upstream = github_losing_delete_answers().await;
+    let audit = temp_dir("gate-unanswered").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "0s"),
+        upstream_timeout: "1s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_lost_answers", opts).await;
+    let path = version_path("web", 42);
+    let sent = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
+    assert_eq!(sent.status, StatusCode::GATEWAY_TIMEOUT);
+    eventually(Duration::from_secs(10), "the delete's outcome", || async {
+        records(&audit).iter().any(|r| r.phase == "outcome")
+    })
+    .await;
+    let records = records(&audit);
+    let outcomes: Vec<_> = records.iter().filter(|r| r.phase == "outcome").collect();
+    assert_eq!(outcomes.len(), 1, "{records:?}");
+    assert_eq!(outcomes[0].decision, "completed", "{records:?}");
+    assert!(outcomes[0].reconciled, "{records:?}");
+}
+
+// Found by a hostile review: the tags (and the multi-arch guard) were read before the call was
+// queued, so a delete that waited its pace slot while a protected tag was pushed onto its target
+// was still sent. They are read again once the slot has come, right before the send.
+#[tokio::test]
+async fn a_tag_pushed_while_a_delete_waits_for_its_slot_stops_it() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-retag").join("audit.jsonl");
+    let policy = "[[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\n\
+                  protect_tags = [\"latest\"]\nmulti_arch_guard = false\n";
+    let (proxy, audit) = {
+        let extra = format!("[mutations]\naudit_log = {audit:?}\npace = \"2s\"\n{policy}");
+        let opts = ProxyOptions {
+            extra,
+            ..ProxyOptions::default()
+        };
+        (spawn_proxy(&sim, opts).await, audit)
+    };
+    let web = sim.versions("web").await;
+    let deletes: Vec<_> = [web[1], web[2]]
+        .into_iter()
+        .map(|id| {
+            let (url, token) = (
+                proxy.url(&version_path("web", id)),
+                proxy.token().to_owned(),
+            );
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
+        })
+        .collect();
+    eventually(Duration::from_secs(5), "one sent, one queued", || async {
+        let intents = records(&audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count();
+        sim.deletes() == 1 && intents == 2
+    })
+    .await;
+    let queued = if sim
+        .handle
+        .version_deleted("acme", "container", "web", web[1])
+        == Some(true)
+    {
+        web[2]
+    } else {
+        web[1]
+    };
+    assert!(
+        sim.handle
+            .set_tags("acme", "container", "web", queued, &["latest"])
+    );
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 403]);
+    assert_eq!(sim.deletes(), 1, "the newly tagged version was deleted");
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", queued),
+        Some(false)
+    );
+}

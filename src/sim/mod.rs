@@ -249,6 +249,31 @@ impl SimHandle {
         Some(pkg.version(version_id)?.deleted_at.is_some())
     }
 
+    /// Replaces a container version's tags, as a push that moves tags onto or off it does;
+    /// `false` if the owner, package or version is unknown.
+    pub fn set_tags(
+        &self,
+        owner: &str,
+        package_type: &str,
+        package_name: &str,
+        version_id: u64,
+        tags: &[&str],
+    ) -> bool {
+        let mut data = self.inner.state.write_data();
+        let Some(owner) = data.find_owner(owner).map(|o| o.id) else {
+            return false;
+        };
+        let Some(at) = data.package_index(owner, package_type, package_name) else {
+            return false;
+        };
+        let versions = &mut data.packages[at].versions;
+        let Ok(i) = versions.binary_search_by(|v| version_id.cmp(&v.id)) else {
+            return false;
+        };
+        versions[i].tags = Some(tags.iter().map(|t| (*t).to_owned()).collect());
+        true
+    }
+
     /// `Some(true)` if that package exists and is deleted, `Some(false)` if active, `None` if unknown.
     pub fn package_deleted(
         &self,
