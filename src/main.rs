@@ -355,7 +355,8 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                 anyhow::bail!("--client and --since are required");
             }
             let (records, _) = audit::read(&log)?;
-            let paths = undo::deleted_versions(&records, &filter);
+            let deleted = undo::deleted_targets(&records, &filter);
+            let paths = deleted.in_restore_order();
             let results = undo::restore(&proxy, &token, &paths, dry_run).await?;
             let mut failed = 0;
             for result in &results {
@@ -368,7 +369,13 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
                     }
                 }
             }
-            println!("{} versions, {failed} failed", results.len());
+            match deleted.packages.len() {
+                0 => println!("{} versions, {failed} failed", results.len()),
+                packages => println!(
+                    "{packages} packages, {} versions, {failed} failed",
+                    deleted.versions.len()
+                ),
+            }
             if failed > 0 {
                 anyhow::bail!("{failed} restores failed");
             }

@@ -53,20 +53,44 @@ impl Filter {
     }
 }
 
-/// The versions a client deleted (completed outcomes) in the filter's window, oldest first,
-/// without duplicates.
-pub fn deleted_versions(records: &[AuditRecord], filter: &Filter) -> Vec<String> {
-    let mut paths: Vec<String> = Vec::new();
+/// What a client deleted (completed outcomes) in the filter's window, without duplicates:
+/// whole packages first (a version of a deleted package cannot be restored before it), then
+/// versions, each oldest first.
+pub fn deleted_targets(records: &[AuditRecord], filter: &Filter) -> Deleted {
+    let mut deleted = Deleted::default();
     let mut seen = std::collections::HashSet::new();
     for record in records {
-        let deleted = record.phase == Phase::Outcome
-            && record.decision == Decision::Completed
-            && record.action == "delete_version";
-        if deleted && filter.matches(record) && seen.insert(record.path.as_str()) {
-            paths.push(record.path.clone());
+        let into = match record.action.as_str() {
+            "delete_package" => &mut deleted.packages,
+            "delete_version" => &mut deleted.versions,
+            _ => continue,
+        };
+        let done = record.phase == Phase::Outcome && record.decision == Decision::Completed;
+        if done && filter.matches(record) && seen.insert(record.path.as_str()) {
+            into.push(record.path.clone());
         }
     }
-    paths
+    deleted
+}
+
+/// The paths [`deleted_targets`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whole packages.
+    pub packages: Vec<String>,
+    /// Versions.
+    pub versions: Vec<String>,
+}
+
+impl Deleted {
+    /// Every path, in the order they are restored (packages first).
+    pub fn in_restore_order(&self) -> Vec<String> {
+        self.packages
+            .iter()
+            .chain(&self.versions)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Restores each path (`{path}/restore`) through the proxy at `proxy_url` with `token`.

@@ -260,3 +260,62 @@ async fn a_torn_last_line_hides_no_record_and_does_not_stop_the_start() {
         .collect();
     assert_eq!(phases, ["intent", "outcome"], "{records:?}");
 }
+
+// Found by a hostile review: `audit restore` replayed only version deletes, so a clean-up job
+// that deleted a whole package was undone without it (and its versions' restores then failed).
+// Packages come back first, then versions.
+#[tokio::test]
+async fn audit_restore_brings_back_whole_packages_first() {
+    let sim = spawn_sim().await;
+    let dir = e2e::TempDir::new("intents-package");
+    let audit = dir.path("audit.jsonl");
+    let (token, hash) = e2e::token_pair();
+    let extra = format!(
+        "[[clients]]\nname = \"cleanup\"\ntoken_sha256 = \"{hash}\"\n\
+         [mutations]\naudit_log = {audit:?}\npace = \"0s\"\n\
+         [[policy.allow]]\nname = \"cleanup-team-a\"\nclients = [\"cleanup\"]\n\
+         actions = [\"delete_version\", \"delete_package\", \"restore_version\", \"restore_package\"]\n\
+         packages = [\"team-a-api\", \"web\"]\nmulti_arch_guard = false\n"
+    );
+    let proxy = serve(&sim, &dir, &extra, "").await;
+    let since = humantime::format_rfc3339_millis(SystemTime::now() - Duration::from_secs(1));
+    let web = sim.versions("web").await;
+    let targets = [
+        format!("/orgs/acme/packages/container/web/versions/{}", web[1]),
+        "/orgs/acme/packages/container/team-a-api".to_owned(),
+    ];
+    for path in &targets {
+        let deleted = send(Method::DELETE, &proxy.url(path), Some(&token), &[]).await;
+        assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{path}");
+    }
+    assert_eq!(
+        sim.handle
+            .package_deleted("acme", "container", "team-a-api"),
+        Some(true)
+    );
+    let out = tokio::process::Command::new(e2e::BIN)
+        .args(["audit", "restore", "--client", "cleanup", "--since"])
+        .arg(since.to_string())
+        .arg("--log")
+        .arg(&audit)
+        .args(["--proxy", &proxy.url("")])
+        .env("PACKAGES_PROXY_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{:?}", out.stderr);
+    assert!(text.contains("1 packages, 1 versions, 0 failed"), "{text}");
+    let package_first = text.find("team-a-api").unwrap() < text.find("/versions/").unwrap();
+    assert!(package_first, "{text}");
+    assert_eq!(
+        sim.handle
+            .package_deleted("acme", "container", "team-a-api"),
+        Some(false)
+    );
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[1]),
+        Some(false)
+    );
+}
