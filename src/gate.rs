@@ -421,9 +421,13 @@ async fn complete(
 
 /// Records the outcome of a call whose answer never came: what a read of its target proves
 /// (`reconciled: true`; a performed call invalidates its cache entries), after GitHub has had
-/// `upstream.timeout` to finish it; `failed` if the target cannot be read either.
+/// `upstream.timeout` to finish it (less at shutdown: the read starts at the drain deadline, so
+/// the outcome is written before the process exits); `failed` if the target cannot be read.
 async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route, reason: String) {
-    tokio::time::sleep(state.config.upstream.timeout).await;
+    tokio::select! {
+        () = tokio::time::sleep(state.config.upstream.timeout) => {}
+        () = state.pacer.drain_deadline_passed() => {}
+    }
     match crate::reconcile::settle(state, record).await {
         Ok(true) => invalidate(state, route).await,
         Ok(false) => {}
