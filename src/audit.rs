@@ -263,12 +263,39 @@ impl Audit {
     /// only while the policy allows nothing).
     pub fn open(path: Option<&Path>) -> Result<Self, AuditError> {
         if let Some(path) = path {
-            end_torn_line(path).map_err(AuditError)?;
+            // Checks it is writable, and ends a last line a crash left without its newline.
+            append(path, b"").map_err(AuditError)?;
         }
         Ok(Self {
             path: path.map(|p| Arc::new(p.to_owned())),
             lock: Arc::new(Mutex::new(())),
         })
+    }
+
+    /// Whether the log already holds an outcome for `intent`'s call (same request id, action
+    /// and path), written by this process or another one sharing the file. `false` without a
+    /// log, or if it cannot be read.
+    pub async fn has_outcome(&self, intent: &AuditRecord) -> bool {
+        let Some(path) = self.path.clone() else {
+            return false;
+        };
+        let (request_id, action, target) = (
+            intent.request_id.clone(),
+            intent.action.clone(),
+            intent.path.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            read(&path).is_ok_and(|(records, _)| {
+                records.iter().any(|r| {
+                    r.phase == Phase::Outcome
+                        && r.request_id == request_id
+                        && r.action == action
+                        && r.path == target
+                })
+            })
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Appends and fsyncs one record, and emits it as a tracing event.
@@ -311,36 +338,29 @@ impl Audit {
     }
 }
 
-/// Creates the log if needed (checking it is writable), and ends a last line a crash left
-/// without its newline: the next record would be glued onto it, and the intent it carries lost
-/// to every reader (no outcome reconciled, nothing restorable).
-fn end_torn_line(path: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
+/// Opens in append mode (creating it), writes, and fsyncs the data. A last line left without
+/// its newline (a write cut short by a full disk, by another process's crash) is ended first,
+/// or this record would be glued onto it and lost to every reader.
+fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .read(true)
         .append(true)
         .open(path)?;
     let len = file.metadata()?.len();
+    let mut last = [b'\n'];
     if len > 0 {
-        let mut last = [0u8];
-        file.seek(SeekFrom::Start(len - 1))?;
-        file.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n")?;
-            tracing::warn!(path = %path.display(), "the audit log's last line was torn; it is ended");
-        }
+        file.read_exact_at(&mut last, len - 1)?;
     }
-    file.sync_data()
-}
-
-/// Opens in append mode (creating it), writes, and fsyncs the data.
-fn append(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    file.write_all(bytes)?;
+    if last[0] == b'\n' {
+        file.write_all(bytes)?;
+    } else {
+        let mut ended = Vec::with_capacity(bytes.len() + 1);
+        ended.push(b'\n');
+        ended.extend_from_slice(bytes);
+        file.write_all(&ended)?;
+    }
     file.sync_data()
 }
 
@@ -365,6 +385,22 @@ pub fn read(path: &Path) -> std::io::Result<(Vec<AuditRecord>, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Found by a hostile review: a write cut short while the proxy ran (a full disk) left a torn
+    // last line, and the next record, glued onto it, was lost to every reader.
+    #[test]
+    fn a_record_after_a_torn_line_starts_a_line_of_its_own() {
+        let path = std::env::temp_dir().join(format!(
+            "packages-proxy-audit-torn-{}.jsonl",
+            std::process::id()
+        ));
+        std::fs::write(&path, "{\"time\":\"2026-01-0").unwrap();
+        append(&path, b"{\"a\":1}\n").unwrap();
+        append(&path, b"{\"b\":2}\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(text, "{\"time\":\"2026-01-0\n{\"a\":1}\n{\"b\":2}\n");
+    }
 
     /// Guards the log format: a line an older proxy wrote (phase and decision as plain strings)
     /// reads into the enums and writes back byte for byte.

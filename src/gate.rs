@@ -203,7 +203,6 @@ pub async fn execute(
     let owned = Owned {
         route: m.route.clone(),
         client: m.client.clone(),
-        limits: m.limits.clone(),
         checked,
         forwarded: m.forwarded.clone(),
         public_base: m.public_base.to_owned(),
@@ -295,8 +294,6 @@ struct Owned {
     route: Route,
     /// The client's name: the policy is asked again right before the send.
     client: Arc<str>,
-    /// The client's quotas, which pay for the checks repeated before the send.
-    limits: Arc<crate::quota::ClientLimits>,
     /// When the tags and the multi-arch guard were read before the call was queued.
     checked: tokio::time::Instant,
     forwarded: Forwarded,
@@ -382,10 +379,9 @@ async fn complete(
         // in the queue is held until then, so a shutdown waits for the outcome.
         Err(error @ (ProxyError::Upstream(_) | ProxyError::UpstreamTimeout)) => {
             let (state, route, place) = (state.clone(), m.route.clone(), m._place);
-            let reason = error.to_string();
             tokio::spawn(async move {
                 let _place = place;
-                settle_unanswered(&state, &record, &route, reason).await;
+                settle_unanswered(&state, &record, &route).await;
             });
             return Err(error);
         }
@@ -420,29 +416,44 @@ async fn complete(
 }
 
 /// Records the outcome of a call whose answer never came: what a read of its target proves
-/// (`reconciled: true`; a performed call invalidates its cache entries), after GitHub has had
-/// `upstream.timeout` to finish it (less at shutdown: the read starts at the drain deadline, so
-/// the outcome is written before the process exits); `failed` if the target cannot be read.
-async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route, reason: String) {
-    tokio::select! {
-        () = tokio::time::sleep(state.config.upstream.timeout) => {}
-        () = state.pacer.drain_deadline_passed() => {}
-    }
-    match crate::reconcile::settle(state, record).await {
-        Ok(true) => invalidate(state, route).await,
-        Ok(false) => {}
-        Err(why) => {
-            let mut outcome = record.at(Phase::Outcome, audit::Decision::Failed);
-            outcome.reason = Some(format!(
-                "{reason}; GitHub's answer never came, and its target could not be read to \
-                 settle the outcome ({why})"
-            ));
-            crate::metrics::destructive(outcome.decision.as_str());
-            if let Err(error) = state.audit.write(&outcome).await {
-                tracing::error!(%error, request_id = %record.request_id, "audit outcome not written");
-                state
-                    .audit_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// (`reconciled: true`; a performed call invalidates its cache entries), once GitHub has had
+/// `upstream.timeout` to finish it. A read that fails (GitHub down, a back-off) is tried again
+/// every `upstream.timeout`: recorded `failed`, a delete GitHub performed would be skipped by
+/// `audit restore`. At shutdown the intent is left open instead, for the next start to
+/// reconcile once its grace has passed (read early, a delete GitHub is still performing would be
+/// recorded `not_applied`); so is one another process sharing the log has settled already.
+async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route) {
+    let every = state.config.upstream.timeout.max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = state.pacer.drain_deadline_passed() => {
+                tracing::warn!(
+                    request_id = %record.request_id,
+                    path = %record.path,
+                    "a call whose answer never came is left for the next start to reconcile"
+                );
+                return;
+            }
+        }
+        if state.audit.has_outcome(record).await {
+            return;
+        }
+        match crate::reconcile::settle(state, record).await {
+            Ok(performed) => {
+                if performed {
+                    invalidate(state, route).await;
+                }
+                return;
+            }
+            Err(why) => {
+                crate::metrics::destructive("unreconciled");
+                tracing::warn!(
+                    request_id = %record.request_id,
+                    path = %record.path,
+                    reason = %why,
+                    "cannot settle a call whose answer never came yet; trying again"
+                );
             }
         }
     }
@@ -616,7 +627,8 @@ async fn send_mutation(
     // A call that was not held (no queue, no pace) goes on the first reads.
     let protections = still_allowed(state, m)?;
     if m.checked.elapsed() >= RECHECK_AFTER {
-        let payer = Payer::client(&m.client, &m.limits);
+        // The proxy pays for its own second look: the call was admitted and charged already.
+        let payer = Payer::Proxy;
         check_protected_tags(state, &m.route, &protections, &payer).await?;
         let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
         if let Some(refusal) = crate::guard::check(state, &m.route, enabled, &payer)

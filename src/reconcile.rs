@@ -129,6 +129,10 @@ pub async fn reconcile(state: Arc<AppState>, snapshot: Snapshot, grace: Duration
     };
     let still = orphans(&records);
     for intent in snapshot.orphans.iter().filter(|o| still.contains(o)) {
+        // Asked again for each: a process sharing the log may be settling the same call.
+        if state.audit.has_outcome(intent).await {
+            continue;
+        }
         match reconcile_one(&state, intent, AT_START).await {
             Ok(true) => report.completed += 1,
             Ok(false) => report.not_applied += 1,

@@ -711,24 +711,36 @@ async fn a_delete_waiting_for_an_upstream_slot_is_not_sent_past_the_drain_deadli
 }
 
 /// A GitHub that performs every DELETE and never answers it (the answer is lost on the way
-/// back), and answers every other request 404: the deleted target is gone.
-async fn github_losing_delete_answers() -> String {
+/// back), answers the first `failing_reads` other requests 502, and every later one 404: the
+/// deleted target is gone.
+async fn github_losing_delete_answers(failing_reads: usize) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let reads = std::sync::Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let reads = reads.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        if request.method() == Method::DELETE {
-                            std::future::pending::<()>().await;
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let reads = reads.clone();
+                        async move {
+                            if request.method() == Method::DELETE {
+                                std::future::pending::<()>().await;
+                            }
+                            let status = if reads.fetch_add(1, Ordering::SeqCst) < failing_reads {
+                                StatusCode::BAD_GATEWAY
+                            } else {
+                                StatusCode::NOT_FOUND
+                            };
+                            let body = http_body_util::Full::new(bytes::Bytes::from_static(
+                                br#"{"message":"Not Found"}"#,
+                            ));
+                            let mut response = http::Response::new(body);
+                            *response.status_mut() = status;
+                            Ok::<_, std::convert::Infallible>(response)
                         }
-                        let body = http_body_util::Full::new(bytes::Bytes::from_static(
-                            br#"{"message":"Not Found"}"#,
-                        ));
-                        let mut response = http::Response::new(body);
-                        *response.status_mut() = StatusCode::NOT_FOUND;
-                        Ok::<_, std::convert::Infallible>(response)
                     },
                 );
                 let io = hyper_util::rt::TokioIo::new(stream);
@@ -741,23 +753,32 @@ async fn github_losing_delete_answers() -> String {
     format!("http://{addr}")
 }
 
-// Found by a hostile review: a delete GitHub performed but whose answer never came (a timeout)
-// was audited `failed` and never looked at again, so `audit restore` skipped it. It is settled
-// like a crash's intent: a read of the target proves it performed.
-#[tokio::test]
-async fn a_delete_whose_answer_never_came_is_settled_by_a_read() {
-    let upstream = github_losing_delete_answers().await;
+/// A delete of `web` 42 through a proxy in front of `upstream` that gives up on GitHub after
+/// `timeout`: answered 504. Returns the proxy and its audit log.
+async fn unanswered_delete(upstream: &str, timeout: &'static str) -> (TestProxy, PathBuf) {
     let audit = temp_dir("gate-unanswered").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: web_allowed(&audit, "0s"),
-        upstream_timeout: "1s",
+        upstream_timeout: timeout,
+        drain_timeout: "2s",
         ..ProxyOptions::default()
     };
-    let proxy = spawn_proxy_to(&upstream, "ghp_fake_lost_answers", opts).await;
+    let proxy = spawn_proxy_to(upstream, "ghp_fake_lost_answers", opts).await;
     let path = version_path("web", 42);
     let sent = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
     assert_eq!(sent.status, StatusCode::GATEWAY_TIMEOUT);
-    eventually(Duration::from_secs(10), "the delete's outcome", || async {
+    (proxy, audit)
+}
+
+// Found by a hostile review: a delete GitHub performed but whose answer never came (a timeout)
+// was audited `failed` and never looked at again, so `audit restore` skipped it. It is settled
+// like a crash's intent: a read of the target proves it performed. A read that fails (here the
+// first few) is tried again rather than recorded `failed` (a second review).
+#[tokio::test]
+async fn a_delete_whose_answer_never_came_is_settled_by_a_read() {
+    let upstream = github_losing_delete_answers(4).await;
+    let (_proxy, audit) = unanswered_delete(&upstream, "1s").await;
+    eventually(Duration::from_secs(20), "the delete's outcome", || async {
         records(&audit).iter().any(|r| r.phase == "outcome")
     })
     .await;
@@ -766,6 +787,23 @@ async fn a_delete_whose_answer_never_came_is_settled_by_a_read() {
     assert_eq!(outcomes.len(), 1, "{records:?}");
     assert_eq!(outcomes[0].decision, "completed", "{records:?}");
     assert!(outcomes[0].reconciled, "{records:?}");
+}
+
+// Found by a hostile review: at shutdown the settling read ran at the drain deadline, before
+// GitHub had finished a delete it went on to perform, and recorded it `not_applied`. The intent
+// is left open for the next start, which reconciles it after its grace.
+#[tokio::test]
+async fn a_call_whose_answer_never_came_is_left_open_at_shutdown() {
+    let upstream = github_losing_delete_answers(0).await;
+    let (proxy, audit) = unanswered_delete(&upstream, "3s").await;
+    let TestProxy { running, .. } = proxy;
+    running.shutdown().await;
+    let records = records(&audit);
+    assert!(records.iter().any(|r| r.phase == "intent"), "{records:?}");
+    assert!(
+        !records.iter().any(|r| r.phase == "outcome"),
+        "settled before GitHub had its time: {records:?}"
+    );
 }
 
 // Found by a hostile review: the tags (and the multi-arch guard) were read before the call was
@@ -829,4 +867,38 @@ async fn a_tag_pushed_while_a_delete_waits_for_its_slot_stops_it() {
             .version_deleted("acme", "container", "web", queued),
         Some(false)
     );
+}
+
+// Found by a hostile review: the reads repeated before the send were charged to the client, so a
+// clean-up job sized to its quota had deletes it was already admitted for refused with 429.
+#[tokio::test]
+async fn the_proxy_pays_for_its_second_look_before_the_send() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-second-look").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[quotas]\nupstream_per_minute = 4\n{}protect_tags = [\"latest\"]\n",
+            web_allowed(&audit, "2s")
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // Each delete reads its tags once and is sent once: four requests, the client's quota. The
+    // second waits 2 s for its slot, so its tags are read again before the send.
+    let deletes: Vec<_> = [web[1], web[2]]
+        .into_iter()
+        .map(|id| {
+            let (url, token) = (
+                proxy.url(&version_path("web", id)),
+                proxy.token().to_owned(),
+            );
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await })
+        })
+        .collect();
+    for delete in deletes {
+        let reply = delete.await.unwrap();
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    }
+    assert_eq!(sim.deletes(), 2);
 }
