@@ -574,3 +574,59 @@ async fn the_pace_holds_when_redis_loses_its_data() {
         sent[1] - sent[0]
     );
 }
+
+// Found by a hostile review: any Redis command that succeeded marked the tier up, even while the
+// subscription could not reconnect (Redis at `maxclients`): the replica accepted deletes and
+// trusted its L1 while it missed the fleet's invalidations. Only a live subscription marks it up.
+#[tokio::test]
+async fn a_replica_without_its_subscription_stays_down_whatever_else_answers() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, 2, &deletes_allowed(), "5s").await;
+    let b = &fleet[1];
+    // A slow read at GitHub: its fetch lock, taken while the tier is up, is renewed in Redis
+    // for as long as the read lasts (the command connection answers).
+    let slow = slow_read_at_github(&sim, b, b.token(), Duration::from_secs(4)).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let connected: u32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Room for every connection but the two subscriptions, which are then cut.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(connected - 2)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: u32 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    wait_up(b, false, Duration::from_secs(5)).await;
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let ids = sim.versions("web").await;
+    assert_eq!(
+        delete(b, ids[1]).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a delete through a replica that misses the fleet's invalidations"
+    );
+    let up = sample(
+        &scrape(&b.url("/metrics")).await,
+        "packages_proxy_shared_tier_up",
+    );
+    assert_eq!(up, Some(0.0));
+}

@@ -161,7 +161,13 @@ impl Shared {
         }
     }
 
+    /// Marks the tier up, but only while the subscription is live: a command that succeeds
+    /// while the subscription cannot reconnect (Redis at `maxclients`, say) must not let this
+    /// replica accept deletes and trust its L1 while it misses the fleet's invalidations.
     fn mark_up(&self) {
+        if !self.subscribed.load(Ordering::Relaxed) {
+            return;
+        }
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!("shared tier (Redis) answers again");
         }
@@ -560,7 +566,10 @@ async fn session(
                             break "resync after a data loss failed";
                         }
                     }
-                    Err(_) => break "the generations' epoch could not be read",
+                    // Slow behind other commands (the read has the command connection's
+                    // timeout, shorter than the heartbeat's): the PING just proved the
+                    // subscription, so this round is skipped rather than counted as a break.
+                    Err(_) => {}
                 }
             }
         }
