@@ -342,6 +342,17 @@ impl Policy {
         }
     }
 
+    /// Keeps what each budget of `previous` (the policy before a reload) counted, for the rules
+    /// of the same name whose budget is unchanged.
+    pub fn keep_budgets_of(&self, previous: &Policy) {
+        for rule in &self.allow {
+            let old = previous.allow.iter().find(|old| old.name == rule.name);
+            if let (Some(budget), Some(old)) = (rule.budget(), old.and_then(|o| o.budget())) {
+                budget.keep_from(old);
+            }
+        }
+    }
+
     /// The calls made under every allow rule's budget that it still counts (see
     /// [`crate::shared::Replica::budget_debts`]).
     pub fn budget_debts(&self) -> Vec<BudgetDebt> {

@@ -30,6 +30,7 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
                 state.config.replicas(),
             );
             state.clients.store(Arc::new(clients));
+            config.policy.keep_budgets_of(&state.policy.load());
             state.policy.store(config.policy.clone());
             state.credentials_generation.fetch_add(1, Ordering::Release);
             state.reloads_ok.fetch_add(1, Ordering::Relaxed);

@@ -87,6 +87,20 @@ impl RuleBudget {
         ))
     }
 
+    /// Takes over what `previous` (the same rule before a reload) counted, if its size and
+    /// window are unchanged: a reload must not hand a clean-up job its budget back.
+    pub fn keep_from(&self, previous: &RuleBudget) {
+        if previous.size != self.size || previous.window != self.window {
+            return;
+        }
+        let kept = previous
+            .buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        *self.buckets.lock().unwrap_or_else(|p| p.into_inner()) = kept;
+    }
+
     /// Counts one call the fleet-wide budget (in Redis) allowed, whatever this bucket holds:
     /// what this replica spent can then be put back if Redis loses it ([`RuleBudget::debts`]).
     pub fn mirror(&self, client: &str) {

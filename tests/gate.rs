@@ -902,3 +902,34 @@ async fn the_proxy_pays_for_its_second_look_before_the_send() {
     }
     assert_eq!(sim.deletes(), 2);
 }
+
+// Found by a hostile review: the policy is rebuilt on reload, and its rule budgets with it, so
+// any reload (even of an unrelated setting) handed every client its whole budget back.
+#[tokio::test]
+async fn a_reload_does_not_refill_rule_budgets() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("gate-reload-budget");
+    let audit = dir.join("audit.jsonl");
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let path = dir.join("config.toml");
+    let config = format!("{text}\n{}max_per_hour = 2\n", web_allowed(&audit, "0s"));
+    std::fs::write(&path, &config).unwrap();
+    let running = start_from_file(&path, &sim).await;
+    let web = sim.versions("web").await;
+    let delete = |id: u64| {
+        let url = format!("http://{}{}", running.addr, version_path("web", id));
+        let token = tokens[0].clone();
+        async move { send(Method::DELETE, &url, Some(&token), &[]).await.status }
+    };
+    assert_eq!(delete(web[1]).await, StatusCode::NO_CONTENT);
+    assert_eq!(delete(web[2]).await, StatusCode::NO_CONTENT);
+    assert_eq!(delete(web[3]).await, StatusCode::TOO_MANY_REQUESTS);
+    std::fs::write(&path, format!("{config}\n# reloaded\n")).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    assert_eq!(
+        delete(web[3]).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the reload refilled the budget"
+    );
+    assert_eq!(sim.deletes(), 2);
+}
