@@ -613,28 +613,51 @@ fn web_allowed(audit: &Path, pace: &str) -> String {
     )
 }
 
+/// Deletes of `web`'s versions `ids`, each sent at once from a task of its own through the proxy
+/// at `base` (`http://host:port`).
+fn deletes_at_once(base: &str, token: &str, ids: &[u64]) -> Vec<tokio::task::JoinHandle<Reply>> {
+    ids.iter()
+        .map(|id| {
+            let (url, token) = (
+                format!("{base}{}", version_path("web", *id)),
+                token.to_owned(),
+            );
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await })
+        })
+        .collect()
+}
+
+/// A proxy started from a config file (so that a test can rewrite and reload it) with `policy`
+/// appended to the defaults: the running proxy, the file, its text and the client tokens.
+async fn reloadable(
+    sim: &Sim,
+    label: &str,
+    policy: &str,
+) -> (
+    packages_proxy::server::Running,
+    PathBuf,
+    String,
+    Vec<String>,
+) {
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    let path = temp_dir(label).join("config.toml");
+    let config = format!("{text}\n{policy}");
+    std::fs::write(&path, &config).unwrap();
+    (start_from_file(&path, sim).await, path, config, tokens)
+}
+
 // Found by a hostile review: the policy and the client were checked only before a call was
 // queued. An operator who added a deny rule (or removed the client) to stop a runaway clean-up
 // still had its queued deletes sent, one per pace, and audited `completed`.
 #[tokio::test]
 async fn a_reload_that_denies_applies_to_deletes_still_queued() {
     let sim = spawn_sim().await;
-    let dir = temp_dir("gate-reload");
-    let audit = dir.join("audit.jsonl");
-    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
-    let path = dir.join("config.toml");
-    let allowed = format!("{text}\n{}", web_allowed(&audit, "3s"));
-    std::fs::write(&path, &allowed).unwrap();
-    let running = start_from_file(&path, &sim).await;
+    let audit = temp_dir("gate-reload").join("audit.jsonl");
+    let (running, path, allowed, tokens) =
+        reloadable(&sim, "gate-reload", &web_allowed(&audit, "3s")).await;
     let web = sim.versions("web").await;
-    let deletes: Vec<_> = web[1..4]
-        .iter()
-        .map(|id| {
-            let url = format!("http://{}{}", running.addr, version_path("web", *id));
-            let token = tokens[0].clone();
-            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
-        })
-        .collect();
+    let base = format!("http://{}", running.addr);
+    let deletes = deletes_at_once(&base, &tokens[0], &web[1..4]);
     eventually(Duration::from_secs(5), "one sent, two queued", || async {
         let intents = records(&audit)
             .iter()
@@ -648,7 +671,7 @@ async fn a_reload_that_denies_applies_to_deletes_still_queued() {
     packages_proxy::reload::reload(&running.state, &path).unwrap();
     let mut statuses = Vec::new();
     for delete in deletes {
-        statuses.push(delete.await.unwrap().as_u16());
+        statuses.push(delete.await.unwrap().status.as_u16());
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [204, 403, 403]);
@@ -824,16 +847,7 @@ async fn a_tag_pushed_while_a_delete_waits_for_its_slot_stops_it() {
         (spawn_proxy(&sim, opts).await, audit)
     };
     let web = sim.versions("web").await;
-    let deletes: Vec<_> = [web[1], web[2]]
-        .into_iter()
-        .map(|id| {
-            let (url, token) = (
-                proxy.url(&version_path("web", id)),
-                proxy.token().to_owned(),
-            );
-            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
-        })
-        .collect();
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
     eventually(Duration::from_secs(5), "one sent, one queued", || async {
         let intents = records(&audit)
             .iter()
@@ -857,7 +871,7 @@ async fn a_tag_pushed_while_a_delete_waits_for_its_slot_stops_it() {
     );
     let mut statuses = Vec::new();
     for delete in deletes {
-        statuses.push(delete.await.unwrap().as_u16());
+        statuses.push(delete.await.unwrap().status.as_u16());
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [204, 403]);
@@ -886,16 +900,7 @@ async fn the_proxy_pays_for_its_second_look_before_the_send() {
     let web = sim.versions("web").await;
     // Each delete reads its tags once and is sent once: four requests, the client's quota. The
     // second waits 2 s for its slot, so its tags are read again before the send.
-    let deletes: Vec<_> = [web[1], web[2]]
-        .into_iter()
-        .map(|id| {
-            let (url, token) = (
-                proxy.url(&version_path("web", id)),
-                proxy.token().to_owned(),
-            );
-            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await })
-        })
-        .collect();
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
     for delete in deletes {
         let reply = delete.await.unwrap();
         assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
@@ -908,13 +913,9 @@ async fn the_proxy_pays_for_its_second_look_before_the_send() {
 #[tokio::test]
 async fn a_reload_does_not_refill_rule_budgets() {
     let sim = spawn_sim().await;
-    let dir = temp_dir("gate-reload-budget");
-    let audit = dir.join("audit.jsonl");
-    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
-    let path = dir.join("config.toml");
-    let config = format!("{text}\n{}max_per_hour = 2\n", web_allowed(&audit, "0s"));
-    std::fs::write(&path, &config).unwrap();
-    let running = start_from_file(&path, &sim).await;
+    let audit = temp_dir("gate-reload-budget").join("audit.jsonl");
+    let policy = format!("{}max_per_hour = 2\n", web_allowed(&audit, "0s"));
+    let (running, path, config, tokens) = reloadable(&sim, "gate-reload-budget", &policy).await;
     let web = sim.versions("web").await;
     let delete = |id: u64| {
         let url = format!("http://{}{}", running.addr, version_path("web", id));
