@@ -359,14 +359,11 @@ async fn complete(
     };
     drop(sending); // a call not sent leaves the upstream queue now
     let sent = match sent {
-        // Refused before its request left: the checks repeated before the send (a reload that
-        // no longer allows it, a tag or an image index that now protects its target, Redis
-        // failing the pace check) or a refusal of the upstream client's own.
-        Err(error)
-            if !m.ticket.is_settled()
-                || refused_before_sending(&error)
-                || matches!(error, ProxyError::Unavailable(_) | ProxyError::Forbidden(_)) =>
-        {
+        // Refused before its request left: its ticket is not spent (the checks repeated before
+        // the send: a reload that no longer allows it, a tag or an image index that now protects
+        // its target, Redis failing the pace check), or the upstream client refused it and gave
+        // the charge back itself.
+        Err(error) if !m.ticket.is_settled() || refused_before_sending(&error) => {
             give_back_slot(&state).await;
             return Err(unsent(&state, &record, spent, &m.ticket, error).await);
         }

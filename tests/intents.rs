@@ -126,6 +126,23 @@ async fn sigterm_with_queued_deletes_answers_every_client_and_ends_every_intent(
     assert_eq!(deletes, answered.0, "GitHub vs clients");
 }
 
+/// `audit restore --client cleanup --since <since>` through `proxy`; its output, once it
+/// succeeded.
+async fn audit_restore(audit: &Path, proxy: &e2e::ProxyProc, token: &str, since: &str) -> String {
+    let out = tokio::process::Command::new(e2e::BIN)
+        .args(["audit", "restore", "--client", "cleanup", "--since", since])
+        .arg("--log")
+        .arg(audit)
+        .args(["--proxy", &proxy.url("")])
+        .env("PACKAGES_PROXY_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{:?}", out.stderr);
+    text
+}
+
 /// An intent record as a process killed right after (or before) sending would leave it.
 fn orphan_intent(path: &str, request_id: &str, at: SystemTime) -> AuditRecord {
     let route = Route::parse(&Method::DELETE, path, None).unwrap();
@@ -202,18 +219,7 @@ async fn intents_a_crash_left_alone_are_reconciled_at_start_and_restorable() {
     assert!(String::from_utf8_lossy(&misspelt.stderr).contains("not_applied"));
 
     let since = humantime::format_rfc3339_millis(an_hour_ago - Duration::from_secs(1));
-    let out = tokio::process::Command::new(e2e::BIN)
-        .args(["audit", "restore", "--client", "cleanup", "--since"])
-        .arg(since.to_string())
-        .arg("--log")
-        .arg(&audit)
-        .args(["--proxy", &proxy.url("")])
-        .env("PACKAGES_PROXY_TOKEN", &token)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}{:?}", out.stderr);
+    let text = audit_restore(&audit, &proxy, &token, &since.to_string()).await;
     assert!(text.contains("1 versions, 0 failed"), "{text}");
     assert_eq!(
         sim.handle
@@ -293,18 +299,7 @@ async fn audit_restore_brings_back_whole_packages_first() {
             .package_deleted("acme", "container", "team-a-api"),
         Some(true)
     );
-    let out = tokio::process::Command::new(e2e::BIN)
-        .args(["audit", "restore", "--client", "cleanup", "--since"])
-        .arg(since.to_string())
-        .arg("--log")
-        .arg(&audit)
-        .args(["--proxy", &proxy.url("")])
-        .env("PACKAGES_PROXY_TOKEN", &token)
-        .output()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}{:?}", out.stderr);
+    let text = audit_restore(&audit, &proxy, &token, &since.to_string()).await;
     assert!(text.contains("1 packages, 1 versions, 0 failed"), "{text}");
     let package_first = text.find("team-a-api").unwrap() < text.find("/versions/").unwrap();
     assert!(package_first, "{text}");

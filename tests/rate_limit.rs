@@ -555,27 +555,36 @@ async fn a_rate_limit_answer_with_an_unreadable_body_still_opens_the_back_off() 
     );
 }
 
+/// A proxy whose GitHub answers every request 429 with `x-ratelimit-remaining: 0`, a reset
+/// `reset_in` seconds away, `retry-after` if given, and `body`; its first read is answered 429.
+async fn behind_a_spent_429(
+    reset_in: u64,
+    retry_after: Option<u64>,
+    body: &'static [u8],
+) -> TestProxy {
+    let mut headers = vec![
+        ("content-type", "application/json; charset=utf-8".to_owned()),
+        ("x-ratelimit-limit", "5000".to_owned()),
+        ("x-ratelimit-remaining", "0".to_owned()),
+        ("x-ratelimit-reset", (epoch_now() + reset_in).to_string()),
+    ];
+    if let Some(secs) = retry_after {
+        headers.push(("retry-after", secs.to_string()));
+    }
+    let body = bytes::Bytes::from_static(body);
+    let upstream = answering_upstream(StatusCode::TOO_MANY_REQUESTS, headers, body).await;
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_429", ProxyOptions::default()).await;
+    let first = get(&proxy.url(WEB), proxy.token()).await;
+    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    proxy
+}
+
 // Found by a hostile review with Octokit and Python clients. GitHub's guidance (NOTES §6) puts
 // `retry-after` first: a 429 with it beside `x-ratelimit-remaining: 0` backed off until the
 // primary reset, half an hour here, and was answered 403 instead of GitHub's 429.
 #[tokio::test]
 async fn retry_after_comes_first_and_a_429_stays_a_429() {
-    let reset = (epoch_now() + 1800).to_string();
-    let upstream = answering_upstream(
-        StatusCode::TOO_MANY_REQUESTS,
-        vec![
-            ("content-type", "application/json; charset=utf-8".to_owned()),
-            ("retry-after", "2".to_owned()),
-            ("x-ratelimit-limit", "5000".to_owned()),
-            ("x-ratelimit-remaining", "0".to_owned()),
-            ("x-ratelimit-reset", reset),
-        ],
-        bytes::Bytes::from_static(br#"{"message":"Too many requests"}"#),
-    )
-    .await;
-    let proxy = spawn_proxy_to(&upstream, "ghp_fake_429", ProxyOptions::default()).await;
-    let first = get(&proxy.url(WEB), proxy.token()).await;
-    assert_eq!(first.status, StatusCode::TOO_MANY_REQUESTS);
+    let proxy = behind_a_spent_429(1800, Some(2), br#"{"message":"Too many requests"}"#).await;
     // The back-off GitHub's answer opened, as the next client sees it.
     let next = get(&proxy.url(&cold(1)), proxy.token()).await;
     assert_eq!(
@@ -598,23 +607,7 @@ async fn retry_after_comes_first_and_a_429_stays_a_429() {
 // answered 429 with the wait until the reset, but in a secondary limit's words and docs link.
 #[tokio::test]
 async fn a_429_for_a_spent_primary_limit_is_told_as_one() {
-    let reset = (epoch_now() + 30).to_string();
-    let upstream = answering_upstream(
-        StatusCode::TOO_MANY_REQUESTS,
-        vec![
-            ("content-type", "application/json; charset=utf-8".to_owned()),
-            ("x-ratelimit-limit", "5000".to_owned()),
-            ("x-ratelimit-remaining", "0".to_owned()),
-            ("x-ratelimit-reset", reset),
-        ],
-        bytes::Bytes::from_static(br#"{"message":"API rate limit exceeded"}"#),
-    )
-    .await;
-    let proxy = spawn_proxy_to(&upstream, "ghp_fake_429p", ProxyOptions::default()).await;
-    assert_eq!(
-        get(&proxy.url(WEB), proxy.token()).await.status,
-        StatusCode::TOO_MANY_REQUESTS
-    );
+    let proxy = behind_a_spent_429(30, None, br#"{"message":"API rate limit exceeded"}"#).await;
     let next = get(&proxy.url(&cold(1)), proxy.token()).await;
     assert_eq!(
         next.status,

@@ -401,21 +401,14 @@ async fn a_back_off_opened_while_redis_was_down_reaches_the_fleet_when_it_return
     assert_eq!(sim.gets(), before, "B sent into GitHub's limit");
 }
 
-// Found by a hostile review: Redis failing while a delete was at GitHub left the other replicas
-// serving the deleted version from their L1 for the whole outage (the invalidation could not be
-// published). A replica whose subscription breaks drops its L1, and again once any delete sent
-// before the failure has had its answer.
-#[tokio::test]
-async fn a_delete_in_flight_when_redis_fails_is_not_served_stale_by_the_others() {
-    let Some(mut redis) = Redis::start() else {
-        return;
-    };
-    let sim = spawn_sim().await;
-    let extra = deletes_allowed();
-    let fleet = fleet(&sim, &redis, 2, &extra, "3s").await;
-    let (a, b) = (&fleet[0], &fleet[1]);
-    let ids = get(&a.url(WEB), a.token()).await.ids();
-    let target = ids[1];
+/// A version B holds in its L1, and A's delete of it, sent and held 2 s at GitHub: returns the
+/// version and the delete's answer to come.
+async fn delete_slowly_at_github(
+    sim: &Sim,
+    a: &TestProxy,
+    b: &TestProxy,
+) -> (u64, tokio::task::JoinHandle<StatusCode>) {
+    let target = get(&a.url(WEB), a.token()).await.ids()[1];
     assert_eq!(version(b, target).await, StatusCode::OK); // in B's L1
     sim.handle
         .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
@@ -430,6 +423,23 @@ async fn a_delete_in_flight_when_redis_fails_is_not_served_stale_by_the_others()
         !sim.arrivals(&Method::DELETE).is_empty()
     })
     .await;
+    (target, deleting)
+}
+
+// Found by a hostile review: Redis failing while a delete was at GitHub left the other replicas
+// serving the deleted version from their L1 for the whole outage (the invalidation could not be
+// published). A replica whose subscription breaks drops its L1, and again once any delete sent
+// before the failure has had its answer.
+#[tokio::test]
+async fn a_delete_in_flight_when_redis_fails_is_not_served_stale_by_the_others() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let extra = deletes_allowed();
+    let fleet = fleet(&sim, &redis, 2, &extra, "3s").await;
+    let (a, b) = (&fleet[0], &fleet[1]);
+    let (target, deleting) = delete_slowly_at_github(&sim, a, b).await;
     redis.kill();
     assert_eq!(deleting.await.unwrap(), StatusCode::NO_CONTENT);
     eventually(
@@ -449,22 +459,7 @@ async fn a_delete_in_flight_when_redis_stalls_is_not_served_stale_by_the_others(
     let sim = spawn_sim().await;
     let fleet = fleet(&sim, &redis, 2, &deletes_allowed(), "3s").await;
     let (a, b) = (&fleet[0], &fleet[1]);
-    let ids = get(&a.url(WEB), a.token()).await.ids();
-    let target = ids[1];
-    assert_eq!(version(b, target).await, StatusCode::OK); // in B's L1
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
-    let deleting = {
-        let url = a.url(&format!(
-            "/orgs/acme/packages/container/web/versions/{target}"
-        ));
-        let token = a.token().to_owned();
-        tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await.status })
-    };
-    eventually(Duration::from_secs(5), "A's DELETE at GitHub", || async {
-        !sim.arrivals(&Method::DELETE).is_empty()
-    })
-    .await;
+    let (target, deleting) = delete_slowly_at_github(&sim, a, b).await;
     let stalled_at = Instant::now();
     let _stalled = stall(&redis, 30.0).await;
     assert_eq!(deleting.await.unwrap(), StatusCode::NO_CONTENT);
