@@ -221,18 +221,28 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
 
 /// [`error_response`] pointing at another page of GitHub's docs.
 pub fn error_response_with_docs(status: StatusCode, message: &str, docs: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "message": message,
-        "documentation_url": docs,
-        "status": status.as_str(),
-    });
-    let mut response = Response::new(body::full(body.to_string()));
+    let mut response = Response::new(body::full(error_json(status, message, docs)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),
     );
     response
+}
+
+/// GitHub's error shape as JSON text: what every error answer of the proxy carries.
+pub fn error_json(status: StatusCode, message: &str, docs: &str) -> String {
+    serde_json::json!({
+        "message": message,
+        "documentation_url": docs,
+        "status": status.as_str(),
+    })
+    .to_string()
+}
+
+/// [`error_json`] with the Packages API's documentation.
+pub fn error_json_default(status: StatusCode, message: &str) -> String {
+    error_json(status, message, DOCS)
 }
 
 /// True when `error` or any of its sources is an `E` (linkerd's `is_caused_by`).

@@ -28,6 +28,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 mod conn;
+mod own_errors;
 
 use conn::{Drain, IdleLimits};
 

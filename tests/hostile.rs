@@ -24,6 +24,7 @@ async fn no_hostile_path_reaches_the_upstream() {
             matches!(status, 400 | 403 | 404 | 405 | 414 | 431),
             "{method} {target} answered {status}: {answer}"
         );
+        assert_github_error(&answer);
         let log = sim.handle.log();
         assert!(
             log.is_empty(),
@@ -41,6 +42,56 @@ async fn no_hostile_path_reaches_the_upstream() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(sim.handle.log().len(), 1);
+}
+
+/// `answer` (a whole HTTP/1 answer) is an error in GitHub's shape: a JSON body with a message.
+fn assert_github_error(answer: &str) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{answer}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|error| panic!("not JSON ({error}): {answer}"));
+    assert!(json["message"].is_string(), "{answer}");
+    assert!(json["documentation_url"].is_string(), "{answer}");
+}
+
+// A head hyper cannot parse never reaches the walk: hyper answered it with an empty body.
+// Every refusal is in GitHub's shape, these too, and the connection still closes after one.
+#[tokio::test]
+async fn heads_hyper_refuses_get_githubs_error_shape() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let target = "/orgs/acme/packages/container/web";
+    let long = "x".repeat(70_000);
+    for (request, expected) in [
+        (
+            format!("GET {target} HTTP/1.1\r\nHost: p\r\nNo colon here\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET {target} HTTP/1.1\r\nHost: p\r\nX-Big: {long}\r\n\r\n"),
+            431,
+        ),
+        (format!("GET /{long} HTTP/1.1\r\nHost: p\r\n\r\n"), 431),
+        (
+            format!(
+                "GET {target} HTTP/1.1\r\nHost: p\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+            ),
+            400,
+        ),
+    ] {
+        // `raw` reads to the end: it returns only once the proxy closed the connection.
+        let (status, answer) = raw(proxy.addr(), request.as_bytes()).await;
+        assert_eq!(status, expected, "{answer}");
+        assert_github_error(&answer);
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+    assert!(sim.handle.log().is_empty());
+    let (status, answer) = raw_get(proxy.addr(), target, proxy.token()).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 // Found by a hostile review: with two `Authorization` headers the first won, so a front proxy

@@ -41,6 +41,7 @@ use std::{
     time::Duration,
 };
 
+use super::own_errors;
 use crate::{
     auth::AuthMemo,
     body::{Body, BoxError},
@@ -154,6 +155,9 @@ struct Tracked<I> {
     io: I,
     activity: Arc<Activity>,
     start: Instant,
+    /// What is left to write of hyper's own refusal, rewritten in GitHub's shape
+    /// ([`own_errors`]); empty otherwise. Written out before anything else, flush or shutdown.
+    rewritten: Bytes,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Watched {
@@ -439,6 +443,36 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
     }
 }
 
+impl<I: AsyncWrite + Unpin> Tracked<I> {
+    /// Writes out what is left of a rewritten refusal; ready once nothing is.
+    fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.rewritten.is_empty() {
+            let polled = Pin::new(&mut self.io).poll_write(cx, &self.rewritten);
+            self.activity.wrote(self.start, &polled);
+            match std::task::ready!(polled)? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => bytes::Buf::advance(&mut self.rewritten, n),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// When `written` (all hyper asks to write) is its own bodiless refusal: sends ours in its
+    /// place, and tells hyper all of its bytes went.
+    fn rewrite(&mut self, cx: &mut Context<'_>, written: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        // An HTTP/2 connection writes frames; an HTTP/1 head is looked at only if it is whole.
+        if self.activity.multiplexed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.rewritten = own_errors::in_github_shape(written)?;
+        // What does not go now goes on hyper's flush (it always flushes before closing).
+        Some(match self.poll_rewritten(cx) {
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            _ => Poll::Ready(Ok(written.len())),
+        })
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -446,6 +480,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_rewritten(cx))?;
+        if let Some(polled) = this.rewrite(cx, buf) {
+            return polled;
+        }
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         this.activity.wrote(this.start, &polled);
         polled
@@ -457,6 +495,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_rewritten(cx))?;
+        let mut full = bufs.iter().filter(|buf| !buf.is_empty());
+        if let (Some(only), None) = (full.next(), full.next())
+            && let Some(polled) = this.rewrite(cx, only)
+        {
+            return polled;
+        }
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.activity.wrote(this.start, &polled);
         polled
@@ -467,11 +512,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_rewritten(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_rewritten(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
@@ -494,6 +543,7 @@ pub(super) async fn serve<I>(
         io,
         activity: activity.clone(),
         start,
+        rewritten: Bytes::new(),
     });
     let svc = Watched {
         svc,
