@@ -12,21 +12,31 @@ use crate::route::{LinkOwner, Route};
 
 /// Rewrites one `Link` header value. `upstream_base` is the upstream origin and prefix,
 /// `public_base` the proxy's public URL (plus `/api/v3` if the client used it). Returns `None`
-/// when no entry is left.
+/// when no entry is left, and for a value that is not a well-formed `Link` (RFC 8288): text
+/// outside the grammar could hide a second URL that a client's pattern finds.
+///
+/// An entry is written anew, `<url>; rel="..."`: only its `rel` is kept, as a plain list of
+/// relation names. The upstream's parameter text is never copied: a parameter (quoted or not)
+/// could carry a `<https://elsewhere>; rel="next"` of its own.
 pub fn rewrite(
     value: &str,
     upstream_base: &str,
     public_base: &str,
     request: &Route,
 ) -> Option<String> {
+    let Some(entries) = entries(value) else {
+        tracing::debug!("dropping a Link header that is not well-formed");
+        return None;
+    };
     let mut out = String::with_capacity(value.len());
-    for (url, params) in entries(value) {
+    for Entry { url, rel } in entries {
+        let Some(rel) = rel else { continue };
         let Some(path_and_query) =
             on_upstream(url, upstream_base).and_then(|r| map_back(r, request))
         else {
             // Another host, another scheme, `javascript:`, a userinfo trick, or a route of
             // another resource: passing it on would send clients (and their tokens) elsewhere.
-            tracing::debug!(rel = %params, "dropping a Link entry that maps to no route");
+            tracing::debug!(%rel, "dropping a Link entry that maps to no route");
             continue;
         };
         if !out.is_empty() {
@@ -35,8 +45,9 @@ pub fn rewrite(
         out.push('<');
         out.push_str(public_base);
         out.push_str(&path_and_query);
-        out.push('>');
-        out.push_str(params);
+        out.push_str(">; rel=\"");
+        out.push_str(rel);
+        out.push('"');
     }
     (!out.is_empty()).then_some(out)
 }
@@ -72,34 +83,96 @@ fn map_back(path_and_query: &str, request: &Route) -> Option<String> {
     Some(link.path_and_query())
 }
 
-/// Splits a `Link` value into (`url`, `; rel="..."` parameters) entries.
-fn entries(value: &str) -> Vec<(&str, &str)> {
-    let mut out = Vec::new();
-    let mut rest = value;
-    while let Some(open) = rest.find('<') {
-        let Some(close) = rest[open..].find('>') else {
-            break;
-        };
-        let url = &rest[open + 1..open + close];
-        let after = &rest[open + close + 1..];
-        let end = params_end(after);
-        out.push((url, after[..end].trim_end()));
-        rest = &after[end..];
-    }
-    out
+/// One `Link` entry: its URL, and its `rel` if it has one made of plain relation names.
+struct Entry<'a> {
+    url: &'a str,
+    rel: Option<&'a str>,
 }
 
-/// Where an entry's parameters end: the first comma outside a quoted string.
-fn params_end(params: &str) -> usize {
-    let mut quoted = false;
-    for (i, c) in params.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            ',' if !quoted => return i,
-            _ => {}
+/// Parses a `Link` value (RFC 8288: `<url> *( ";" param )`, entries separated by commas,
+/// `param = token [ "=" ( token / quoted-string ) ]`); `None` if any of it is outside that.
+fn entries(value: &str) -> Option<Vec<Entry<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = value.trim_start_matches(OWS);
+    while !rest.is_empty() {
+        let after_open = rest.strip_prefix('<')?;
+        let close = after_open.find('>')?;
+        let url = &after_open[..close];
+        if url.contains('<') {
+            return None;
+        }
+        rest = &after_open[close + 1..];
+        let mut rel = None;
+        loop {
+            rest = rest.trim_start_matches(OWS);
+            if let Some(next) = rest.strip_prefix(';') {
+                let (name, param_value, after) = param(next.trim_start_matches(OWS))?;
+                if name.eq_ignore_ascii_case("rel") && rel.is_none() {
+                    // Only the first `rel` counts (RFC 8288, 3.3); a list of plain names.
+                    rel = param_value.filter(|v| is_relation_list(v));
+                }
+                rest = after;
+                continue;
+            }
+            break;
+        }
+        out.push(Entry { url, rel });
+        match rest.strip_prefix(',') {
+            Some(next) => rest = next.trim_start_matches(OWS),
+            None if rest.is_empty() => break,
+            None => return None,
         }
     }
-    params.len()
+    Some(out)
+}
+
+const OWS: [char; 2] = [' ', '\t'];
+
+/// One parameter at the start of `text`: its name, its value (unquoted; `None` without one),
+/// and the text after it. `None` if it is not a parameter.
+fn param(text: &str) -> Option<(&str, Option<&str>, &str)> {
+    let name_end = text.find(|c: char| !is_tchar(c)).unwrap_or(text.len());
+    if name_end == 0 {
+        return None;
+    }
+    let (name, rest) = text.split_at(name_end);
+    let Some(rest) = rest.trim_start_matches(OWS).strip_prefix('=') else {
+        return Some((name, None, rest));
+    };
+    let rest = rest.trim_start_matches(OWS);
+    if let Some(quoted) = rest.strip_prefix('"') {
+        // A quoted-string; an escaped character makes it no plain relation list anyway, so a
+        // value holding one is returned as it is written (and then not kept).
+        let mut escaped = false;
+        for (i, c) in quoted.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => return Some((name, Some(&quoted[..i]), &quoted[i + 1..])),
+                _ => {}
+            }
+        }
+        return None; // unterminated
+    }
+    let end = rest.find(|c: char| !is_tchar(c)).unwrap_or(rest.len());
+    if end == 0 {
+        return None;
+    }
+    Some((name, Some(&rest[..end]), &rest[end..]))
+}
+
+/// RFC 9110's `tchar`.
+fn is_tchar(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+/// `rel` values the proxy passes on: relation names (`next`, `last`, ...) separated by spaces.
+fn is_relation_list(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b" .-".contains(&b))
 }
 
 #[cfg(test)]
@@ -162,12 +235,54 @@ mod tests {
         for url in &dropped {
             let value = format!("<{url}>; rel=\"next\"");
             assert_eq!(rewrite(&value, UPSTREAM, PUBLIC, &request()), None, "{url}");
-            // Beside a good entry, only the good one is left.
+            // Beside a good entry, only the good one is left; a URL holding `<` or `>` is no
+            // well-formed value at all, and nothing is left.
             let good = format!("<{}>; rel=\"last\"", kept[0]);
             let mixed = format!("{value}, {good}");
-            let out = rewrite(&mixed, UPSTREAM, PUBLIC, &request()).unwrap();
+            let out = rewrite(&mixed, UPSTREAM, PUBLIC, &request());
+            if url.contains(['<', '>']) {
+                assert_eq!(out, None, "{url}");
+                continue;
+            }
+            let out = out.unwrap();
             assert!(!out.contains("rel=\"next\""), "{url}: {out}");
             assert!(out.contains("rel=\"last\""), "{url}: {out}");
         }
+    }
+
+    // Found by a hostile review: an entry's parameter text was copied as it came, so a second
+    // URL hidden in it (or after it, without a comma) reached clients, and Octokit's pattern for
+    // `rel="next"` followed it off to another host with the client's token.
+    #[test]
+    fn no_url_hidden_in_or_after_an_entrys_parameters_survives() {
+        let good = format!("<{UPSTREAM}/orgs/acme{TAIL}>");
+        let evil = "<https://evil.example/steal>; rel=\"next\"";
+        for value in [
+            format!("{good}; rel=\"prev\"; {evil}"),
+            format!("{good}; rel=\"prev\" {evil}"),
+            format!("{good}; a={evil}"),
+            format!("{good}; a=\"x{evil}"),
+            format!("{good}; a=\"x\\\"{evil}\""),
+            format!("{good}; rel={evil}"),
+            format!("{good}; rel=\"prev {evil}\""),
+            format!("{good}; title=\"{evil}\"; rel=\"prev\""),
+            format!("{good}; rel=\"prev\"x, {evil}"),
+        ] {
+            let out = rewrite(&value, UPSTREAM, PUBLIC, &request());
+            if let Some(out) = &out {
+                assert!(!out.contains("evil"), "{value} -> {out}");
+                assert_eq!(out.matches('<').count(), 1, "{value} -> {out}");
+                assert!(!out.contains("rel=\"next\""), "{value} -> {out}");
+            }
+        }
+        // A well-formed value keeps its relations, written anew.
+        let value = format!("{good}; rel=\"next\" ; title=\"a, b\", {good};rel=last");
+        let out = rewrite(&value, UPSTREAM, PUBLIC, &request()).unwrap();
+        let page =
+            "https://proxy.example/orgs/acme/packages/container/web/versions?per_page=10&page=2";
+        assert_eq!(
+            out,
+            format!("<{page}>; rel=\"next\", <{page}>; rel=\"last\"")
+        );
     }
 }

@@ -85,8 +85,15 @@ impl Upstream {
         upstream: &HeaderMap,
     ) -> HeaderMap {
         let mut headers = filter_response_headers(upstream);
-        if let Some(value) = upstream.get(header::LINK).and_then(|v| v.to_str().ok())
-            && let Some(rewritten) = link::rewrite(value, self.base(), public_base, route)
+        // Several lines are one list (RFC 9110, 5.3): every line is rewritten, none passed on.
+        let lines: Vec<&str> = upstream
+            .get_all(header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !lines.is_empty()
+            && let Some(rewritten) =
+                link::rewrite(&lines.join(", "), self.base(), public_base, route)
             && let Ok(value) = HeaderValue::try_from(rewritten)
         {
             headers.insert(header::LINK, value);
