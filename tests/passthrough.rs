@@ -489,7 +489,8 @@ async fn bad_queries_and_api_versions_are_400_locally() {
         "/orgs/acme/packages?package_type=container&per_page=100&page=101",
         "/orgs/acme/packages/container/web/versions?state=gone",
         "/orgs/acme/packages/container/web/versions?page=0",
-        "/orgs/acme/packages/container/web?page=2",
+        "/orgs/acme/packages/container/web?foo=1",
+        "/orgs/acme/packages/container/web?page=2&foo=1",
     ] {
         let reply = get(&proxy.url(path), proxy.token()).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
@@ -504,6 +505,47 @@ async fn bad_queries_and_api_versions_are_400_locally() {
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert!(sim.handle.log().is_empty());
+}
+
+// Found by a hostile review: `gh api --paginate` adds `per_page=100` to every GET, and Octokit's
+// `paginate` passes the caller's `per_page` on, also to reads that have no paging; GitHub ignores
+// it there, the proxy answered 400. Accepted, and neither sent nor a cache entry of its own.
+#[tokio::test]
+async fn paging_on_a_read_without_paging_is_ignored_as_github_does() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let package = "/orgs/acme/packages/container/web";
+    let plain = get(&proxy.url(package), proxy.token()).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    for query in [
+        "?per_page=100",
+        "?per_page=100&page=1",
+        "?page=3&per_page=x",
+    ] {
+        let reply = get(&proxy.url(&format!("{package}{query}")), proxy.token()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text());
+        assert_eq!(reply.body, plain.body, "{query}");
+    }
+    let conflicts = get(
+        &proxy.url("/orgs/acme/docker/conflicts?per_page=100"),
+        proxy.token(),
+    )
+    .await;
+    assert_eq!(conflicts.status, StatusCode::OK, "{}", conflicts.text());
+    let log = sim.handle.log();
+    assert_eq!(log.len(), 2, "one fetch per resource, whatever the paging");
+    assert!(
+        log.iter().all(|request| !request.path.contains("page")),
+        "paging was sent: {:?}",
+        log.iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+    );
+    // Any other parameter is still refused.
+    let other = get(
+        &proxy.url(&format!("{package}?per_page=1&foo=1")),
+        proxy.token(),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::BAD_REQUEST);
 }
 
 // Clean-up tools open 100 connections at once; none may stall or fail.

@@ -1,5 +1,5 @@
-//! Query parameters: only those the operation defines, with validated values, re-encoded in a
-//! fixed order for the upstream.
+//! Query parameters: only those the operation defines (paging where it has none is accepted
+//! and dropped, as GitHub ignores it), with validated values, re-encoded in a fixed order.
 
 use super::{Operation, PackageType};
 use crate::error::ProxyError;
@@ -76,6 +76,10 @@ impl Query {
                     .min(MAX_PER_PAGE);
                 set_once(&mut self.per_page, per_page, key)
             }
+            // GitHub ignores paging on an operation that has none, and clients add it to every
+            // GET they page through (`gh api --paginate`, Octokit's `paginate` with `per_page`):
+            // accepted, never sent, not in the cache key.
+            "page" | "per_page" => Ok(()),
             "token" if operation == RestorePackage => {
                 let ok = !value.is_empty()
                     && value.len() <= 512
