@@ -80,7 +80,7 @@ fn pieces(c: &mut Criterion) {
             cache::key(
                 black_box(&route),
                 black_box(&forwarded),
-                false,
+                "https://packages-proxy.internal.example",
                 &generations,
             )
         })

@@ -376,7 +376,12 @@ fn walk_checked(
     let mut upstream_headers = forwarded;
     upstream_headers.if_none_match = None;
     upstream_headers.if_modified_since = None;
-    let key = cache::key(&route, &upstream_headers, ghes, &state.cache.generations);
+    let key = cache::key(
+        &route,
+        &upstream_headers,
+        &public_base,
+        &state.cache.generations,
+    );
     let spec = FetchSpec {
         key,
         route,

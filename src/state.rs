@@ -110,6 +110,14 @@ impl AppState {
         let audit = Audit::open(config.mutations.audit_log.as_deref())?;
         let m = &config.mutations;
         let pacer = Pacer::new(m.pace, m.max_queue, m.max_queue_wait);
+        if config.shared.is_some() && config.server.public_url.is_none() {
+            // Answers are shared through Redis under their public URL (it is in their URLs and
+            // their cache key): replicas each defaulting to their own address never share one.
+            tracing::warn!(
+                "[shared] is set but server.public_url is not: set it to the address clients use \
+                 (the load balancer's), the same on every replica, or they share no cached answers"
+            );
+        }
         let public_url = config.server.public_url.clone().unwrap_or_else(|| {
             let scheme = if config.server.tls.is_some() {
                 "https"

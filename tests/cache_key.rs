@@ -25,7 +25,12 @@ fn key_of(
     for (name, value) in headers {
         map.insert(*name, HeaderValue::from_static(value));
     }
-    key(&route, &Forwarded::from_request(&map).unwrap(), ghes, gens)
+    let base = if ghes {
+        "https://p.example/api/v3"
+    } else {
+        "https://p.example"
+    };
+    key(&route, &Forwarded::from_request(&map).unwrap(), base, gens)
 }
 
 #[test]

@@ -319,6 +319,7 @@ multi_arch_guard = false
         let opts = ProxyOptions {
             clients: vec!["dry-runner"],
             extra,
+            public_url: Some(FLEET_URL),
             ..ProxyOptions::default()
         };
         proxies.push(spawn_proxy(sim, opts).await);

@@ -20,6 +20,7 @@ async fn fleet(sim: &Sim, redis: &Redis, extra: &str) -> Vec<TestProxy> {
                 "[shared]\nredis_url = \"{}\"\nreplicas = 3\n{extra}",
                 redis.url()
             ),
+            public_url: Some(FLEET_URL),
             ..ProxyOptions::default()
         };
         proxies.push(spawn_proxy(sim, opts).await);
@@ -360,6 +361,7 @@ async fn a_purge_reaches_every_replica_and_the_l2() {
         let opts = ProxyOptions {
             extra: format!("[shared]\nredis_url = \"{}\"\nreplicas = 2\n", redis.url()),
             admins: vec!["team-b"],
+            public_url: Some(FLEET_URL),
             ..ProxyOptions::default()
         };
         let proxy = spawn_proxy(&sim, opts).await;
@@ -414,7 +416,7 @@ async fn crafted_l2_entries_are_ignored() {
         .await
         .unwrap();
     let key = format!(
-        "packages-proxy:c:2022-11-28|application/vnd.github+json|-|/orgs/acme/packages/container/web/versions?state=active&per_page=10&page=1|g{epoch}.0.0.0"
+        "packages-proxy:c:2022-11-28|application/vnd.github+json|{FLEET_URL}|/orgs/acme/packages/container/web/versions?state=active&per_page=10&page=1|g{epoch}.0.0.0"
     );
     let key = key.as_str();
     // First a well-formed entry at that key: replica 1 serves it, which proves the key is right.
@@ -488,4 +490,95 @@ async fn an_l2_hit_does_not_spend_the_clients_upstream_quota() {
     )
     .await;
     assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+// Found by a hostile review: a client's `no-cache` was answered from the fleet's copy in Redis
+// while that copy was fresh, however long ago GitHub had confirmed it: a version deleted in
+// GitHub's web UI was served to every `no-cache` read until the TTL ran out.
+#[tokio::test]
+async fn no_cache_asks_github_even_while_the_fleet_holds_a_fresh_copy() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    // "0s": every `no-cache` goes to GitHub (a copy confirmed within the interval would do).
+    let fleet = fleet(&sim, &redis, "[cache]\nmin_revalidate_interval = \"0s\"\n").await;
+    let no_cache = [("cache-control", "no-cache")];
+    get(&fleet[0].url(WEB), fleet[0].token()).await;
+    assert_eq!(sim.gets(), 1);
+    // Cold here, fresh in Redis: a plain read takes the fleet's copy, `no-cache` does not.
+    let shared = get(&fleet[1].url(WEB), fleet[1].token()).await;
+    assert!(
+        shared
+            .header("cache-status")
+            .unwrap()
+            .contains("detail=shared"),
+        "{:?}",
+        shared.header("cache-status")
+    );
+    assert_eq!(sim.gets(), 1);
+    for (proxy, gets) in [(&fleet[2], 2), (&fleet[1], 3), (&fleet[1], 4)] {
+        let forced = send(Method::GET, &proxy.url(WEB), Some(proxy.token()), &no_cache).await;
+        assert_eq!(forced.status, StatusCode::OK);
+        let status = forced.header("cache-status").unwrap();
+        assert!(!status.contains("detail=shared"), "{status}");
+        assert_eq!(
+            sim.gets(),
+            gets,
+            "a no-cache read was answered from Redis: {status}"
+        );
+    }
+}
+
+// Found by a hostile review: the cache key did not name the base an answer's URLs are rewritten
+// onto, so a replica with another `public_url` on the same Redis (a rename rolling out, two
+// deployments sharing it) served the first one's `Link`, body URLs and ETags, and a 304 from
+// GitHub never mended them.
+#[tokio::test]
+async fn replicas_with_another_public_url_never_serve_each_others_urls() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let shared = format!("[shared]\nredis_url = \"{}\"\nreplicas = 2\n", redis.url());
+    let first = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra: shared.clone(),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let renamed = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            public_url: Some("https://renamed.example"),
+            extra: shared,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    wait_up(&first, true).await;
+    wait_up(&renamed, true).await;
+    let old = get(&first.url(WEB), first.token()).await;
+    assert!(
+        old.text().contains(&first.url("/orgs/acme/")),
+        "{}",
+        old.text()
+    );
+    let new = get(&renamed.url(WEB), renamed.token()).await;
+    assert_eq!(new.status, StatusCode::OK);
+    assert!(
+        !new.text().contains(&first.url("/")),
+        "the other replica's URLs: {}",
+        new.text()
+    );
+    assert!(new.text().contains("https://renamed.example/orgs/acme/"));
+    let link = new.header("link").expect("a Link header");
+    assert!(
+        link.starts_with("<https://renamed.example/orgs/acme/"),
+        "{link}"
+    );
+    assert_ne!(new.header("etag"), old.header("etag"));
+    // Each base is an entry of its own, in Redis as in memory.
+    assert_eq!(sim.gets(), 2);
+    let again = get(&renamed.url(WEB), renamed.token()).await;
+    assert_eq!(again.body, new.body);
+    assert_eq!(sim.gets(), 2);
 }

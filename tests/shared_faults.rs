@@ -24,6 +24,7 @@ async fn fleet(sim: &Sim, redis: &Redis, n: usize, extra: &str, upstream: &str) 
             ),
             extra_upstream: "",
             upstream_timeout: Box::leak(upstream.to_owned().into_boxed_str()),
+            public_url: Some(FLEET_URL),
             ..ProxyOptions::default()
         };
         proxies.push(spawn_proxy(sim, opts).await);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::{Method, StatusCode};
 use packages_proxy::sim::{Fault, FaultKind};
 use support::{
-    ProxyOptions, Redis, get, proxy_config, send, spawn_sim, temp_dir, wait_shared_tier,
+    FLEET_URL, ProxyOptions, Redis, get, proxy_config, send, spawn_sim, temp_dir, wait_shared_tier,
 };
 
 const WEB: &str = "/orgs/acme/packages/container/web/versions?per_page=10";
@@ -37,6 +37,7 @@ async fn three_processes_share_one_cache_one_fetch_and_invalidations() {
                 redis.url(),
                 audit.with_extension(format!("{i}.jsonl")).display()
             ),
+            public_url: Some(FLEET_URL),
             ..ProxyOptions::default()
         };
         let (text, tokens) = proxy_config(&sim.handle.base_url(), *port, &opts);

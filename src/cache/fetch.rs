@@ -1,7 +1,7 @@
 //! One upstream fetch for the cache: the fleet-wide single flight through the shared tier when
 //! there is one, the conditional GET (revalidating by ETag), and the buffered answer.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Method, StatusCode, header};
@@ -16,12 +16,15 @@ use crate::{
 /// A fetch that, with the shared tier up, first asks L2 and takes the fleet-wide lock, so one
 /// replica fetches for the whole fleet; the answer is written through to L2.
 ///
-/// `ticket` pays for the upstream request; an answer from L2 gives it back.
+/// `ticket` pays for the upstream request; an answer from L2 gives it back. With `l2_within`
+/// (a client's `no-cache`), an L2 copy is taken only if GitHub confirmed it less than that long
+/// ago: a fresh copy alone would answer every `no-cache` until its TTL ran out.
 pub(super) async fn fetch_fleet(
     state: &Arc<AppState>,
     spec: &FetchSpec,
     stale: Option<Arc<Entry>>,
     ticket: Ticket,
+    l2_within: Option<Duration>,
 ) -> Fetched {
     // A replica whose generations diverged from the fleet's keeps off the L2 until the shared
     // tier replayed them: its keys may name entries the fleet wrote for other contents.
@@ -34,8 +37,11 @@ pub(super) async fn fetch_fleet(
     };
     let config = &state.cache.config;
     let (swr, sie) = (config.stale_while_revalidate, config.stale_if_error);
+    let confirmed =
+        |entry: &Entry| l2_within.is_none_or(|within| entry.age(Instant::now()) < within);
     if let Some(entry) = shared.l2_get(&spec.key).await
         && entry.freshness(Instant::now(), swr, sie) == Freshness::Fresh
+        && confirmed(&entry)
     {
         ticket.refund().await;
         return Fetched::FromL2(Arc::new(entry));
@@ -44,11 +50,12 @@ pub(super) async fn fetch_fleet(
     let lock = match shared.lock(&spec.key).await {
         Ok(Some(token)) => Some(token),
         Ok(None) => match shared.wait_for(&spec.key).await {
-            Some(entry) => {
+            Some(entry) if confirmed(&entry) => {
                 ticket.refund().await;
                 return Fetched::FromL2(Arc::new(entry));
             }
-            None => None, // the leader failed: fetch ourselves, without the lock
+            // The leader failed (or answered from an older copy): fetch ourselves, unlocked.
+            _ => None,
         },
         Err(_) => None,
     };

@@ -1,8 +1,8 @@
 //! The cache key, and the invalidation generations inside it.
 //!
 //! One function, [`key`], with explicit inputs: the canonical route (path rebuilt from the typed
-//! route, the owner's login case-folded, the package name as spelled), the query with defaults made explicit, `Accept`, `X-GitHub-Api-Version`, whether `Link`
-//! URLs carry the `/api/v3` prefix, and the generations of the owner and package. A mistake here
+//! route, the owner's login case-folded, the package name as spelled), the query with defaults made explicit, `Accept`, `X-GitHub-Api-Version`, the base its
+//! URLs are rewritten onto (`public_url`, and the `/api/v3` prefix if used), and the generations of the owner and package. A mistake here
 //! poisons the cache for every team, so `tests/cache_key.rs` checks both directions: inputs that
 //! must differ give different keys, spellings that must not (query order, defaults) give one.
 //!
@@ -312,19 +312,24 @@ fn owner_namespaces(owner: &str) -> [String; 2] {
 }
 
 /// The cache key of a GET: see the module docs for what goes in and why.
+///
+/// `public_base` is the base the answer's URLs (`Link`, body, the ETag's suffix) are rewritten
+/// onto: the proxy's `public_url`, plus `/api/v3` when the client used that prefix. It is in the
+/// key because the shared tier holds answers for every replica: one configured with another
+/// `public_url` (a rename rolling out, two deployments on one Redis) must not serve them.
 pub fn key(
     route: &Route,
     forwarded: &Forwarded,
-    ghes_links: bool,
+    public_base: &str,
     generations: &Generations,
 ) -> String {
-    let mut key = SPARE.take().unwrap_or_else(|| String::with_capacity(160));
+    let mut key = SPARE.take().unwrap_or_else(|| String::with_capacity(192));
     key.clear();
     key.push_str(forwarded.api_version.to_str().unwrap_or("?"));
     key.push('|');
     key.push_str(forwarded.accept.to_str().unwrap_or("?"));
     key.push('|');
-    key.push_str(if ghes_links { "v3" } else { "-" });
+    key.push_str(public_base);
     key.push('|');
     push_path(&mut key, route);
     push_normalised_query(&mut key, route);

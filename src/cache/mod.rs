@@ -287,6 +287,7 @@ impl Cache {
         spec: &FetchSpec,
         stale: Option<Arc<Entry>>,
         ticket: Ticket,
+        l2_within: Option<Duration>,
     ) -> (watch::Receiver<Option<Fetched>>, bool) {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = inflight.get(&spec.key) {
@@ -308,7 +309,7 @@ impl Cache {
                 state: state.clone(),
                 key: spec.key.clone(),
             };
-            let fetched = fetch_fleet(&state, &spec, stale, ticket).await;
+            let fetched = fetch_fleet(&state, &spec, stale, ticket, l2_within).await;
             if let Fetched::Answer(entry, _) | Fetched::FromL2(entry) = &fetched
                 && cacheable(entry.status)
             {
@@ -598,7 +599,11 @@ async fn serve_slow(
                 if forced && !interval.is_zero() {
                     cache.revalidated.insert(spec.key.clone(), ());
                 }
-                cache.join_or_start(state, &spec, stale.clone(), ticket)
+                // A client's `no-cache` asks GitHub (with or without a copy here): a copy the
+                // fleet holds does only if it was confirmed as recently as this replica's own
+                // entry would have to be.
+                let l2_within = conditions.no_cache.then_some(interval);
+                cache.join_or_start(state, &spec, stale.clone(), ticket, l2_within)
             }
             // Spent quota or a full upstream queue: join a fetch that started meanwhile, or
             // answer a client's `no-cache` from the stored entry (best effort) rather than
@@ -699,9 +704,10 @@ async fn revalidate_in_background(
     }
     match admission::admit(state, &Payer::Proxy, Work::Background).await {
         Ok(ticket) => {
-            let _background = state
-                .cache
-                .join_or_start(state, spec, Some(entry.clone()), ticket);
+            let _background =
+                state
+                    .cache
+                    .join_or_start(state, spec, Some(entry.clone()), ticket, None);
             StaleWhy::Revalidating
         }
         Err(ProxyError::BackingOff(answer)) => StaleWhy::BackingOff(answer.kind),

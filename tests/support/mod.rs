@@ -183,6 +183,10 @@ impl TestProxy {
     }
 }
 
+/// The `public_url` of every replica of a test fleet, as behind one load balancer: answers the
+/// replicas share through Redis carry URLs on it (an answer's URLs are part of its cache key).
+pub const FLEET_URL: &str = "http://fleet.packages-proxy.test";
+
 /// The config text for a proxy in front of `upstream`; returns it with fresh client tokens.
 pub fn proxy_config(upstream: &str, port: u16, opts: &ProxyOptions) -> (String, Vec<String>) {
     let owners: Vec<String> = opts.owners.iter().map(|o| format!("{o:?}")).collect();
