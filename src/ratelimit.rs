@@ -231,10 +231,19 @@ impl RateLimit {
             // GitHub has not rolled yet) must not become a request a second to a spent token.
             let wait = (until_epoch(reset) + Duration::from_millis(500)).max(MIN_PRIMARY);
             (kind_of(BackoffKind::Primary), wait)
-        } else if too_many {
-            (BackoffKind::TooManyRequests, hinted(&mut state))
-        } else if forbidden && says_secondary {
-            (BackoffKind::Secondary, hinted(&mut state))
+        } else if too_many || (forbidden && says_secondary) {
+            let kind = if too_many {
+                BackoffKind::TooManyRequests
+            } else {
+                BackoffKind::Secondary
+            };
+            let mut wait = hinted(&mut state);
+            if remaining == Some(0) {
+                // Spent too: without `retry-after`, GitHub's order (NOTES §6) is the reset next,
+                // and a minute (doubling) before it would only meet the spent count again.
+                wait = wait.max(until_epoch(reset) + Duration::from_millis(500));
+            }
+            (kind, wait)
         } else {
             if (status.is_success() || status == StatusCode::NOT_MODIFIED)
                 && state.backoff.is_none_or(|b| b.until <= Instant::now())

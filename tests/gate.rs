@@ -934,3 +934,54 @@ async fn a_reload_does_not_refill_rule_budgets() {
     );
     assert_eq!(sim.deletes(), 2);
 }
+
+// Found by a hostile review: a delete waiting for an upstream slot was sent once it got one,
+// although the read holding the slot had met a secondary limit meanwhile (the back-off was
+// checked only before the wait). It is refused with GitHub's back-off answer, `not_sent`.
+#[tokio::test]
+async fn a_delete_queued_for_a_slot_is_not_sent_once_a_back_off_opened() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-backoff").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "0s"),
+        extra_upstream: "max_concurrency = 1",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let limit = FaultKind::Delayed {
+        fault: Box::new(FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 60,
+        }),
+        delay: Duration::from_millis(800),
+    };
+    sim.handle.inject(Fault::new(limit, 1));
+    // team-b's read holds the only upstream slot until GitHub limits it.
+    let read = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.tokens[1].clone());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(Duration::from_secs(5), "the read at GitHub", || async {
+        sim.gets() == 1
+    })
+    .await;
+    let deleting = deletes_at_once(&proxy.url(""), proxy.token(), &web[1..2]).remove(0);
+    eventually(Duration::from_secs(5), "the delete's intent", || async {
+        records(&audit).iter().any(|r| r.phase == "intent")
+    })
+    .await;
+    assert_eq!(read.await.unwrap(), StatusCode::FORBIDDEN);
+    let refused = deleting.await.unwrap();
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(sim.deletes(), 0, "a delete was sent during the back-off");
+    let records = records(&audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
+        "{records:?}"
+    );
+}

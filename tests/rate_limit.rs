@@ -727,3 +727,80 @@ async fn a_body_that_stalls_past_the_timeout_is_a_504() {
         );
     }
 }
+
+// Found by a hostile review: the back-off was checked before a request waited for its upstream
+// slot, never after, so requests queued behind one that met a secondary limit followed it to
+// GitHub (up to `max_queue` of them, deletes included). Each is asked again before it is sent.
+#[tokio::test]
+async fn requests_queued_for_a_slot_are_not_sent_once_a_back_off_opened() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra_upstream: "max_concurrency = 1",
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let limit = FaultKind::Delayed {
+        fault: Box::new(FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 60,
+        }),
+        delay: Duration::from_millis(500),
+    };
+    sim.handle.inject(Fault::new(limit, 1));
+    let fetch = |i: usize| {
+        let (url, token) = (proxy.url(&cold(i)), proxy.token().to_owned());
+        tokio::spawn(async move { get(&url, &token).await })
+    };
+    let first = fetch(0);
+    eventually(
+        Duration::from_secs(10),
+        "the first read at GitHub",
+        || async { sim.gets() == 1 },
+    )
+    .await;
+    let queued: Vec<_> = (1..4).map(fetch).collect();
+    wait_upstream_queued(&proxy, 3.0).await;
+    assert_eq!(first.await.unwrap().status, StatusCode::FORBIDDEN);
+    for reply in queued {
+        let reply = reply.await.unwrap();
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+        assert!(reply.header("retry-after").is_some());
+    }
+    assert_eq!(
+        sim.gets(),
+        1,
+        "a queued request was sent during the back-off"
+    );
+}
+
+// Found by a hostile review: a secondary limit reporting the count spent as well
+// (`x-ratelimit-remaining: 0`, no `retry-after`) backed off a minute, then probed the spent token
+// every minute (doubling) until its reset. GitHub's order (NOTES §6): `retry-after`, else the
+// reset when the count is spent, else at least a minute.
+#[tokio::test]
+async fn a_secondary_limit_with_the_count_spent_waits_for_the_reset() {
+    let proxy = behind_a_spent_429(
+        1200,
+        None,
+        br#"{"message":"You have exceeded a secondary rate limit. Please wait a few minutes."}"#,
+    )
+    .await;
+    let next = get(&proxy.url(&cold(1)), proxy.token()).await;
+    assert_eq!(
+        next.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        next.text()
+    );
+    let reset: u64 = next.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(
+        reset >= epoch_now() + 1100,
+        "backs off until {reset}, {} s away, not the reset 1,200 s away",
+        reset.saturating_sub(epoch_now())
+    );
+    let retry_after: u64 = next.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry_after >= 1100, "retry-after {retry_after}");
+}

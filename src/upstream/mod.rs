@@ -183,6 +183,15 @@ impl Upstream {
         permit.inspect_err(|_| ticket.refund_unsent())
     }
 
+    /// Refuses `ticket`'s request if a back-off is open, giving its charge back if it was
+    /// never sent. Asked again right before every attempt: a request that waited for a slot
+    /// (or a mutation for its pace) while another one's answer opened a back-off must not go
+    /// out during it; a queue of a thousand would otherwise follow a limit within seconds.
+    fn refuse_now(&self, ticket: &Ticket) -> Result<(), ProxyError> {
+        self.refuse_during_backoff()
+            .inspect_err(|_| ticket.refund_unsent())
+    }
+
     /// The second half of [`Upstream::send`], with a permit from [`Upstream::acquire`].
     pub(crate) async fn send_holding(
         &self,
@@ -200,6 +209,7 @@ impl Upstream {
             0 // mutations are never retried
         });
         loop {
+            self.refuse_now(ticket)?;
             let request = self.request(method.clone(), path_and_query, forwarded)?;
             // From the first attempt on, the charge stays spent (retries are the same request).
             ticket.spend();
@@ -243,7 +253,6 @@ impl Upstream {
                 }
             };
             tokio::time::sleep(delay).await;
-            self.refuse_during_backoff()?;
         }
     }
 
