@@ -727,3 +727,52 @@ async fn one_clients_burst_of_misses_does_not_queue_ahead_of_another_client() {
         assert_eq!(task.await.unwrap(), StatusCode::OK);
     }
 }
+
+// Found by a hostile review: the proxy's own revalidations took no share of the upstream slots,
+// so one client reading many stale keys started enough of them to hold every slot, and other
+// clients' misses queued behind that background work. The proxy's work has a share like a client.
+#[tokio::test]
+async fn background_revalidations_hold_at_most_a_share_of_the_upstream_slots() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 2",
+        extra: "[cache]\nversion_lists_ttl = \"1s\"\n".to_owned(),
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    for i in 0..6 {
+        assert_eq!(
+            get(&proxy.url(&cold(i)), proxy.token()).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(sim.gets(), 6);
+    // Past the TTL every one is stale: a read answers it at once and revalidates it behind.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(3)), 7));
+    for i in 0..6 {
+        let stale = get(&proxy.url(&cold(i)), proxy.token()).await;
+        assert!(
+            cache_status(&stale).contains("stale"),
+            "{}",
+            cache_status(&stale)
+        );
+    }
+    // Two revalidations at GitHub (the proxy's share of the slots), four waiting for it.
+    wait_upstream_queued(&proxy, 4.0).await;
+    assert_eq!(sim.gets(), 8);
+    // Another client's miss takes one of the two slots left, at once.
+    let other = {
+        let (url, token) = (proxy.url(&cold(9)), proxy.tokens[1].clone());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(2),
+        "the other client's read at GitHub",
+        || async { sim.gets() == 9 },
+    )
+    .await;
+    assert_eq!(other.await.unwrap(), StatusCode::OK);
+}
