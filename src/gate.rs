@@ -375,10 +375,10 @@ async fn complete(
         // intent is at the next start; the client gets its 502 or 504 now. The call's place
         // in the queue is held until then, so a shutdown waits for the outcome.
         Err(error @ (ProxyError::Upstream(_) | ProxyError::UpstreamTimeout)) => {
-            let (state, route, place) = (state.clone(), m.route.clone(), m._place);
+            let (state, place) = (state.clone(), m._place);
             tokio::spawn(async move {
                 let _place = place;
-                settle_unanswered(&state, &record, &route).await;
+                settle_unanswered(&state, &record).await;
             });
             return Err(error);
         }
@@ -419,7 +419,7 @@ async fn complete(
 /// `audit restore`. At shutdown the intent is left open instead, for the next start to
 /// reconcile once its grace has passed (read early, a delete GitHub is still performing would be
 /// recorded `not_applied`); so is one another process sharing the log has settled already.
-async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route) {
+async fn settle_unanswered(state: &AppState, record: &AuditRecord) {
     let every = state.config.upstream.timeout.max(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -436,13 +436,9 @@ async fn settle_unanswered(state: &AppState, record: &AuditRecord, route: &Route
         if state.audit.has_outcome(record).await {
             return;
         }
+        // A performed call is dropped from the caches there, as any reconciled one.
         match crate::reconcile::settle(state, record).await {
-            Ok(performed) => {
-                if performed {
-                    invalidate(state, route).await;
-                }
-                return;
-            }
+            Ok(_) => return,
             Err(why) => {
                 crate::metrics::destructive("unreconciled");
                 tracing::warn!(
@@ -596,7 +592,7 @@ async fn pace_check(state: &AppState) -> Result<(), ProxyError> {
 }
 
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
-async fn invalidate(state: &AppState, route: &Route) {
+pub(crate) async fn invalidate(state: &AppState, route: &Route) {
     let scopes = crate::cache::Generations::scopes_of(route);
     if let Err(error) =
         crate::cache::invalidate(&state.cache, state.shared.as_deref(), &scopes).await

@@ -27,6 +27,7 @@ use http::{Method, StatusCode};
 use crate::{
     admission::{self, Payer, Work},
     audit::{self, AuditRecord, Decision, Phase},
+    route::Route,
     state::AppState,
     upstream::Forwarded,
 };
@@ -196,6 +197,14 @@ async fn reconcile_one(state: &AppState, intent: &AuditRecord, why: &str) -> Res
         .await
         .map_err(|error| format!("the reconciled outcome was not written: {error}"))?;
     crate::metrics::destructive(&format!("reconciled_{decision}"));
+    if performed {
+        // Its process never got to drop the target from the caches (it died, or the answer never
+        // came): every replica would serve it until its TTL ran out.
+        match Route::parse(&Method::GET, target, None) {
+            Ok(route) => crate::gate::invalidate(state, &route).await,
+            Err(_) => tracing::warn!(path = %intent.path, "a reconciled target names no route"),
+        }
+    }
     Ok(performed)
 }
 

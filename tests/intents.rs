@@ -18,7 +18,10 @@ use packages_proxy::{
     audit::{self, AuditRecord},
     route::Route,
 };
-use support::{ProxyOptions, Sim, proxy_config, send, spawn_sim};
+use support::{
+    FLEET_URL, ProxyOptions, Redis, Sim, get, proxy_config, send, spawn_proxy, spawn_sim,
+    wait_shared_tier,
+};
 
 /// Starts `serve` in front of the in-process simulator with `extra` config and its audit log.
 async fn serve(sim: &Sim, dir: &e2e::TempDir, extra: &str, server: &'static str) -> e2e::ProxyProc {
@@ -313,4 +316,72 @@ async fn audit_restore_brings_back_whole_packages_first() {
             .version_deleted("acme", "container", "web", web[1]),
         Some(false)
     );
+}
+
+// Found by a hostile review: a replica killed while GitHub performed its delete left the deleted
+// version in every replica's cache and in Redis until its TTL ran out: the start-up
+// reconciliation recorded `completed` and dropped nothing. A reconciled call that was performed
+// is invalidated fleet-wide, as the gate does for one it sent.
+#[tokio::test]
+async fn a_delete_reconciled_at_start_is_dropped_from_every_replicas_cache() {
+    let Some(redis) = Redis::start() else { return };
+    let sim = spawn_sim().await;
+    let dir = e2e::TempDir::new("intents-reconcile-fleet");
+    let audit = dir.path("audit.jsonl");
+    let web = sim.versions("web").await;
+    let version = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
+    let shared = format!("[shared]\nredis_url = \"{}\"\nreplicas = 2\n", redis.url());
+    // The surviving replica holds the version (and so does Redis).
+    let other = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra: shared.clone(),
+            public_url: Some(FLEET_URL),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    wait_shared_tier(&other.url("/metrics"), true, Duration::from_secs(5)).await;
+    assert_eq!(
+        get(&other.url(&version), other.token()).await.status,
+        StatusCode::OK
+    );
+    // The killed replica's delete, performed at GitHub, and its intent alone in its log.
+    let deleted = send(
+        Method::DELETE,
+        &format!("{}{version}", sim.handle.base_url()),
+        Some(&sim.org_token),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let intent = orphan_intent(&version, "crash-sent", an_hour_ago);
+    std::fs::write(&audit, serde_json::to_string(&intent).unwrap() + "\n").unwrap();
+    let cached = get(&other.url(&version), other.token()).await;
+    assert_eq!(
+        cached.status,
+        StatusCode::OK,
+        "the test needs the version cached"
+    );
+
+    let (extra, _) = policy(&audit, "pace = \"0s\"");
+    let _restarted = serve(&sim, &dir, &format!("{extra}{shared}"), "").await;
+    wait_for_records(&audit, "the reconciled outcome", |r| {
+        r.iter().any(|r| r.reconciled && r.decision == "completed")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = get(&other.url(&version), other.token()).await;
+        if reply.status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other replica still serves the deleted version: {}",
+            reply.header("cache-status").unwrap_or("-")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
