@@ -26,6 +26,14 @@ use crate::{
 /// The cache purge endpoint (admins only).
 pub const PURGE_PATH: &str = "/admin/cache/purge";
 
+/// Whether a request is a health probe: answered at once from memory, so even past
+/// `server.max_in_flight` (a load balancer or kubelet reading "overloaded" from its probe takes
+/// a replica out when it is merely busy, every replica at once when GitHub is slow). A metrics
+/// scrape renders every series: it is shed like any request.
+pub fn is_probe(method: &Method, path: &str) -> bool {
+    (*method == Method::GET || *method == Method::HEAD) && matches!(path, "/healthz" | "/readyz")
+}
+
 /// `/healthz` (alive), `/readyz` (ready unless draining) and `/metrics`, outside the Packages
 /// API and without authentication.
 /// `metrics` false: `/metrics` lives on the admin listener instead.

@@ -82,6 +82,13 @@ impl Slots {
             .map(|_| Taken(self))
     }
 
+    /// A slot even past the cap, for an answer that is ready at once and costs nothing
+    /// (health probes): counted while it is built, like any other.
+    pub fn take_anyway(self: &Arc<Self>) -> Taken<'_> {
+        self.taken.fetch_add(1, Ordering::Acquire);
+        Taken(self)
+    }
+
     /// Slots taken now.
     pub fn taken(&self) -> usize {
         self.taken.load(Ordering::Relaxed)

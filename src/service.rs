@@ -2,7 +2,8 @@
 //!
 //! It does three things, in this order: marks credentials sensitive (so nothing that logs
 //! request headers can print them), refuses at once with a 503 when `server.max_in_flight`
-//! requests are already being served (overload fails fast instead of queueing), and runs the
+//! requests are already being served (overload fails fast instead of queueing; health probes are
+//! answered all the same), and runs the
 //! walk ([`proxy::handle`]), which turns every error into a GitHub-shaped response.
 //!
 //! Built once and cloned per connection (two `Arc`s): the one semaphore is shared by every
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use crate::{
     auth::AuthMemo,
     error::ProxyError,
+    ops,
     proxy::{self, Answer},
     quota::Slots,
     state::AppState,
@@ -55,8 +57,12 @@ impl ProxyService {
         memo: Option<&AuthMemo>,
     ) -> Answer {
         mark_sensitive(request.headers_mut());
-        let Some(slot) = self.in_flight.try_take() else {
-            return Either::Left(future::ready(ProxyError::Overloaded.into_response()));
+        let slot = match self.in_flight.try_take() {
+            Some(slot) => slot,
+            None if ops::is_probe(request.method(), request.uri().path()) => {
+                self.in_flight.take_anyway()
+            }
+            None => return Either::Left(future::ready(ProxyError::Overloaded.into_response())),
         };
         proxy::handle(&self.state, request, guard, slot, memo)
     }

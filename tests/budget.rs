@@ -605,6 +605,12 @@ async fn requests_past_the_global_in_flight_limit_are_shed_at_once() {
     );
     assert_eq!(shed.header("retry-after"), Some("1"));
     assert!(shed.json()["message"].is_string(), "not GitHub's shape");
+    // Found by a hostile review: probes were shed too, so a load balancer took a merely busy
+    // replica out (every replica at once while GitHub was slow) and a kubelet restarted it.
+    for probe in ["/healthz", "/readyz"] {
+        let reply = get(&proxy.url(probe), proxy.token()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{probe} was shed");
+    }
     assert_eq!(
         sim.arrivals(&Method::GET).len(),
         2,
