@@ -17,7 +17,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
 };
 use tokio::{
@@ -154,8 +154,8 @@ pub async fn start(config: Config, token: OrgToken) -> Result<Running, StartErro
 }
 
 /// The admin listener: plain HTTP/1, only `/metrics`, `/healthz` and `/readyz`. It has its own
-/// `server.max_connections` slots (so a flood on one listener cannot starve the other's probes)
-/// and the same accept back-off.
+/// `server.max_connections` slots (so a flood on one listener cannot starve the other's probes),
+/// the same accept back-off, and the same watch for answers a peer never reads.
 async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
     let server = &state.config.server;
     let slots = Arc::new(Semaphore::new(server.max_connections));
@@ -165,17 +165,17 @@ async fn serve_admin(listener: TcpListener, state: Arc<AppState>) {
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit; // released when the connection ends
+            let limits = IdleLimits {
+                head: header_read_timeout,
+                idle: state.config.server.idle_timeout,
+            };
             let svc = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let response =
                     crate::ops::operational(&state, request.method(), request.uri().path(), true)
                         .unwrap_or_else(|| crate::error::ProxyError::NotFound.into_response());
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_read_timeout)
-                .serve_connection(TokioIo::new(stream), svc);
-            let _ = conn.await;
+            conn::serve_admin(stream, svc, limits).await;
         });
     }
 }

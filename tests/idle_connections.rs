@@ -528,3 +528,51 @@ async fn a_slow_steady_h2_reader_gets_its_whole_answer() {
     }
     assert_eq!(got, len);
 }
+
+// Found by a hostile review: the admin listener had hyper's head timer only, so clients that
+// pipelined scrapes and read nothing held its `max_connections` slots for ever, and probes and
+// Prometheus timed out there. Its connections are watched for unread answers like the main ones.
+#[tokio::test]
+async fn admin_clients_that_never_read_their_answers_do_not_hold_its_slots() {
+    let sim = spawn_sim().await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let server = format!(
+        "admin_listen = \"{admin}\"\nmax_connections = 2\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\""
+    );
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra_server: Box::leak(server.into_boxed_str()),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    // Series to make each scrape a few kilobytes.
+    for i in 0..20 {
+        let _ = send(
+            Method::GET,
+            &proxy.url(&format!(
+                "/orgs/acme/packages/container/web/versions?per_page={}",
+                1 + i
+            )),
+            Some(proxy.token()),
+            &[],
+        )
+        .await;
+    }
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(admin).await.unwrap();
+        let scrapes = "GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n".repeat(500);
+        stream.write_all(scrapes.as_bytes()).await.unwrap();
+        unread.push(stream); // never read
+    }
+    healthz_within(admin, "clients that read nothing hold every admin slot").await;
+    drop(unread);
+    let _ = &proxy;
+}

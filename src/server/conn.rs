@@ -617,6 +617,57 @@ pub(super) async fn serve<I>(
     }
 }
 
+/// Serves one admin connection (HTTP/1: probes and scrapes). Hyper's head timer closes one that
+/// sends nothing or sits idle between requests (`limits.head`); one whose answer could not be
+/// written for `limits.idle` (a peer that pipelines requests and reads nothing) is dropped, as on
+/// the main listener: a handful of those held every admin slot, Prometheus's and probes' too.
+pub(super) async fn serve_admin<S>(stream: tokio::net::TcpStream, svc: S, limits: IdleLimits)
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Body>,
+    S::Error: Into<BoxError>,
+{
+    let activity = Arc::new(Activity::new());
+    let start = Instant::now();
+    let io = TokioIo::new(Tracked {
+        io: stream,
+        activity: activity.clone(),
+        start,
+        rewritten: Bytes::new(),
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .serve_connection(io, svc);
+    tokio::select! {
+        result = conn => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        }
+        () = unread(&activity, start, limits.idle) => {
+            tracing::debug!("dropping an admin connection whose answer sat unread");
+        }
+    }
+}
+
+/// Resolves once a write has found the socket full for `idle`, with none going through since.
+async fn unread(activity: &Activity, start: Instant, idle: Duration) {
+    loop {
+        let now = Instant::now();
+        let next = match activity.stalled_ms.load(Ordering::Relaxed) {
+            NOT_STALLED => now + idle,
+            since => {
+                let at = start + Duration::from_millis(since) + idle;
+                if now >= at {
+                    return;
+                }
+                at
+            }
+        };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
 /// Resolves once the connection is past one of its limits: no first request within the head
 /// timeout, no request in flight for the idle timeout, or an HTTP/1 head still incomplete a head
 /// timeout after its first byte (`Quiet::Idle`, never once `closing`); or an answer that could
