@@ -49,6 +49,9 @@ pub struct Backoff {
     pub until: Instant,
     /// When it ends (wall clock, for `x-ratelimit-reset` and the fleet).
     pub until_wall: SystemTime,
+    /// Limits without `retry-after` met in a row when it opened (its wait doubles with each):
+    /// shared with the fleet, so repeats met through other replicas double it too.
+    pub strikes: u32,
 }
 
 /// The org token's rate limit as this replica knows it. A std `Mutex`: a handful of field
@@ -62,7 +65,7 @@ pub struct RateLimit {
     /// connection). Taking the lock for anything else clears it.
     quiet: AtomicBool,
     /// Where a back-off this replica opens is announced (the shared tier tells the fleet).
-    announce: OnceLock<mpsc::UnboundedSender<(SystemTime, BackoffKind)>>,
+    announce: OnceLock<mpsc::UnboundedSender<Backoff>>,
 }
 
 #[derive(Debug, Default)]
@@ -261,20 +264,23 @@ impl RateLimit {
     }
 
     /// Announces back-offs this replica opens to `sender` (set once, by the shared tier).
-    pub fn announce_to(&self, sender: mpsc::UnboundedSender<(SystemTime, BackoffKind)>) {
+    pub fn announce_to(&self, sender: mpsc::UnboundedSender<Backoff>) {
         let _ = self.announce.set(sender);
     }
 
     fn announce(&self, backoff: Backoff) {
         if let Some(sender) = self.announce.get() {
-            let _ = sender.send((backoff.until_wall, backoff.kind));
+            let _ = sender.send(backoff);
         }
     }
 
-    /// Applies a back-off another replica opened (not announced again).
-    pub fn open_until(&self, until: SystemTime, kind: BackoffKind) {
+    /// Applies a back-off another replica opened (not announced again), with the strikes it
+    /// counted: the next limit without `retry-after`, met here, waits twice as long.
+    pub fn open_until(&self, until: SystemTime, kind: BackoffKind, strikes: u32) {
+        let mut state = self.lock();
+        state.strikes = state.strikes.max(strikes);
         if let Ok(wait) = until.duration_since(SystemTime::now()) {
-            let _ = open(&mut self.lock(), kind, wait);
+            let _ = open(&mut state, kind, wait);
         }
     }
 
@@ -417,6 +423,7 @@ fn open(state: &mut State, kind: BackoffKind, wait: Duration) -> Option<Backoff>
         kind,
         until,
         until_wall: SystemTime::now() + wait,
+        strikes: state.strikes,
     };
     state.backoff = Some(backoff);
     Some(backoff)
@@ -489,5 +496,37 @@ mod tests {
         let limited = headers(&[("retry-after", "60")]);
         rate_limit.observe(StatusCode::TOO_MANY_REQUESTS, &limited, true);
         assert!(rate_limit.saving());
+    }
+
+    // Found by a hostile review: strikes were counted per replica, so behind a round-robin load
+    // balancer repeated secondary limits met through other replicas never doubled the wait,
+    // and the fleet probed a limited token every minute. A fleet back-off carries its strikes.
+    #[test]
+    fn strikes_heard_from_the_fleet_double_the_next_wait() {
+        let secondary = headers(&[("x-ratelimit-remaining", "4000")]);
+        let wait_after = |rate_limit: &RateLimit| {
+            rate_limit.observe(StatusCode::FORBIDDEN, &secondary, true);
+            let backoff = rate_limit.backoff().expect("a back-off");
+            backoff
+                .until_wall
+                .duration_since(SystemTime::now())
+                .unwrap()
+        };
+        let alone = RateLimit::new(0.1);
+        assert!(wait_after(&alone) <= FIRST_BACKOFF);
+        // Another replica's episode, already over: its strikes stay.
+        let told = RateLimit::new(0.1);
+        told.open_until(
+            SystemTime::now() - Duration::from_secs(1),
+            BackoffKind::Secondary,
+            1,
+        );
+        assert!(told.backoff().is_none());
+        let wait = wait_after(&told);
+        assert!(
+            wait > FIRST_BACKOFF && wait <= 2 * FIRST_BACKOFF,
+            "{wait:?}"
+        );
+        assert_eq!(told.backoff().unwrap().strikes, 2);
     }
 }

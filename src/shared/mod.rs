@@ -49,7 +49,7 @@ use crate::{
     cache::{Cache, Entry},
     config::SharedConfig,
     error::limit::{BackoffKind, BucketSnapshot},
-    ratelimit::RateLimit,
+    ratelimit::{Backoff, RateLimit},
 };
 
 /// The Redis tier.
@@ -447,17 +447,14 @@ async fn bump_past(
 }
 
 /// Publishes back-offs this replica opens, and stores the latest for replicas that join later.
-async fn announce_backoffs(
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<(SystemTime, BackoffKind)>,
-) {
-    while let Some((until, kind)) = rx.recv().await {
+async fn announce_backoffs(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Backoff>) {
+    while let Some(backoff) = rx.recv().await {
         let Ok(mut conn) = shared.conn() else {
             continue;
         };
         // One that fails (Redis down) is announced again by the next resync, if still open.
         let _ = shared
-            .run(store_backoff(&shared, &mut conn, until, kind))
+            .run(store_backoff(&shared, &mut conn, &backoff))
             .await;
     }
 }
@@ -466,20 +463,20 @@ async fn announce_backoffs(
 async fn store_backoff(
     shared: &Shared,
     conn: &mut ConnectionManager,
-    until: SystemTime,
-    kind: BackoffKind,
+    backoff: &Backoff,
 ) -> redis::RedisResult<()> {
     let key = shared.key("b", "backoff-until");
     let channel = shared.key("ch", "events");
-    let until_ms = epoch_ms(until);
+    let until_ms = epoch_ms(backoff.until_wall);
     let ttl = until_ms.saturating_sub(epoch_ms(SystemTime::now())).max(1);
     let kind_key = shared.key("b", "backoff-kind");
     // The deadline keeps the format replicas of the previous release read (a bare number,
     // `backoff <ms>`), so a rolling deploy never has a replica ignore a fleet back-off; the
-    // kind travels beside it.
-    let kinded = format!("backoff {until_ms} {}", kind.as_str());
+    // kind and the strikes travel beside it (a replica that knows no strikes reads the kind).
+    let kind = format!("{} {}", backoff.kind.as_str(), backoff.strikes);
+    let kinded = format!("backoff {until_ms} {kind}");
     let _: () = conn.pset_ex(&key, until_ms, ttl).await?;
-    let _: () = conn.pset_ex(&kind_key, kind.as_str(), ttl).await?;
+    let _: () = conn.pset_ex(&kind_key, &kind, ttl).await?;
     conn.publish::<_, _, ()>(&channel, kinded).await?;
     conn.publish::<_, _, ()>(&channel, format!("backoff {until_ms}"))
         .await
@@ -748,7 +745,7 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
     if let Some(own) = replica.rate_limit().backoff()
         && fleet_until.is_none_or(|fleet| fleet < epoch_ms(own.until_wall))
     {
-        store_backoff(shared, &mut conn, own.until_wall, own.kind).await?;
+        store_backoff(shared, &mut conn, &own).await?;
     }
     Ok(())
 }
@@ -789,8 +786,8 @@ async fn put_back_spending(
     Ok(())
 }
 
-/// A back-off another replica opened: `<until_ms> <kind>` (a bare `<until_ms>` from an older
-/// replica counts as a secondary limit: a wait with a deadline).
+/// A back-off another replica opened: `<until_ms> <kind> <strikes>` (a bare `<until_ms>` from an
+/// older replica counts as a secondary limit: a wait with a deadline; no strikes, none).
 fn apply_backoff(replica: &dyn Replica, text: &str) {
     let mut parts = text.split(' ');
     let until = parts.next().and_then(|until| until.parse::<u64>().ok());
@@ -798,14 +795,18 @@ fn apply_backoff(replica: &dyn Replica, text: &str) {
         .next()
         .and_then(BackoffKind::parse)
         .unwrap_or(BackoffKind::Secondary);
+    let strikes = parts
+        .next()
+        .and_then(|strikes| strikes.parse::<u32>().ok())
+        .unwrap_or(0);
     if let Some(until) = until {
         replica
             .rate_limit()
-            .open_until(UNIX_EPOCH + Duration::from_millis(until), kind);
+            .open_until(UNIX_EPOCH + Duration::from_millis(until), kind, strikes);
     }
 }
 
-/// One published event: `gen <value> <scope>` or `backoff <until_ms> <kind>`.
+/// One published event: `gen <value> <scope>` or `backoff <until_ms> <kind> <strikes>`.
 fn apply(replica: &dyn Replica, text: &str) {
     let mut parts = text.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
