@@ -33,6 +33,9 @@ pub struct Heads<'a> {
     /// `Authorization` came more than once: refused (400), since a front proxy that reads the
     /// last one and this proxy, reading the first, would disagree on who the client is.
     authorization_repeated: bool,
+    /// `X-GitHub-Api-Version` came more than once with different values: refused (400) rather
+    /// than the first silently winning over a second that may be invalid.
+    api_version_conflict: bool,
     content_length: Option<&'a HeaderValue>,
     /// Name and value bytes of every header, as [`check_limits`] counts them.
     bytes: usize,
@@ -81,6 +84,7 @@ impl<'a> Heads<'a> {
                 heads.no_cache |= says_no_cache(value);
                 continue;
             } else if name == X_GITHUB_API_VERSION {
+                heads.api_version_conflict |= heads.api_version.is_some_and(|v| v != value);
                 &mut heads.api_version
             } else if name == X_REQUEST_ID {
                 &mut heads.request_id
@@ -149,6 +153,11 @@ pub fn check_limits(
     if heads.authorization_repeated {
         return Err(ProxyError::BadRequest(
             "Send one Authorization header, not several".to_owned(),
+        ));
+    }
+    if heads.api_version_conflict {
+        return Err(ProxyError::BadRequest(
+            "Send one X-GitHub-Api-Version header, not several".to_owned(),
         ));
     }
     let declared = heads

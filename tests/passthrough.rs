@@ -504,7 +504,27 @@ async fn bad_queries_and_api_versions_are_400_locally() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(sim.handle.log().is_empty());
+    // Found by a hostile review: of two API versions the first won silently, even beside an
+    // invalid one. Two different ones are refused; the same one twice is one version.
+    let url = proxy.url("/orgs/acme/packages/container/web");
+    for (second, status) in [
+        ("bogus", StatusCode::BAD_REQUEST),
+        ("2026-03-10", StatusCode::BAD_REQUEST),
+        ("2022-11-28", StatusCode::OK),
+    ] {
+        let reply = send(
+            Method::GET,
+            &url,
+            Some(proxy.token()),
+            &[
+                ("x-github-api-version", "2022-11-28"),
+                ("x-github-api-version", second),
+            ],
+        )
+        .await;
+        assert_eq!(reply.status, status, "{second}: {}", reply.text());
+    }
+    assert_eq!(sim.handle.log().len(), 1);
 }
 
 // Found by a hostile review: `gh api --paginate` adds `per_page=100` to every GET, and Octokit's
