@@ -38,6 +38,8 @@ pub const TLS_RELOADS: &str = "packages_proxy_tls_reloads_total";
 /// replayed fleet-wide. Above 0, other replicas may still serve what this one deleted, and this
 /// one stays off the L2 until the replay; it should fall back to 0 soon after Redis answers.
 pub const INVALIDATIONS_PENDING: &str = "packages_proxy_shared_invalidations_pending";
+/// Shared-tier subscriptions that failed (to connect, resync or keep answering).
+pub const SHARED_FAILURES: &str = "packages_proxy_shared_failures_total";
 
 /// Latency buckets, 0.5 ms to 30 s.
 const BUCKETS: [f64; 14] = [

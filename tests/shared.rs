@@ -582,3 +582,66 @@ async fn replicas_with_another_public_url_never_serve_each_others_urls() {
     assert_eq!(again.body, new.body);
     assert_eq!(sim.gets(), 2);
 }
+
+// Found by a hostile review: a Redis user whose ACL forbids PUBLISH left the tier up, so deletes
+// were sent and their invalidations reached no other replica. Each resync publishes once: such a
+// tier never comes up (counted, logged), and deletes are refused as with Redis down.
+#[tokio::test]
+async fn a_redis_user_that_may_not_publish_keeps_the_tier_down() {
+    let Some(redis) = Redis::start() else { return };
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "nopublish",
+            "on",
+            ">secret",
+            "~*",
+            "&*",
+            "+@all",
+            "-publish",
+        ])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let url = redis
+        .url()
+        .replacen("redis://", "redis://nopublish:secret@", 1);
+    let sim = spawn_sim().await;
+    let web = sim.versions("web").await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra: format!(
+                "[shared]\nredis_url = \"{url}\"\n{}{GUARD_OFF}",
+                allow_everything("0s")
+            ),
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    let metrics = proxy.url("/metrics");
+    let failures = "packages_proxy_shared_failures_total";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sample(&scrape(&metrics).await, failures).unwrap_or(0.0) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed resync counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sample(&scrape(&metrics).await, "packages_proxy_shared_tier_up"),
+        Some(0.0)
+    );
+    let path = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
+    let refused = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(sim.deletes(), 0);
+}

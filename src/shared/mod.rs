@@ -499,6 +499,12 @@ async fn subscribe_forever(shared: Arc<Shared>, replica: Weak<dyn Replica>) {
         match ended {
             Ok(()) => delay = Duration::from_millis(100),
             Err(error) => {
+                metrics::counter!(crate::metrics::SHARED_FAILURES).increment(1);
+                if !connected && !shared.is_up() && delay == Duration::from_millis(100) {
+                    // Never up, or up no more: say why once per series of retries (a refused
+                    // login, a missing ACL permission, Redis unreachable), not every 2 s.
+                    tracing::warn!(%error, "shared tier (Redis) not available; retrying");
+                }
                 shared.mark_down(&error.to_string());
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -658,6 +664,10 @@ async fn resync(shared: &Arc<Shared>, replica: &Weak<dyn Replica>) -> redis::Red
     };
     let generations_key = shared.key("g", "generations");
     let channel = shared.key("ch", "events");
+    // Invalidations reach the fleet by PUBLISH: a Redis user whose ACL forbids it would leave
+    // the tier up (deletes sent) while no other replica hears what they invalidate. One event
+    // per resync, which every replica ignores, keeps such a tier down.
+    let _: () = conn.publish(&channel, HELLO).await?;
     for scope in &replayed {
         let floor = local.get(scope).copied().unwrap_or(0);
         let value = bump_past(
@@ -806,8 +816,14 @@ fn apply_backoff(replica: &dyn Replica, text: &str) {
     }
 }
 
+/// The event each resync publishes to prove it may ([`resync`]); nothing to apply.
+const HELLO: &str = "hello";
+
 /// One published event: `gen <value> <scope>` or `backoff <until_ms> <kind> <strikes>`.
 fn apply(replica: &dyn Replica, text: &str) {
+    if text == HELLO {
+        return;
+    }
     let mut parts = text.splitn(3, ' ');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("gen"), Some(value), Some(scope)) => {
