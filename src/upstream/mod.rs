@@ -280,16 +280,18 @@ impl Upstream {
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();
         let read = Limited::new(body, MAX_ERROR_BODY).collect();
+        // An unreadable body (too large, cut off, stalled) may hold a secondary limit's wording:
+        // it counts as one (GitHub's own errors are small JSON; taking a limit for a permission
+        // error would send every request after it). A spent count in its headers still waits
+        // for the reset.
         let bytes = match tokio::time::timeout(self.timeout, read).await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(error)) => {
-                // An unreadable body (too large, cut off) still carries the limit's headers:
-                // the back-off opens all the same (a secondary limit is then told by them alone).
-                self.rate_limit.observe(parts.status, &parts.headers, false);
+                self.rate_limit.observe(parts.status, &parts.headers, true);
                 return Err(ProxyError::Upstream(error));
             }
             Err(_) => {
-                self.rate_limit.observe(parts.status, &parts.headers, false);
+                self.rate_limit.observe(parts.status, &parts.headers, true);
                 return Err(ProxyError::UpstreamTimeout);
             }
         };
