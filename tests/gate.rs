@@ -940,7 +940,6 @@ async fn a_reload_does_not_refill_rule_budgets() {
 // checked only before the wait). It is refused with GitHub's back-off answer, `not_sent`.
 #[tokio::test]
 async fn a_delete_queued_for_a_slot_is_not_sent_once_a_back_off_opened() {
-    use packages_proxy::sim::{Fault, FaultKind};
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-backoff").join("audit.jsonl");
     let opts = ProxyOptions {
@@ -950,14 +949,7 @@ async fn a_delete_queued_for_a_slot_is_not_sent_once_a_back_off_opened() {
     };
     let proxy = spawn_proxy(&sim, opts).await;
     let web = sim.versions("web").await;
-    let limit = FaultKind::Delayed {
-        fault: Box::new(FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 60,
-        }),
-        delay: Duration::from_millis(800),
-    };
-    sim.handle.inject(Fault::new(limit, 1));
+    limit_next_request_after(&sim, Duration::from_millis(800));
     // team-b's read holds the only upstream slot until GitHub limits it.
     let read = {
         let (url, token) = (proxy.url(&cold(0)), proxy.tokens[1].clone());

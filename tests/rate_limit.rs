@@ -750,14 +750,7 @@ async fn requests_queued_for_a_slot_are_not_sent_once_a_back_off_opened() {
         },
     )
     .await;
-    let limit = FaultKind::Delayed {
-        fault: Box::new(FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 60,
-        }),
-        delay: Duration::from_millis(500),
-    };
-    sim.handle.inject(Fault::new(limit, 1));
+    limit_next_request_after(&sim, Duration::from_millis(500));
     let fetch = |i: usize| {
         let (url, token) = (proxy.url(&cold(i)), proxy.token().to_owned());
         tokio::spawn(async move { get(&url, &token).await })

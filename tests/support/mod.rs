@@ -399,6 +399,20 @@ pub async fn send_head(
     stream
 }
 
+/// GitHub answers the next request `delay` late, with a secondary limit (403, `retry-after: 60`):
+/// whatever waits behind it meanwhile meets the back-off that answer opens.
+pub fn limit_next_request_after(sim: &Sim, delay: Duration) {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let limit = FaultKind::Delayed {
+        fault: Box::new(FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 60,
+        }),
+        delay,
+    };
+    sim.handle.inject(Fault::new(limit, 1));
+}
+
 /// A read of [`cold`]`(0)` by `token` that the simulator answers after `latency`, started and
 /// waited for until it is at GitHub (first there: the proxy then holds an upstream slot for it).
 pub async fn slow_read_at_github(
