@@ -75,9 +75,12 @@ pub enum Work {
 pub struct Ticket {
     /// Taken out when the charge is given back, so it is given back once.
     charge: Mutex<Option<Charge>>,
-    /// The client that pays, if one does (the proxy's own work has none): its share of the
-    /// upstream slots is where its requests wait.
-    client: Option<Arc<str>>,
+    /// The share of the upstream slots its request waits for: the paying client's. The proxy's
+    /// background revalidations have one of their own ([`BACKGROUND_SHARE`]): clients' stale
+    /// reads start them, and without a share one client polling many stale keys held every slot
+    /// through them. The proxy's other reads (a delete's second look at its target, the
+    /// reconciliation of an intent) take none: they must not wait behind background work.
+    share: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -115,6 +118,9 @@ pub fn saving(state: &AppState) -> bool {
     state.upstream.rate_limit.saving()
 }
 
+/// The share of the proxy's background revalidations: parentheses are in no client's name.
+const BACKGROUND_SHARE: &str = "(proxy)";
+
 /// Admits one request to GitHub and charges it to `payer`.
 pub async fn admit(state: &AppState, payer: &Payer, work: Work) -> Result<Ticket, ProxyError> {
     may_spend(state, work)?;
@@ -127,13 +133,13 @@ pub async fn admit(state: &AppState, payer: &Payer, work: Work) -> Result<Ticket
         Payer::Client { name, .. } => name,
     };
     crate::metrics::charged(who, work.as_str());
-    let client = match payer {
-        Payer::Proxy => None,
+    let share = match payer {
+        Payer::Proxy => (work == Work::Background).then(|| Arc::from(BACKGROUND_SHARE)),
         Payer::Client { name, .. } => Some(name.clone()),
     };
     Ok(Ticket {
         charge: Mutex::new(Some(charge)),
-        client,
+        share,
     })
 }
 
@@ -220,9 +226,9 @@ impl Ticket {
             .is_none()
     }
 
-    /// The paying client's name, if a client pays.
-    pub(crate) fn client(&self) -> Option<&Arc<str>> {
-        self.client.as_ref()
+    /// The share of the upstream slots its request waits for, if any.
+    pub(crate) fn share(&self) -> Option<&Arc<str>> {
+        self.share.as_ref()
     }
 
     fn take(&self) -> Option<Charge> {

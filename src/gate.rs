@@ -622,13 +622,22 @@ async fn send_mutation(
     if m.checked.elapsed() >= RECHECK_AFTER {
         // The proxy pays for its own second look: the call was admitted and charged already.
         let payer = Payer::Proxy;
-        check_protected_tags(state, &m.route, &protections, &payer).await?;
-        let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
-        if let Some(refusal) = crate::guard::check(state, &m.route, enabled, &payer)
-            .await
-            .refusal
-        {
-            return Err(refusal);
+        let second_look = async {
+            check_protected_tags(state, &m.route, &protections, &payer).await?;
+            let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
+            match crate::guard::check(state, &m.route, enabled, &payer)
+                .await
+                .refusal
+            {
+                Some(refusal) => Err(refusal),
+                None => Ok(()),
+            }
+        };
+        // Its reads wait for upstream slots too: past shutdown's send deadline, not sent.
+        tokio::select! {
+            biased;
+            () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+            looked = second_look => looked?,
         }
     }
     // Shutdown's send deadline also ends the wait for an upstream slot: past it nothing is sent.

@@ -977,3 +977,120 @@ async fn a_delete_queued_for_a_slot_is_not_sent_once_a_back_off_opened() {
         "{records:?}"
     );
 }
+
+// Found by a hostile review of the background share: a delete's second look at its tags (paid
+// by the proxy) waited in the share of the proxy's background revalidations, behind every one
+// queued there, though upstream slots were free: 30 s and a 503, or past the drain deadline.
+// Only background revalidations take that share.
+#[tokio::test]
+async fn a_deletes_second_look_does_not_wait_behind_background_revalidations() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-second-look-share").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "{}protect_tags = [\"latest\"]\n[cache]\nversion_lists_ttl = \"1s\"\n",
+            web_allowed(&audit, "2s")
+        ),
+        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 2",
+        upstream_timeout: "60s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    for i in 0..6 {
+        get(&proxy.url(&cold(i)), &proxy.tokens[1]).await;
+    }
+    // Past the TTL: each read is answered stale and revalidated behind; GitHub holds the first
+    // two revalidations for 20 s, and the other four wait for the background share.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(20)), 2));
+    for i in 0..6 {
+        get(&proxy.url(&cold(i)), &proxy.tokens[1]).await;
+    }
+    wait_upstream_queued(&proxy, 4.0).await;
+    // The second delete waits 2 s for its pace, then reads its tags again before the send.
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
+    for delete in deletes {
+        let reply = tokio::time::timeout(Duration::from_secs(12), delete)
+            .await
+            .expect("a delete waited behind the background revalidations")
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    }
+    assert_eq!(sim.deletes(), 2);
+}
+
+// Found by the same review: the second look's reads wait for upstream slots too, and nothing
+// bounded that wait by shutdown's send deadline: a SIGTERM left the process up long past it, and
+// the delete's intent without an outcome.
+#[tokio::test]
+async fn a_deletes_second_look_ends_at_the_drain_deadline() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-second-look-drain").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!("{}protect_tags = [\"latest\"]\n", web_allowed(&audit, "1500ms")),
+        extra_upstream: "max_concurrency = 1",
+        drain_timeout: "2s",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
+    eventually(
+        Duration::from_secs(5),
+        "one sent, one waiting for its pace",
+        || async {
+            let intents = records(&audit)
+                .iter()
+                .filter(|r| r.phase == "intent")
+                .count();
+            sim.deletes() == 1 && intents == 2
+        },
+    )
+    .await;
+    // team-b's slow read holds the only upstream slot when the second look needs one.
+    let before = sim.gets();
+    sim.handle.inject(packages_proxy::sim::Fault::new(
+        packages_proxy::sim::FaultKind::Latency(Duration::from_secs(9)),
+        1,
+    ));
+    let slow = {
+        let (url, token) = (proxy.url(&cold(0)), proxy.tokens[1].clone());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the slow read at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
+    // Past its pace, the second delete's second look waits for that slot.
+    wait_upstream_queued(&proxy, 1.0).await;
+    let TestProxy { running, .. } = proxy;
+    let started = std::time::Instant::now();
+    let stopped = tokio::spawn(running.shutdown());
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 503]);
+    stopped.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the shutdown waited {:?} for the second look",
+        started.elapsed()
+    );
+    drop(slow); // its answer does not matter here
+    assert_eq!(sim.deletes(), 1);
+    let records = records(&audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
+        "{records:?}"
+    );
+}

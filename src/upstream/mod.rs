@@ -47,8 +47,6 @@ pub const API_VERSIONS: [&str; 2] = ["2022-11-28", "2026-03-10"];
 pub const DEFAULT_API_VERSION: &str = "2022-11-28";
 /// GitHub's recommended media type, sent when the client sends no `Accept`.
 const DEFAULT_ACCEPT: &str = "application/vnd.github+json";
-/// The share of the proxy's own work: parentheses are in no client's name.
-const OWN_SHARE: &str = "(proxy)";
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -74,8 +72,6 @@ pub struct Upstream {
     /// own turns instead of holding every slot while the others queue behind it.
     shares: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<Share>>>,
     share_size: usize,
-    /// The name the proxy's own work (revalidations, its safety re-reads) takes its share under.
-    own_share: Arc<str>,
     /// Requests waiting for their client's share, all clients together (for the gauge).
     waiting_for_share: AtomicUsize,
 }
@@ -89,11 +85,11 @@ struct Share {
     waiting: AtomicUsize,
 }
 
-/// What an upstream request holds until its answer is read: a slot, and its payer's share.
+/// What an upstream request holds until its answer is read: a slot, and its client's share.
 #[derive(Debug)]
 pub(crate) struct Permit {
     _slot: OwnedSemaphorePermit,
-    _share: OwnedSemaphorePermit,
+    _share: Option<OwnedSemaphorePermit>,
 }
 
 /// The request headers a client may influence, validated.
@@ -143,7 +139,6 @@ impl Upstream {
             max_queue: config.max_queue,
             shares: std::sync::Mutex::default(),
             share_size: config.max_concurrency_per_client,
-            own_share: Arc::from(OWN_SHARE),
             waiting_for_share: AtomicUsize::new(0),
         })
     }
@@ -182,7 +177,7 @@ impl Upstream {
     pub(crate) async fn acquire(&self, ticket: &Ticket) -> Result<Permit, ProxyError> {
         // Refused before anything is sent: the payer gets its charge back.
         let permit = match self.refuse_during_backoff() {
-            Ok(()) => self.slot(ticket.client()).await,
+            Ok(()) => self.slot(ticket.share()).await,
             Err(error) => Err(error),
         };
         permit.inspect_err(|_| ticket.refund_unsent())
@@ -306,12 +301,14 @@ impl Upstream {
         Ok(Response::from_parts(parts, crate::body::full(bytes)))
     }
 
-    /// One of `client`'s share of the slots (the proxy's own work has a share too), then one
-    /// of the upstream slots; past `max_queue` waiters for a slot, refuses at once.
-    async fn slot(&self, client: Option<&Arc<str>>) -> Result<Permit, ProxyError> {
-        // Background revalidations are started by clients' stale reads: without a share of
-        // their own, one client polling many stale keys held every slot through them.
-        let share = self.share(client.unwrap_or(&self.own_share)).await?;
+    /// One of the ticket's share of the slots (its client's; the proxy's background
+    /// revalidations have one of their own; its safety reads none), then one of the upstream
+    /// slots; past `max_queue` waiters for a slot, refuses at once.
+    async fn slot(&self, share: Option<&Arc<str>>) -> Result<Permit, ProxyError> {
+        let share = match share {
+            Some(client) => Some(self.share(client).await?),
+            None => None,
+        };
         let slot = self.any_slot().await?;
         Ok(Permit {
             _slot: slot,
