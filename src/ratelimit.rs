@@ -28,6 +28,8 @@ use crate::error::limit::{BackoffKind, CORE, LimitAnswer};
 
 /// Longest exponential back-off when GitHub gives no hint.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// How long after a back-off ends its strikes still double the next one.
+const STRIKES_FORGOTTEN_AFTER: Duration = MAX_BACKOFF;
 /// Longest back-off honoured from GitHub's headers (a primary reset is at most an hour away);
 /// also keeps `Instant` arithmetic far from overflow whatever the upstream sends.
 const MAX_HONOURED: Duration = Duration::from_secs(2 * 3600);
@@ -241,7 +243,9 @@ impl RateLimit {
                 BackoffKind::Secondary
             };
             let mut wait = hinted(&mut state);
-            if remaining == Some(0) {
+            // Only a reset GitHub sent with this answer: one assumed an hour away must not
+            // stretch a secondary limit's minute into an hour.
+            if remaining == Some(0) && number("x-ratelimit-reset").is_some() {
                 // Spent too: without `retry-after`, GitHub's order (NOTES §6) is the reset next,
                 // and a minute (doubling) before it would only meet the spent count again.
                 wait = wait.max(until_epoch(reset) + Duration::from_millis(500));
@@ -430,6 +434,14 @@ fn open(state: &mut State, kind: BackoffKind, wait: Duration) -> Option<Backoff>
 }
 
 fn exponential(state: &mut State) -> Duration {
+    // A limit met long after the last back-off ended starts a new series, at a minute again:
+    // strikes (this replica's, or heard from the fleet) are not kept for ever.
+    if state
+        .backoff
+        .is_some_and(|b| b.until + STRIKES_FORGOTTEN_AFTER <= Instant::now())
+    {
+        state.strikes = 0;
+    }
     let wait = FIRST_BACKOFF
         .saturating_mul(1 << state.strikes.min(4))
         .min(MAX_BACKOFF);
@@ -528,5 +540,44 @@ mod tests {
             "{wait:?}"
         );
         assert_eq!(told.backoff().unwrap().strikes, 2);
+    }
+
+    #[test]
+    fn strikes_are_forgotten_long_after_the_last_back_off() {
+        let rate_limit = RateLimit::new(0.1);
+        let Some(long_ago) = Instant::now().checked_sub(STRIKES_FORGOTTEN_AFTER * 2) else {
+            return; // a clock this young cannot say "long ago"
+        };
+        {
+            let mut state = rate_limit.lock();
+            state.strikes = 4;
+            state.backoff = Some(Backoff {
+                kind: BackoffKind::Secondary,
+                until: long_ago,
+                until_wall: SystemTime::now() - STRIKES_FORGOTTEN_AFTER * 2,
+                strikes: 4,
+            });
+        }
+        let secondary = headers(&[("x-ratelimit-remaining", "4000")]);
+        rate_limit.observe(StatusCode::FORBIDDEN, &secondary, true);
+        let backoff = rate_limit.backoff().unwrap();
+        let wait = backoff
+            .until_wall
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(wait <= FIRST_BACKOFF, "{wait:?}");
+    }
+
+    #[test]
+    fn a_spent_secondary_without_a_reset_waits_a_minute_not_an_hour() {
+        let rate_limit = RateLimit::new(0.1);
+        let spent = headers(&[("x-ratelimit-remaining", "0")]);
+        rate_limit.observe(StatusCode::FORBIDDEN, &spent, true);
+        let backoff = rate_limit.backoff().unwrap();
+        let wait = backoff
+            .until_wall
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(wait <= FIRST_BACKOFF, "{wait:?}");
     }
 }

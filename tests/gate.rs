@@ -1030,7 +1030,10 @@ async fn a_deletes_second_look_ends_at_the_drain_deadline() {
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-second-look-drain").join("audit.jsonl");
     let opts = ProxyOptions {
-        extra: format!("{}protect_tags = [\"latest\"]\n", web_allowed(&audit, "1500ms")),
+        extra: format!(
+            "{}protect_tags = [\"latest\"]\n",
+            web_allowed(&audit, "1500ms")
+        ),
         extra_upstream: "max_concurrency = 1",
         drain_timeout: "2s",
         upstream_timeout: "30s",
