@@ -132,3 +132,62 @@ async fn repeated_authorization_headers_are_refused() {
     let one = send(http::Method::GET, &url, Some(proxy.token()), &[]).await;
     assert_eq!(one.status, http::StatusCode::OK);
 }
+
+// Found by a hostile review of the rewrite above: it matched any lone write shaped like hyper's
+// refusal, body bytes included. A streamed answer to an HTTP/1.0 client (no chunk framing) had a
+// piece of its body replaced by a JSON error. Only a head hyper answers by itself is rewritten:
+// new head bytes arrived, and no request is in flight.
+#[tokio::test]
+async fn body_bytes_shaped_like_a_refusal_are_never_rewritten() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pieces: [&[u8]; 3] = [
+        b"[\"first piece\",",
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        b"\"last piece\"]",
+    ];
+    let body: Vec<u8> = pieces.concat();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let len = body.len();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\nconnection: close\r\ncontent-length: {len}\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                // Each piece its own frame at the proxy, and its own write to the client.
+                for piece in pieces {
+                    let _ = stream.write_all(piece).await;
+                    let _ = stream.flush().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                }
+            });
+        }
+    });
+    // Over `max_entry_bytes`: streamed through as it comes.
+    let opts = ProxyOptions {
+        extra: "[cache]\nmax_entry_bytes = 16\n".to_owned(),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy_to(&upstream, "ghp_fake_pieces", opts).await;
+    let request = format!(
+        "GET /orgs/acme/packages/container/web/versions HTTP/1.0\r\nHost: p\r\nAuthorization: Bearer {}\r\n\r\n",
+        proxy.token()
+    );
+    for _ in 0..2 {
+        let (_, answer) = raw(proxy.addr(), request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+        let (_, got) = answer.split_once("\r\n\r\n").unwrap();
+        assert_eq!(got.as_bytes(), &body[..], "the body was changed");
+    }
+}

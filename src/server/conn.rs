@@ -460,8 +460,14 @@ impl<I: AsyncWrite + Unpin> Tracked<I> {
     /// When `written` (all hyper asks to write) is its own bodiless refusal: sends ours in its
     /// place, and tells hyper all of its bytes went.
     fn rewrite(&mut self, cx: &mut Context<'_>, written: &[u8]) -> Option<Poll<io::Result<usize>>> {
-        // An HTTP/2 connection writes frames; an HTTP/1 head is looked at only if it is whole.
-        if self.activity.multiplexed.load(Ordering::Relaxed) {
+        // Only where hyper answers by itself: new head bytes arrived and no request is in
+        // flight. Body bytes (a streamed answer to an HTTP/1.0 client has no chunk framing) are
+        // never looked at, nor HTTP/2 frames; an HTTP/1 head only if it is whole.
+        let activity = &self.activity;
+        if activity.multiplexed.load(Ordering::Relaxed)
+            || activity.active.load(Ordering::Acquire) > 0
+            || activity.head_ms.load(Ordering::Relaxed) == NO_HEAD
+        {
             return None;
         }
         self.rewritten = own_errors::in_github_shape(written)?;
