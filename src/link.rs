@@ -46,7 +46,9 @@ pub fn rewrite(
         out.push_str(public_base);
         out.push_str(&path_and_query);
         out.push_str(">; rel=\"");
+        let start = out.len();
         out.push_str(rel);
+        out[start..].make_ascii_lowercase();
         out.push('"');
     }
     (!out.is_empty()).then_some(out)
@@ -95,6 +97,11 @@ fn entries(value: &str) -> Option<Vec<Entry<'_>>> {
     let mut out = Vec::new();
     let mut rest = value.trim_start_matches(OWS);
     while !rest.is_empty() {
+        // Empty list elements are allowed (RFC 9110, 5.6.1): `a, , b`, or an empty line joined.
+        if let Some(next) = rest.strip_prefix(',') {
+            rest = next.trim_start_matches(OWS);
+            continue;
+        }
         let after_open = rest.strip_prefix('<')?;
         let close = after_open.find('>')?;
         let url = &after_open[..close];
@@ -166,13 +173,14 @@ fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
 }
 
-/// `rel` values the proxy passes on: relation names (`next`, `last`, ...) separated by spaces.
+/// `rel` values the proxy passes on: relation names (`next`, `last`, ...) separated by spaces,
+/// in any case (they compare case-insensitively, RFC 8288, 2.1.1; written in lower case).
 fn is_relation_list(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= 64
         && value
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b" .-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b" .-".contains(&b))
 }
 
 #[cfg(test)]
@@ -275,8 +283,9 @@ mod tests {
                 assert!(!out.contains("rel=\"next\""), "{value} -> {out}");
             }
         }
-        // A well-formed value keeps its relations, written anew.
-        let value = format!("{good}; rel=\"next\" ; title=\"a, b\", {good};rel=last");
+        // A well-formed value keeps its relations, written anew (empty list elements and the
+        // case of a relation name are nothing wrong).
+        let value = format!(", {good}; rel=\"Next\" ; title=\"a, b\",, {good};rel=last,");
         let out = rewrite(&value, UPSTREAM, PUBLIC, &request()).unwrap();
         let page =
             "https://proxy.example/orgs/acme/packages/container/web/versions?per_page=10&page=2";
