@@ -225,8 +225,14 @@ pub fn proxy_etag(github: &HeaderValue, public_base: &str) -> Option<HeaderValue
 
 /// What to send GitHub for a client's `If-None-Match`: the proxy's tags for `public_base` mapped
 /// back to GitHub's, `*` as it is; other tags are dropped (the proxy never handed them out, so
-/// they name no representation it serves). `None` when nothing is left.
-pub fn upstream_if_none_match(client: &HeaderValue, public_base: &str) -> Option<HeaderValue> {
+/// they name no representation it serves), unless `github_tags`: an answer passed through as
+/// GitHub sent it (over `cache.max_entry_bytes`) carries GitHub's own tag. `None` when nothing is
+/// left.
+pub fn upstream_if_none_match(
+    client: &HeaderValue,
+    public_base: &str,
+    github_tags: bool,
+) -> Option<HeaderValue> {
     let text = client.to_str().ok()?;
     let ours = format!("{}\"", suffix(public_base));
     let mapped: Vec<String> = text
@@ -235,6 +241,7 @@ pub fn upstream_if_none_match(client: &HeaderValue, public_base: &str) -> Option
         .filter_map(|tag| match tag {
             "*" => Some(tag.to_owned()),
             _ if tag.ends_with(&ours) => Some(tag.replace(&ours, "\"")),
+            _ if github_tags && !tag.is_empty() => Some(tag.to_owned()),
             _ => None,
         })
         .collect();
@@ -297,14 +304,21 @@ mod tests {
             proxy_etag(&github, "https://proxy.example").as_ref()
         );
         let list = HeaderValue::try_from(format!("\"x\", {}", ours.to_str().unwrap())).unwrap();
-        let back = upstream_if_none_match(&list, PUBLIC).unwrap();
+        let back = upstream_if_none_match(&list, PUBLIC, false).unwrap();
         assert_eq!(
             back, "W/\"abc\"",
             "a tag the proxy never gave out went upstream"
         );
-        assert_eq!(upstream_if_none_match(&list, "https://other.example"), None);
-        assert_eq!(upstream_if_none_match(&github, PUBLIC), None);
+        assert_eq!(
+            upstream_if_none_match(&list, "https://other.example", false),
+            None
+        );
+        assert_eq!(upstream_if_none_match(&github, PUBLIC, false), None);
+        // Where the proxy hands out GitHub's own tags (answers passed as GitHub sent them).
+        let both = upstream_if_none_match(&list, PUBLIC, true).unwrap();
+        assert_eq!(both, "\"x\", W/\"abc\"");
+        assert_eq!(upstream_if_none_match(&github, PUBLIC, true), Some(github));
         let any = HeaderValue::from_static("*");
-        assert_eq!(upstream_if_none_match(&any, PUBLIC), Some(any));
+        assert_eq!(upstream_if_none_match(&any, PUBLIC, false), Some(any));
     }
 }

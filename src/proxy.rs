@@ -515,7 +515,7 @@ async fn pass_through(
     // The client holds the proxy's ETags; GitHub is asked with its own (see `body_url`).
     let mut forwarded = Cow::Borrowed(forwarded);
     if let Some(tags) = &forwarded.if_none_match {
-        let mapped = body_url::upstream_if_none_match(tags, public_base);
+        let mapped = body_url::upstream_if_none_match(tags, public_base, false);
         forwarded.to_mut().if_none_match = mapped;
     }
     // HEAD is sent as GET (the operation's method): hyper drops the body of a response to HEAD.

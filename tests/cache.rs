@@ -571,6 +571,26 @@ async fn answers_over_max_entry_bytes_are_passed_through_not_cached() {
         1,
         "not cached, and no second attempt to buffer it"
     );
+    // Found by a hostile review: the tag handed out with such an answer (GitHub's: the body is
+    // GitHub's too) never revalidated, every request a full read of the rate limit. It is asked
+    // of GitHub, whose 304 costs nothing.
+    let etag = second.header("etag").expect("GitHub's ETag").to_owned();
+    let revalidated = send(
+        Method::GET,
+        &proxy.url(path),
+        Some(proxy.token()),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(
+        revalidated.status,
+        StatusCode::NOT_MODIFIED,
+        "{}",
+        revalidated.text()
+    );
+    assert!(revalidated.body.is_empty());
+    let log = sim.handle.log();
+    assert_eq!(log.last().unwrap().headers["if-none-match"], etag.as_str());
 }
 
 // A stored list that grows past `cache.max_entry_bytes` at GitHub: once a revalidation finds it

@@ -541,7 +541,7 @@ async fn serve_slow(
         answer(state, entry, status, upstream, &conditions, now, saving)
     };
     if cache.oversized.contains_key(&spec.key) {
-        return Box::pin(pass_through(state, &spec, asker)).await;
+        return Box::pin(pass_through(state, &spec, &conditions, asker)).await;
     }
     let (sie, swr, interval) = (
         cache.config.stale_if_error,
@@ -656,7 +656,9 @@ async fn serve_slow(
             };
             Ok(respond(&entry, status, Some(fwd_status)))
         }
-        Fetched::Failed(Failure::TooLarge) => Box::pin(pass_through(state, &spec, asker)).await,
+        Fetched::Failed(Failure::TooLarge) => {
+            Box::pin(pass_through(state, &spec, &conditions, asker)).await
+        }
         Fetched::Limited(entry) => {
             let fwd_status = entry.status.as_u16();
             let status = match &fallback {
@@ -716,18 +718,29 @@ async fn revalidate_in_background(
 }
 
 /// An answer too large to cache, streamed to the client without holding it whole (admitted and
-/// charged like any read).
+/// charged like any read). The client's conditions are GitHub's to judge: nothing is stored to
+/// judge them by. Its body is GitHub's, and so is its ETag: a client's tag that is not the
+/// proxy's is sent as it is (the proxy's own, from when the answer was smaller, are mapped).
 async fn pass_through(
     state: &Arc<AppState>,
     spec: &FetchSpec,
+    conditions: &ClientConditions,
     asker: Asker<'_>,
 ) -> Result<Served, ProxyError> {
     let payer = Payer::client(asker.name, asker.limits);
     let ticket = admission::admit(state, &payer, Work::Read).await?;
     let path = spec.route.path_and_query();
+    let mut forwarded = std::borrow::Cow::Borrowed(&spec.forwarded);
+    if let Some(tags) = &conditions.if_none_match {
+        forwarded.to_mut().if_none_match =
+            crate::body_url::upstream_if_none_match(tags, &spec.public_base, true);
+    } else if let Some(since) = conditions.if_modified_since {
+        let date = HeaderValue::try_from(httpdate::fmt_http_date(since)).ok();
+        forwarded.to_mut().if_modified_since = date;
+    }
     let response = state
         .upstream
-        .send(&ticket, Method::GET, &path, &spec.forwarded)
+        .send(&ticket, Method::GET, &path, &forwarded)
         .await?;
     let (parts, body) = response.into_parts();
     let mut response = Response::new(body);
