@@ -483,6 +483,15 @@ mod tests {
             .collect()
     }
 
+    /// How long the open back-off still lasts.
+    fn open_for(rate_limit: &RateLimit) -> Duration {
+        let backoff = rate_limit.backoff().expect("a back-off");
+        backoff
+            .until_wall
+            .duration_since(SystemTime::now())
+            .unwrap()
+    }
+
     #[test]
     fn saving_sees_every_change_after_answering_without_the_lock() {
         let rate_limit = RateLimit::new(0.1);
@@ -518,11 +527,7 @@ mod tests {
         let secondary = headers(&[("x-ratelimit-remaining", "4000")]);
         let wait_after = |rate_limit: &RateLimit| {
             rate_limit.observe(StatusCode::FORBIDDEN, &secondary, true);
-            let backoff = rate_limit.backoff().expect("a back-off");
-            backoff
-                .until_wall
-                .duration_since(SystemTime::now())
-                .unwrap()
+            open_for(rate_limit)
         };
         let alone = RateLimit::new(0.1);
         assert!(wait_after(&alone) <= FIRST_BACKOFF);
@@ -560,11 +565,7 @@ mod tests {
         }
         let secondary = headers(&[("x-ratelimit-remaining", "4000")]);
         rate_limit.observe(StatusCode::FORBIDDEN, &secondary, true);
-        let backoff = rate_limit.backoff().unwrap();
-        let wait = backoff
-            .until_wall
-            .duration_since(SystemTime::now())
-            .unwrap();
+        let wait = open_for(&rate_limit);
         assert!(wait <= FIRST_BACKOFF, "{wait:?}");
     }
 
@@ -573,11 +574,7 @@ mod tests {
         let rate_limit = RateLimit::new(0.1);
         let spent = headers(&[("x-ratelimit-remaining", "0")]);
         rate_limit.observe(StatusCode::FORBIDDEN, &spent, true);
-        let backoff = rate_limit.backoff().unwrap();
-        let wait = backoff
-            .until_wall
-            .duration_since(SystemTime::now())
-            .unwrap();
+        let wait = open_for(&rate_limit);
         assert!(wait <= FIRST_BACKOFF, "{wait:?}");
     }
 }

@@ -29,6 +29,17 @@ fn version_path(package: &str, id: u64) -> String {
     format!("/orgs/acme/packages/container/{package}/versions/{id}")
 }
 
+/// `audit` holds a `not_sent` outcome (a call refused before its request left).
+fn assert_not_sent_recorded(audit: &Path) {
+    let records = records(audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
+        "{records:?}"
+    );
+}
+
 fn records(audit: &Path) -> Vec<AuditRecord> {
     audit::read(audit).unwrap().0
 }
@@ -724,13 +735,7 @@ async fn a_delete_waiting_for_an_upstream_slot_is_not_sent_past_the_drain_deadli
     let _ = slow.await;
     stopped.await.unwrap();
     assert_eq!(sim.deletes(), 0, "sent past the drain deadline");
-    let records = records(&audit);
-    assert!(
-        records
-            .iter()
-            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
-        "{records:?}"
-    );
+    assert_not_sent_recorded(&audit);
 }
 
 /// A GitHub that performs every DELETE and never answers it (the answer is lost on the way
@@ -969,13 +974,7 @@ async fn a_delete_queued_for_a_slot_is_not_sent_once_a_back_off_opened() {
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
     assert!(refused.header("retry-after").is_some());
     assert_eq!(sim.deletes(), 0, "a delete was sent during the back-off");
-    let records = records(&audit);
-    assert!(
-        records
-            .iter()
-            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
-        "{records:?}"
-    );
+    assert_not_sent_recorded(&audit);
 }
 
 // Found by a hostile review of the background share: a delete's second look at its tags (paid
@@ -1089,11 +1088,5 @@ async fn a_deletes_second_look_ends_at_the_drain_deadline() {
     );
     drop(slow); // its answer does not matter here
     assert_eq!(sim.deletes(), 1);
-    let records = records(&audit);
-    assert!(
-        records
-            .iter()
-            .any(|r| r.phase == "outcome" && r.decision == "not_sent"),
-        "{records:?}"
-    );
+    assert_not_sent_recorded(&audit);
 }
