@@ -129,7 +129,7 @@ pub async fn execute(
     record.dry_run = protections.dry_run() || m.dry_run_requested;
     let payer = Payer::client(m.client, m.limits);
     let checked = tokio::time::Instant::now();
-    if let Err(error) = check_protected_tags(state, m.route, &protections, &payer).await {
+    if let Err(error) = check_protected_tags(state, m.route, &protections, &payer, None).await {
         let decision = if error.status() == StatusCode::FORBIDDEN {
             audit::Decision::Denied
         } else {
@@ -138,7 +138,7 @@ pub async fn execute(
         return Err(refuse(state, record, decision, error).await);
     }
     let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
-    let guard = crate::guard::check(state, m.route, enabled, &payer).await;
+    let guard = crate::guard::check(state, m.route, enabled, &payer, None).await;
     record.multi_arch_guard = guard.report;
     if let Some(error) = guard.refusal {
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
@@ -204,6 +204,7 @@ pub async fn execute(
         route: m.route.clone(),
         client: m.client.clone(),
         checked,
+        policy: policy.clone(),
         forwarded: m.forwarded.clone(),
         public_base: m.public_base.to_owned(),
         request_id: m.request_id.to_owned(),
@@ -296,6 +297,8 @@ struct Owned {
     client: Arc<str>,
     /// When the tags and the multi-arch guard were read before the call was queued.
     checked: tokio::time::Instant,
+    /// The policy they were read under: a reload since has them read again before the send.
+    policy: Arc<crate::policy::Policy>,
     forwarded: Forwarded,
     public_base: String,
     request_id: String,
@@ -495,7 +498,7 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
         }
         // Marked before the call: a client that hangs up while it is in flight cancels it, and
         // the slot Redis may already have given must come back (given back when none was,
-        // the queue moves up by a pace; sends stay `pace` apart through the send check).
+        // the queue moves up by a pace; sends stay `pace` apart through their send turns).
         claimed.store(true, Ordering::Relaxed);
         let wait = match shared.pace(mutations.pace, mutations.max_queue_wait).await {
             Ok(Ok(wait)) => wait,
@@ -527,20 +530,6 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
     wait_out_backoff(state).await
 }
 
-/// The pace's last word, right before the send and with the upstream permit in hand: at least
-/// `pace` since the last send (fleet-wide through Redis, which must answer), and this one
-/// recorded. Taken before the permit, a call then waiting for its client's share of the
-/// upstream slots went out less than `pace` after one that passed the check later.
-async fn send_check(state: &AppState, m: &Owned) -> Result<(), ProxyError> {
-    // Again, cheaply: the wait for an upstream slot may have been long.
-    still_allowed(state, m)?;
-    tokio::select! {
-        biased;
-        () = state.pacer.drain_deadline_passed() => Err(ProxyError::ShuttingDown),
-        paced = pace_check(state) => paced,
-    }
-}
-
 /// The client and the policy as they are now: a reload while the call waited (a client removed,
 /// a deny rule added to stop a runaway clean-up, its rule turned to a dry run) applies to every
 /// call not yet sent, however long it was queued.
@@ -569,28 +558,6 @@ fn still_allowed(state: &AppState, m: &Owned) -> Result<Protections, ProxyError>
     }
 }
 
-/// At least `pace` since the last send, and this one recorded.
-async fn pace_check(state: &AppState) -> Result<(), ProxyError> {
-    let pace = state.config.mutations.pace;
-    match &state.shared {
-        Some(shared) => match shared.before_send(pace).await {
-            Ok(()) => {
-                state.pacer.record_send();
-                Ok(())
-            }
-            Err(_) => Err(ProxyError::Unavailable(
-                "The shared tier (Redis) that paces mutations across replicas stopped answering \
-                 before the call was sent; it was not sent"
-                    .to_owned(),
-            )),
-        },
-        None => {
-            state.pacer.before_send().await;
-            Ok(())
-        }
-    }
-}
-
 /// Drops the package's cached entries and its owner's lists, fleet-wide when shared.
 pub(crate) async fn invalidate(state: &AppState, route: &Route) {
     let scopes = crate::cache::Generations::scopes_of(route);
@@ -608,45 +575,61 @@ pub(crate) async fn invalidate(state: &AppState, route: &Route) {
 const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The one place a mutation is sent upstream; never retried.
+///
+/// Right before the send, in this order: the call's send turn (at least `pace` after the
+/// fleet's last send; nobody else's comes until this call is sent or gives it up), its upstream
+/// slot, the policy as it is now, and the checks that read GitHub again if the first ones are
+/// older than [`RECHECK_AFTER`] or a reload changed the rules since. So whatever held the call
+/// (the queue, a back-off, the wait for a slot), what it checked is at most that old when it
+/// goes out: a tag pushed meanwhile (a protected one, or one that puts an image index back in
+/// use) stops it. The reads go out on the call's own slot, and only the call whose turn it is
+/// makes them: calls a back-off held together do not all read at once.
 async fn send_mutation(
-    state: &AppState,
+    state: &Arc<AppState>,
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
-    // The checks that read GitHub, again now that the pace slot has come: the queue may have
-    // held the call for up to `max_queue_wait`, and a tag pushed meanwhile (a protected one, or
-    // one that puts an image index back in use) must stop it. Before the upstream slot is
-    // taken: the reads need slots of their own.
-    // A call that was not held (no queue, no pace) goes on the first reads.
-    let protections = still_allowed(state, m)?;
-    if m.checked.elapsed() >= RECHECK_AFTER {
-        // The proxy pays for its own second look: the call was admitted and charged already.
-        let payer = Payer::Proxy;
-        let second_look = async {
-            check_protected_tags(state, &m.route, &protections, &payer).await?;
-            let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
-            match crate::guard::check(state, &m.route, enabled, &payer)
-                .await
-                .refusal
-            {
-                Some(refusal) => Err(refusal),
-                None => Ok(()),
-            }
+    // Long enough for a slot and the reads; a turn that lapses meanwhile is taken again.
+    let lease = state.config.upstream.timeout.max(Duration::from_secs(2));
+    let mut permit = None;
+    let mut looked = (m.checked, m.policy.clone());
+    let permit = loop {
+        still_allowed(state, m)?;
+        let mut turn = next_turn(state, lease).await?;
+        let held = match permit.take() {
+            Some(held) => held,
+            // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
+            None => tokio::select! {
+                biased;
+                () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+                held = state.upstream.acquire(&m.ticket) => held?,
+            },
         };
-        // Its reads wait for upstream slots too: past shutdown's send deadline, not sent.
-        tokio::select! {
-            biased;
-            () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-            looked = second_look => looked?,
+        let protections = still_allowed(state, m)?;
+        let policy = state.policy.load_full();
+        if looked.0.elapsed() >= RECHECK_AFTER || !Arc::ptr_eq(&looked.1, &policy) {
+            // The proxy pays for its own second look: the call was admitted and charged already.
+            let look = second_look(state, &m.route, &protections, &held);
+            tokio::select! {
+                biased;
+                () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+                looked = tokio::time::timeout(lease, look) => looked.map_err(|_| {
+                    ProxyError::Unavailable(
+                        "Reading the protected tags and the image indexes again before the send \
+                         took too long; the call was not sent (fail closed)"
+                            .to_owned(),
+                    )
+                })??,
+            }
+            looked = (tokio::time::Instant::now(), policy);
         }
-    }
-    // Shutdown's send deadline also ends the wait for an upstream slot: past it nothing is sent.
-    let permit = tokio::select! {
-        biased;
-        () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-        permit = state.upstream.acquire(&m.ticket) => permit?,
+        match turn.end(state).await {
+            Ok(true) => break held,
+            // The turn lapsed while the call waited for its slot or read: take the next one.
+            Ok(false) => permit = Some(held),
+            Err(error) => return Err(error),
+        }
     };
-    send_check(state, m).await?;
     let response = state
         .upstream
         .send_holding(
@@ -668,6 +651,131 @@ async fn send_mutation(
         .upstream
         .response_headers(&m.route, &m.public_base, &parts.headers);
     Ok(out)
+}
+
+/// The protected tags and the multi-arch guard, read again on the call's own upstream slot.
+async fn second_look(
+    state: &AppState,
+    route: &Route,
+    protections: &Protections,
+    held: &crate::upstream::Permit,
+) -> Result<(), ProxyError> {
+    let payer = Payer::Proxy;
+    check_protected_tags(state, route, protections, &payer, Some(held)).await?;
+    let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
+    match crate::guard::check(state, route, enabled, &payer, Some(held))
+        .await
+        .refusal
+    {
+        Some(refusal) => Err(refusal),
+        None => Ok(()),
+    }
+}
+
+/// Longest single wait for a turn while another call holds one (its lease may end early).
+const TURN_POLL: Duration = Duration::from_millis(100);
+
+/// Waits for this call's send turn: at least `pace` after the last send, fleet-wide through
+/// Redis when shared (which must answer), given for `lease` at most.
+async fn next_turn(state: &Arc<AppState>, lease: Duration) -> Result<Turn, ProxyError> {
+    let pace = state.config.mutations.pace;
+    loop {
+        let wait = match &state.shared {
+            Some(shared) => match shared.send_turn(pace, lease).await {
+                Ok(Ok(at)) => {
+                    return Ok(Turn {
+                        state: state.clone(),
+                        at: TurnAt::Shared(at),
+                        ended: false,
+                    });
+                }
+                Ok(Err(wait)) => wait,
+                Err(_) => return Err(redis_stopped()),
+            },
+            None => match state.pacer.send_turn(lease) {
+                Ok(at) => {
+                    return Ok(Turn {
+                        state: state.clone(),
+                        at: TurnAt::Local(at),
+                        ended: false,
+                    });
+                }
+                Err(wait) => wait,
+            },
+        };
+        // Longer than a pace: another call holds a turn, which ends when it is sent.
+        let wait = if wait > pace {
+            wait.min(TURN_POLL)
+        } else {
+            wait
+        };
+        state
+            .pacer
+            .wait_until(tokio::time::Instant::now() + wait)
+            .await
+            .map_err(|_| ProxyError::ShuttingDown)?;
+    }
+}
+
+fn redis_stopped() -> ProxyError {
+    ProxyError::Unavailable(
+        "The shared tier (Redis) that paces mutations across replicas stopped answering before \
+         the call was sent; it was not sent"
+            .to_owned(),
+    )
+}
+
+/// A call's send turn ([`crate::pace::Pacer::send_turn`]); one not ended by the send is ended
+/// when dropped (the pace then counts from that moment).
+struct Turn {
+    state: Arc<AppState>,
+    at: TurnAt,
+    ended: bool,
+}
+
+enum TurnAt {
+    Local(tokio::time::Instant),
+    Shared(u64),
+}
+
+impl Turn {
+    /// Records the send now. `Ok(false)`: the turn lapsed; another may have been given since.
+    async fn end(&mut self, state: &AppState) -> Result<bool, ProxyError> {
+        let ended = match (&self.at, &state.shared) {
+            (TurnAt::Shared(at), Some(shared)) => {
+                let ended = shared.sent(*at).await.map_err(|_| redis_stopped())?;
+                if ended {
+                    state.pacer.record_send();
+                }
+                ended
+            }
+            (TurnAt::Local(at), _) => state.pacer.sent(*at),
+            (TurnAt::Shared(_), None) => false,
+        };
+        self.ended = true;
+        Ok(ended)
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        match (&self.at, &self.state.shared) {
+            (TurnAt::Local(at), _) => {
+                self.state.pacer.sent(*at);
+            }
+            (TurnAt::Shared(at), Some(shared)) => {
+                let (shared, at) = (shared.clone(), *at);
+                // Best effort: a turn not ended lapses by itself after its lease.
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(async move { shared.sent(at).await });
+                }
+            }
+            (TurnAt::Shared(_), None) => {}
+        }
+    }
 }
 
 /// Audits a refusal (best effort: a refusal is safe even unaudited) and returns its error.
@@ -733,6 +841,7 @@ async fn check_protected_tags(
     route: &Route,
     protections: &Protections,
     payer: &Payer,
+    lent: Option<&crate::upstream::Permit>,
 ) -> Result<(), ProxyError> {
     let deleting = matches!(
         route.operation,
@@ -762,7 +871,7 @@ async fn check_protected_tags(
             };
         }
         let ticket = admission::admit(state, payer, Work::Check).await?;
-        let versions = fresh_read(state, &ticket, &read).await?;
+        let versions = fresh_read(state, &ticket, lent, &read).await?;
         let versions = match versions {
             serde_json::Value::Array(list) => list,
             one => vec![one],
@@ -789,13 +898,16 @@ async fn check_protected_tags(
 async fn fresh_read(
     state: &AppState,
     ticket: &Ticket,
+    lent: Option<&crate::upstream::Permit>,
     route: &Route,
 ) -> Result<serde_json::Value, ProxyError> {
     let unavailable =
         |why: String| ProxyError::Unavailable(format!("Cannot verify protected tags: {why}"));
     let forwarded = Forwarded::from_request(&http::HeaderMap::new())?;
     let path = route.path_and_query();
-    let read = state.upstream.send(ticket, Method::GET, &path, &forwarded);
+    let read = state
+        .upstream
+        .send_on(ticket, lent, Method::GET, &path, &forwarded);
     let response = tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .map_err(|_| unavailable("upstream timed out".to_owned()))?

@@ -90,8 +90,15 @@ struct Progress {
 }
 
 /// Runs the guard for a delete the policy allowed; `enabled` is the matching rules' combined
-/// `multi_arch_guard` (on unless every matching rule turns it off).
-pub async fn check(state: &AppState, route: &Route, enabled: bool, payer: &Payer) -> Verdict {
+/// `multi_arch_guard` (on unless every matching rule turns it off). `lent`: the upstream slot
+/// its Packages API reads go out on, when the caller holds one (a mutation's second look).
+pub(crate) async fn check(
+    state: &AppState,
+    route: &Route,
+    enabled: bool,
+    payer: &Payer,
+    lent: Option<&crate::upstream::Permit>,
+) -> Verdict {
     let container = route
         .package
         .as_ref()
@@ -119,7 +126,7 @@ pub async fn check(state: &AppState, route: &Route, enabled: bool, payer: &Payer
     if route.operation == Operation::DeletePackage {
         return skipped("whole_package");
     }
-    let mut reads = Reads::new(state, payer);
+    let mut reads = Reads::new(state, payer, lent);
     let mut progress = Progress::default();
     let result = decide(state, route, &mut reads, &mut progress).await;
     let (decision, held_by, refusal) = match result {
@@ -283,7 +290,7 @@ async fn list_versions(
             ..Query::default()
         };
         let ticket = reads.api_request().await?;
-        let body = api_get(state, &ticket, &list.path_and_query()).await?;
+        let body = api_get(state, &ticket, reads.lent, &list.path_and_query()).await?;
         let versions = body
             .as_array()
             .ok_or_else(|| unavailable("the version list is not a JSON array".to_owned()))?;
@@ -309,7 +316,7 @@ async fn read_version(
     get.operation = Operation::GetVersion;
     get.query = Query::default();
     let ticket = reads.api_request().await?;
-    let body = api_get(state, &ticket, &get.path_and_query()).await?;
+    let body = api_get(state, &ticket, reads.lent, &get.path_and_query()).await?;
     Listed::from_json(&body).ok_or_else(|| unavailable("the version has no id and name".to_owned()))
 }
 
@@ -317,13 +324,14 @@ async fn read_version(
 async fn api_get(
     state: &AppState,
     ticket: &Ticket,
+    lent: Option<&crate::upstream::Permit>,
     path: &str,
 ) -> Result<serde_json::Value, ProxyError> {
     let forwarded = Forwarded::from_request(&HeaderMap::new())?;
     let read = async {
         let response = state
             .upstream
-            .send(ticket, Method::GET, path, &forwarded)
+            .send_on(ticket, lent, Method::GET, path, &forwarded)
             .await?;
         let status = response.status();
         if status == StatusCode::NOT_FOUND {

@@ -189,23 +189,32 @@ impl Pacer {
         Ok(Slot { at, pacer: self })
     }
 
-    /// Right before sending: waits until `pace` passed since the last send and records this one,
-    /// so a predecessor that sent late (a slow fsync, a busy core) pushes its successors back.
-    pub async fn before_send(&self) {
-        loop {
-            let wait = {
-                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                match state.last_send.map(|last| last + self.pace) {
-                    Some(due) if due > now => due - now,
-                    _ => {
-                        state.last_send = Some(now);
-                        return;
-                    }
-                }
-            };
-            tokio::time::sleep(wait).await;
+    /// Takes the next send turn if at least `pace` passed since the last send: `Ok` with the
+    /// turn, recorded as a send `lease` ahead (nobody else's turn comes while this one checks
+    /// and sends, until [`Pacer::sent`]), or `Err` with how long to wait before asking again. A
+    /// predecessor that sent late (a slow fsync, a busy core) pushes its successors back.
+    pub fn send_turn(&self, lease: Duration) -> Result<Instant, Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match state.last_send.map(|last| last + self.pace) {
+            Some(due) if due > now => Err(due - now),
+            _ => {
+                let turn = now + lease;
+                state.last_send = Some(turn);
+                Ok(turn)
+            }
         }
+    }
+
+    /// Ends a turn [`Pacer::send_turn`] gave: records the send now. `false`: the turn lapsed,
+    /// and another may have been given since.
+    pub fn sent(&self, turn: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.last_send != Some(turn) {
+            return false;
+        }
+        state.last_send = Some(Instant::now());
+        true
     }
 
     /// Records a send the fleet's pace (in Redis) let through, so that it can be put back if
@@ -224,7 +233,7 @@ impl Pacer {
 
     /// A claimed slot was not used (the call was not sent): the queue moves up by one pace, so
     /// calls that come later are not held up by it. Sends stay `pace` apart whatever the slots
-    /// say ([`Pacer::before_send`]).
+    /// say ([`Pacer::send_turn`]).
     pub fn give_back(&self) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -650,7 +650,22 @@ async fn reloadable(
     String,
     Vec<String>,
 ) {
-    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &ProxyOptions::default());
+    reloadable_with(sim, label, policy, &ProxyOptions::default()).await
+}
+
+/// [`reloadable`] with `opts` for the rest of the config.
+async fn reloadable_with(
+    sim: &Sim,
+    label: &str,
+    policy: &str,
+    opts: &ProxyOptions,
+) -> (
+    packages_proxy::server::Running,
+    PathBuf,
+    String,
+    Vec<String>,
+) {
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, opts);
     let path = temp_dir(label).join("config.toml");
     let config = format!("{text}\n{policy}");
     std::fs::write(&path, &config).unwrap();
@@ -1089,4 +1104,147 @@ async fn a_deletes_second_look_ends_at_the_drain_deadline() {
     drop(slow); // its answer does not matter here
     assert_eq!(sim.deletes(), 1);
     assert_not_sent_recorded(&audit);
+}
+
+// Found by a hostile review of the second look: it ran before the pace's last check, so deletes
+// a back-off held together all read their tags the moment it ended, then went out one per pace;
+// a tag pushed onto the last one meanwhile did not stop it. The look now comes with the call's
+// send turn, right before its send.
+#[tokio::test]
+async fn a_tag_pushed_while_deletes_held_by_a_back_off_go_out_one_per_pace_stops_its_delete() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-retag-backoff").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "{}protect_tags = [\"latest\"]\n",
+            web_allowed(&audit, "1500ms")
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let targets = [web[1], web[2], web[3]];
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &targets);
+    eventually(Duration::from_secs(5), "one sent, two queued", || async {
+        let intents = records(&audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count();
+        sim.deletes() == 1 && intents == 3
+    })
+    .await;
+    // A read meets a secondary limit: both queued deletes' slots come during its 5 s back-off.
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 5,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), proxy.tokens[1].as_str()).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    eventually(
+        Duration::from_secs(15),
+        "the second delete sent",
+        || async { sim.deletes() == 2 },
+    )
+    .await;
+    // The third goes a pace after the second: a protected tag pushed now must stop it.
+    let last = *targets
+        .iter()
+        .find(|id| sim.handle.version_deleted("acme", "container", "web", **id) == Some(false))
+        .unwrap();
+    assert!(
+        sim.handle
+            .set_tags("acme", "container", "web", last, &["latest"])
+    );
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 204, 403]);
+    assert_eq!(
+        sim.handle.version_deleted("acme", "container", "web", last),
+        Some(false),
+        "the newly tagged version was deleted"
+    );
+}
+
+// Found by the same review: the second look was skipped for a call checked less than a second
+// before it reached the send, and that age was taken before the wait for an upstream slot; a
+// reload adding protections to its rule was not applied to it either. A delete that waited for
+// the slot (another client's slow read held it) while the policy came to protect its target's
+// tag was sent. The checks now run after the slot, and again whenever the policy changed.
+#[tokio::test]
+async fn a_reload_adding_protections_applies_to_a_delete_waiting_for_an_upstream_slot() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-reload-protect").join("audit.jsonl");
+    let web = sim.versions("web").await;
+    assert!(
+        sim.handle
+            .set_tags("acme", "container", "web", web[1], &["latest"])
+    );
+    let opts = ProxyOptions {
+        extra_upstream: "max_concurrency = 1",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    // No protections at first: the delete reads nothing before it is queued.
+    let (running, path, config, tokens) = reloadable_with(
+        &sim,
+        "gate-reload-protect",
+        &web_allowed(&audit, "0s"),
+        &opts,
+    )
+    .await;
+    let base = format!("http://{}", running.addr);
+    // team-b's slow read holds the only upstream slot.
+    let before = sim.gets();
+    sim.handle.inject(packages_proxy::sim::Fault::new(
+        packages_proxy::sim::FaultKind::Latency(Duration::from_secs(3)),
+        1,
+    ));
+    let slow = {
+        let (url, token) = (format!("{base}{}", cold(0)), tokens[1].clone());
+        tokio::spawn(async move { get(&url, &token).await.status })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the slow read at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
+    let delete = deletes_at_once(&base, &tokens[0], &web[1..2]).remove(0);
+    wait_for_sample(
+        &format!("{base}/metrics"),
+        "packages_proxy_upstream_queued",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let protected = config.replace(
+        "multi_arch_guard = false\n",
+        "multi_arch_guard = false\nprotect_tags = [\"latest\"]\n",
+    );
+    assert_ne!(protected, config);
+    std::fs::write(&path, protected).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    let reply = delete.await.unwrap();
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(reply.text().contains("latest"), "{}", reply.text());
+    assert_eq!(
+        sim.deletes(),
+        0,
+        "the delete was sent under the old protections"
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    let records = records(&audit);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "denied"),
+        "{records:?}"
+    );
 }

@@ -13,6 +13,8 @@ use crate::{
 pub struct Reads<'a> {
     state: &'a AppState,
     payer: &'a Payer,
+    /// The upstream slot the Packages API reads go out on, if the caller holds one.
+    pub(crate) lent: Option<&'a crate::upstream::Permit>,
     max: u32,
     /// Registry requests made (token fetches included).
     pub registry: u32,
@@ -25,11 +27,16 @@ pub struct Reads<'a> {
 // === impl Reads ===
 
 impl<'a> Reads<'a> {
-    /// A fresh count for one decision paid by `payer`.
-    pub fn new(state: &'a AppState, payer: &'a Payer) -> Self {
+    /// A fresh count for one decision paid by `payer`, its API reads on `lent` if given.
+    pub(crate) fn new(
+        state: &'a AppState,
+        payer: &'a Payer,
+        lent: Option<&'a crate::upstream::Permit>,
+    ) -> Self {
         Self {
             state,
             payer,
+            lent,
             max: state.config.registry.max_reads_per_decision,
             registry: 0,
             cached: 0,

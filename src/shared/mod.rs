@@ -272,21 +272,45 @@ impl Shared {
             .await;
     }
 
-    /// Waits until at least `pace` passed since the fleet's last send, then records this one.
-    pub async fn before_send(&self, pace: Duration) -> Result<(), Down> {
-        loop {
-            let mut conn = self.conn()?;
-            let key = self.key("p", "last-send");
-            let script = self.scripts.send.clone();
-            let pace_ms = millis(pace);
-            let wait: u64 = self
-                .run(async move { script.key(key).arg(pace_ms).invoke_async(&mut conn).await })
-                .await?;
-            if wait == 0 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-        }
+    /// Takes the fleet's next send turn if at least `pace` passed since its last send: `Ok` with
+    /// the turn's lease (nobody else's comes for `lease`, or until [`Shared::sent`]), or `Err`
+    /// with how long to wait before asking again.
+    pub async fn send_turn(
+        &self,
+        pace: Duration,
+        lease: Duration,
+    ) -> Result<Result<u64, Duration>, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("p", "last-send");
+        let script = self.scripts.send.clone();
+        let (pace_ms, lease_ms) = (millis(pace), millis(lease));
+        let (wait, turn): (u64, u64) = self
+            .run(async move {
+                script
+                    .key(key)
+                    .arg(pace_ms)
+                    .arg(lease_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(if wait == 0 {
+            Ok(turn)
+        } else {
+            Err(Duration::from_millis(wait))
+        })
+    }
+
+    /// Ends a turn [`Shared::send_turn`] gave: records the send now. `Ok(false)`: the turn
+    /// lapsed, and another may have been given since.
+    pub async fn sent(&self, turn: u64) -> Result<bool, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("p", "last-send");
+        let script = self.scripts.sent.clone();
+        let ended: i64 = self
+            .run(async move { script.key(key).arg(turn).invoke_async(&mut conn).await })
+            .await?;
+        Ok(ended == 1)
     }
 
     /// Takes one token from a fleet-wide bucket of `per_minute`.

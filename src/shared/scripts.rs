@@ -29,17 +29,31 @@ redis.call('SET', KEYS[1], back, 'PX', 3600000)
 return 1
 ";
 
-/// Right before sending: KEYS[1] last-send ms; ARGV[1] pace ms. Returns 0 and records the send
-/// when at least `pace` passed since the last one, else the ms still to wait (a predecessor that
-/// sent late pushes its successors back, so sends, not just slots, stay `pace` apart).
+/// A send's turn: KEYS[1] last-send ms; ARGV[1] pace ms, ARGV[2] lease ms. When at least `pace`
+/// passed since the last send, takes the turn: records a send `lease` ms ahead (so nobody else's
+/// turn comes while this one checks and sends) and returns {0, that time}; else returns {the ms
+/// still to wait, 0}. A predecessor that sent late pushes its successors back, so sends, not
+/// just slots, stay `pace` apart.
 const SEND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local due = last + tonumber(ARGV[1])
-if now < due then return due - now end
+if now < due then return {due - now, 0} end
+local lease = now + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
+return {0, lease}
+";
+
+/// Ends a turn SEND gave: KEYS[1] last-send ms; ARGV[1] the turn's lease. While the turn is still
+/// this one's, records the send now and returns 1; a turn that lapsed (someone else's since)
+/// returns 0 and records nothing.
+const SENT: &str = r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[1], now, 'PX', 3600000)
-return 0
+return 1
 ";
 
 /// Takes ARGV[3] (1, 0 to read, -1 to give one back) tokens from a bucket of ARGV[1] per ARGV[2] ms. KEYS[1] hash
@@ -136,6 +150,7 @@ return 0
 pub(super) struct Scripts {
     pub(super) pace: Script,
     pub(super) send: Script,
+    pub(super) sent: Script,
     pub(super) bucket: Script,
     pub(super) unlock: Script,
     pub(super) renew: Script,
@@ -151,6 +166,7 @@ impl Scripts {
         Self {
             pace: Script::new(PACE),
             send: Script::new(SEND),
+            sent: Script::new(SENT),
             bucket: Script::new(BUCKET),
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),

@@ -172,8 +172,8 @@ impl Upstream {
     }
 
     /// The first half of [`Upstream::send`]: refuses during a back-off, then waits for the
-    /// ticket's client's share and a slot. A mutation takes it before its pace's send check,
-    /// so the send it records is the moment the request goes out, not the start of this wait.
+    /// ticket's client's share and a slot. A mutation takes it within its send turn, then
+    /// reads what it must check again on it ([`Upstream::send_on`]) and is sent on it.
     pub(crate) async fn acquire(&self, ticket: &Ticket) -> Result<Permit, ProxyError> {
         // Refused before anything is sent: the payer gets its charge back.
         let permit = match self.refuse_during_backoff() {
@@ -197,6 +197,39 @@ impl Upstream {
         &self,
         ticket: &Ticket,
         permit: Permit,
+        method: Method,
+        path_and_query: &str,
+        forwarded: &Forwarded,
+    ) -> Result<Response<Body>, ProxyError> {
+        self.attempts(ticket, Some(permit), method, path_and_query, forwarded)
+            .await
+    }
+
+    /// Sends a read on a slot its caller holds already (`lent`: a mutation's safety reads,
+    /// made on the mutation's own slot right before it is sent, so no wait for another slot
+    /// comes between them and the send), or on one of its own when `lent` is `None`.
+    pub(crate) async fn send_on(
+        &self,
+        ticket: &Ticket,
+        lent: Option<&Permit>,
+        method: Method,
+        path_and_query: &str,
+        forwarded: &Forwarded,
+    ) -> Result<Response<Body>, ProxyError> {
+        match lent {
+            Some(_) => {
+                self.attempts(ticket, None, method, path_and_query, forwarded)
+                    .await
+            }
+            None => self.send(ticket, method, path_and_query, forwarded).await,
+        }
+    }
+
+    /// Every attempt of one request; `permit` is its own slot (`None`: a slot its caller holds).
+    async fn attempts(
+        &self,
+        ticket: &Ticket,
+        permit: Option<Permit>,
         method: Method,
         path_and_query: &str,
         forwarded: &Forwarded,
@@ -271,7 +304,7 @@ impl Upstream {
     async fn limited(
         &self,
         response: Response<Incoming>,
-        permit: Permit,
+        permit: Option<Permit>,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = response.into_parts();
         let read = Limited::new(body, MAX_ERROR_BODY).collect();
@@ -372,15 +405,19 @@ impl Upstream {
         (in_flight, waiting)
     }
 
-    /// The response with a body that holds the upstream slot until it is read or dropped.
-    fn wrap(&self, response: Response<Incoming>, permit: Permit) -> Response<Body> {
+    /// The response with a body that holds the upstream slot (if the request had its own)
+    /// until it is read or dropped.
+    fn wrap(&self, response: Response<Incoming>, permit: Option<Permit>) -> Response<Body> {
         let timeout = self.timeout;
         response.map(|body: Incoming| {
             let body = TimeoutBody::new(timeout, body).map_err(|error| -> BoxError { error });
-            crate::body::boxed(PermitBody {
-                inner: crate::body::boxed(body),
-                _permit: permit,
-            })
+            match permit {
+                Some(permit) => crate::body::boxed(PermitBody {
+                    inner: crate::body::boxed(body),
+                    _permit: permit,
+                }),
+                None => crate::body::boxed(body),
+            }
         })
     }
 
