@@ -21,6 +21,7 @@
 //! - [`ops`]: the proxy's own endpoints: `/healthz`, `/readyz`, `/metrics` (rendered from the
 //!   state), `GET /rate_limit`, `POST /admin/cache/purge`.
 //! - [`route`]: path checks and the typed Packages API routes (the wall around the org token).
+//! - [`cors`]: preflights and the CORS headers of answers to browsers, as api.github.com's.
 //! - [`auth`]: client credentials (token or certificate) -> client, with its [`quota`]s.
 //! - [`admission`]: the one gate every request to GitHub passes: back-off, reserve, and who
 //!   pays (the client's quota, fleet-wide with Redis; or the proxy for its background work).
@@ -74,6 +75,7 @@ pub mod body;
 pub mod body_url;
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod demo;
 pub mod error;
 pub mod gate;

@@ -30,6 +30,8 @@ pub struct Heads<'a> {
     pub request_id: Option<&'a HeaderValue>,
     /// `Cache-Control: no-cache` (or `max-age=0`) or `Pragma: no-cache`, in any of their values.
     pub no_cache: bool,
+    /// `Origin`: a browser's request, answered with CORS headers (see `crate::cors`).
+    pub origin: bool,
     /// `Authorization` came more than once: refused (400), since a front proxy that reads the
     /// last one and this proxy, reading the first, would disagree on who the client is.
     authorization_repeated: bool,
@@ -88,6 +90,9 @@ impl<'a> Heads<'a> {
                 &mut heads.api_version
             } else if name == X_REQUEST_ID {
                 &mut heads.request_id
+            } else if name == header::ORIGIN {
+                heads.origin = true;
+                continue;
             } else {
                 continue;
             };

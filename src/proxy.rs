@@ -81,6 +81,8 @@ struct Call {
     client_request_id: Option<String>,
     method: Method,
     log: RequestLog,
+    /// A browser's request to a proxied path: the answer carries CORS headers ([`crate::cors`]).
+    cors: bool,
 }
 
 /// The proxy's own request id and the client's `X-Request-Id`, if it sent a plain one.
@@ -113,6 +115,7 @@ pub fn handle<G: Send + 'static>(
         client_request_id: None,
         method: request.method().clone(),
         log: RequestLog::default(),
+        cors: false,
     };
     match walk(state, request, &mut call, memo) {
         // The slot and the guard are given back once the answer is built.
@@ -164,6 +167,9 @@ impl Call {
             duration: elapsed,
         });
         let headers = response.headers_mut();
+        if self.cors {
+            crate::cors::add(headers);
+        }
         match log.scopes {
             // An answer from the cache has a slot for each (`cache::StoredHeaders`).
             Some(scopes) if log.cache.is_some() => cache::fill_slots(
@@ -183,6 +189,27 @@ impl Call {
         }
         response
     }
+}
+
+/// A browser's preflight (no credentials: it never carries any) of a path the proxy serves for
+/// the method it asks about (`GET` if it names none); else 404, as the call itself would be.
+fn preflight<B>(path: &str, request: &Request<B>, log: &mut RequestLog) -> Result<(), ProxyError> {
+    if ops::is_rate_limit_path(path) {
+        log.route = Some("/rate_limit");
+        return Ok(());
+    }
+    if path == ops::PURGE_PATH {
+        log.route = Some(ops::PURGE_PATH);
+        return Ok(());
+    }
+    let method = request
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+        .unwrap_or(Method::GET);
+    let route = Route::parse(&method, path, request.uri().query())?;
+    log.route = Some(route.template());
+    Ok(())
 }
 
 /// The client behind a request: its bearer token, else its TLS client certificate. Records the
@@ -303,6 +330,11 @@ fn walk_checked(
     let metrics_here = state.config.server.admin_listen.is_none();
     if let Some(response) = ops::operational(state, request.method(), path, metrics_here) {
         return Ok(Step::Done(Ok(response)));
+    }
+    // Past the unauthenticated endpoints: a browser may call what is left.
+    call.cors = heads.origin;
+    if request.method() == Method::OPTIONS {
+        return preflight(path, &request, log).map(|()| Step::Done(Ok(crate::cors::preflight())));
     }
     if ops::is_rate_limit_path(path) && matches!(*request.method(), Method::GET | Method::HEAD) {
         log.route = Some("/rate_limit");

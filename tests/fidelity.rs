@@ -565,3 +565,101 @@ async fn if_modified_since_is_answered_from_the_cache() {
         "a long If-None-Match list"
     );
 }
+
+// Found trying the proxy as a browser's GitHub client (Octokit in a web page) would: it sends a
+// preflight `OPTIONS` first, which was a 404, and the answers carried no
+// `Access-Control-Allow-Origin`, so the browser refused every call. api.github.com answers both.
+#[tokio::test]
+async fn a_browser_client_gets_githubs_cors_answers_and_the_own_endpoints_none() {
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let origin = ("origin", "https://dashboard.example");
+    let versions = proxy.url(&format!("{WEB}/versions"));
+    // The preflight: no credentials, nothing sent upstream.
+    let before = sim.gets();
+    let preflight = send(
+        Method::OPTIONS,
+        &versions,
+        None,
+        &[
+            origin,
+            ("access-control-request-method", "GET"),
+            (
+                "access-control-request-headers",
+                "authorization, x-github-api-version, if-none-match",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(preflight.status, StatusCode::NO_CONTENT);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    let allowed = preflight
+        .header("access-control-allow-headers")
+        .unwrap()
+        .to_ascii_lowercase();
+    for name in ["authorization", "x-github-api-version", "if-none-match"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .unwrap()
+            .contains("GET")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("86400"));
+    // A delete's preflight too; a path the proxy does not serve stays 404, as its call would.
+    let delete_preflight = send(
+        Method::OPTIONS,
+        &proxy.url(&format!("{WEB}/versions/1")),
+        None,
+        &[origin, ("access-control-request-method", "DELETE")],
+    )
+    .await;
+    assert_eq!(delete_preflight.status, StatusCode::NO_CONTENT);
+    let elsewhere = send(
+        Method::OPTIONS,
+        &proxy.url("/repos/acme/secrets"),
+        None,
+        &[origin, ("access-control-request-method", "GET")],
+    )
+    .await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(sim.gets(), before, "a preflight went upstream");
+    // The calls: a miss, then a hit, each readable by the page (ETag, Link, the figures).
+    for _ in 0..2 {
+        let reply = send(Method::GET, &versions, Some(proxy.token()), &[origin]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        let exposed = reply
+            .header("access-control-expose-headers")
+            .unwrap()
+            .to_ascii_lowercase();
+        for name in ["etag", "link", "x-ratelimit-remaining", "cache-status"] {
+            assert!(exposed.contains(name), "{exposed}");
+        }
+    }
+    // Errors too, so a page can read the message.
+    let unauthenticated = send(Method::GET, &versions, None, &[origin]).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        unauthenticated.header("access-control-allow-origin"),
+        Some("*")
+    );
+    // No `Origin`, no CORS headers (the cached answer does not keep the browser's).
+    let plain = get(&versions, proxy.token()).await;
+    assert!(
+        cache_status(&plain).contains("hit"),
+        "{}",
+        cache_status(&plain)
+    );
+    assert!(plain.header("access-control-allow-origin").is_none());
+    // The unauthenticated endpoints answer no browser.
+    for path in ["/healthz", "/metrics"] {
+        let reply = send(Method::GET, &proxy.url(path), None, &[origin]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert!(
+            reply.header("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
+}
