@@ -74,8 +74,9 @@ pub fn hostile_corpus() -> Vec<(&'static str, String)> {
         "GET",
         format!("/orgs/acme/packages/container/web/{}", "x/".repeat(2000)),
     ));
-    // Odd methods and the destructive calls (refused in this release).
-    for method in ["PUT", "PATCH", "OPTIONS", "TRACE", "DELETE", "POST"] {
+    // Odd methods and the destructive calls (refused in this release). `OPTIONS` of a served
+    // path is a browser's preflight (a 204 answered by the proxy); of any other, a 404.
+    for method in ["PUT", "PATCH", "TRACE", "DELETE", "POST"] {
         corpus.push((
             method,
             "/orgs/acme/packages/container/web/versions/1".to_owned(),
@@ -92,6 +93,11 @@ pub fn hostile_corpus() -> Vec<(&'static str, String)> {
     corpus.push(("DELETE", "/orgs/acme/packages/container/web".to_owned()));
     corpus.push(("POST", "/graphql".to_owned()));
     corpus.push(("OPTIONS", "*".to_owned()));
+    corpus.push(("OPTIONS", "/repos/acme/app/actions/secrets".to_owned()));
+    corpus.push((
+        "OPTIONS",
+        "/orgs/acme/packages/container/web/../../../user".to_owned(),
+    ));
     corpus.push(("CONNECT", "api.github.com:443".to_owned()));
     corpus
 }
