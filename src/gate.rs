@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -272,10 +272,10 @@ async fn unsent(
     let mut outcome = record.at(Phase::Outcome, decision);
     outcome.reason = Some(match &error {
         ProxyError::ShuttingDown => {
-            "Not sent: the proxy shut down before this call's pace slot".to_owned()
+            "Not sent: the proxy shut down before this call could be sent".to_owned()
         }
         ProxyError::ClientGone => {
-            "Not sent: the client closed the request before this call's pace slot".to_owned()
+            "Not sent: the client closed the request before this call was sent".to_owned()
         }
         other if decision == audit::Decision::NotSent => format!("Not sent: {other}"),
         other => other.to_string(),
@@ -579,54 +579,56 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 /// Right before the send, in this order: the call's send turn (at least `pace` after the
 /// fleet's last send; nobody else's comes until this call is sent or gives it up), its upstream
 /// slot, the policy as it is now, and the checks that read GitHub again if the first ones are
-/// older than [`RECHECK_AFTER`] or a reload changed the rules since. So whatever held the call
-/// (the queue, a back-off, the wait for a slot), what it checked is at most that old when it
-/// goes out: a tag pushed meanwhile (a protected one, or one that puts an image index back in
-/// use) stops it. The reads go out on the call's own slot, and only the call whose turn it is
-/// makes them: calls a back-off held together do not all read at once.
+/// older than [`RECHECK_AFTER`] or a reload changed the rules since (read again if a reload
+/// comes while they read). So whatever held the call (the queue, a back-off, the wait for a
+/// slot), what it checked is at most that old when it goes out: a tag pushed meanwhile (a
+/// protected one, or one that puts an image index back in use) stops it. The reads go out on the
+/// call's own slot, and only the call whose turn it is makes them: calls a back-off held
+/// together do not all read at once. The turn is renewed while the call waits and reads; if it
+/// lapses anyway (Redis lost it), the slot is given back and the call waits for the next turn.
 async fn send_mutation(
     state: &Arc<AppState>,
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
-    // Long enough for a slot and the reads; a turn that lapses meanwhile is taken again.
-    let lease = state.config.upstream.timeout.max(Duration::from_secs(2));
-    let mut permit = None;
     let mut looked = (m.checked, m.policy.clone());
     let permit = loop {
         still_allowed(state, m)?;
-        let mut turn = next_turn(state, lease).await?;
-        let held = match permit.take() {
-            Some(held) => held,
+        let mut turn = next_turn(state).await?;
+        let attempt = async {
             // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
-            None => tokio::select! {
+            let held = tokio::select! {
                 biased;
                 () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
                 held = state.upstream.acquire(&m.ticket) => held?,
-            },
-        };
-        let protections = still_allowed(state, m)?;
-        let policy = state.policy.load_full();
-        if looked.0.elapsed() >= RECHECK_AFTER || !Arc::ptr_eq(&looked.1, &policy) {
-            // The proxy pays for its own second look: the call was admitted and charged already.
-            let look = second_look(state, &m.route, &protections, &held);
-            tokio::select! {
-                biased;
-                () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-                looked = tokio::time::timeout(lease, look) => looked.map_err(|_| {
-                    ProxyError::Unavailable(
-                        "Reading the protected tags and the image indexes again before the send \
-                         took too long; the call was not sent (fail closed)"
-                            .to_owned(),
-                    )
-                })??,
+            };
+            let mut stale = looked.0.elapsed() >= RECHECK_AFTER;
+            loop {
+                let policy = state.policy.load_full();
+                let protections = still_allowed(state, m)?;
+                if !stale && Arc::ptr_eq(&looked.1, &policy) {
+                    break;
+                }
+                // The proxy pays for its own second look: the call was charged already.
+                let started = tokio::time::Instant::now();
+                tokio::select! {
+                    biased;
+                    () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+                    looked = second_look(state, &m.route, &protections, &held) => looked?,
+                }
+                looked = (started, policy);
+                stale = false; // read again only if a reload came meanwhile
             }
-            looked = (tokio::time::Instant::now(), policy);
-        }
+            Ok(held)
+        };
+        let held = tokio::select! {
+            attempted = attempt => attempted?,
+            () = turn.keep(state) => continue, // lapsed: wait for the next one
+        };
         match turn.end(state).await {
             Ok(true) => break held,
-            // The turn lapsed while the call waited for its slot or read: take the next one.
-            Ok(false) => permit = Some(held),
+            // The turn lapsed while the call read: its slot goes back, the call waits again.
+            Ok(false) => drop(held),
             Err(error) => return Err(error),
         }
     };
@@ -653,7 +655,8 @@ async fn send_mutation(
     Ok(out)
 }
 
-/// The protected tags and the multi-arch guard, read again on the call's own upstream slot.
+/// The multi-arch guard, then the protected tags (the last read before the send: it is the
+/// freshest), read again on the call's own upstream slot.
 async fn second_look(
     state: &AppState,
     route: &Route,
@@ -661,47 +664,49 @@ async fn second_look(
     held: &crate::upstream::Permit,
 ) -> Result<(), ProxyError> {
     let payer = Payer::Proxy;
-    check_protected_tags(state, route, protections, &payer, Some(held)).await?;
     let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
-    match crate::guard::check(state, route, enabled, &payer, Some(held))
+    if let Some(refusal) = crate::guard::check(state, route, enabled, &payer, Some(held))
         .await
         .refusal
     {
-        Some(refusal) => Err(refusal),
-        None => Ok(()),
+        return Err(refusal);
     }
+    check_protected_tags(state, route, protections, &payer, Some(held)).await
 }
+
+/// How long a send turn holds off everyone else's without being renewed: the longest the fleet's
+/// deletes stall if its holder dies (a process killed, Redis answering a turn's request too late
+/// for its caller).
+const TURN_LEASE: Duration = Duration::from_secs(5);
 
 /// Longest single wait for a turn while another call holds one (its lease may end early).
 const TURN_POLL: Duration = Duration::from_millis(100);
 
 /// Waits for this call's send turn: at least `pace` after the last send, fleet-wide through
-/// Redis when shared (which must answer), given for `lease` at most.
-async fn next_turn(state: &Arc<AppState>, lease: Duration) -> Result<Turn, ProxyError> {
+/// Redis when shared (which must answer).
+async fn next_turn(state: &Arc<AppState>) -> Result<Turn, ProxyError> {
     let pace = state.config.mutations.pace;
     loop {
-        let wait = match &state.shared {
-            Some(shared) => match shared.send_turn(pace, lease).await {
-                Ok(Ok(at)) => {
-                    return Ok(Turn {
-                        state: state.clone(),
-                        at: TurnAt::Shared(at),
-                        ended: false,
-                    });
-                }
-                Ok(Err(wait)) => wait,
-                Err(_) => return Err(redis_stopped()),
-            },
-            None => match state.pacer.send_turn(lease) {
-                Ok(at) => {
-                    return Ok(Turn {
-                        state: state.clone(),
-                        at: TurnAt::Local(at),
-                        ended: false,
-                    });
-                }
-                Err(wait) => wait,
-            },
+        let (taken, shared) = match &state.shared {
+            Some(shared) => (
+                shared
+                    .send_turn(pace, TURN_LEASE)
+                    .await
+                    .map_err(|_| redis_stopped())?,
+                true,
+            ),
+            None => (state.pacer.send_turn(TURN_LEASE), false),
+        };
+        let wait = match taken {
+            Ok(name) => {
+                return Ok(Turn {
+                    state: state.clone(),
+                    name: AtomicU64::new(name),
+                    shared,
+                    ended: false,
+                });
+            }
+            Err(wait) => wait,
         };
         // Longer than a pace: another call holds a turn, which ends when it is sent.
         let wait = if wait > pace {
@@ -725,32 +730,51 @@ fn redis_stopped() -> ProxyError {
     )
 }
 
-/// A call's send turn ([`crate::pace::Pacer::send_turn`]); one not ended by the send is ended
-/// when dropped (the pace then counts from that moment).
+/// A call's send turn ([`crate::pace::Pacer::send_turn`], or the fleet's in Redis); one not
+/// ended by the send is ended when dropped (the pace then counts from that moment).
 struct Turn {
     state: Arc<AppState>,
-    at: TurnAt,
+    /// Its name: the local pacer's number, or the lease Redis holds (renewing renames it).
+    name: AtomicU64,
+    shared: bool,
     ended: bool,
 }
 
-enum TurnAt {
-    Local(tokio::time::Instant),
-    Shared(u64),
-}
-
 impl Turn {
+    /// Renews the lease while the call waits for its slot and reads; resolves only if the turn
+    /// lapsed (or Redis stopped answering): the call must then wait for another.
+    async fn keep(&self, state: &AppState) {
+        loop {
+            tokio::time::sleep(TURN_LEASE / 3).await;
+            let name = self.name.load(Ordering::Relaxed);
+            let renewed = match (&state.shared, self.shared) {
+                (Some(shared), true) => match shared.renew_turn(name, TURN_LEASE).await {
+                    Ok(Some(renamed)) => {
+                        self.name.store(renamed, Ordering::Relaxed);
+                        true
+                    }
+                    Ok(None) | Err(_) => false,
+                },
+                _ => state.pacer.renew(name, TURN_LEASE),
+            };
+            if !renewed {
+                return;
+            }
+        }
+    }
+
     /// Records the send now. `Ok(false)`: the turn lapsed; another may have been given since.
     async fn end(&mut self, state: &AppState) -> Result<bool, ProxyError> {
-        let ended = match (&self.at, &state.shared) {
-            (TurnAt::Shared(at), Some(shared)) => {
-                let ended = shared.sent(*at).await.map_err(|_| redis_stopped())?;
+        let name = self.name.load(Ordering::Relaxed);
+        let ended = match (&state.shared, self.shared) {
+            (Some(shared), true) => {
+                let ended = shared.sent(name).await.map_err(|_| redis_stopped())?;
                 if ended {
                     state.pacer.record_send();
                 }
                 ended
             }
-            (TurnAt::Local(at), _) => state.pacer.sent(*at),
-            (TurnAt::Shared(_), None) => false,
+            _ => state.pacer.sent(name),
         };
         self.ended = true;
         Ok(ended)
@@ -762,18 +786,18 @@ impl Drop for Turn {
         if self.ended {
             return;
         }
-        match (&self.at, &self.state.shared) {
-            (TurnAt::Local(at), _) => {
-                self.state.pacer.sent(*at);
-            }
-            (TurnAt::Shared(at), Some(shared)) => {
-                let (shared, at) = (shared.clone(), *at);
+        let name = self.name.load(Ordering::Relaxed);
+        match (&self.state.shared, self.shared) {
+            (Some(shared), true) => {
+                let shared = shared.clone();
                 // Best effort: a turn not ended lapses by itself after its lease.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { shared.sent(at).await });
+                    runtime.spawn(async move { shared.sent(name).await });
                 }
             }
-            (TurnAt::Shared(_), None) => {}
+            _ => {
+                self.state.pacer.sent(name);
+            }
         }
     }
 }

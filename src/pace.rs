@@ -84,8 +84,11 @@ pub struct Draining;
 struct PacerState {
     /// The earliest time the next slot may be given.
     next: Instant,
-    /// When the last mutation was actually sent.
+    /// When the last mutation was actually sent (while a send turn is held: when its lease ends).
     last_send: Option<Instant>,
+    /// The send turn held now, by its number, and the last number given.
+    turn: Option<u64>,
+    turns: u64,
     /// Slots handed out whose time has not come.
     waiting: usize,
 }
@@ -116,6 +119,8 @@ impl Pacer {
             state: Mutex::new(PacerState {
                 next: Instant::now(),
                 last_send: None,
+                turn: None,
+                turns: 0,
                 waiting: 0,
             }),
             drain: watch::Sender::new(None),
@@ -190,29 +195,43 @@ impl Pacer {
     }
 
     /// Takes the next send turn if at least `pace` passed since the last send: `Ok` with the
-    /// turn, recorded as a send `lease` ahead (nobody else's turn comes while this one checks
-    /// and sends, until [`Pacer::sent`]), or `Err` with how long to wait before asking again. A
-    /// predecessor that sent late (a slow fsync, a busy core) pushes its successors back.
-    pub fn send_turn(&self, lease: Duration) -> Result<Instant, Duration> {
+    /// turn's number, recorded as a send `lease` ahead (nobody else's turn comes while this one
+    /// checks and sends, until [`Pacer::sent`] or the lease ends; [`Pacer::renew`] extends it),
+    /// or `Err` with how long to wait before asking again. A predecessor that sent late (a slow
+    /// fsync, a busy core) pushes its successors back.
+    pub fn send_turn(&self, lease: Duration) -> Result<u64, Duration> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         match state.last_send.map(|last| last + self.pace) {
             Some(due) if due > now => Err(due - now),
             _ => {
-                let turn = now + lease;
-                state.last_send = Some(turn);
+                state.turns += 1;
+                let turn = state.turns;
+                state.turn = Some(turn);
+                state.last_send = Some(now + lease);
                 Ok(turn)
             }
         }
     }
 
-    /// Ends a turn [`Pacer::send_turn`] gave: records the send now. `false`: the turn lapsed,
-    /// and another may have been given since.
-    pub fn sent(&self, turn: Instant) -> bool {
+    /// Extends a turn's lease to `lease` from now; `false` if it lapsed (another was given).
+    pub fn renew(&self, turn: u64, lease: Duration) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.last_send != Some(turn) {
+        if state.turn != Some(turn) {
             return false;
         }
+        state.last_send = Some(Instant::now() + lease);
+        true
+    }
+
+    /// Ends a turn [`Pacer::send_turn`] gave: records the send now. `false`: the turn lapsed,
+    /// and another may have been given since.
+    pub fn sent(&self, turn: u64) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.turn != Some(turn) {
+            return false;
+        }
+        state.turn = None;
         state.last_send = Some(Instant::now());
         true
     }

@@ -1248,3 +1248,104 @@ async fn a_reload_adding_protections_applies_to_a_delete_waiting_for_an_upstream
         "{records:?}"
     );
 }
+
+// Found by a hostile review of the send turn: the policy was asked before the second look and
+// not after it, so a deny rule reloaded while GitHub answered the look's reads slowly did not
+// stop the send. It is asked again after the reads, right before the send.
+#[tokio::test]
+async fn a_deny_reloaded_while_a_delete_reads_its_tags_again_stops_it() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-reload-during-look").join("audit.jsonl");
+    let policy = format!(
+        "{}protect_tags = [\"latest\"]\n",
+        web_allowed(&audit, "1500ms")
+    );
+    let (running, path, config, tokens) =
+        reloadable(&sim, "gate-reload-during-look", &policy).await;
+    let web = sim.versions("web").await;
+    let base = format!("http://{}", running.addr);
+    let deletes = deletes_at_once(&base, &tokens[0], &web[1..3]);
+    eventually(Duration::from_secs(5), "one sent, one queued", || async {
+        let intents = records(&audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count();
+        sim.deletes() == 1 && intents == 2
+    })
+    .await;
+    // The queued delete's second look: GitHub holds its read for 3 s.
+    let before = sim.gets();
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(3)), 1));
+    eventually(
+        Duration::from_secs(5),
+        "the second look at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
+    let denied = format!("{config}[[policy.deny]]\nname = \"stop\"\npackages = [\"web\"]\n");
+    std::fs::write(&path, denied).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 403]);
+    assert_eq!(sim.deletes(), 1, "the delete was sent after the deny");
+}
+
+// Found by the same review: with one upstream slot, a delete whose send turn lapsed while it
+// waited for the slot kept the slot while it waited for its next turn, and the call that took
+// that turn waited for the slot: each held what the other needed until a lease ran out (30 s
+// by default). A turn is now renewed while its call waits, and a lapsed one gives its slot back.
+#[tokio::test]
+async fn deletes_waiting_for_the_only_upstream_slot_go_out_once_it_is_free() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-one-slot").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "500ms"),
+        extra_upstream: "max_concurrency = 1",
+        upstream_timeout: "4s",
+        clients: vec!["team-a", "team-b", "team-c"],
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // Two slow reads (team-b's and team-c's, each within its client's share) hold the only
+    // slot for 6 s, longer than a turn's lease.
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(3)), 2));
+    let before = sim.gets();
+    let reads: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, token) = (proxy.url(&cold(i)), proxy.tokens[1 + i].clone());
+            tokio::spawn(async move { get(&url, &token).await.status })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(5),
+        "the first slow read at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
+    let held = std::time::Instant::now();
+    wait_upstream_queued(&proxy, 1.0).await;
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &web[1..3]);
+    for delete in deletes {
+        let reply = delete.await.unwrap();
+        assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    }
+    let took = held.elapsed();
+    for read in reads {
+        assert_eq!(read.await.unwrap(), StatusCode::OK);
+    }
+    // 6 s of reads, then one delete and another a pace later.
+    assert!(
+        took < Duration::from_millis(8500),
+        "the deletes went out {took:?} after the slot was taken by 6 s of reads"
+    );
+    assert_eq!(sim.deletes(), 2);
+}

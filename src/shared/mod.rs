@@ -301,6 +301,26 @@ impl Shared {
         })
     }
 
+    /// Extends a turn [`Shared::send_turn`] gave to `lease` from now: `Ok(Some)` with the turn's
+    /// new name, `Ok(None)` if it lapsed.
+    pub async fn renew_turn(&self, turn: u64, lease: Duration) -> Result<Option<u64>, Down> {
+        let mut conn = self.conn()?;
+        let key = self.key("p", "last-send");
+        let script = self.scripts.renew_turn.clone();
+        let lease_ms = millis(lease);
+        let renewed: u64 = self
+            .run(async move {
+                script
+                    .key(key)
+                    .arg(turn)
+                    .arg(lease_ms)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok((renewed != 0).then_some(renewed))
+    }
+
     /// Ends a turn [`Shared::send_turn`] gave: records the send now. `Ok(false)`: the turn
     /// lapsed, and another may have been given since.
     pub async fn sent(&self, turn: u64) -> Result<bool, Down> {

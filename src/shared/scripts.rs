@@ -45,6 +45,19 @@ redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
 return {0, lease}
 ";
 
+/// Extends a turn SEND gave: KEYS[1] last-send ms; ARGV[1] the turn's lease, ARGV[2] lease ms.
+/// While the turn is still this one's, moves its lease to now + ARGV[2] and returns the new one
+/// (the turn's name from now on); a turn that lapsed returns 0.
+const RENEW_TURN: &str = r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = now + tonumber(ARGV[2])
+if lease <= tonumber(ARGV[1]) then lease = tonumber(ARGV[1]) + 1 end
+redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
+return lease
+";
+
 /// Ends a turn SEND gave: KEYS[1] last-send ms; ARGV[1] the turn's lease. While the turn is still
 /// this one's, records the send now and returns 1; a turn that lapsed (someone else's since)
 /// returns 0 and records nothing.
@@ -151,6 +164,7 @@ pub(super) struct Scripts {
     pub(super) pace: Script,
     pub(super) send: Script,
     pub(super) sent: Script,
+    pub(super) renew_turn: Script,
     pub(super) bucket: Script,
     pub(super) unlock: Script,
     pub(super) renew: Script,
@@ -167,6 +181,7 @@ impl Scripts {
             pace: Script::new(PACE),
             send: Script::new(SEND),
             sent: Script::new(SENT),
+            renew_turn: Script::new(RENEW_TURN),
             bucket: Script::new(BUCKET),
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),
