@@ -9,7 +9,10 @@ mod support;
 
 use http::{Method, StatusCode};
 use packages_proxy::sim::{Dataset, RegistryFault};
-use support::{ProxyOptions, Sim, TestProxy, send, spawn_proxy, spawn_sim_with, temp_dir};
+use std::time::Duration;
+use support::{
+    ProxyOptions, Sim, TestProxy, eventually, send, spawn_proxy, spawn_sim_with, temp_dir,
+};
 
 const APP: &str = "/orgs/acme/packages/container/app";
 
@@ -346,4 +349,79 @@ fn the_registry_base_url_is_validated_like_the_upstreams() {
     assert_eq!(config.registry.origin, "https://containers.ghe.example");
     let default = packages_proxy::config::Config::parse(&format!("[server]\n{base}")).unwrap();
     assert_eq!(default.registry.origin, "https://ghcr.io");
+}
+
+// Found by a hostile review of the second look: it read the protected tags first and the guard's
+// version list after them; when GitHub was slow to answer the list, a protected tag pushed
+// meanwhile was seconds old at the send and still not seen. The tags are read last now.
+#[tokio::test]
+async fn a_tag_pushed_while_the_guard_reads_again_stops_the_delete() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim_with(dataset()).await;
+    let audit = temp_dir("guard-slow-look").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\npace = \"1500ms\"\naudit_log = {audit:?}\n\
+             [[policy.allow]]\nname = \"cleanup\"\nprotect_tags = [\"keep*\"]\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let url = format!("{}{APP}/versions?per_page=100", sim.handle.base_url());
+    let ids = support::get(&url, &sim.org_token).await.ids();
+    // The two untagged orphans, deleted at once: the second waits a pace, then reads again.
+    let deletes: Vec<_> = [ids[9], ids[10]]
+        .into_iter()
+        .map(|id| {
+            let url = proxy.url(&format!("{APP}/versions/{id}"));
+            let token = proxy.token().to_owned();
+            tokio::spawn(async move { send(Method::DELETE, &url, Some(&token), &[]).await })
+        })
+        .collect();
+    let intents = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"intent\""))
+            .count()
+    };
+    eventually(Duration::from_secs(10), "one sent, one queued", || async {
+        sim.deletes() == 1 && intents() == 2
+    })
+    .await;
+    let queued = if sim
+        .handle
+        .version_deleted("acme", "container", "app", ids[9])
+        == Some(true)
+    {
+        ids[10]
+    } else {
+        ids[9]
+    };
+    // Its second look: GitHub answers the guard's version list 2 s late.
+    let before = sim.gets();
+    sim.handle
+        .inject(Fault::new(FaultKind::SlowAnswer(Duration::from_secs(2)), 1));
+    eventually(
+        Duration::from_secs(5),
+        "the second look at GitHub",
+        || async { sim.gets() > before },
+    )
+    .await;
+    assert!(
+        sim.handle
+            .set_tags("acme", "container", "app", queued, &["keep-me"])
+    );
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        statuses.push(delete.await.unwrap().status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 403]);
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "app", queued),
+        Some(false),
+        "a version tagged during the second look was deleted"
+    );
 }

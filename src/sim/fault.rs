@@ -24,6 +24,9 @@ pub enum FaultKind {
     Status(StatusCode),
     /// Sleep this long, then handle the request normally.
     Latency(Duration),
+    /// Handle the request normally, then send the answer this long later: it shows the state as
+    /// it was when the request arrived (a change made meanwhile is not in it).
+    SlowAnswer(Duration),
     /// Drop the connection without answering; the client sees a reset or incomplete message.
     Reset,
     /// 403 with `x-ratelimit-remaining: 0` and GitHub's primary rate limit message.

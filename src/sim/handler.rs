@@ -64,6 +64,11 @@ pub(super) async fn handle<B>(
                     tokio::time::sleep(delay).await;
                     answer(&state, &req, &request_id)
                 }
+                Some(FaultKind::SlowAnswer(delay)) => {
+                    let reply = answer(&state, &req, &request_id);
+                    tokio::time::sleep(delay).await;
+                    reply
+                }
                 Some(FaultKind::Reset) => {
                     return Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
@@ -146,7 +151,8 @@ fn reject_unauthenticated(state: &SimState, headers: &HeaderMap) -> Option<Reply
     }
 }
 
-/// The answer an injected fault stands in for (latency and reset are handled by the caller).
+/// The answer an injected fault stands in for (latency, a slow answer and a reset are handled by
+/// the caller).
 fn fault_reply(state: &SimState, kind: FaultKind, request_id: &str) -> Reply {
     match kind {
         FaultKind::Status(status) => {
@@ -166,7 +172,10 @@ fn fault_reply(state: &SimState, kind: FaultKind, request_id: &str) -> Reply {
         FaultKind::SecondaryRateLimitWithoutRetryAfter { status } => {
             Reply::secondary_rate_limit(status, None, request_id)
         }
-        FaultKind::Latency(_) | FaultKind::Reset | FaultKind::Delayed { .. } => Reply::not_found(),
+        FaultKind::Latency(_)
+        | FaultKind::SlowAnswer(_)
+        | FaultKind::Reset
+        | FaultKind::Delayed { .. } => Reply::not_found(),
     }
 }
 
