@@ -23,9 +23,10 @@ const EXPOSE_HEADERS: &str = "ETag, Link, Location, Retry-After, X-GitHub-OTP, \
     X-GitHub-Api-Version-Selected, Age, Cache-Status, X-Request-Id";
 
 /// The request headers a page may send: GitHub's, and those the proxy reads besides.
-const ALLOW_HEADERS: &str = "Authorization, Accept, Content-Type, If-Match, If-Modified-Since, \
-    If-None-Match, If-Unmodified-Since, Cache-Control, Pragma, X-GitHub-OTP, \
-    X-GitHub-Api-Version, X-Requested-With, X-Request-Id, X-Packages-Proxy-Dry-Run";
+/// `User-Agent` too: Octokit sets one, and a browser that lets it (Firefox) asks for it.
+const ALLOW_HEADERS: &str = "Authorization, Accept, Accept-Encoding, Content-Type, If-Match, \
+    If-Modified-Since, If-None-Match, If-Unmodified-Since, Cache-Control, Pragma, User-Agent, \
+    X-GitHub-OTP, X-GitHub-Api-Version, X-Requested-With, X-Request-Id, X-Packages-Proxy-Dry-Run";
 
 /// The methods the proxied routes take (reads, deletes, restores).
 const ALLOW_METHODS: &str = "GET, HEAD, POST, DELETE";
@@ -83,6 +84,7 @@ mod tests {
             "x-github-api-version",
             crate::gate::DRY_RUN_HEADER,
             "x-request-id",
+            "user-agent",
         ] {
             assert!(allowed.iter().any(|a| a == name), "{name}");
         }

@@ -9,7 +9,7 @@ use std::{
     convert::Infallible,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -576,38 +576,49 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The one place a mutation is sent upstream; never retried.
 ///
-/// Right before the send, in this order: the call's send turn (at least `pace` after the
-/// fleet's last send; nobody else's comes until this call is sent or gives it up), its upstream
-/// slot, the policy as it is now, and the checks that read GitHub again if the first ones are
+/// Right before the send, in this order: the call's upstream slot, its send turn (at least
+/// `pace` after the fleet's last send; nobody else's comes until this call is sent or gives it
+/// up), the policy as it is now, and the checks that read GitHub again if the first ones are
 /// older than [`RECHECK_AFTER`] or a reload changed the rules since (read again if a reload
 /// comes while they read). So whatever held the call (the queue, a back-off, the wait for a
 /// slot), what it checked is at most that old when it goes out: a tag pushed meanwhile (a
 /// protected one, or one that puts an image index back in use) stops it. The reads go out on the
 /// call's own slot, and only the call whose turn it is makes them: calls a back-off held
-/// together do not all read at once. The turn is renewed while the call waits and reads; if it
-/// lapses anyway (Redis lost it), the slot is given back and the call waits for the next turn.
+/// together do not all read at once. The slot comes first: a call never holds the fleet's turn
+/// while it waits for a slot (its client's share may be busy with that client's slow reads).
+/// The turn is renewed while the call reads; if it lapses anyway (Redis lost it), the call waits
+/// for the next one.
 async fn send_mutation(
     state: &Arc<AppState>,
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
+    // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
+    let held = tokio::select! {
+        biased;
+        () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+        held = state.upstream.acquire(&m.ticket) => held?,
+    };
     let mut looked = (m.checked, m.policy.clone());
-    let permit = loop {
+    let mut looks = 0;
+    loop {
         still_allowed(state, m)?;
         let mut turn = next_turn(state).await?;
         let attempt = async {
-            // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
-            let held = tokio::select! {
-                biased;
-                () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-                held = state.upstream.acquire(&m.ticket) => held?,
-            };
             let mut stale = looked.0.elapsed() >= RECHECK_AFTER;
             loop {
                 let policy = state.policy.load_full();
                 let protections = still_allowed(state, m)?;
                 if !stale && Arc::ptr_eq(&looked.1, &policy) {
-                    break;
+                    return Ok(());
+                }
+                looks += 1;
+                if looks > MAX_LOOKS {
+                    return Err(ProxyError::Unavailable(
+                        "The configuration kept changing while this call read its tags and \
+                         image indexes again; it was not sent"
+                            .to_owned(),
+                    ));
                 }
                 // The proxy pays for its own second look: the call was charged already.
                 let started = tokio::time::Instant::now();
@@ -619,24 +630,21 @@ async fn send_mutation(
                 looked = (started, policy);
                 stale = false; // read again only if a reload came meanwhile
             }
-            Ok(held)
         };
-        let held = tokio::select! {
+        tokio::select! {
             attempted = attempt => attempted?,
             () = turn.keep(state) => continue, // lapsed: wait for the next one
-        };
-        match turn.end(state).await {
-            Ok(true) => break held,
-            // The turn lapsed while the call read: its slot goes back, the call waits again.
-            Ok(false) => drop(held),
-            Err(error) => return Err(error),
         }
-    };
+        // Lapsed while the call read (Redis lost it): wait for the next turn.
+        if turn.end(state).await? {
+            break;
+        }
+    }
     let response = state
         .upstream
         .send_holding(
             &m.ticket,
-            permit,
+            held,
             m.route.operation.method(),
             &m.route.path_and_query(),
             &m.forwarded,
@@ -654,6 +662,11 @@ async fn send_mutation(
         .response_headers(&m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
+
+/// How many times a call reads its tags and image indexes again before one send: a reload
+/// during the reads has them read again, but reloads faster than the reads must not hold the
+/// fleet's send turn for good.
+const MAX_LOOKS: u32 = 3;
 
 /// The multi-arch guard, then the protected tags (the last read before the send: it is the
 /// freshest), read again on the call's own upstream slot.
@@ -701,7 +714,7 @@ async fn next_turn(state: &Arc<AppState>) -> Result<Turn, ProxyError> {
             Ok(name) => {
                 return Ok(Turn {
                     state: state.clone(),
-                    name: AtomicU64::new(name),
+                    name,
                     shared,
                     ended: false,
                 });
@@ -734,28 +747,26 @@ fn redis_stopped() -> ProxyError {
 /// ended by the send is ended when dropped (the pace then counts from that moment).
 struct Turn {
     state: Arc<AppState>,
-    /// Its name: the local pacer's number, or the lease Redis holds (renewing renames it).
-    name: AtomicU64,
+    /// Its name: the local pacer's number, or the one Redis gave (a renewal keeps it).
+    name: u64,
     shared: bool,
     ended: bool,
 }
 
 impl Turn {
-    /// Renews the lease while the call waits for its slot and reads; resolves only if the turn
-    /// lapsed (or Redis stopped answering): the call must then wait for another.
+    /// Renews the lease while the call reads; resolves only if the turn lapsed and was given
+    /// again: the call must then wait for another.
     async fn keep(&self, state: &AppState) {
         loop {
             tokio::time::sleep(TURN_LEASE / 3).await;
-            let name = self.name.load(Ordering::Relaxed);
             let renewed = match (&state.shared, self.shared) {
-                (Some(shared), true) => match shared.renew_turn(name, TURN_LEASE).await {
-                    Ok(Some(renamed)) => {
-                        self.name.store(renamed, Ordering::Relaxed);
-                        true
-                    }
-                    Ok(None) | Err(_) => false,
-                },
-                _ => state.pacer.renew(name, TURN_LEASE),
+                // Redis not answering is no proof the turn lapsed: asked again at the next
+                // tick, and the send asks Redis once more.
+                (Some(shared), true) => shared
+                    .renew_turn(self.name, TURN_LEASE)
+                    .await
+                    .unwrap_or(true),
+                _ => state.pacer.renew(self.name, TURN_LEASE),
             };
             if !renewed {
                 return;
@@ -765,7 +776,7 @@ impl Turn {
 
     /// Records the send now. `Ok(false)`: the turn lapsed; another may have been given since.
     async fn end(&mut self, state: &AppState) -> Result<bool, ProxyError> {
-        let name = self.name.load(Ordering::Relaxed);
+        let name = self.name;
         let ended = match (&state.shared, self.shared) {
             (Some(shared), true) => {
                 let ended = shared.sent(name).await.map_err(|_| redis_stopped())?;
@@ -786,7 +797,7 @@ impl Drop for Turn {
         if self.ended {
             return;
         }
-        let name = self.name.load(Ordering::Relaxed);
+        let name = self.name;
         match (&self.state.shared, self.shared) {
             (Some(shared), true) => {
                 let shared = shared.clone();

@@ -323,16 +323,18 @@ fn walk_checked(
     // 1. limits, and the headers the walk reads, in one pass
     let heads = Heads::scan(request.headers());
     call.client_request_id = heads.request_id.and_then(client_request_id);
+    // A browser may read every answer but the unauthenticated endpoints' (refusals of its
+    // request's shape included, so a page can read why).
+    call.cors = heads.origin;
     let log = &mut call.log;
     limits::check_limits(state, &request, &heads)?;
     // 2. the proxy's own endpoints
     let path = request.uri().path();
     let metrics_here = state.config.server.admin_listen.is_none();
     if let Some(response) = ops::operational(state, request.method(), path, metrics_here) {
+        call.cors = false;
         return Ok(Step::Done(Ok(response)));
     }
-    // Past the unauthenticated endpoints: a browser may call what is left.
-    call.cors = heads.origin;
     if request.method() == Method::OPTIONS {
         return preflight(path, &request, log).map(|()| Step::Done(Ok(crate::cors::preflight())));
     }

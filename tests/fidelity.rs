@@ -586,7 +586,7 @@ async fn a_browser_client_gets_githubs_cors_answers_and_the_own_endpoints_none()
             ("access-control-request-method", "GET"),
             (
                 "access-control-request-headers",
-                "authorization, x-github-api-version, if-none-match",
+                "authorization, user-agent, x-github-api-version, if-none-match",
             ),
         ],
     )
@@ -597,7 +597,13 @@ async fn a_browser_client_gets_githubs_cors_answers_and_the_own_endpoints_none()
         .header("access-control-allow-headers")
         .unwrap()
         .to_ascii_lowercase();
-    for name in ["authorization", "x-github-api-version", "if-none-match"] {
+    // `user-agent`: Octokit sets one, and Firefox asks for it.
+    for name in [
+        "authorization",
+        "user-agent",
+        "x-github-api-version",
+        "if-none-match",
+    ] {
         assert!(allowed.contains(name), "{allowed}");
     }
     assert!(
@@ -645,6 +651,16 @@ async fn a_browser_client_gets_githubs_cors_answers_and_the_own_endpoints_none()
         unauthenticated.header("access-control-allow-origin"),
         Some("*")
     );
+    // A refusal of the request's shape (two tokens) too.
+    let repeated = send(
+        Method::GET,
+        &versions,
+        Some(proxy.token()),
+        &[origin, ("authorization", "Bearer another")],
+    )
+    .await;
+    assert_eq!(repeated.status, StatusCode::BAD_REQUEST);
+    assert_eq!(repeated.header("access-control-allow-origin"), Some("*"));
     // No `Origin`, no CORS headers (the cached answer does not keep the browser's).
     let plain = get(&versions, proxy.token()).await;
     assert!(

@@ -1349,3 +1349,40 @@ async fn deletes_waiting_for_the_only_upstream_slot_go_out_once_it_is_free() {
     );
     assert_eq!(sim.deletes(), 2);
 }
+
+// Found by a hostile review of the send turn: a delete took the fleet's send turn, then waited
+// for its client's share of the upstream slots (busy with that client's own slow read) while
+// renewing the turn, so every other client's deletes waited too, fleet-wide, for as long as
+// that read took. The slot now comes before the turn.
+#[tokio::test]
+async fn a_clients_slow_reads_do_not_hold_up_another_clients_deletes() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-share-turn").join("audit.jsonl");
+    let policy = "[[policy.allow]]\nname = \"both\"\npackages = [\"web\"]\n\
+                  multi_arch_guard = false\n";
+    let opts = ProxyOptions {
+        extra: format!("[mutations]\naudit_log = {audit:?}\npace = \"500ms\"\n{policy}"),
+        extra_upstream: "max_concurrency = 8\nmax_concurrency_per_client = 1",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // team-a's slow read holds team-a's one share for 8 s; its delete waits behind it.
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(8)).await;
+    let team_a = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    wait_upstream_queued(&proxy, 1.0).await;
+    // team-b's delete has free slots and a free share: it goes out at once.
+    let started = std::time::Instant::now();
+    let team_b = deletes_at_once(&proxy.base, &proxy.tokens[1], &web[2..3]).remove(0);
+    let reply = team_b.await.unwrap();
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "team-b's delete waited {:?} behind team-a's read",
+        started.elapsed()
+    );
+    assert_eq!(team_a.await.unwrap().status, StatusCode::NO_CONTENT);
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(sim.deletes(), 2);
+}

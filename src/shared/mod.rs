@@ -273,21 +273,22 @@ impl Shared {
     }
 
     /// Takes the fleet's next send turn if at least `pace` passed since its last send: `Ok` with
-    /// the turn's lease (nobody else's comes for `lease`, or until [`Shared::sent`]), or `Err`
-    /// with how long to wait before asking again.
+    /// the turn's name (nobody else's comes for `lease`, [`Shared::renew_turn`] extends it, until
+    /// [`Shared::sent`]), or `Err` with how long to wait before asking again.
     pub async fn send_turn(
         &self,
         pace: Duration,
         lease: Duration,
     ) -> Result<Result<u64, Duration>, Down> {
         let mut conn = self.conn()?;
-        let key = self.key("p", "last-send");
+        let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
         let script = self.scripts.send.clone();
         let (pace_ms, lease_ms) = (millis(pace), millis(lease));
         let (wait, turn): (u64, u64) = self
             .run(async move {
                 script
-                    .key(key)
+                    .key(last)
+                    .key(held)
                     .arg(pace_ms)
                     .arg(lease_ms)
                     .invoke_async(&mut conn)
@@ -301,34 +302,42 @@ impl Shared {
         })
     }
 
-    /// Extends a turn [`Shared::send_turn`] gave to `lease` from now: `Ok(Some)` with the turn's
-    /// new name, `Ok(None)` if it lapsed.
-    pub async fn renew_turn(&self, turn: u64, lease: Duration) -> Result<Option<u64>, Down> {
+    /// Extends a turn [`Shared::send_turn`] gave to `lease` from now; `Ok(false)` if it lapsed
+    /// and was given again.
+    pub async fn renew_turn(&self, turn: u64, lease: Duration) -> Result<bool, Down> {
         let mut conn = self.conn()?;
-        let key = self.key("p", "last-send");
+        let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
         let script = self.scripts.renew_turn.clone();
         let lease_ms = millis(lease);
-        let renewed: u64 = self
+        let renewed: i64 = self
             .run(async move {
                 script
-                    .key(key)
+                    .key(last)
+                    .key(held)
                     .arg(turn)
                     .arg(lease_ms)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        Ok((renewed != 0).then_some(renewed))
+        Ok(renewed == 1)
     }
 
     /// Ends a turn [`Shared::send_turn`] gave: records the send now. `Ok(false)`: the turn
     /// lapsed, and another may have been given since.
     pub async fn sent(&self, turn: u64) -> Result<bool, Down> {
         let mut conn = self.conn()?;
-        let key = self.key("p", "last-send");
+        let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
         let script = self.scripts.sent.clone();
         let ended: i64 = self
-            .run(async move { script.key(key).arg(turn).invoke_async(&mut conn).await })
+            .run(async move {
+                script
+                    .key(last)
+                    .key(held)
+                    .arg(turn)
+                    .invoke_async(&mut conn)
+                    .await
+            })
             .await?;
         Ok(ended == 1)
     }

@@ -29,11 +29,12 @@ redis.call('SET', KEYS[1], back, 'PX', 3600000)
 return 1
 ";
 
-/// A send's turn: KEYS[1] last-send ms; ARGV[1] pace ms, ARGV[2] lease ms. When at least `pace`
-/// passed since the last send, takes the turn: records a send `lease` ms ahead (so nobody else's
-/// turn comes while this one checks and sends) and returns {0, that time}; else returns {the ms
-/// still to wait, 0}. A predecessor that sent late pushes its successors back, so sends, not
-/// just slots, stay `pace` apart.
+/// A send's turn: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] pace ms, ARGV[2] lease
+/// ms. When at least `pace` passed since the last send, takes the turn: records a send `lease` ms
+/// ahead (so nobody else's turn comes while this one checks and sends) and returns {0, the
+/// turn's name}, a number never given before; else returns {the ms still to wait, 0}. A
+/// predecessor that sent late pushes its successors back, so sends, not just slots, stay `pace`
+/// apart.
 const SEND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,31 +42,35 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local due = last + tonumber(ARGV[1])
 if now < due then return {due - now, 0} end
 local lease = now + tonumber(ARGV[2])
+local name = lease
+local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+if name <= held then name = held + 1 end
 redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
-return {0, lease}
+redis.call('SET', KEYS[2], name, 'PX', 3600000 + tonumber(ARGV[2]))
+return {0, name}
 ";
 
-/// Extends a turn SEND gave: KEYS[1] last-send ms; ARGV[1] the turn's lease, ARGV[2] lease ms.
-/// While the turn is still this one's, moves its lease to now + ARGV[2] and returns the new one
-/// (the turn's name from now on); a turn that lapsed returns 0.
+/// Extends a turn SEND gave: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] the turn's
+/// name, ARGV[2] lease ms. While the turn is still this one's, moves its lease to now + ARGV[2]
+/// and returns 1 (its name stays: a renewal whose answer never came renames nothing); a turn
+/// that lapsed and was given again returns 0.
 const RENEW_TURN: &str = r"
-if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = now + tonumber(ARGV[2])
-if lease <= tonumber(ARGV[1]) then lease = tonumber(ARGV[1]) + 1 end
-redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
-return lease
+redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 3600000 + tonumber(ARGV[2]))
+return 1
 ";
 
-/// Ends a turn SEND gave: KEYS[1] last-send ms; ARGV[1] the turn's lease. While the turn is still
-/// this one's, records the send now and returns 1; a turn that lapsed (someone else's since)
-/// returns 0 and records nothing.
+/// Ends a turn SEND gave: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] the turn's name.
+/// While the turn is still this one's, records the send now and returns 1; a turn that lapsed
+/// and was given again returns 0 and records nothing.
 const SENT: &str = r"
-if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[1], now, 'PX', 3600000)
+redis.call('SET', KEYS[2], -1, 'PX', 3600000)
 return 1
 ";
 
