@@ -127,6 +127,11 @@ pub async fn execute(
     record.rules = protections.rule_names();
     record.rule = record.rules.first().cloned();
     record.dry_run = protections.dry_run() || m.dry_run_requested;
+    // With the tier that paces the fleet down, a call that would be sent is refused now, before
+    // its checks read GitHub on the client's quota for a send that cannot happen.
+    if !record.dry_run && state.shared.as_ref().is_some_and(|s| !s.is_up()) {
+        return Err(refuse(state, record, audit::Decision::Refused, pacing_tier_down()).await);
+    }
     let payer = Payer::client(m.client, m.limits);
     let checked = tokio::time::Instant::now();
     if let Err(error) = check_protected_tags(state, m.route, &protections, &payer, None).await {
@@ -476,6 +481,15 @@ async fn give_back_slot(state: &AppState) {
     }
 }
 
+/// The refusal of a call that would be sent while the shared tier is down.
+fn pacing_tier_down() -> ProxyError {
+    ProxyError::Unavailable(
+        "The shared tier (Redis) that paces mutations across replicas is unavailable; \
+         destructive calls are refused rather than sent unpaced"
+            .to_owned(),
+    )
+}
+
 /// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured
 /// (refused with 503 while Redis is down, never sent unpaced), else from the local pacer.
 /// `claimed` is set once a slot is this call's (then an unsent call gives it back).
@@ -486,13 +500,7 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
         retry_after_secs: retry.as_secs_f64().ceil().max(1.0) as u64,
     };
     if let Some(shared) = &state.shared {
-        let unavailable = || {
-            ProxyError::Unavailable(
-                "The shared tier (Redis) that paces mutations across replicas is unavailable; \
-                 destructive calls are refused rather than sent unpaced"
-                    .to_owned(),
-            )
-        };
+        let unavailable = pacing_tier_down;
         if !shared.is_up() {
             return Err(unavailable());
         }

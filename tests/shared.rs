@@ -645,3 +645,36 @@ async fn a_redis_user_that_may_not_publish_keeps_the_tier_down() {
     );
     assert_eq!(sim.deletes(), 0);
 }
+
+// Found by a hostile review of the operator surface: with Redis down, a delete still ran its
+// checks (the multi-arch guard's registry and API reads, charged to the client) before the pace
+// refused it: 147 reads, then a 429 "quota spent" instead of the promised 503. A call that would
+// be sent is refused at once while the tier that paces the fleet is down.
+#[tokio::test]
+async fn with_redis_down_a_delete_is_refused_before_it_reads_anything() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let fleet = fleet(&sim, &redis, &allow_everything("0s")).await;
+    let proxy = &fleet[0];
+    let web = sim.versions("web").await;
+    redis.kill();
+    wait_up(proxy, false).await;
+    let before = sim.handle.log().len();
+    let path = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
+    let refused = send(Method::DELETE, &proxy.url(&path), Some(proxy.token()), &[]).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("Redis"), "{}", refused.text());
+    assert_eq!(
+        sim.handle.log().len(),
+        before,
+        "the refused delete read GitHub first"
+    );
+    assert_eq!(sim.deletes(), 0);
+}
