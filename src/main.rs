@@ -354,18 +354,37 @@ async fn audit_command(command: AuditCommand) -> Result<()> {
             if filter.client.is_none() || filter.since.is_none() {
                 anyhow::bail!("--client and --since are required");
             }
-            let (records, _) = audit::read(&log)?;
+            let (records, bad) = audit::read(&log)?;
+            // A line that cannot be read may be a delete that is then not restored: say so.
+            for line in &bad {
+                eprintln!(
+                    "line {line}: not an audit record (skipped: a delete recorded there is not \
+                     restored)"
+                );
+            }
             let deleted = undo::deleted_targets(&records, &filter);
             let paths = deleted.in_restore_order();
             let results = undo::restore(&proxy, &token, &paths, dry_run).await?;
             let mut failed = 0;
             for result in &results {
-                match result.status {
-                    None => println!("would restore {}", result.path),
-                    Some(status) if status.is_success() => println!("restored {}", result.path),
-                    Some(status) => {
+                let path = &result.path;
+                match &result.outcome {
+                    undo::Outcome::WouldRestore => println!("would restore {path}"),
+                    outcome if outcome.restored() => println!("restored {path}"),
+                    undo::Outcome::Answered(status) => {
                         failed += 1;
-                        println!("FAILED {} ({status})", result.path);
+                        println!("FAILED {path} ({status})");
+                    }
+                    undo::Outcome::DryRunByPolicy => {
+                        failed += 1;
+                        println!(
+                            "FAILED {path} (the proxy's policy only dry-runs restores for this \
+                             client: nothing was restored)"
+                        );
+                    }
+                    undo::Outcome::NoAnswer(why) => {
+                        failed += 1;
+                        println!("FAILED {path} (no answer, restored or not: {why})");
                     }
                 }
             }

@@ -31,8 +31,28 @@ pub struct Filter {
 pub struct Restored {
     /// The version's API path.
     pub path: String,
-    /// The proxy's answer, or `None` in a dry run.
-    pub status: Option<StatusCode>,
+    /// What came of it.
+    pub outcome: Outcome,
+}
+
+/// What came of one restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A dry run of this tool: nothing was sent.
+    WouldRestore,
+    /// The proxy's answer (GitHub's, through it): restored if a 2xx that is not a dry run.
+    Answered(StatusCode),
+    /// The proxy's policy only dry-runs restores for this client: nothing was restored.
+    DryRunByPolicy,
+    /// No answer (the proxy unreachable, a timeout): unknown whether it was restored.
+    NoAnswer(String),
+}
+
+impl Outcome {
+    /// Whether the version is known restored.
+    pub fn restored(&self) -> bool {
+        matches!(self, Self::Answered(status) if status.is_success())
+    }
 }
 
 // === impl Filter ===
@@ -58,17 +78,34 @@ impl Filter {
 /// versions, each oldest first.
 pub fn deleted_targets(records: &[AuditRecord], filter: &Filter) -> Deleted {
     let mut deleted = Deleted::default();
-    let mut seen = std::collections::HashSet::new();
+    // Deleted and not restored since, in the log's order: a second run (or a restore made by
+    // hand through the proxy) does not restore again what a completed restore brought back.
+    let mut gone: Vec<(&str, bool)> = Vec::new();
     for record in records {
-        let into = match record.action.as_str() {
-            "delete_package" => &mut deleted.packages,
-            "delete_version" => &mut deleted.versions,
-            _ => continue,
-        };
-        let done = record.phase == Phase::Outcome && record.decision == Decision::Completed;
-        if done && filter.matches(record) && seen.insert(record.path.as_str()) {
-            into.push(record.path.clone());
+        if record.phase != Phase::Outcome || record.decision != Decision::Completed {
+            continue;
         }
+        match record.action.as_str() {
+            "delete_package" | "delete_version" if filter.matches(record) => {
+                let path = record.path.as_str();
+                if !gone.iter().any(|(p, _)| *p == path) {
+                    gone.push((path, record.action == "delete_package"));
+                }
+            }
+            "restore_package" | "restore_version" => {
+                let target = record.path.strip_suffix("/restore").unwrap_or(&record.path);
+                gone.retain(|(p, _)| *p != target);
+            }
+            _ => {}
+        }
+    }
+    for (path, package) in gone {
+        let into = if package {
+            &mut deleted.packages
+        } else {
+            &mut deleted.versions
+        };
+        into.push(path.to_owned());
     }
     deleted
 }
@@ -93,6 +130,15 @@ impl Deleted {
     }
 }
 
+/// How long one restore may take through the proxy (its queue and pace included).
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether an answer's body is the proxy's dry-run report.
+fn reports_dry_run(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|report| report["dry_run"] == serde_json::Value::Bool(true))
+}
+
 /// Restores each path (`{path}/restore`) through the proxy at `proxy_url` with `token`.
 pub async fn restore(
     proxy_url: &str,
@@ -111,22 +157,37 @@ pub async fn restore(
         if dry_run {
             out.push(Restored {
                 path: path.clone(),
-                status: None,
+                outcome: Outcome::WouldRestore,
             });
             continue;
         }
+        // Asked for for real: a proxy whose policy only dry-runs restores answers 200 with a
+        // report (`"dry_run": true`), which restored nothing.
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("{}{path}/restore", proxy_url.trim_end_matches('/')))
             .header("authorization", format!("Bearer {token}"))
             .header("user-agent", "packages-proxy-audit-restore")
+            .header(crate::gate::DRY_RUN_HEADER, "0")
             .body(Empty::new())?;
-        let response = client.request(request).await?;
-        let status = response.status();
-        let _ = response.into_body().collect().await;
+        let exchange = async {
+            let response = client.request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, body))
+        };
+        let outcome = match tokio::time::timeout(RESTORE_TIMEOUT, exchange).await {
+            Ok(Ok((status, body))) if status.is_success() && reports_dry_run(&body) => {
+                Outcome::DryRunByPolicy
+            }
+            Ok(Ok((status, _))) => Outcome::Answered(status),
+            // One version's failure does not stop the others: each is reported.
+            Ok(Err(error)) => Outcome::NoAnswer(format!("{error:#}")),
+            Err(_) => Outcome::NoAnswer(format!("no answer within {}s", RESTORE_TIMEOUT.as_secs())),
+        };
         out.push(Restored {
             path: path.clone(),
-            status: Some(status),
+            outcome,
         });
     }
     Ok(out)

@@ -646,6 +646,26 @@ async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
         .filter(|r| r.action == "restore_version" && r.phase == "outcome")
         .count();
     assert_eq!(restores, 3, "restores were not audited through the proxy");
+    // Run again (a job retried, an operator unsure it ran): what a completed restore brought
+    // back is not restored twice (GitHub would answer 404 for each, and the run fail).
+    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["audit", "restore", "--log"])
+        .arg(&audit)
+        .args([
+            "--client",
+            "team-a",
+            "--since",
+            &since,
+            "--proxy",
+            &proxy.base,
+        ])
+        .env("PACKAGES_PROXY_TOKEN", proxy.token())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{text}");
+    assert!(text.contains("0 versions, 0 failed"), "{text}");
 }
 
 // Found in review: deny rules naming owners did not cover `/user/...` (fail open), and package
@@ -918,4 +938,58 @@ async fn an_unsent_delete_gives_back_its_upstream_quota_charge() {
         || async { remaining().await == 1 },
     )
     .await;
+}
+
+// Found by a hostile review of the operator surface: with a policy that only dry-runs restores,
+// `audit restore` printed "restored" and exited 0 for every version (the proxy's 200 dry-run
+// report counted as success), so an operator undoing a bad clean-up believed it undone.
+#[tokio::test]
+async fn audit_restore_fails_when_the_policy_only_dry_runs_restores() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("restore-dry").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\npace = \"0s\"\naudit_log = {audit:?}\n\
+             [[policy.allow]]\nname = \"cleanup\"\nclients = [\"team-a\"]\n\
+             actions = [\"delete_version\"]\npackages = [\"web\"]\nmulti_arch_guard = false\n\
+             [[policy.allow]]\nname = \"undo\"\nclients = [\"team-a\"]\n\
+             actions = [\"restore_version\"]\npackages = [\"web\"]\ndry_run = true\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let since = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let path = format!("/orgs/acme/packages/container/web/versions/{}", web[1]);
+    assert_eq!(
+        delete(&proxy, 0, &path).await.status,
+        StatusCode::NO_CONTENT
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["audit", "restore", "--log"])
+        .arg(&audit)
+        .args([
+            "--client",
+            "team-a",
+            "--since",
+            &since,
+            "--proxy",
+            &proxy.base,
+        ])
+        .env("PACKAGES_PROXY_TOKEN", proxy.token())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAILED") && text.contains("dry-runs"),
+        "{text}"
+    );
+    assert!(text.contains("1 versions, 1 failed"), "{text}");
+    assert_eq!(
+        sim.handle
+            .version_deleted("acme", "container", "web", web[1]),
+        Some(true)
+    );
 }
