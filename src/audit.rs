@@ -264,7 +264,12 @@ impl Audit {
     pub fn open(path: Option<&Path>) -> Result<Self, AuditError> {
         if let Some(path) = path {
             // Checks it is writable, and ends a last line a crash left without its newline.
-            append(path, b"").map_err(AuditError)?;
+            append(path, b"").map_err(|error| {
+                AuditError(std::io::Error::new(
+                    error.kind(),
+                    format!("{}: {error}", path.display()),
+                ))
+            })?;
         }
         Ok(Self {
             path: path.map(|p| Arc::new(p.to_owned())),

@@ -113,22 +113,29 @@ impl AuthMemo {
 
 impl Clients {
     /// Builds the table from validated config entries. Clients whose name and quota are
-    /// unchanged from `previous` keep their buckets, so a reload does not refill everyone.
-    /// `replicas` divides the local upstream bucket (the fleet-wide one lives in Redis).
+    /// unchanged from `previous` keep their buckets, so a reload does not refill everyone; a
+    /// client whose quota changed keeps what it spent (a quota tightened to stop a runaway job
+    /// must not hand it a fresh allowance). `replicas` divides the local upstream bucket (the
+    /// fleet-wide one lives in Redis).
     pub fn new(clients: &[Client], previous: Option<&Clients>, replicas: u32) -> Self {
         let entries: Vec<(Option<TokenHash>, Identity)> = clients
             .iter()
             .map(|c| {
-                let kept = previous.and_then(|p| {
+                let before = previous.and_then(|p| {
                     p.entries
                         .iter()
-                        .find(|(_, id)| *id.name == *c.name && id.limits.quota == c.quota)
-                        .map(|(_, id)| id.limits.clone())
+                        .find(|(_, id)| *id.name == *c.name)
+                        .map(|(_, id)| &id.limits)
                 });
+                let limits = match before {
+                    Some(limits) if limits.quota == c.quota => limits.clone(),
+                    Some(limits) => Arc::new(ClientLimits::changed(c.quota, replicas, limits)),
+                    None => Arc::new(ClientLimits::new(c.quota, replicas)),
+                };
                 let identity = Identity {
                     name: Arc::from(c.name.as_str()),
                     admin: c.admin,
-                    limits: kept.unwrap_or_else(|| Arc::new(ClientLimits::new(c.quota, replicas))),
+                    limits,
                 };
                 (c.token_hash.clone(), identity)
             })

@@ -468,6 +468,19 @@ async fn serve(path: PathBuf, config: Config, mut signals: Signals) -> Result<()
 fn check_config(path: PathBuf) -> Result<()> {
     let config = Config::load(&path)?;
     config.load_token().context("loading the org token")?;
+    // What `serve` would find at start, checked without creating anything.
+    if let Some(log) = &config.mutations.audit_log {
+        let dir = log
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "mutations.audit_log: the directory {} does not exist",
+                dir.display()
+            );
+        }
+    }
     println!(
         "{}: ok ({} clients, {} owners)",
         path.display(),
@@ -478,13 +491,20 @@ fn check_config(path: PathBuf) -> Result<()> {
 }
 
 fn token_new(name: &str) -> Result<()> {
+    // Checked before a secret is shown: an entry `check-config` would refuse is no use.
+    if !packages_proxy::config::is_client_name(name) {
+        anyhow::bail!(
+            "invalid client name {name:?}: {}",
+            packages_proxy::config::CLIENT_NAME_RULE
+        );
+    }
     let token = new_client_token().context("no randomness available")?;
     let hash = TokenHash::of(&token).to_hex();
     println!("Token for {name} (shown once; give it to the client, keep only the hash):");
     println!("{token}");
     println!();
     println!("Config entry:");
-    println!("[[clients]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"");
+    println!("[[clients]]\nname = \"{name}\"\ntoken_sha256 = \"{hash}\"");
     Ok(())
 }
 

@@ -79,6 +79,11 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// A config reload whose file also changed settings only a restart applies.
+pub fn reload_unapplied() {
+    counter!("packages_proxy_config_unapplied_total").increment(1);
+}
+
 /// One certificate reload of the TLS listener: `ok` or `rejected`.
 pub fn tls_reload(result: &'static str) {
     counter!(TLS_RELOADS, "result" => result).increment(1);

@@ -131,6 +131,23 @@ impl TokenBucket {
         }
     }
 
+    /// `n` per minute, with what `spent` from its bucket stays spent: a reload that changes a
+    /// client's quota (tightening it to stop a runaway job, above all) hands out no fresh
+    /// allowance; a loosened one gives the difference at once.
+    pub fn per_minute_after(n: u32, spent: &TokenBucket) -> Self {
+        let bucket = Self::per_minute(n);
+        let used = {
+            let mut state = spent.state.lock().unwrap_or_else(|p| p.into_inner());
+            spent.refill(&mut state, Instant::now());
+            spent.capacity - state.0
+        };
+        {
+            let mut state = bucket.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 = (bucket.capacity - used).max(0.0);
+        }
+        bucket
+    }
+
     /// Adds what flowed in up to `now`. A caller's `now` may be older than the last refill (it
     /// was read when its request started): time then never moves back.
     fn refill(&self, state: &mut (f64, Instant), now: Instant) {
@@ -194,6 +211,23 @@ impl ClientLimits {
             upstream: TokenBucket::per_minute((quota.upstream_per_minute / replicas.max(1)).max(1)),
             hits: TokenBucket::per_minute(quota.hits_per_minute),
             in_flight: Slots::new(quota.max_in_flight),
+            quota,
+        }
+    }
+
+    /// Limits for a client whose quota a reload changed: what it spent under `previous` stays
+    /// spent ([`TokenBucket::per_minute_after`]); its requests in flight still count when the
+    /// cap is unchanged (a new cap counts from the requests that start after the reload).
+    pub fn changed(quota: Quota, replicas: u32, previous: &ClientLimits) -> Self {
+        let upstream = (quota.upstream_per_minute / replicas.max(1)).max(1);
+        Self {
+            upstream: TokenBucket::per_minute_after(upstream, &previous.upstream),
+            hits: TokenBucket::per_minute_after(quota.hits_per_minute, &previous.hits),
+            in_flight: if quota.max_in_flight == previous.quota.max_in_flight {
+                previous.in_flight.clone()
+            } else {
+                Slots::new(quota.max_in_flight)
+            },
             quota,
         }
     }

@@ -2,8 +2,11 @@
 //! file is parsed and validated, and the clients and policy are swapped atomically. An invalid
 //! file keeps the last good config in force; the reason is logged and counted.
 //!
-//! Only `[[clients]]` and the policy rules take effect on reload; listener, upstream, cache and
-//! mutation settings need a restart (a reload that changes them says so in the log).
+//! Only `[[clients]]` (and their quotas) and the policy rules take effect on reload; listener,
+//! upstream, cache and mutation settings need a restart: a reload that changes them names them
+//! in the log and counts in `packages_proxy_config_unapplied_total`. A reload does not read the
+//! TLS certificate files (the listener reloads those itself), so a certificate mid-rotation
+//! never holds up clients and policy.
 //!
 //! Files are compared by content every `interval` rather than watched with inotify: Kubernetes
 //! ConfigMaps change by swapping symlinks, which content polling sees and path watches may not.
@@ -22,7 +25,8 @@ use crate::{auth::Clients, config::Config, config::ConfigError, state::AppState}
 
 /// Re-reads `path` and swaps clients and policy; on error nothing changes.
 pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
-    match Config::load(path).and_then(|config| fits_the_running_audit_log(state, config)) {
+    match Config::load_for_reload(path).and_then(|config| fits_the_running_audit_log(state, config))
+    {
         Ok(config) => {
             let clients = Clients::new(
                 &config.clients,
@@ -41,6 +45,14 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
                     "mutations.audit_log changed: records keep going to the running one until a restart"
                 );
             }
+            let unapplied = needs_restart(&state.config, &config);
+            if !unapplied.is_empty() {
+                crate::metrics::reload_unapplied();
+                tracing::warn!(
+                    settings = %unapplied.join(", "),
+                    "these settings changed in the file but are not applied until a restart"
+                );
+            }
             tracing::info!(
                 clients = config.clients.len(),
                 policy = ?config.policy,
@@ -54,6 +66,72 @@ pub fn reload(state: &AppState, path: &Path) -> Result<(), ConfigError> {
             Err(error)
         }
     }
+}
+
+/// The settings whose change a reload cannot apply (everything but clients, quotas and the
+/// policy), named for the log. The TLS files themselves reload on their own.
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let (old_server, new_server) = (&running.server, &new.server);
+    let mut checks: Vec<(&'static str, bool)> = vec![
+        ("server.listen", old_server.listen != new_server.listen),
+        (
+            "server.admin_listen",
+            old_server.admin_listen != new_server.admin_listen,
+        ),
+        (
+            "server.public_url",
+            old_server.public_url != new_server.public_url,
+        ),
+        (
+            "server.tls",
+            old_server
+                .tls
+                .as_ref()
+                .map(|t| (&t.cert_file, &t.key_file, &t.client_ca_file))
+                != new_server
+                    .tls
+                    .as_ref()
+                    .map(|t| (&t.cert_file, &t.key_file, &t.client_ca_file)),
+        ),
+    ];
+    let server_limits = |s: &crate::config::ServerConfig| {
+        format!(
+            "{} {} {:?} {:?} {:?} {:?} {} {} {}",
+            s.max_in_flight,
+            s.max_connections,
+            s.drain_timeout,
+            s.header_read_timeout,
+            s.idle_timeout,
+            s.shutdown_delay,
+            s.max_uri_bytes,
+            s.max_header_bytes,
+            s.max_headers
+        )
+    };
+    checks.push((
+        "server (limits and timeouts)",
+        server_limits(old_server) != server_limits(new_server),
+    ));
+    let debug =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    checks.push(("upstream", debug(&running.upstream, &new.upstream)));
+    checks.push(("cache", debug(&running.cache, &new.cache)));
+    checks.push((
+        "mutations (pace, queue)",
+        running.mutations.pace != new.mutations.pace
+            || running.mutations.max_queue_wait != new.mutations.max_queue_wait
+            || running.mutations.max_queue_per_client != new.mutations.max_queue_per_client,
+    ));
+    checks.push(("shared", debug(&running.shared, &new.shared)));
+    checks.push(("registry", debug(&running.registry, &new.registry)));
+    checks.push(("log", debug(&running.log, &new.log)));
+    for (name, differs) in checks {
+        if differs {
+            changed.push(name);
+        }
+    }
+    changed
 }
 
 /// The audit log is opened at start and stays (it needs a restart): a reload may not allow

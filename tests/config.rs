@@ -265,3 +265,52 @@ fn a_clients_share_of_the_upstream_slots_is_from_one_to_all_of_them() {
         "half, rounded up"
     );
 }
+
+// Found by a hostile review of the operator surface: `check-config` passed configs that `serve`
+// refused at once (the admin listener on the main one's address, an audit log in a directory
+// that does not exist), and `token new` printed a secret for a name the config refuses.
+#[test]
+fn check_config_refuses_what_serve_cannot_start_and_token_new_what_the_config_refuses() {
+    let dir = std::env::temp_dir().join(format!("packages-proxy-operator-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let same_port = with_line(
+        "server",
+        "listen = \"127.0.0.1:49999\"\nadmin_listen = \"127.0.0.1:49999\"",
+    );
+    let field = field_of(&same_port);
+    assert_eq!(field, "server.admin_listen");
+    let missing = dir.join("no-such-dir").join("audit.jsonl");
+    let audit_in_nowhere = with_line("mutations", &format!("audit_log = {missing:?}"));
+    let path = dir.join("audit-nowhere.toml");
+    std::fs::write(&path, audit_in_nowhere).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["check-config".as_ref(), path.as_os_str()])
+        .env("GITHUB_TOKEN", "ghp_fake_not_a_real_token")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-dir"), "{stderr}");
+    for name in ["team a", "", "a\u{1b}"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+            .args(["token", "new", "--name", name])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{name:?}: {stdout}");
+        assert!(
+            !stdout.contains("ppx_"),
+            "{name:?}: a secret was shown: {stdout}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["token", "new", "--name", "team-c"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let entry = stdout.split("Config entry:\n").nth(1).unwrap();
+    let parsed: toml::Value = toml::from_str(entry).unwrap();
+    assert_eq!(parsed["clients"][0]["name"].as_str(), Some("team-c"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

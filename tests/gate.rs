@@ -1386,3 +1386,42 @@ async fn a_clients_slow_reads_do_not_hold_up_another_clients_deletes() {
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
     assert_eq!(sim.deletes(), 2);
 }
+
+// Found by a hostile review of the operator surface: a reload that changed a client's quota built
+// it fresh buckets, so tightening the quota to stop a runaway client handed it a whole new
+// allowance at once. What it spent stays spent.
+#[tokio::test]
+async fn a_reload_that_tightens_a_quota_hands_out_no_fresh_allowance() {
+    let sim = spawn_sim().await;
+    let quota = "[quotas]\nupstream_per_minute = 5\n";
+    let (running, path, config, tokens) = reloadable(&sim, "quota-reload", quota).await;
+    let base = format!("http://{}", running.addr);
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        statuses.push(
+            get(&format!("{base}{}", cold(i)), &tokens[0])
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let tightened = config.replace("upstream_per_minute = 5", "upstream_per_minute = 4");
+    assert_ne!(tightened, config);
+    std::fs::write(&path, tightened).unwrap();
+    packages_proxy::reload::reload(&running.state, &path).unwrap();
+    for i in 7..10 {
+        let reply = get(&format!("{base}{}", cold(i)), &tokens[0]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the reload refilled the quota: {}",
+            reply.text()
+        );
+    }
+    // The other client's quota is its own.
+    assert_eq!(
+        get(&format!("{base}{}", cold(11)), &tokens[1]).await.status,
+        StatusCode::OK
+    );
+}

@@ -478,3 +478,59 @@ fn unusable_tls_files_and_client_entries_are_config_errors_naming_the_key() {
         assert_eq!(field, key, "{reason}");
     }
 }
+
+// Found by a hostile review of the operator surface: a config reload also re-read the TLS files,
+// so with a certificate mid-rotation (the file briefly missing) an emergency reload of clients
+// and policy was rejected and never retried. A reload leaves the files to the listener's own
+// reload, and says which changed settings it cannot apply.
+#[tokio::test]
+async fn a_reload_applies_clients_while_the_certificate_file_is_being_rotated() {
+    let sim = spawn_sim().await;
+    let dir = temp_dir("tls-reload");
+    let server_ca = Ca::new("server CA");
+    write_pair(&dir, &server_ca.server());
+    let opts = ProxyOptions {
+        extra: format!("[cache]\nenabled = false\n{}", tls_table(&dir, false)),
+        ..ProxyOptions::default()
+    };
+    let (text, _) = proxy_config(&sim.handle.base_url(), 0, &opts);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, &text).unwrap();
+    let running = server::start(
+        Config::load(&path).unwrap(),
+        OrgToken::new(&sim.org_token).unwrap(),
+    )
+    .await
+    .unwrap();
+    // Mid-rotation: the certificate file is gone for a moment.
+    std::fs::remove_file(dir.join("server.pem")).unwrap();
+    let with_team_c = ProxyOptions {
+        clients: vec!["team-a", "team-b", "team-c"],
+        max_in_flight: 512,
+        ..opts
+    };
+    let (text, tokens) = proxy_config(&sim.handle.base_url(), 0, &with_team_c);
+    std::fs::write(&path, &text).unwrap();
+    packages_proxy::reload::reload(&running.state, &path)
+        .expect("a reload waited for the certificate file");
+    let url = format!("https://127.0.0.1:{}{PACKAGES}", running.addr.port());
+    let (status, ..) = fetch(
+        &https_client(&server_ca, None, false),
+        &url,
+        Some(&tokens[2]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "team-c was not added by the reload");
+    // `server.max_in_flight` changed too, which only a restart applies: counted.
+    let metrics = format!("https://127.0.0.1:{}/metrics", running.addr.port());
+    let (_, _, _, page) = fetch(&https_client(&server_ca, None, false), &metrics, None)
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page).into_owned();
+    assert_eq!(
+        sample(&page, "packages_proxy_config_unapplied_total"),
+        Some(1.0),
+        "{page}"
+    );
+}

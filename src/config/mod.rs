@@ -289,6 +289,19 @@ pub struct Quota {
 
 // === impl Config ===
 
+/// What a client name may be, as the config's error says it.
+pub const CLIENT_NAME_RULE: &str = "use 1-64 letters, digits, '-', '_' or '.'";
+
+/// Whether `name` is a valid client name ([`CLIENT_NAME_RULE`]): it appears in log lines,
+/// metric labels and audit records as written.
+pub fn is_client_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
@@ -308,7 +321,19 @@ impl Config {
     /// Parses and validates config text; a relative `policy.file` is resolved against `base`.
     pub fn parse_in(text: &str, base: Option<&std::path::Path>) -> Result<Self, ConfigError> {
         let raw: raw::RawConfig = toml::from_str(text).map_err(ConfigError::Parse)?;
-        raw.validate(base)
+        raw.validate(base, true)
+    }
+
+    /// [`Config::load`] for a reload: the TLS certificate files are not read (the listener
+    /// reloads them itself, every `reload_interval`), so a certificate mid-rotation never keeps
+    /// a reload of clients and policy (an emergency deny rule) from taking effect.
+    pub fn load_for_reload(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let raw: raw::RawConfig = toml::from_str(&text).map_err(ConfigError::Parse)?;
+        raw.validate(path.parent(), false)
     }
 
     /// Replicas sharing one quota (1 without a shared tier).

@@ -360,8 +360,13 @@ fn default_max_headers() -> usize {
 }
 
 impl RawConfig {
-    pub(super) fn validate(self, base: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-        let server = self.server.validate()?;
+    /// `read_files`: also read the TLS files (see `RawTls::validate`).
+    pub(super) fn validate(
+        self,
+        base: Option<&std::path::Path>,
+        read_files: bool,
+    ) -> Result<Config, ConfigError> {
+        let server = self.server.validate(read_files)?;
         let upstream = self.upstream.validate()?;
         let defaults = Quota {
             upstream_per_minute: self.quotas.upstream_per_minute,

@@ -117,7 +117,10 @@ fn default_reload_interval() -> Duration {
 
 impl RawTls {
     /// Validates the table and loads every file once (a bad certificate is a config error).
-    pub(crate) fn validate(self) -> Result<TlsConfig, ConfigError> {
+    /// `read_files`: also load the files (at start and in `check-config`); a reload does not,
+    /// since the TLS task reloads them on its own and a file mid-rotation must not hold up a
+    /// reload of clients and policy.
+    pub(crate) fn validate(self, read_files: bool) -> Result<TlsConfig, ConfigError> {
         if self.reload_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 field: "server.tls.reload_interval".to_owned(),
@@ -130,10 +133,12 @@ impl RawTls {
             client_ca_file: self.client_ca_file,
             reload_interval: self.reload_interval,
         };
-        load(&config).map_err(|source| ConfigError::Tls {
-            field: source.field().to_owned(),
-            source,
-        })?;
+        if read_files {
+            load(&config).map_err(|source| ConfigError::Tls {
+                field: source.field().to_owned(),
+                source,
+            })?;
+        }
         Ok(config)
     }
 }

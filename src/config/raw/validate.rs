@@ -9,8 +9,7 @@ use super::{RawCache, RawClient, RawMutations, RawServer, RawShared, RawUpstream
 use crate::{
     config::{
         CacheConfig, Client, ConfigError, MutationsConfig, Quota, ServerConfig, SharedConfig,
-        TokenSource, UpstreamConfig,
-        tls::{CertFingerprint, RawTls},
+        TokenSource, UpstreamConfig, tls::CertFingerprint,
     },
     secret::TokenHash,
 };
@@ -105,7 +104,7 @@ impl RawCache {
 }
 
 impl RawServer {
-    pub(super) fn validate(self) -> Result<ServerConfig, ConfigError> {
+    pub(super) fn validate(self, read_files: bool) -> Result<ServerConfig, ConfigError> {
         let public_url = match self.public_url {
             Some(url) => {
                 let (origin, prefix) = split_url(&url, "server.public_url")?;
@@ -117,6 +116,12 @@ impl RawServer {
         positive(self.max_connections, "server.max_connections")?;
         nonzero(self.header_read_timeout, "server.header_read_timeout")?;
         nonzero(self.idle_timeout, "server.idle_timeout")?;
+        if self.admin_listen == Some(self.listen) {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen (both would bind the same address)",
+            ));
+        }
         Ok(ServerConfig {
             listen: self.listen,
             public_url,
@@ -130,7 +135,7 @@ impl RawServer {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
             admin_listen: self.admin_listen,
-            tls: self.tls.map(RawTls::validate).transpose()?,
+            tls: self.tls.map(|tls| tls.validate(read_files)).transpose()?,
         })
     }
 }
@@ -228,14 +233,8 @@ pub(super) fn validate_clients(
     let mut clients = Vec::with_capacity(raw.len());
     for (i, client) in raw.into_iter().enumerate() {
         let field = format!("clients[{i}].name");
-        let ok = !client.name.is_empty()
-            && client.name.len() <= 64
-            && client
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !ok {
-            return Err(invalid(&field, "use 1-64 letters, digits, '-', '_' or '.'"));
+        if !crate::config::is_client_name(&client.name) {
+            return Err(invalid(&field, crate::config::CLIENT_NAME_RULE));
         }
         if !names.insert(client.name.clone()) {
             return Err(invalid(
