@@ -71,7 +71,8 @@ impl OrgToken {
             path: path.display().to_string(),
             source,
         })?;
-        Self::new(&text)
+        // Editors on Windows save a byte-order mark: not part of the token.
+        Self::new(text.strip_prefix('\u{feff}').unwrap_or(&text))
     }
 
     /// The `Authorization` header value.
@@ -187,6 +188,17 @@ mod tests {
             other[byte] ^= 1;
             assert!(!hash.matches(&TokenHash(other)), "byte {byte}");
         }
+    }
+
+    #[test]
+    fn a_token_file_saved_with_a_byte_order_mark_or_crlf_reads_as_the_token() {
+        let dir = std::env::temp_dir().join(format!("pp-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "\u{feff}ghp_fake_token\r\n").unwrap();
+        let token = super::OrgToken::from_file(&path).unwrap();
+        assert_eq!(token.bearer(), "Bearer ghp_fake_token");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
