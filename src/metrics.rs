@@ -84,7 +84,7 @@ pub fn reload_unapplied() {
     counter!("packages_proxy_config_unapplied_total").increment(1);
 }
 
-/// One certificate reload of the TLS listener: `ok` or `rejected`.
+/// One certificate reload of the TLS listener: `ok`, `rejected`, or `unreadable` (once a spell).
 pub fn tls_reload(result: &'static str) {
     counter!(TLS_RELOADS, "result" => result).increment(1);
 }

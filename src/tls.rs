@@ -113,16 +113,28 @@ async fn reload_loop(
     let mut ticks = tokio::time::interval(config.reload_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate
+    let mut unreadable = false;
     loop {
         ticks.tick().await;
         let (new_cert, new_key) = match (tokio::fs::read(cert).await, tokio::fs::read(key).await) {
             (Ok(c), Ok(k)) => (c, k),
             (Err(error), _) | (_, Err(error)) => {
-                // Mid-rotation a file may be missing for a moment; the next tick retries.
-                tracing::warn!(%error, "cannot read the TLS certificate or key; keeping the current pair");
+                // Mid-rotation a file may be missing for a moment; the next tick retries. Logged
+                // and counted once per spell, so that a mount that broke shows in the counter.
+                if !unreadable {
+                    unreadable = true;
+                    crate::metrics::tls_reload("unreadable");
+                    tracing::warn!(
+                        %error,
+                        cert_file = %cert.display(),
+                        key_file = %key.display(),
+                        "cannot read the TLS certificate or key; keeping the current pair"
+                    );
+                }
                 continue;
             }
         };
+        unreadable = false;
         if new_cert == cert_pem && new_key == key_pem {
             continue;
         }

@@ -82,8 +82,32 @@ impl Ca {
         self.leaf(name, vec![], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
+    /// A server certificate that expired yesterday.
+    fn expired_server(&self) -> Leaf {
+        self.leaf_with(
+            "packages-proxy",
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            |params| {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            },
+        )
+    }
+
     fn leaf(&self, name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_with(name, sans, usage, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        name: &str,
+        sans: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let mut params = CertificateParams::new(sans).unwrap();
+        adjust(&mut params);
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];
@@ -399,6 +423,9 @@ fn unusable_tls_files_and_client_entries_are_config_errors_naming_the_key() {
 
     let other = ca.server();
     std::fs::write(dir.join("other.key"), &other.key_pem).unwrap();
+    let expired = ca.expired_server();
+    std::fs::write(dir.join("expired.pem"), &expired.cert_pem).unwrap();
+    std::fs::write(dir.join("expired.key"), &expired.key_pem).unwrap();
     std::fs::write(dir.join("garbage.pem"), "not a certificate").unwrap();
     let cases = [
         (
@@ -426,6 +453,13 @@ fn unusable_tls_files_and_client_entries_are_config_errors_naming_the_key() {
             "server.tls.client_ca_file",
         ),
         (good.replace("100ms", "0s"), "server.tls.reload_interval"),
+        // Found by the operator-surface review: an expired certificate was accepted at start
+        // and swapped in on reload, and every handshake then failed.
+        (
+            good.replace("server.pem", "expired.pem")
+                .replace("server.key", "expired.key"),
+            "server.tls.cert_file",
+        ),
     ];
     for (text, key) in cases {
         let (field, reason) = config_error(&text);

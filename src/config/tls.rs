@@ -74,6 +74,16 @@ pub enum TlsError {
         #[source]
         source: Option<rustls::pki_types::pem::Error>,
     },
+    /// The leaf certificate is outside its validity period: every handshake would fail.
+    #[error("the certificate in {path} is not valid now (valid from {not_before} to {not_after})")]
+    NotValidNow {
+        /// The file.
+        path: String,
+        /// Its `notBefore`, RFC 3339.
+        not_before: String,
+        /// Its `notAfter`, RFC 3339.
+        not_after: String,
+    },
     /// The private key cannot be used, or does not fit the certificate.
     #[error("the private key is unusable or does not fit the certificate")]
     Key(#[source] rustls::Error),
@@ -150,6 +160,7 @@ impl TlsError {
     pub fn field(&self) -> &'static str {
         match self {
             Self::Read { field, .. } | Self::Pem { field, .. } => field,
+            Self::NotValidNow { .. } => CERT_FILE,
             Self::Key(_) => KEY_FILE,
             Self::ClientCa { .. } => CLIENT_CA_FILE,
             Self::Setup(_) => "server.tls",
@@ -216,14 +227,51 @@ impl Pair {
         key_pem: &[u8],
     ) -> Result<CertifiedKey, TlsError> {
         let chain = certificates(cert_file, cert_pem, CERT_FILE)?;
+        let not_after = check_validity(cert_file, &chain[0])?;
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| TlsError::Pem {
             field: KEY_FILE,
             path: key_file.display().to_string(),
             what: "private key",
             source: broken_pem(error),
         })?;
-        CertifiedKey::from_der(chain, key, &ring::default_provider()).map_err(TlsError::Key)
+        let key =
+            CertifiedKey::from_der(chain, key, &ring::default_provider()).map_err(TlsError::Key)?;
+        // The pair in use (at start, or swapped in by a reload): when to renew it by.
+        metrics::gauge!("packages_proxy_tls_cert_expiry_timestamp_seconds").set(not_after as f64);
+        Ok(key)
     }
+}
+
+/// Refuses a leaf certificate outside its validity period (expired, or not yet valid: a clock
+/// or a rotation gone wrong); returns its `notAfter` as Unix seconds.
+fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    let unusable = || TlsError::Pem {
+        field: CERT_FILE,
+        path: path.display().to_string(),
+        what: "certificate",
+        source: None,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|_| unusable())?;
+    let validity = cert.validity();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let (from, until) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    if now < from || now > until {
+        let rfc3339 = |t: i64| {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+            humantime::format_rfc3339_seconds(at).to_string()
+        };
+        return Err(TlsError::NotValidNow {
+            path: path.display().to_string(),
+            not_before: rfc3339(from),
+            not_after: rfc3339(until),
+        });
+    }
+    Ok(until)
 }
 
 /// Reads and checks every file of `config` (the certificate and key first, then the client CAs)
