@@ -584,36 +584,40 @@ const RECHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// The one place a mutation is sent upstream; never retried.
 ///
-/// Right before the send, in this order: the call's upstream slot, its send turn (at least
-/// `pace` after the fleet's last send; nobody else's comes until this call is sent or gives it
-/// up), the policy as it is now, and the checks that read GitHub again if the first ones are
-/// older than [`RECHECK_AFTER`] or a reload changed the rules since (read again if a reload
-/// comes while they read). So whatever held the call (the queue, a back-off, the wait for a
-/// slot), what it checked is at most that old when it goes out: a tag pushed meanwhile (a
-/// protected one, or one that puts an image index back in use) stops it. The reads go out on the
-/// call's own slot, and only the call whose turn it is makes them: calls a back-off held
-/// together do not all read at once. The slot comes first: a call never holds the fleet's turn
-/// while it waits for a slot (its client's share may be busy with that client's slow reads).
-/// The turn is renewed while the call reads; if it lapses anyway (Redis lost it), the call waits
-/// for the next one.
+/// Right before the send, in this order: the fleet's next send turn coming due (at least
+/// `pace` after its last send), the call's upstream slot, the turn itself (nobody else's comes
+/// until this call is sent or gives it up), the policy as it is now, and the checks that read
+/// GitHub again if the first ones are older than [`RECHECK_AFTER`] or a reload changed the rules
+/// since (read again if a reload comes while they read). So whatever held the call (the queue,
+/// a back-off, the wait for a slot), what it checked is at most that old when it goes out: a tag
+/// pushed meanwhile (a protected one, or one that puts an image index back in use) stops it.
+/// The reads go out on the call's own slot, and only the call whose turn it is makes them:
+/// calls a back-off held together do not all read at once. Until its turn is due a call holds
+/// nothing (its client's reads are not held up behind its queued deletes), and it never holds
+/// the fleet's turn while it waits for a slot (no other client's deletes wait on its client's
+/// slow reads). The turn is renewed while the call reads; a turn another call took first, or one
+/// that lapsed, sends the call back to waiting, its slot given back.
 async fn send_mutation(
     state: &Arc<AppState>,
     m: &Owned,
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
-    // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
-    let held = tokio::select! {
-        biased;
-        () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-        held = state.upstream.acquire(&m.ticket) => held?,
-    };
     let mut looked = (m.checked, m.policy.clone());
-    let mut looks = 0;
-    loop {
+    let held = loop {
         still_allowed(state, m)?;
-        let mut turn = next_turn(state).await?;
+        turn_due(state).await?;
+        // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
+        let held = tokio::select! {
+            biased;
+            () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+            held = state.upstream.acquire(&m.ticket) => held?,
+        };
+        let Some(mut turn) = try_turn(state).await? else {
+            continue; // another call's turn came first: wait for the next, holding nothing
+        };
         let attempt = async {
             let mut stale = looked.0.elapsed() >= RECHECK_AFTER;
+            let mut looks = 0;
             loop {
                 let policy = state.policy.load_full();
                 let protections = still_allowed(state, m)?;
@@ -645,9 +649,9 @@ async fn send_mutation(
         }
         // Lapsed while the call read (Redis lost it): wait for the next turn.
         if turn.end(state).await? {
-            break;
+            break held;
         }
-    }
+    };
     let response = state
         .upstream
         .send_holding(
@@ -703,32 +707,23 @@ const TURN_LEASE: Duration = Duration::from_secs(5);
 /// Longest single wait for a turn while another call holds one (its lease may end early).
 const TURN_POLL: Duration = Duration::from_millis(100);
 
-/// Waits for this call's send turn: at least `pace` after the last send, fleet-wide through
-/// Redis when shared (which must answer).
-async fn next_turn(state: &Arc<AppState>) -> Result<Turn, ProxyError> {
+/// Waits until the next send turn is due: at least `pace` after the last send, fleet-wide
+/// through Redis when shared (which must answer), and after this replica's own last send (a
+/// flush may have cost Redis the fleet's record of it).
+async fn turn_due(state: &AppState) -> Result<(), ProxyError> {
     let pace = state.config.mutations.pace;
     loop {
-        let (taken, shared) = match &state.shared {
-            Some(shared) => (
-                shared
-                    .send_turn(pace, TURN_LEASE)
-                    .await
-                    .map_err(|_| redis_stopped())?,
-                true,
-            ),
-            None => (state.pacer.send_turn(TURN_LEASE), false),
+        let fleet = match &state.shared {
+            Some(shared) => shared
+                .turn_due_in(pace)
+                .await
+                .map_err(|_| redis_stopped())?,
+            None => Duration::ZERO,
         };
-        let wait = match taken {
-            Ok(name) => {
-                return Ok(Turn {
-                    state: state.clone(),
-                    name,
-                    shared,
-                    ended: false,
-                });
-            }
-            Err(wait) => wait,
-        };
+        let wait = fleet.max(state.pacer.turn_due_in());
+        if wait.is_zero() {
+            return Ok(());
+        }
         // Longer than a pace: another call holds a turn, which ends when it is sent.
         let wait = if wait > pace {
             wait.min(TURN_POLL)
@@ -741,6 +736,68 @@ async fn next_turn(state: &Arc<AppState>) -> Result<Turn, ProxyError> {
             .await
             .map_err(|_| ProxyError::ShuttingDown)?;
     }
+}
+
+/// Takes the next send turn if it is due, else `None` (another call took it first).
+async fn try_turn(state: &Arc<AppState>) -> Result<Option<Turn>, ProxyError> {
+    let turn = |name, shared| Turn {
+        state: state.clone(),
+        name,
+        shared,
+        ended: false,
+    };
+    let Some(shared) = &state.shared else {
+        return Ok(state
+            .pacer
+            .send_turn(TURN_LEASE)
+            .ok()
+            .map(|name| turn(name, false)));
+    };
+    if state.pacer.turn_due_in() > Duration::ZERO {
+        return Ok(None);
+    }
+    // Named here: a turn Redis gave after its caller stopped waiting is ended by that name.
+    let name = turn_name();
+    match shared
+        .send_turn(state.config.mutations.pace, TURN_LEASE, name)
+        .await
+    {
+        Ok(Ok(())) => Ok(Some(turn(name, true))),
+        Ok(Err(_)) => Ok(None),
+        Err(_) => {
+            end_in_the_background(shared.clone(), name);
+            Err(redis_stopped())
+        }
+    }
+}
+
+/// A fresh turn name: random, below 2^53 (Lua's numbers hold it exactly).
+fn turn_name() -> u64 {
+    let random = getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    (random >> 11).max(1)
+}
+
+/// Ends turn `name` if Redis gives it after its caller stopped waiting (tried for a lease and a
+/// little more): nobody else would end it, and the fleet's deletes would wait out its lease.
+fn end_in_the_background(shared: Arc<crate::shared::Shared>, name: u64) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let until = tokio::time::Instant::now() + TURN_LEASE + Duration::from_secs(1);
+        // Until it is ended or the lease is surely over: the late request may reach Redis
+        // after a first try found nothing to end.
+        while tokio::time::Instant::now() < until {
+            if matches!(shared.sent(name).await, Ok(true)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
 }
 
 fn redis_stopped() -> ProxyError {

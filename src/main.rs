@@ -312,14 +312,46 @@ fn print_protections(protections: &packages_proxy::protections::Protections) {
 
 fn filter_of(args: FilterArgs) -> Result<Filter> {
     let time = |t: Option<String>| -> Result<Option<std::time::SystemTime>> {
-        t.map(|t| humantime::parse_rfc3339_weak(&t).with_context(|| format!("bad time {t:?}")))
-            .transpose()
+        t.map(|t| {
+            rfc3339_with_offset(&t).with_context(|| {
+                format!("bad time {t:?}: use RFC 3339, e.g. 2026-11-24T22:00:00Z or ...+02:00")
+            })
+        })
+        .transpose()
     };
     Ok(Filter {
         client: args.client,
         since: time(args.since)?,
         until: time(args.until)?,
         ..Filter::default()
+    })
+}
+
+/// An RFC 3339 time with `Z` or a numeric offset (`+02:00`, `-05:30`): humantime reads only UTC.
+fn rfc3339_with_offset(text: &str) -> Result<std::time::SystemTime> {
+    let offset = text
+        .len()
+        .checked_sub(6)
+        .and_then(|at| text.get(at..).map(|tail| (at, tail)))
+        .filter(|(_, tail)| {
+            let b = tail.as_bytes();
+            matches!(b[0], b'+' | b'-')
+                && b[1..3].iter().all(u8::is_ascii_digit)
+                && b[3] == b':'
+                && b[4..6].iter().all(u8::is_ascii_digit)
+        });
+    let Some((at, tail)) = offset else {
+        return Ok(humantime::parse_rfc3339_weak(text)?);
+    };
+    let local = humantime::parse_rfc3339_weak(&format!("{}Z", &text[..at]))?;
+    let hours: u64 = tail[1..3].parse()?;
+    let minutes: u64 = tail[4..6].parse()?;
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    // `+02:00` is two hours ahead of UTC: the same instant is two hours earlier in UTC.
+    Ok(if tail.starts_with('+') {
+        local - shift
+    } else {
+        local + shift
     })
 }
 
@@ -583,6 +615,26 @@ impl Signals {
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_with_offset;
+
+    #[test]
+    fn audit_times_take_any_rfc3339_offset() {
+        let utc = rfc3339_with_offset("2026-12-01T03:00:00Z").unwrap();
+        for same in [
+            "2026-12-01T05:00:00+02:00",
+            "2026-11-30T21:30:00-05:30",
+            "2026-12-01T03:00:00+00:00",
+        ] {
+            assert_eq!(rfc3339_with_offset(same).unwrap(), utc, "{same}");
+        }
+        for bad in ["2026-12-01", "yesterday", "2026-12-01T05:00:00+2:00"] {
+            assert!(rfc3339_with_offset(bad).is_err(), "{bad}");
         }
     }
 }

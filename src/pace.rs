@@ -214,6 +214,14 @@ impl Pacer {
         }
     }
 
+    /// How long until the next send turn is due (zero: now), taking nothing.
+    pub fn turn_due_in(&self) -> Duration {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_send.map_or(Duration::ZERO, |last| {
+            (last + self.pace).saturating_duration_since(Instant::now())
+        })
+    }
+
     /// Extends a turn's lease to `lease` from now; `false` if it lapsed (another was given).
     pub fn renew(&self, turn: u64, lease: Duration) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

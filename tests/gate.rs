@@ -1425,3 +1425,52 @@ async fn a_reload_that_tightens_a_quota_hands_out_no_fresh_allowance() {
         StatusCode::OK
     );
 }
+
+// Found by a hostile review of the send turn: with the slot taken before the turn, deletes a
+// back-off held together each held one of their client's upstream slots while they waited for
+// their turns, one pace each, and the client's own reads waited behind them (15 s for 20
+// deletes). A call now holds nothing until its turn is due.
+#[tokio::test]
+async fn a_clients_reads_do_not_wait_behind_its_queued_deletes() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-reads-behind-deletes").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "1s"),
+        extra_upstream: "max_concurrency = 2\nmax_concurrency_per_client = 2",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &web[1..6]);
+    eventually(Duration::from_secs(5), "the first delete sent", || async {
+        sim.deletes() == 1
+    })
+    .await;
+    // A back-off of 4 s: the queued deletes' slots come during it, and they come out together.
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 4,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), &proxy.tokens[1]).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    eventually(Duration::from_secs(10), "the back-off over", || async {
+        sim.deletes() == 2
+    })
+    .await;
+    // Three or more deletes now wait for their turns, a pace apart; team-a reads meanwhile.
+    let started = std::time::Instant::now();
+    let read = get(&proxy.url(&cold(1)), proxy.token()).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "team-a's read waited {:?} behind its queued deletes",
+        started.elapsed()
+    );
+    for delete in deletes {
+        assert_eq!(delete.await.unwrap().status, StatusCode::NO_CONTENT);
+    }
+}

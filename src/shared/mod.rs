@@ -272,34 +272,49 @@ impl Shared {
             .await;
     }
 
-    /// Takes the fleet's next send turn if at least `pace` passed since its last send: `Ok` with
-    /// the turn's name (nobody else's comes for `lease`, [`Shared::renew_turn`] extends it, until
-    /// [`Shared::sent`]), or `Err` with how long to wait before asking again.
+    /// Takes the fleet's next send turn, named `name`, if at least `pace` passed since its last
+    /// send: `Ok(Ok)` (nobody else's comes for `lease`, [`Shared::renew_turn`] extends it, until
+    /// [`Shared::sent`]), or `Ok(Err)` with how long to wait before asking again. On `Err` the
+    /// turn may still have been taken (Redis answered too late): end it with [`Shared::sent`].
     pub async fn send_turn(
         &self,
         pace: Duration,
         lease: Duration,
-    ) -> Result<Result<u64, Duration>, Down> {
+        name: u64,
+    ) -> Result<Result<(), Duration>, Down> {
         let mut conn = self.conn()?;
         let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
         let script = self.scripts.send.clone();
         let (pace_ms, lease_ms) = (millis(pace), millis(lease));
-        let (wait, turn): (u64, u64) = self
+        let (wait, _): (u64, u64) = self
             .run(async move {
                 script
                     .key(last)
                     .key(held)
                     .arg(pace_ms)
                     .arg(lease_ms)
+                    .arg(name)
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
         Ok(if wait == 0 {
-            Ok(turn)
+            Ok(())
         } else {
             Err(Duration::from_millis(wait))
         })
+    }
+
+    /// How long until the fleet's next send turn is due (zero: now), taking nothing.
+    pub async fn turn_due_in(&self, pace: Duration) -> Result<Duration, Down> {
+        let mut conn = self.conn()?;
+        let last = self.key("p", "last-send");
+        let script = self.scripts.turn_due.clone();
+        let pace_ms = millis(pace);
+        let wait: u64 = self
+            .run(async move { script.key(last).arg(pace_ms).invoke_async(&mut conn).await })
+            .await?;
+        Ok(Duration::from_millis(wait))
     }
 
     /// Extends a turn [`Shared::send_turn`] gave to `lease` from now; `Ok(false)` if it lapsed

@@ -30,24 +30,29 @@ return 1
 ";
 
 /// A send's turn: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] pace ms, ARGV[2] lease
-/// ms. When at least `pace` passed since the last send, takes the turn: records a send `lease` ms
-/// ahead (so nobody else's turn comes while this one checks and sends) and returns {0, the
-/// turn's name}, a number never given before; else returns {the ms still to wait, 0}. A
-/// predecessor that sent late pushes its successors back, so sends, not just slots, stay `pace`
-/// apart.
+/// ms, ARGV[3] the turn's name (the caller's: one whose answer never came can still be ended by
+/// it). When at least `pace` passed since the last send, takes the turn: records a send `lease`
+/// ms ahead (so nobody else's turn comes while this one checks and sends) and returns {0, 1};
+/// else returns {the ms still to wait, 0}. A predecessor that sent late pushes its successors
+/// back, so sends, not just slots, stay `pace` apart.
 const SEND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local due = last + tonumber(ARGV[1])
 if now < due then return {due - now, 0} end
-local lease = now + tonumber(ARGV[2])
-local name = lease
-local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-if name <= held then name = held + 1 end
-redis.call('SET', KEYS[1], lease, 'PX', 3600000 + tonumber(ARGV[2]))
-redis.call('SET', KEYS[2], name, 'PX', 3600000 + tonumber(ARGV[2]))
-return {0, name}
+redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 3600000 + tonumber(ARGV[2]))
+redis.call('SET', KEYS[2], ARGV[3], 'PX', 3600000 + tonumber(ARGV[2]))
+return {0, 1}
+";
+
+/// How long until the next send turn is due: KEYS[1] last-send ms; ARGV[1] pace ms. 0: now.
+const TURN_DUE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1])
+if now < due then return due - now end
+return 0
 ";
 
 /// Extends a turn SEND gave: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] the turn's
@@ -170,6 +175,7 @@ pub(super) struct Scripts {
     pub(super) send: Script,
     pub(super) sent: Script,
     pub(super) renew_turn: Script,
+    pub(super) turn_due: Script,
     pub(super) bucket: Script,
     pub(super) unlock: Script,
     pub(super) renew: Script,
@@ -187,6 +193,7 @@ impl Scripts {
             send: Script::new(SEND),
             sent: Script::new(SENT),
             renew_turn: Script::new(RENEW_TURN),
+            turn_due: Script::new(TURN_DUE),
             bucket: Script::new(BUCKET),
             unlock: Script::new(UNLOCK),
             renew: Script::new(RENEW),
