@@ -84,7 +84,11 @@ impl RawCache {
         if self.max_entry_bytes == 0 || self.max_entry_bytes > self.max_bytes {
             return Err(invalid(
                 "cache.max_entry_bytes",
-                "must be between 1 and cache.max_bytes",
+                &format!(
+                    "is {} (8 MiB unless set) and must be between 1 and cache.max_bytes ({}): \
+                     lower it too when cache.max_bytes is small",
+                    self.max_entry_bytes, self.max_bytes
+                ),
             ));
         }
         Ok(CacheConfig {
