@@ -603,9 +603,25 @@ async fn send_mutation(
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
     let mut looked = (m.checked, m.policy.clone());
+    // Turns go to this process's calls in the order they got here, each within the queue's
+    // patience: a call that keeps losing the turn to other replicas is refused, not held.
+    let in_line = state.pacer.join_turn_line();
+    let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
     let held = loop {
         still_allowed(state, m)?;
+        tokio::select! {
+            biased;
+            () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+            () = tokio::time::sleep_until(patience) => return Err(turn_too_late(state)),
+            () = in_line.first() => {}
+        }
         turn_due(state).await?;
+        if tokio::time::Instant::now() >= patience {
+            return Err(turn_too_late(state));
+        }
+        // Out of the line while it waits for its slot (its client's share may be busy): the
+        // calls behind it may take the turn meanwhile. Back in its place if it does not.
+        in_line.step_out();
         // Shutdown's send deadline also ends the wait for a slot: past it nothing is sent.
         let held = tokio::select! {
             biased;
@@ -613,6 +629,7 @@ async fn send_mutation(
             held = state.upstream.acquire(&m.ticket) => held?,
         };
         let Some(mut turn) = try_turn(state).await? else {
+            in_line.step_in();
             continue; // another call's turn came first: wait for the next, holding nothing
         };
         let attempt = async {
@@ -645,12 +662,16 @@ async fn send_mutation(
         };
         tokio::select! {
             attempted = attempt => attempted?,
-            () = turn.keep(state) => continue, // lapsed: wait for the next one
+            () = turn.keep(state) => {
+                in_line.step_in();
+                continue; // lapsed: wait for the next one
+            }
         }
         // Lapsed while the call read (Redis lost it): wait for the next turn.
         if turn.end(state).await? {
             break held;
         }
+        in_line.step_in();
     };
     let response = state
         .upstream
@@ -798,6 +819,16 @@ fn end_in_the_background(shared: Arc<crate::shared::Shared>, name: u64) {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
+}
+
+/// The refusal of a call that did not get its send turn within `max_queue_wait`.
+fn turn_too_late(state: &AppState) -> ProxyError {
+    ProxyError::TooManyRequests {
+        message: "The mutation queue did not reach this call in time; it was not sent, retry \
+                  later"
+            .to_owned(),
+        retry_after_secs: state.config.mutations.pace.as_secs().max(1),
+    }
 }
 
 fn redis_stopped() -> ProxyError {

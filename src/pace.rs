@@ -74,6 +74,15 @@ pub struct Pacer {
     /// The last moment a mutation may still be sent, once shutdown started. A `watch`: every
     /// waiting mutation must see it the moment it is set, and late subscribers read it too.
     drain: watch::Sender<Option<Instant>>,
+    /// Wakes the calls in the turn line when its first one leaves it.
+    line_moved: tokio::sync::Notify,
+}
+
+/// A call's place in the line for send turns ([`Pacer::join_turn_line`]); left when dropped.
+#[derive(Debug)]
+pub struct InLine<'a> {
+    pacer: &'a Pacer,
+    place: u64,
 }
 
 /// The process is shutting down and this mutation's slot came too late: it was not sent.
@@ -89,6 +98,9 @@ struct PacerState {
     /// The send turn held now, by its number, and the last number given.
     turn: Option<u64>,
     turns: u64,
+    /// Calls of this process waiting for a send turn, by arrival: only the first asks for it.
+    line: std::collections::BTreeSet<u64>,
+    joined: u64,
     /// Slots handed out whose time has not come.
     waiting: usize,
 }
@@ -121,10 +133,23 @@ impl Pacer {
                 last_send: None,
                 turn: None,
                 turns: 0,
+                line: std::collections::BTreeSet::new(),
+                joined: 0,
                 waiting: 0,
             }),
             drain: watch::Sender::new(None),
+            line_moved: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Joins the line for send turns: calls ask for a turn in the order they joined, so one
+    /// that came first is not passed by later ones (after a back-off, all come out at once).
+    pub fn join_turn_line(&self) -> InLine<'_> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.joined += 1;
+        let place = state.joined;
+        state.line.insert(place);
+        InLine { pacer: self, place }
     }
 
     /// Shutdown started: mutations whose slot comes after `deadline` are not sent.
@@ -291,5 +316,47 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
         state.waiting = state.waiting.saturating_sub(1);
+    }
+}
+
+// === impl InLine ===
+
+impl InLine<'_> {
+    /// Leaves the line for now, keeping this call's place (while it waits for its upstream slot:
+    /// a call held there must not hold up those behind it).
+    pub fn step_out(&self) {
+        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.line.remove(&self.place);
+        drop(state);
+        self.pacer.line_moved.notify_waiters();
+    }
+
+    /// Comes back to this call's place in the line.
+    pub fn step_in(&self) {
+        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.line.insert(self.place);
+    }
+
+    /// Waits until this call is the first in the line.
+    pub async fn first(&self) {
+        loop {
+            let moved = self.pacer.line_moved.notified();
+            {
+                let state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state.line.first() == Some(&self.place) {
+                    return;
+                }
+            }
+            moved.await;
+        }
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.line.remove(&self.place);
+        drop(state);
+        self.pacer.line_moved.notify_waiters();
     }
 }

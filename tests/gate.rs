@@ -1474,3 +1474,58 @@ async fn a_clients_reads_do_not_wait_behind_its_queued_deletes() {
         assert_eq!(delete.await.unwrap().status, StatusCode::NO_CONTENT);
     }
 }
+
+// Guards the turn line: a hostile review of the send turn found deletes racing for each turn
+// (with a steady stream of new calls after a back-off, one lost for 37 s in a 12-call queue).
+// This process's calls now take turns in the order they came; here, after a back-off.
+#[tokio::test]
+async fn deletes_held_by_a_back_off_go_out_in_the_order_they_came() {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-turn-order").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: web_allowed(&audit, "200ms"),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let first = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    assert_eq!(first.await.unwrap().status, StatusCode::NO_CONTENT);
+    // A back-off of 3 s; then eight deletes, each sent after the one before is queued.
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 3,
+        },
+        1,
+    ));
+    assert_eq!(
+        get(&proxy.url(&cold(0)), &proxy.tokens[1]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let order: Vec<u64> = web[2..10].to_vec();
+    let mut deletes = Vec::new();
+    for (i, id) in order.iter().enumerate() {
+        deletes.extend(deletes_at_once(&proxy.base, proxy.token(), &[*id]));
+        eventually(Duration::from_secs(5), "the delete queued", || async {
+            records(&audit)
+                .iter()
+                .filter(|r| r.phase == "intent")
+                .count()
+                == i + 2
+        })
+        .await;
+    }
+    for delete in deletes {
+        assert_eq!(delete.await.unwrap().status, StatusCode::NO_CONTENT);
+    }
+    let sent: Vec<u64> = sim
+        .handle
+        .log()
+        .iter()
+        .filter(|r| r.method == http::Method::DELETE)
+        .filter_map(|r| r.path.rsplit('/').next()?.parse().ok())
+        .skip(1)
+        .collect();
+    assert_eq!(sent, order, "sent out of the order they came");
+}

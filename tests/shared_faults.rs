@@ -626,3 +626,33 @@ async fn a_replica_without_its_subscription_stays_down_whatever_else_answers() {
     );
     assert_eq!(up, Some(0.0));
 }
+
+// Found by a hostile review of the send turn: after a FLUSHALL the fleet's record of its last
+// send was gone, and another replica sent 0.6 s after it (pace 1 s) before the first replica
+// wrote its send back. A lost record now counts as a send at the moment it is found missing.
+#[tokio::test]
+async fn after_a_flush_another_replicas_delete_still_waits_a_pace() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let sim = spawn_sim().await;
+    let fleet = fleet(
+        &sim,
+        &redis,
+        2,
+        &format!("{}multi_arch_guard = false\n", allow_everything("1s")),
+        "5s",
+    )
+    .await;
+    let web = sim.versions("web").await;
+    assert_eq!(delete(&fleet[0], web[1]).await, StatusCode::NO_CONTENT);
+    let _: () = redis_cmd(&redis, &redis::cmd("FLUSHALL")).await;
+    assert_eq!(delete(&fleet[1], web[2]).await, StatusCode::NO_CONTENT);
+    let arrivals = sim.arrivals(&Method::DELETE);
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(
+        gap >= Duration::from_millis(950),
+        "two deletes {gap:?} apart, pace 1 s"
+    );
+}

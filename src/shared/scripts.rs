@@ -38,7 +38,13 @@ return 1
 const SEND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local last = tonumber(redis.call('GET', KEYS[1]))
+if last == nil then
+  -- Lost (a flush, a restart without persistence): another replica may have sent a moment
+  -- ago, so the pace counts from now.
+  redis.call('SET', KEYS[1], now, 'PX', 3600000)
+  return {tonumber(ARGV[1]), 0}
+end
 local due = last + tonumber(ARGV[1])
 if now < due then return {due - now, 0} end
 redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 3600000 + tonumber(ARGV[2]))
@@ -46,11 +52,17 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', 3600000 + tonumber(ARGV[2]))
 return {0, 1}
 ";
 
-/// How long until the next send turn is due: KEYS[1] last-send ms; ARGV[1] pace ms. 0: now.
+/// How long until the next send turn is due: KEYS[1] last-send ms; ARGV[1] pace ms. 0: now. A
+/// lost record (a flush) is taken for a send now, as SEND takes it.
 const TURN_DUE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]))
+if last == nil then
+  redis.call('SET', KEYS[1], now, 'PX', 3600000)
+  return tonumber(ARGV[1])
+end
+local due = last + tonumber(ARGV[1])
 if now < due then return due - now end
 return 0
 ";
