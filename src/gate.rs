@@ -167,6 +167,9 @@ pub async fn execute(
         };
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
     };
+    // Its place among this process's calls for the send turn, taken on arrival: a back-off
+    // that holds them all lets them out at once, and they are sent in the order they came.
+    let in_line = state.pacer.join_turn_line();
     // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
     if let Err(error) = wait_out_backoff(state).await {
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
@@ -216,6 +219,7 @@ pub async fn execute(
         ticket,
         spent,
         _place: place,
+        in_line,
     };
     // Held by this request's future: dropped with it when the client hangs up (or resets its
     // HTTP/2 stream), which tells the task that nobody waits for the call any more.
@@ -313,6 +317,8 @@ struct Owned {
     spent: crate::rule_budget::Spent,
     /// The client's place in the queue, held until the mutation is done.
     _place: crate::pace::Place,
+    /// Its place in this process's line for send turns, taken on arrival.
+    in_line: crate::pace::InLine,
 }
 
 /// Slot, send, outcome record, invalidation: everything after the intent is on disk. `client`
@@ -605,7 +611,7 @@ async fn send_mutation(
     let mut looked = (m.checked, m.policy.clone());
     // Turns go to this process's calls in the order they got here, each within the queue's
     // patience: a call that keeps losing the turn to other replicas is refused, not held.
-    let in_line = state.pacer.join_turn_line();
+    let in_line = &m.in_line;
     let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
     let held = loop {
         still_allowed(state, m)?;
@@ -616,6 +622,9 @@ async fn send_mutation(
             () = in_line.first() => {}
         }
         turn_due(state).await?;
+        // A back-off GitHub opened while the call waited in line is waited out as the queue
+        // waits one out (or the call is refused with its answer), not met at the slot.
+        wait_out_backoff(state).await?;
         if tokio::time::Instant::now() >= patience {
             return Err(turn_too_late(state));
         }

@@ -9,7 +9,10 @@
 //! after it is woken at once and refused as not sent ([`Pacer::wait_until`]), so its client gets
 //! an answer and its intent an outcome before the process exits, instead of a reset connection.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::{sync::watch, time::Instant};
 
@@ -74,14 +77,23 @@ pub struct Pacer {
     /// The last moment a mutation may still be sent, once shutdown started. A `watch`: every
     /// waiting mutation must see it the moment it is set, and late subscribers read it too.
     drain: watch::Sender<Option<Instant>>,
-    /// Wakes the calls in the turn line when its first one leaves it.
-    line_moved: tokio::sync::Notify,
+    /// This process's calls waiting for a send turn, by arrival.
+    line: Arc<TurnLine>,
+}
+
+/// Calls of this process that will want a send turn, by arrival: only the first asks for it.
+#[derive(Debug, Default)]
+struct TurnLine {
+    /// Places of the calls in the line now, and the last place given.
+    places: std::sync::Mutex<(std::collections::BTreeSet<u64>, u64)>,
+    /// Wakes the calls in the line when it moves.
+    moved: tokio::sync::Notify,
 }
 
 /// A call's place in the line for send turns ([`Pacer::join_turn_line`]); left when dropped.
 #[derive(Debug)]
-pub struct InLine<'a> {
-    pacer: &'a Pacer,
+pub struct InLine {
+    line: Arc<TurnLine>,
     place: u64,
 }
 
@@ -98,9 +110,6 @@ struct PacerState {
     /// The send turn held now, by its number, and the last number given.
     turn: Option<u64>,
     turns: u64,
-    /// Calls of this process waiting for a send turn, by arrival: only the first asks for it.
-    line: std::collections::BTreeSet<u64>,
-    joined: u64,
     /// Slots handed out whose time has not come.
     waiting: usize,
 }
@@ -133,23 +142,25 @@ impl Pacer {
                 last_send: None,
                 turn: None,
                 turns: 0,
-                line: std::collections::BTreeSet::new(),
-                joined: 0,
                 waiting: 0,
             }),
             drain: watch::Sender::new(None),
-            line_moved: tokio::sync::Notify::new(),
+            line: Arc::default(),
         }
     }
 
     /// Joins the line for send turns: calls ask for a turn in the order they joined, so one
     /// that came first is not passed by later ones (after a back-off, all come out at once).
-    pub fn join_turn_line(&self) -> InLine<'_> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.joined += 1;
-        let place = state.joined;
-        state.line.insert(place);
-        InLine { pacer: self, place }
+    pub fn join_turn_line(&self) -> InLine {
+        let mut places = self.line.lock();
+        places.1 += 1;
+        let place = places.1;
+        places.0.insert(place);
+        drop(places);
+        InLine {
+            line: self.line.clone(),
+            place,
+        }
     }
 
     /// Shutdown started: mutations whose slot comes after `deadline` are not sent.
@@ -319,44 +330,44 @@ impl Drop for Slot<'_> {
     }
 }
 
+// === impl TurnLine ===
+
+impl TurnLine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::BTreeSet<u64>, u64)> {
+        self.places.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 // === impl InLine ===
 
-impl InLine<'_> {
+impl InLine {
     /// Leaves the line for now, keeping this call's place (while it waits for its upstream slot:
     /// a call held there must not hold up those behind it).
     pub fn step_out(&self) {
-        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.line.remove(&self.place);
-        drop(state);
-        self.pacer.line_moved.notify_waiters();
+        self.line.lock().0.remove(&self.place);
+        self.line.moved.notify_waiters();
     }
 
     /// Comes back to this call's place in the line.
     pub fn step_in(&self) {
-        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.line.insert(self.place);
+        self.line.lock().0.insert(self.place);
     }
 
     /// Waits until this call is the first in the line.
     pub async fn first(&self) {
         loop {
-            let moved = self.pacer.line_moved.notified();
-            {
-                let state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
-                if state.line.first() == Some(&self.place) {
-                    return;
-                }
+            let moved = self.line.moved.notified();
+            if self.line.lock().0.first() == Some(&self.place) {
+                return;
             }
             moved.await;
         }
     }
 }
 
-impl Drop for InLine<'_> {
+impl Drop for InLine {
     fn drop(&mut self) {
-        let mut state = self.pacer.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.line.remove(&self.place);
-        drop(state);
-        self.pacer.line_moved.notify_waiters();
+        self.line.lock().0.remove(&self.place);
+        self.line.moved.notify_waiters();
     }
 }
