@@ -40,6 +40,22 @@ fn assert_not_sent_recorded(audit: &Path) {
     );
 }
 
+/// Waits until one delete reached GitHub and `intents` were recorded (the rest are queued).
+async fn one_sent_and_queued(sim: &Sim, audit: &Path, intents: usize) {
+    eventually(
+        Duration::from_secs(5),
+        "one sent, the rest queued",
+        || async {
+            let recorded = records(audit)
+                .iter()
+                .filter(|r| r.phase == "intent")
+                .count();
+            sim.deletes() == 1 && recorded == intents
+        },
+    )
+    .await;
+}
+
 fn records(audit: &Path) -> Vec<AuditRecord> {
     audit::read(audit).unwrap().0
 }
@@ -684,14 +700,7 @@ async fn a_reload_that_denies_applies_to_deletes_still_queued() {
     let web = sim.versions("web").await;
     let base = format!("http://{}", running.addr);
     let deletes = deletes_at_once(&base, &tokens[0], &web[1..4]);
-    eventually(Duration::from_secs(5), "one sent, two queued", || async {
-        let intents = records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count();
-        sim.deletes() == 1 && intents == 3
-    })
-    .await;
+    one_sent_and_queued(&sim, &audit, 3).await;
     let denied = format!("{allowed}[[policy.deny]]\nname = \"stop\"\npackages = [\"web\"]\n");
     std::fs::write(&path, denied).unwrap();
     packages_proxy::reload::reload(&running.state, &path).unwrap();
@@ -868,14 +877,7 @@ async fn a_tag_pushed_while_a_delete_waits_for_its_slot_stops_it() {
     };
     let web = sim.versions("web").await;
     let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
-    eventually(Duration::from_secs(5), "one sent, one queued", || async {
-        let intents = records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count();
-        sim.deletes() == 1 && intents == 2
-    })
-    .await;
+    one_sent_and_queued(&sim, &audit, 2).await;
     let queued = if sim
         .handle
         .version_deleted("acme", "container", "web", web[1])
@@ -1056,18 +1058,7 @@ async fn a_deletes_second_look_ends_at_the_drain_deadline() {
     let proxy = spawn_proxy(&sim, opts).await;
     let web = sim.versions("web").await;
     let deletes = deletes_at_once(&proxy.base, proxy.token(), &[web[1], web[2]]);
-    eventually(
-        Duration::from_secs(5),
-        "one sent, one waiting for its pace",
-        || async {
-            let intents = records(&audit)
-                .iter()
-                .filter(|r| r.phase == "intent")
-                .count();
-            sim.deletes() == 1 && intents == 2
-        },
-    )
-    .await;
+    one_sent_and_queued(&sim, &audit, 2).await;
     // team-b's slow read holds the only upstream slot when the second look needs one.
     let before = sim.gets();
     sim.handle.inject(packages_proxy::sim::Fault::new(
@@ -1112,7 +1103,6 @@ async fn a_deletes_second_look_ends_at_the_drain_deadline() {
 // send turn, right before its send.
 #[tokio::test]
 async fn a_tag_pushed_while_deletes_held_by_a_back_off_go_out_one_per_pace_stops_its_delete() {
-    use packages_proxy::sim::{Fault, FaultKind};
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-retag-backoff").join("audit.jsonl");
     let opts = ProxyOptions {
@@ -1126,24 +1116,9 @@ async fn a_tag_pushed_while_deletes_held_by_a_back_off_go_out_one_per_pace_stops
     let web = sim.versions("web").await;
     let targets = [web[1], web[2], web[3]];
     let deletes = deletes_at_once(&proxy.base, proxy.token(), &targets);
-    eventually(Duration::from_secs(5), "one sent, two queued", || async {
-        let intents = records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count();
-        sim.deletes() == 1 && intents == 3
-    })
-    .await;
+    one_sent_and_queued(&sim, &audit, 3).await;
     // A read meets a secondary limit: both queued deletes' slots come during its 5 s back-off.
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 5,
-        },
-        1,
-    ));
-    let limited = get(&proxy.url(&cold(0)), proxy.tokens[1].as_str()).await;
-    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    open_back_off(&sim, &proxy, &proxy.tokens[1], 5).await;
     eventually(
         Duration::from_secs(15),
         "the second delete sent",
@@ -1266,14 +1241,7 @@ async fn a_deny_reloaded_while_a_delete_reads_its_tags_again_stops_it() {
     let web = sim.versions("web").await;
     let base = format!("http://{}", running.addr);
     let deletes = deletes_at_once(&base, &tokens[0], &web[1..3]);
-    eventually(Duration::from_secs(5), "one sent, one queued", || async {
-        let intents = records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count();
-        sim.deletes() == 1 && intents == 2
-    })
-    .await;
+    one_sent_and_queued(&sim, &audit, 2).await;
     // The queued delete's second look: GitHub holds its read for 3 s.
     let before = sim.gets();
     sim.handle
@@ -1432,7 +1400,6 @@ async fn a_reload_that_tightens_a_quota_hands_out_no_fresh_allowance() {
 // deletes). A call now holds nothing until its turn is due.
 #[tokio::test]
 async fn a_clients_reads_do_not_wait_behind_its_queued_deletes() {
-    use packages_proxy::sim::{Fault, FaultKind};
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-reads-behind-deletes").join("audit.jsonl");
     let opts = ProxyOptions {
@@ -1448,15 +1415,7 @@ async fn a_clients_reads_do_not_wait_behind_its_queued_deletes() {
     })
     .await;
     // A back-off of 4 s: the queued deletes' slots come during it, and they come out together.
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 4,
-        },
-        1,
-    ));
-    let limited = get(&proxy.url(&cold(0)), &proxy.tokens[1]).await;
-    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    open_back_off(&sim, &proxy, &proxy.tokens[1], 4).await;
     eventually(Duration::from_secs(10), "the back-off over", || async {
         sim.deletes() == 2
     })
@@ -1480,7 +1439,6 @@ async fn a_clients_reads_do_not_wait_behind_its_queued_deletes() {
 // This process's calls now take turns in the order they came; here, after a back-off.
 #[tokio::test]
 async fn deletes_held_by_a_back_off_go_out_in_the_order_they_came() {
-    use packages_proxy::sim::{Fault, FaultKind};
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-turn-order").join("audit.jsonl");
     let opts = ProxyOptions {
@@ -1492,17 +1450,7 @@ async fn deletes_held_by_a_back_off_go_out_in_the_order_they_came() {
     let first = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
     assert_eq!(first.await.unwrap().status, StatusCode::NO_CONTENT);
     // A back-off of 3 s; then eight deletes, each sent after the one before is queued.
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: 3,
-        },
-        1,
-    ));
-    assert_eq!(
-        get(&proxy.url(&cold(0)), &proxy.tokens[1]).await.status,
-        StatusCode::FORBIDDEN
-    );
+    open_back_off(&sim, &proxy, &proxy.tokens[1], 3).await;
     let order: Vec<u64> = web[2..10].to_vec();
     let mut deletes = Vec::new();
     for (i, id) in order.iter().enumerate() {

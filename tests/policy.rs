@@ -321,15 +321,26 @@ async fn back_off_after_the_first_delete(sim: &Sim, proxy: &TestProxy, secs: u64
         sim.deletes() == 1
     })
     .await;
-    sim.handle.inject(Fault::new(
-        FaultKind::SecondaryRateLimit {
-            status: StatusCode::FORBIDDEN,
-            retry_after_secs: secs,
-        },
-        1,
-    ));
-    let limited = get(&proxy.url(&cold(0)), proxy.token()).await;
-    assert_eq!(limited.status, StatusCode::FORBIDDEN);
+    open_back_off(sim, proxy, proxy.token(), secs).await;
+}
+
+/// `packages-proxy audit restore` of team-a's deletes since `since`, through `proxy`.
+async fn audit_restore(audit: &Path, since: &str, proxy: &TestProxy) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["audit", "restore", "--log"])
+        .arg(audit)
+        .args([
+            "--client",
+            "team-a",
+            "--since",
+            since,
+            "--proxy",
+            &proxy.base,
+        ])
+        .env("PACKAGES_PROXY_TOKEN", proxy.token())
+        .output()
+        .await
+        .unwrap()
 }
 
 /// DELETEs of `web`'s versions `ids` by team-a, for [`spawn_deletes`].
@@ -600,21 +611,7 @@ async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
     )
     .await;
 
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
-        .args(["audit", "restore", "--log"])
-        .arg(&audit)
-        .args([
-            "--client",
-            "team-a",
-            "--since",
-            &since,
-            "--proxy",
-            &proxy.base,
-        ])
-        .env("PACKAGES_PROXY_TOKEN", proxy.token())
-        .output()
-        .await
-        .unwrap();
+    let out = audit_restore(&audit, &since, &proxy).await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -648,21 +645,7 @@ async fn audit_restore_brings_back_exactly_what_a_client_deleted_in_a_window() {
     assert_eq!(restores, 3, "restores were not audited through the proxy");
     // Run again (a job retried, an operator unsure it ran): what a completed restore brought
     // back is not restored twice (GitHub would answer 404 for each, and the run fail).
-    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
-        .args(["audit", "restore", "--log"])
-        .arg(&audit)
-        .args([
-            "--client",
-            "team-a",
-            "--since",
-            &since,
-            "--proxy",
-            &proxy.base,
-        ])
-        .env("PACKAGES_PROXY_TOKEN", proxy.token())
-        .output()
-        .await
-        .unwrap();
+    let again = audit_restore(&audit, &since, &proxy).await;
     let text = String::from_utf8_lossy(&again.stdout).to_string();
     assert!(again.status.success(), "{text}");
     assert!(text.contains("0 versions, 0 failed"), "{text}");
@@ -965,21 +948,7 @@ async fn audit_restore_fails_when_the_policy_only_dry_runs_restores() {
         delete(&proxy, 0, &path).await.status,
         StatusCode::NO_CONTENT
     );
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
-        .args(["audit", "restore", "--log"])
-        .arg(&audit)
-        .args([
-            "--client",
-            "team-a",
-            "--since",
-            &since,
-            "--proxy",
-            &proxy.base,
-        ])
-        .env("PACKAGES_PROXY_TOKEN", proxy.token())
-        .output()
-        .await
-        .unwrap();
+    let out = audit_restore(&audit, &since, &proxy).await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "{text}");
     assert!(

@@ -413,6 +413,21 @@ pub fn limit_next_request_after(sim: &Sim, delay: Duration) {
     sim.handle.inject(Fault::new(limit, 1));
 }
 
+/// A read of [`cold`]`(0)` by `token` meets GitHub's secondary limit (403, `retry-after: secs`):
+/// the proxy backs off for `secs` from now.
+pub async fn open_back_off(sim: &Sim, proxy: &TestProxy, token: &str, secs: u64) {
+    use packages_proxy::sim::{Fault, FaultKind};
+    sim.handle.inject(Fault::new(
+        FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: secs,
+        },
+        1,
+    ));
+    let limited = get(&proxy.url(&cold(0)), token).await;
+    assert_eq!(limited.status, StatusCode::FORBIDDEN, "{}", limited.text());
+}
+
 /// A read of [`cold`]`(0)` by `token` that the simulator answers after `latency`, started and
 /// waited for until it is at GitHub (first there: the proxy then holds an upstream slot for it).
 pub async fn slow_read_at_github(
