@@ -64,6 +64,8 @@ pub struct AccessRecord<'a> {
     pub cache: Option<&'static str>,
     /// Time from the request head to the response head.
     pub duration: Duration,
+    /// When the answer was ready: the line's time.
+    pub at: std::time::Instant,
 }
 
 /// How lines are written.

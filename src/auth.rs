@@ -16,7 +16,6 @@
 use std::{cell::RefCell, collections::HashMap, sync::Arc};
 
 use http::HeaderValue;
-use subtle::ConstantTimeEq;
 
 use crate::{
     config::{Client, tls::CertFingerprint},
@@ -84,7 +83,7 @@ impl AuthMemo {
         let memo = self.0.borrow();
         let remembered = memo.as_ref()?;
         let same = remembered.generation == generation
-            && bool::from(remembered.authorization.as_slice().ct_eq(authorization));
+            && crate::secret::ct_eq(&remembered.authorization, authorization);
         same.then(|| (remembered.identity.clone(), remembered.scopes))
     }
 

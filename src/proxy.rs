@@ -26,6 +26,7 @@
 
 use std::{
     borrow::Cow,
+    cell::RefCell,
     future::Future,
     pin::Pin,
     sync::{Arc, atomic::Ordering},
@@ -59,6 +60,27 @@ use crate::{
 /// An answer from the cache has a slot for each already (`cache::StoredHeaders`).
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const X_OAUTH_SCOPES: HeaderName = HeaderName::from_static("x-oauth-scopes");
+
+/// What an HTTP/1 connection remembers from its last request for the next one (its walk runs on
+/// the connection, one request at a time, so a `RefCell` will do): the client its
+/// `Authorization` named ([`AuthMemo`]), and the route its method and target parsed to. A
+/// poller asks the same thing again and again, and parsing and validating its route again cost
+/// more than the rest of the walk's checks.
+#[derive(Debug, Default)]
+pub struct ConnMemo {
+    auth: AuthMemo,
+    route: RefCell<Option<RememberedRoute>>,
+}
+
+/// A read's route, with the method and request target (path and query) it was parsed from:
+/// [`Route::parse`] reads nothing else, so the same bytes give the same route. Deletes and
+/// restores are never remembered (a restore's query may carry a token).
+#[derive(Debug)]
+struct RememberedRoute {
+    method: Method,
+    target: String,
+    route: Route,
+}
 
 /// What the log line reports about one request, filled in as the walk goes.
 #[derive(Default)]
@@ -107,10 +129,11 @@ pub fn handle<G: Send + 'static>(
     request: Request<Incoming>,
     guard: G,
     slot: Taken<'_>,
-    memo: Option<&AuthMemo>,
+    memo: Option<&ConnMemo>,
+    started: Instant,
 ) -> Answer {
     let mut call = Call {
-        started: Instant::now(),
+        started,
         request_id: state.next_request_id(),
         client_request_id: None,
         method: request.method().clone(),
@@ -132,12 +155,19 @@ pub fn handle<G: Send + 'static>(
     }
 }
 
+/// The text of the proxy's own request id (ASCII: `AppState::next_request_id`). UTF-8
+/// validation of ~20 ASCII bytes is a few word compares; `HeaderValue::to_str` checks them one
+/// at a time.
+fn request_id_text(id: &HeaderValue) -> &str {
+    std::str::from_utf8(id.as_bytes()).unwrap_or_default()
+}
+
 // === impl Call ===
 
 impl Call {
     fn ids(&self) -> RequestIds<'_> {
         RequestIds {
-            own: self.request_id.to_str().unwrap_or_default(),
+            own: request_id_text(&self.request_id),
             client: self.client_request_id.as_deref(),
         }
     }
@@ -146,8 +176,9 @@ impl Call {
     fn finish(self, result: Result<Response<Body>, ProxyError>) -> Response<Body> {
         let log = self.log;
         let mut response = result.unwrap_or_else(ProxyError::into_response);
-        let request_id = self.request_id.to_str().unwrap_or_default();
-        let elapsed = self.started.elapsed();
+        let request_id = request_id_text(&self.request_id);
+        let ended = Instant::now();
+        let elapsed = ended.saturating_duration_since(self.started);
         crate::metrics::request(
             log.route.unwrap_or("-"),
             response.status().as_u16(),
@@ -165,6 +196,7 @@ impl Call {
             upstream_status: log.upstream_status,
             cache: log.cache,
             duration: elapsed,
+            at: ended,
         });
         let headers = response.headers_mut();
         if self.cors {
@@ -189,6 +221,39 @@ impl Call {
         }
         response
     }
+}
+
+/// The request's route: the connection's last one if its method and target are the same bytes.
+fn parse_route<B>(
+    request: &Request<B>,
+    path: &str,
+    memo: Option<&ConnMemo>,
+) -> Result<Route, ProxyError> {
+    let (method, query) = (request.method(), request.uri().query());
+    let target = request.uri().path_and_query().map(|t| t.as_str());
+    let (Some(memo), Some(target)) = (memo, target) else {
+        return Route::parse(method, path, query);
+    };
+    if let Some(known) = memo.route.borrow().as_ref()
+        && known.method == *method
+        && known.target == target
+    {
+        return Ok(known.route.clone());
+    }
+    let route = Route::parse(method, path, query)?;
+    if !route.operation.is_destructive() {
+        let mut remembered = memo.route.borrow_mut();
+        // The target's buffer is reused: a connection that alternates allocates no new one.
+        let mut text = remembered.take().map(|r| r.target).unwrap_or_default();
+        text.clear();
+        text.push_str(target);
+        *remembered = Some(RememberedRoute {
+            method: method.clone(),
+            target: text,
+            route: route.clone(),
+        });
+    }
+    Ok(route)
 }
 
 /// A browser's preflight (no credentials: it never carries any) of a path the proxy serves for
@@ -306,7 +371,7 @@ fn walk(
     state: &AppState,
     request: Request<Incoming>,
     call: &mut Call,
-    memo: Option<&AuthMemo>,
+    memo: Option<&ConnMemo>,
 ) -> Step {
     match walk_checked(state, request, call, memo) {
         Ok(step) => step,
@@ -318,8 +383,9 @@ fn walk_checked(
     state: &AppState,
     request: Request<Incoming>,
     call: &mut Call,
-    memo: Option<&AuthMemo>,
+    memo: Option<&ConnMemo>,
 ) -> Result<Step, ProxyError> {
+    let (conn_memo, memo) = (memo, memo.map(|m| &m.auth));
     // 1. limits, and the headers the walk reads, in one pass
     let heads = Heads::scan(request.headers());
     call.client_request_id = heads.request_id.and_then(client_request_id);
@@ -349,7 +415,7 @@ fn walk_checked(
         return Ok(Step::Wait(Next::Purge(identity, request)));
     }
     // 3. route, 4. authenticate, 5. owner
-    let route = Route::parse(request.method(), path, request.uri().query())?;
+    let route = parse_route(&request, path, conn_memo)?;
     log.route = Some(route.template());
     let identity = authenticate(state, &request, &heads, log, memo)?;
     check_owner(state, &route)?;

@@ -125,20 +125,29 @@ impl TokenHash {
         hex::encode(self.0)
     }
 
-    /// Constant-time comparison, a 64-bit word at a time (`subtle`'s byte-slice comparison
-    /// fences every byte: 32 of them on every request).
+    /// Constant-time comparison.
     pub fn matches(&self, other: &Self) -> bool {
-        let word = |hash: &[u8; 32], i: usize| {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&hash[i * 8..i * 8 + 8]);
-            u64::from_ne_bytes(bytes)
-        };
-        let mut differ = 0u64;
-        for i in 0..4 {
-            differ |= word(&self.0, i) ^ word(&other.0, i);
-        }
-        differ.ct_eq(&0).into()
+        ct_eq(&self.0, &other.0)
     }
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their lengths: a 64-bit word at
+/// a time (`subtle`'s byte-slice comparison fences every byte, on every request).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, b_words) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut differ = a_words
+        .remainder()
+        .iter()
+        .zip(b_words.remainder())
+        .fold(0u64, |differ, (x, y)| differ | u64::from(x ^ y));
+    let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
+    for (x, y) in a_words.zip(b_words) {
+        differ |= word(x) ^ word(y);
+    }
+    differ.ct_eq(&0).into()
 }
 
 impl fmt::Debug for TokenHash {
@@ -176,7 +185,24 @@ pub fn new_client_token() -> Result<String, getrandom::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::TokenHash;
+    use super::{TokenHash, ct_eq};
+
+    #[test]
+    fn byte_strings_are_equal_only_when_every_byte_and_the_length_are() {
+        // Lengths around the 8-byte words: the words and the remainder both count.
+        for len in [0, 1, 7, 8, 9, 16, 23, 47] {
+            let a: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert!(ct_eq(&a, &a.clone()), "len {len}");
+            for at in 0..len {
+                let mut b = a.clone();
+                b[at] ^= 0x80;
+                assert!(!ct_eq(&a, &b), "len {len}, byte {at}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!ct_eq(&a, &longer), "len {len} against one more");
+        }
+    }
 
     #[test]
     fn token_hashes_match_only_when_every_byte_does() {

@@ -11,17 +11,16 @@
 //! clones the service for every request: a boxed tower stack paid six allocations per request
 //! for what a counter and a header walk do here.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use futures_util::future::{self, Either};
 use http::{HeaderMap, Request, header};
 use hyper::body::Incoming;
 
 use crate::{
-    auth::AuthMemo,
     error::ProxyError,
     ops,
-    proxy::{self, Answer},
+    proxy::{self, Answer, ConnMemo},
     quota::Slots,
     state::AppState,
 };
@@ -48,13 +47,15 @@ impl ProxyService {
     /// no future set up for it; anything that waits comes back as one boxed future that owns what
     /// it needs, `guard` and the server's in-flight slot included.
     ///
-    /// `memo` is the connection's last authenticated client, when the walk runs on the
-    /// connection itself (HTTP/1).
+    /// `memo` is what the connection remembers from its last request, when the walk runs on the
+    /// connection itself (HTTP/1). `started` is when the request's head began to arrive: the
+    /// log line's duration and time count from there.
     pub fn call<G: Send + 'static>(
         &self,
         mut request: Request<Incoming>,
         guard: G,
-        memo: Option<&AuthMemo>,
+        memo: Option<&ConnMemo>,
+        started: Instant,
     ) -> Answer {
         mark_sensitive(request.headers_mut());
         let slot = match self.in_flight.try_take() {
@@ -64,7 +65,7 @@ impl ProxyService {
             }
             None => return Either::Left(future::ready(ProxyError::Overloaded.into_response())),
         };
-        proxy::handle(&self.state, request, guard, slot, memo)
+        proxy::handle(&self.state, request, guard, slot, memo, started)
     }
 }
 

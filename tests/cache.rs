@@ -683,3 +683,82 @@ async fn cache_status_names_the_upstream_status_of_this_key() {
         "packages-proxy; fwd=stale; fwd-status=304; stored"
     );
 }
+
+/// One keep-alive connection asking for one target after another (the connection remembers its
+/// last route): each answer is the one a fresh connection gets for that target and method.
+#[tokio::test]
+async fn one_connection_gets_each_targets_own_answer() {
+    use http_body_util::{BodyExt, Empty};
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
+    let token = proxy.token();
+    let targets = [
+        ("GET", "/orgs/acme/packages/container/web/versions"),
+        (
+            "GET",
+            "/orgs/acme/packages/container/web/versions?per_page=1",
+        ),
+        (
+            "GET",
+            "/orgs/acme/packages/container/base/versions?per_page=1",
+        ),
+        (
+            "HEAD",
+            "/orgs/acme/packages/container/base/versions?per_page=1",
+        ),
+        ("GET", "/orgs/acme/packages/container/base"),
+        (
+            "GET",
+            "/orgs/acme/packages/container/nope/versions?per_page=1",
+        ),
+        (
+            "GET",
+            "/orgs/acme/packages/container/base/versions?per_page=1",
+        ),
+        (
+            "GET",
+            "/orgs/acme/packages/container/base/versions?per_page=0",
+        ),
+        (
+            "GET",
+            "/orgs/acme/packages/container/web/versions?per_page=1",
+        ),
+    ];
+    let mut fresh = Vec::new();
+    for (method, target) in targets {
+        let answer = send(
+            method.parse().unwrap(),
+            &proxy.url(target),
+            Some(token),
+            &[],
+        )
+        .await;
+        fresh.push((answer.status, answer.body));
+    }
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for _round in 0..2 {
+        for ((method, target), (status, body)) in targets.iter().zip(&fresh) {
+            let request = http::Request::builder()
+                .method(*method)
+                .uri(*target)
+                .header("host", "proxy.test")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let answer = sender.send_request(request).await.unwrap();
+            assert_eq!(answer.status(), *status, "{method} {target}");
+            let got = answer.into_body().collect().await.unwrap().to_bytes();
+            let want: &[u8] = if *method == "HEAD" {
+                b""
+            } else {
+                body.as_ref()
+            };
+            assert_eq!(got.as_ref(), want, "{method} {target}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use std::{
     cell::Cell,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{AccessRecord, TARGET};
@@ -13,12 +13,20 @@ thread_local! {
     /// The last whole second formatted on this thread, and its `YYYY-MM-DDTHH:MM:SS` text:
     /// the date arithmetic runs once a second, not once a line.
     static SECOND: Cell<(u64, [u8; 19])> = const { Cell::new((u64::MAX, [0; 19])) };
+    /// A wall-clock reading (since the Unix epoch) and the monotonic instant it was taken at:
+    /// a line's time is read off it rather than off the wall clock, which the request already
+    /// read once as an `Instant`. Renewed after [`ANCHOR_FOR`], so a clock step or slew shows
+    /// in the lines within a second (a slew moves the clock by at most 0.5 ms a second).
+    static ANCHOR: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
 }
+
+/// How long one wall-clock reading serves a thread's lines.
+const ANCHOR_FOR: Duration = Duration::from_secs(1);
 
 /// `2026-11-30T03:47:00.123456Z  INFO packages_proxy::proxy: request request_id="..." ...`:
 /// strings quoted as `tracing` prints them (`Debug`), the method bare (`Display`).
 pub(super) fn text(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
-    timestamp(out);
+    timestamp(out, r.at);
     out.extend_from_slice(b"  INFO ");
     out.extend_from_slice(TARGET.as_bytes());
     out.extend_from_slice(b": request request_id=");
@@ -49,7 +57,7 @@ pub(super) fn text(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
 /// `{"timestamp":"...","level":"INFO","message":"request","request_id":"...",...,"target":"..."}`
 pub(super) fn json(out: &mut Vec<u8>, r: &AccessRecord<'_>) {
     out.extend_from_slice(b"{\"timestamp\":\"");
-    timestamp(out);
+    timestamp(out, r.at);
     out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"request_id\":");
     plain(out, r.request_id);
     if let Some(id) = r.client_request_id {
@@ -170,11 +178,31 @@ fn millis(out: &mut Vec<u8>, micros: u128) {
     ]);
 }
 
-/// Now, as RFC 3339 UTC with microseconds (`2026-11-30T03:47:00.123456Z`).
-fn timestamp(out: &mut Vec<u8>) {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+/// The wall-clock time of `at`, since the Unix epoch.
+fn wall(at: Instant) -> Duration {
+    ANCHOR.with(|anchor| {
+        if let Some((mono, wall)) = anchor.get()
+            && let Some(since) = at.checked_duration_since(mono)
+            && since < ANCHOR_FOR
+        {
+            return wall + since;
+        }
+        let mono = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        anchor.set(Some((mono, wall)));
+        // `at` was read before `mono` (it is when the answer was ready), or just after.
+        match at.checked_duration_since(mono) {
+            Some(ahead) => wall + ahead,
+            None => wall.saturating_sub(mono.saturating_duration_since(at)),
+        }
+    })
+}
+
+/// `at` as RFC 3339 UTC with microseconds (`2026-11-30T03:47:00.123456Z`).
+fn timestamp(out: &mut Vec<u8>, at: Instant) {
+    let since = wall(at);
     let secs = since.as_secs();
     let text = SECOND.with(|cached| {
         let (second, text) = cached.get();
@@ -230,7 +258,35 @@ mod tests {
             upstream_status: None,
             cache: Some("hit"),
             duration: Duration::from_micros(12_345),
+            at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn a_lines_time_is_its_answers_and_follows_the_wall_clock() {
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let earlier = Instant::now() - Duration::from_secs(3);
+        // An instant older than the thread's anchor (set by this first call) reads back.
+        let was = wall(earlier);
+        let now = wall(Instant::now());
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        assert!(
+            now >= before && now <= after,
+            "{now:?} not in {before:?}..{after:?}"
+        );
+        let back = now.saturating_sub(was);
+        assert!(
+            back >= Duration::from_millis(2_990) && back <= Duration::from_millis(3_500),
+            "{back:?}"
+        );
+        // Past the anchor's second, a fresh wall-clock reading is taken.
+        let later = Instant::now() + ANCHOR_FOR * 2;
+        let then = wall(later);
+        let ahead = then.saturating_sub(now);
+        assert!(
+            ahead >= ANCHOR_FOR * 2 - Duration::from_millis(5) && ahead <= ANCHOR_FOR * 3,
+            "{ahead:?}"
+        );
     }
 
     #[test]
