@@ -80,6 +80,20 @@ struct RememberedRoute {
     method: Method,
     target: String,
     route: Route,
+    /// Its cache key, once one was built for it.
+    key: Option<RememberedKey>,
+}
+
+/// A cache key with everything [`cache::key`] read to build it besides the route: `Accept`,
+/// `X-GitHub-Api-Version`, the public base, and the generation table's version (a delete, a
+/// restore or a purge moves it on, so the next request builds its key afresh).
+#[derive(Debug)]
+struct RememberedKey {
+    accept: HeaderValue,
+    api_version: HeaderValue,
+    public_base: Arc<str>,
+    generations: u64,
+    key: String,
 }
 
 /// What the log line reports about one request, filled in as the walk goes.
@@ -97,7 +111,12 @@ struct RequestLog {
 /// One request as the walk and its answer see it: what the log line, the metric and the answer's
 /// headers need, whichever way the request went.
 struct Call {
+    /// When the request's head began to arrive (else `now`): the log line's duration counts
+    /// from here.
     started: Instant,
+    /// When the walk started: what the cache's freshness, `Age` and the quotas are judged at
+    /// (a head that took seconds to arrive must not make a stale entry look fresh).
+    now: Instant,
     /// Ours always: the audit log and the log line key on it. The client's is kept beside it.
     request_id: HeaderValue,
     client_request_id: Option<String>,
@@ -130,10 +149,12 @@ pub fn handle<G: Send + 'static>(
     guard: G,
     slot: Taken<'_>,
     memo: Option<&ConnMemo>,
-    started: Instant,
+    started: Option<Instant>,
 ) -> Answer {
+    let now = Instant::now();
     let mut call = Call {
-        started,
+        started: started.unwrap_or(now),
+        now,
         request_id: state.next_request_id(),
         client_request_id: None,
         method: request.method().clone(),
@@ -224,24 +245,26 @@ impl Call {
 }
 
 /// The request's route: the connection's last one if its method and target are the same bytes.
+/// With `true` when `memo` now holds this route (found there, or remembered now).
 fn parse_route<B>(
     request: &Request<B>,
     path: &str,
     memo: Option<&ConnMemo>,
-) -> Result<Route, ProxyError> {
+) -> Result<(Route, bool), ProxyError> {
     let (method, query) = (request.method(), request.uri().query());
     let target = request.uri().path_and_query().map(|t| t.as_str());
     let (Some(memo), Some(target)) = (memo, target) else {
-        return Route::parse(method, path, query);
+        return Ok((Route::parse(method, path, query)?, false));
     };
     if let Some(known) = memo.route.borrow().as_ref()
         && known.method == *method
         && known.target == target
     {
-        return Ok(known.route.clone());
+        return Ok((known.route.clone(), true));
     }
     let route = Route::parse(method, path, query)?;
-    if !route.operation.is_destructive() {
+    let remember = !route.operation.is_destructive();
+    if remember {
         let mut remembered = memo.route.borrow_mut();
         // The target's buffer is reused: a connection that alternates allocates no new one.
         let mut text = remembered.take().map(|r| r.target).unwrap_or_default();
@@ -251,9 +274,51 @@ fn parse_route<B>(
             method: method.clone(),
             target: text,
             route: route.clone(),
+            key: None,
         });
     }
-    Ok(route)
+    Ok((route, remember))
+}
+
+/// The cache key of `route` ([`cache::key`]). `memo` holds `route` when given: its key is
+/// copied if every other input is the same bytes and no generation moved since it was built;
+/// else the key is built and remembered.
+fn cache_key(
+    memo: Option<&ConnMemo>,
+    route: &Route,
+    forwarded: &Forwarded,
+    public_base: &Arc<str>,
+    generations: &cache::Generations,
+) -> String {
+    let Some(memo) = memo else {
+        return cache::key(route, forwarded, public_base, generations);
+    };
+    // Read before the key is built: a change while it is built makes the next request's differ.
+    let version = generations.version();
+    let mut remembered = memo.route.borrow_mut();
+    let Some(remembered) = remembered.as_mut() else {
+        return cache::key(route, forwarded, public_base, generations);
+    };
+    if let Some(known) = &remembered.key
+        && known.generations == version
+        && known.accept == forwarded.accept
+        && known.api_version == forwarded.api_version
+        && *known.public_base == **public_base
+    {
+        return cache::copy_key(&known.key);
+    }
+    let key = cache::key(route, forwarded, public_base, generations);
+    let mut text = remembered.key.take().map(|k| k.key).unwrap_or_default();
+    text.clear();
+    text.push_str(&key);
+    remembered.key = Some(RememberedKey {
+        accept: forwarded.accept.clone(),
+        api_version: forwarded.api_version.clone(),
+        public_base: public_base.clone(),
+        generations: version,
+        key: text,
+    });
+    key
 }
 
 /// A browser's preflight (no credentials: it never carries any) of a path the proxy serves for
@@ -415,7 +480,7 @@ fn walk_checked(
         return Ok(Step::Wait(Next::Purge(identity, request)));
     }
     // 3. route, 4. authenticate, 5. owner
-    let route = parse_route(&request, path, conn_memo)?;
+    let (route, remembered) = parse_route(&request, path, conn_memo)?;
     log.route = Some(route.template());
     let identity = authenticate(state, &request, &heads, log, memo)?;
     check_owner(state, &route)?;
@@ -476,7 +541,8 @@ fn walk_checked(
     let mut upstream_headers = forwarded;
     upstream_headers.if_none_match = None;
     upstream_headers.if_modified_since = None;
-    let key = cache::key(
+    let key = cache_key(
+        conn_memo.filter(|_| remembered),
         &route,
         &upstream_headers,
         &public_base,
@@ -492,7 +558,7 @@ fn walk_checked(
         name: &identity.name,
         limits: &identity.limits,
     };
-    let now = tokio::time::Instant::from_std(call.started);
+    let now = tokio::time::Instant::from_std(call.now);
     match cache::serve_fresh(state, spec, conditions, asker, now) {
         Ok(served) => {
             let (response, _, cache_status) = served?;

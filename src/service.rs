@@ -48,14 +48,14 @@ impl ProxyService {
     /// it needs, `guard` and the server's in-flight slot included.
     ///
     /// `memo` is what the connection remembers from its last request, when the walk runs on the
-    /// connection itself (HTTP/1). `started` is when the request's head began to arrive: the
-    /// log line's duration and time count from there.
+    /// connection itself (HTTP/1). `started` is when the request's head began to arrive, if
+    /// the connection saw it (HTTP/1): the log line's duration counts from there.
     pub fn call<G: Send + 'static>(
         &self,
         mut request: Request<Incoming>,
         guard: G,
         memo: Option<&ConnMemo>,
-        started: Instant,
+        started: Option<Instant>,
     ) -> Answer {
         mark_sensitive(request.headers_mut());
         let slot = match self.in_flight.try_take() {

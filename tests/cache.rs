@@ -684,11 +684,66 @@ async fn cache_status_names_the_upstream_status_of_this_key() {
     );
 }
 
-/// One keep-alive connection asking for one target after another (the connection remembers its
-/// last route): each answer is the one a fresh connection gets for that target and method.
+/// One keep-alive HTTP/1 connection to the proxy (the connection remembers its last route and
+/// cache key between requests).
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    token: String,
+}
+
+impl KeepAlive {
+    async fn open(proxy: &TestProxy) -> Self {
+        let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Self {
+            sender,
+            token: proxy.token().to_owned(),
+        }
+    }
+
+    /// Status and body of `method target`, with `headers`.
+    async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, bytes::Bytes) {
+        use http_body_util::BodyExt;
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "proxy.test")
+            .header("authorization", format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(http_body_util::Empty::new()).unwrap();
+        let answer = self.sender.send_request(request).await.unwrap();
+        let status = answer.status();
+        (
+            status,
+            answer.into_body().collect().await.unwrap().to_bytes(),
+        )
+    }
+}
+
+fn ids(body: &[u8]) -> Vec<u64> {
+    let list: serde_json::Value = serde_json::from_slice(body).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// One keep-alive connection asking for one target after another: each answer is the one a
+/// fresh connection gets for that target and method.
 #[tokio::test]
 async fn one_connection_gets_each_targets_own_answer() {
-    use http_body_util::{BodyExt, Empty};
     let sim = spawn_sim().await;
     let proxy = spawn_proxy(&sim, ProxyOptions::default()).await;
     let token = proxy.token();
@@ -735,24 +790,11 @@ async fn one_connection_gets_each_targets_own_answer() {
         .await;
         fresh.push((answer.status, answer.body));
     }
-    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut conn = KeepAlive::open(&proxy).await;
     for _round in 0..2 {
         for ((method, target), (status, body)) in targets.iter().zip(&fresh) {
-            let request = http::Request::builder()
-                .method(*method)
-                .uri(*target)
-                .header("host", "proxy.test")
-                .header("authorization", format!("Bearer {token}"))
-                .body(Empty::<bytes::Bytes>::new())
-                .unwrap();
-            let answer = sender.send_request(request).await.unwrap();
-            assert_eq!(answer.status(), *status, "{method} {target}");
-            let got = answer.into_body().collect().await.unwrap().to_bytes();
+            let (got_status, got) = conn.send(method, target, &[]).await;
+            assert_eq!(got_status, *status, "{method} {target}");
             let want: &[u8] = if *method == "HEAD" {
                 b""
             } else {
@@ -761,4 +803,105 @@ async fn one_connection_gets_each_targets_own_answer() {
             assert_eq!(got.as_ref(), want, "{method} {target}");
         }
     }
+}
+
+/// A connection that asks the same thing again and again: a delete (on another connection, or
+/// on this one) or another `Accept` gives it the new answer, never the one it had.
+#[tokio::test]
+async fn a_repeating_connection_sees_deletes_and_its_own_headers() {
+    let sim = spawn_sim().await;
+    let opts = ProxyOptions {
+        extra: allow_everything("0s"),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let versions = "/orgs/acme/packages/container/web/versions";
+    let mut conn = KeepAlive::open(&proxy).await;
+    let (_, first) = conn.send("GET", versions, &[]).await;
+    let (_, again) = conn.send("GET", versions, &[]).await;
+    assert_eq!(first, again);
+    let listed = ids(&first);
+    let gets = sim.gets();
+    // Another `Accept` is another entry (a miss), then the first one's again.
+    conn.send("GET", versions, &[("accept", "application/json")])
+        .await;
+    assert_eq!(
+        sim.gets(),
+        gets + 1,
+        "another Accept was answered from the cache"
+    );
+    assert_eq!(conn.send("GET", versions, &[]).await.1, first);
+    // A delete on another connection.
+    let deleted = send(
+        Method::DELETE,
+        &proxy.url(&format!("{versions}/{}", listed[0])),
+        Some(proxy.token()),
+        &[],
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let (_, after) = conn.send("GET", versions, &[]).await;
+    assert!(
+        !ids(&after).contains(&listed[0]),
+        "the deleted version is still listed"
+    );
+    assert_eq!(conn.send("GET", versions, &[]).await.1, after);
+    // A delete on this connection.
+    let (status, _) = conn
+        .send("DELETE", &format!("{versions}/{}", listed[1]), &[])
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, last) = conn.send("GET", versions, &[]).await;
+    assert!(
+        !ids(&last).contains(&listed[1]),
+        "the deleted version is still listed"
+    );
+}
+
+/// A head that takes longer than the entry has left to arrive is answered as of when it
+/// arrived whole: the entry is stale by then, so it is not served as a fresh hit (the log
+/// line's duration does count from its first byte).
+#[tokio::test]
+async fn a_slow_head_is_judged_when_it_is_complete_not_when_it_began() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = spawn_sim().await;
+    let proxy = spawn_proxy(
+        &sim,
+        ProxyOptions {
+            extra_server: "header_read_timeout = \"5s\"",
+            ..cache_options(
+                "version_lists_ttl = \"1s\"\nstale_while_revalidate = \"0s\"\nstale_if_error = \"0s\"",
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        get(&proxy.url(VERSIONS), proxy.token()).await.status,
+        StatusCode::OK
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    stream.write_all(b"GET ").await.unwrap();
+    // Time passing is what is tested: the entry's second runs out while the head arrives.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let rest = format!(
+        "{VERSIONS} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        proxy.token()
+    );
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    let status = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("cache-status: "))
+        .unwrap_or("-");
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(
+        !status.starts_with("packages-proxy; hit;"),
+        "a stale entry was served as a fresh hit: {status}"
+    );
+    assert_eq!(sim.gets(), 2, "the stale entry was not revalidated");
 }

@@ -35,6 +35,9 @@ pub struct Generations {
     /// else [`BUMPED`]. Set under the write lock by every change, read without any lock: every
     /// cacheable request asks, and a lock shared by every connection would be touched per hit.
     plain_epoch: AtomicU64,
+    /// Moves on with every change to the table, when `plain_epoch` is set (under the write
+    /// lock): a key built after reading it is current for as long as it stays the same.
+    version: AtomicU64,
     /// Scopes this replica bumped on its own while a shared tier exists (Redis failed mid-way):
     /// its numbers no longer match the fleet's. The shared tier replays these bumps fleet-wide
     /// and then replaces the local numbers outright (`shared::resync`); until then this replica
@@ -50,6 +53,7 @@ const BUMPED: u64 = u64::MAX;
 struct Write<'a> {
     map: RwLockWriteGuard<'a, (u64, HashMap<String, u64>)>,
     plain_epoch: &'a AtomicU64,
+    version: &'a AtomicU64,
 }
 
 impl std::ops::Deref for Write<'_> {
@@ -71,6 +75,7 @@ impl Drop for Write<'_> {
         let (epoch, table) = &*self.map;
         let plain = if table.is_empty() { *epoch } else { BUMPED };
         self.plain_epoch.store(plain, Ordering::Release);
+        self.version.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -89,7 +94,14 @@ impl Generations {
                 .write()
                 .unwrap_or_else(|poison| poison.into_inner()),
             plain_epoch: &self.plain_epoch,
+            version: &self.version,
         }
+    }
+
+    /// Where the table is in its changes: read before a key is built, a key is current while
+    /// this stays the same (a change's writer moves it on before it lets go of the lock).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// The epoch and the three generations a key of `route` carries (global, owner, package or
@@ -347,6 +359,14 @@ thread_local! {
     /// A key a fresh hit was done with, kept for the thread's next key: a hit needs its key only
     /// for the lookup, and allocating it per request was a needless allocation and free.
     static SPARE: Cell<Option<String>> = const { Cell::new(None) };
+}
+
+/// A copy of `known` (a key [`key`] built, still current), in this thread's spare buffer.
+pub fn copy(known: &str) -> String {
+    let mut key = SPARE.take().unwrap_or_else(|| String::with_capacity(192));
+    key.clear();
+    key.push_str(known);
+    key
 }
 
 /// Hands a key that is no longer needed back to [`key`] on this thread.

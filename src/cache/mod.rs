@@ -31,7 +31,7 @@ pub use entry::{
 };
 pub(crate) use fetch::read_body;
 use key::recycle;
-pub use key::{Generations, key};
+pub use key::{Generations, copy as copy_key, key};
 
 use fetch::fetch_fleet;
 

@@ -49,7 +49,7 @@ use crate::{
     tls::PeerCert,
 };
 use bytes::Bytes;
-use futures_util::{future::Either, task::AtomicWaker};
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::{
@@ -171,12 +171,11 @@ impl hyper::service::Service<Request<Incoming>> for Watched {
         let activity = &self.activity;
         activity.active.fetch_add(1, Ordering::Acquire);
         activity.served.store(true, Ordering::Relaxed);
-        // The request's clock starts with its head's first byte: the clock was read then (an
-        // HTTP/2 stream, or an HTTP/1 head that came in with the one before it, reads it now).
-        let started = match activity.head_ns.swap(NO_HEAD, Ordering::Relaxed) {
-            NO_HEAD => std::time::Instant::now(),
-            head => self.start.into_std() + Duration::from_nanos(head),
-        };
+        // An HTTP/1 request's log duration counts from its head's first byte (the clock was
+        // read then). Not on HTTP/2: the bytes seen there were frames (the preface first).
+        let head = activity.head_ns.swap(NO_HEAD, Ordering::Relaxed);
+        let started = (head != NO_HEAD && request.version() != Version::HTTP_2)
+            .then(|| self.start.into_std() + Duration::from_nanos(head));
         activity.answered.store(false, Ordering::Relaxed);
         let in_flight = InFlight {
             activity: activity.clone(),
@@ -677,17 +676,32 @@ enum Watch {
 
 /// Wakes the connection's task on behalf of its watches, and notes that they want polling.
 /// Starts woken: a new watch future is polled once to register its timers.
+///
+/// The task's waker is kept, not taken, by a wake: every wake after the first poll finds it, so
+/// none is lost between the flag being set and the task registering again (with an
+/// `AtomicWaker`, a wake racing a poll could take the fresh registration and leave the next
+/// deadline waking nobody).
 #[derive(Debug)]
 struct WatchWaker {
     woken: AtomicBool,
-    task: AtomicWaker,
+    task: std::sync::Mutex<Option<Waker>>,
 }
 
 impl Default for WatchWaker {
     fn default() -> Self {
         Self {
             woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
+            task: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl WatchWaker {
+    /// Keeps `waker` as the task's (it changes only if the task is moved to another waker).
+    fn register(&self, waker: &Waker) {
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if !task.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+            *task = Some(waker.clone());
         }
     }
 }
@@ -698,8 +712,12 @@ impl Wake for WatchWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        // The flag first: the task, once woken, must find it set.
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
 
@@ -727,8 +745,8 @@ where
             return Poll::Ready(Err(result));
         }
         if this.waker.woken.swap(false, Ordering::AcqRel) {
-            // Registered before the watches are polled: a wake during the poll finds it.
-            this.waker.task.register(cx.waker());
+            // Kept before the watches are polled: a wake during the poll finds it.
+            this.waker.register(cx.waker());
             let waker = Waker::from(this.waker.clone());
             if let Poll::Ready(watch) = this.watch.as_mut().poll(&mut Context::from_waker(&waker)) {
                 // The next watch future starts with a poll of its own.
@@ -837,5 +855,48 @@ async fn idle(activity: &Activity, start: Instant, limits: IdleLimits, closing: 
             deadline.min(now + limits.head)
         };
         tokio::time::sleep_until(stuck_until.map_or(next, |stuck| stuck.min(next))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        task::{Wake, Waker},
+    };
+
+    use super::WatchWaker;
+
+    /// Counts the times the "task" was woken.
+    #[derive(Default)]
+    struct Task(AtomicUsize);
+
+    impl Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn every_watch_wake_reaches_the_task_without_registering_again() {
+        let task = Arc::new(Task::default());
+        let watch = Arc::new(WatchWaker::default());
+        assert!(watch.woken.swap(false, Ordering::AcqRel), "starts woken");
+        watch.register(&Waker::from(task.clone()));
+        // A deadline's wake that raced the poll consumed nothing: the next one is not lost.
+        let waker = Waker::from(watch.clone());
+        for n in 1..=3 {
+            waker.wake_by_ref();
+            assert_eq!(task.0.load(Ordering::SeqCst), n);
+            assert!(watch.woken.swap(false, Ordering::AcqRel));
+        }
+        // Registering the same task again keeps one waker; the flag stays clear until a wake.
+        watch.register(&Waker::from(task.clone()));
+        assert!(!watch.woken.load(Ordering::Acquire));
+        waker.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 4);
     }
 }
