@@ -62,7 +62,8 @@ pub struct AccessRecord<'a> {
     pub upstream_status: Option<u16>,
     /// The cache outcome (`CacheStatus::as_str`), for cacheable reads.
     pub cache: Option<&'static str>,
-    /// Time from the request head to the response head.
+    /// From the first byte of the request's head (HTTP/1; the moment the proxy took the
+    /// request on HTTP/2) to its answer's head being ready.
     pub duration: Duration,
     /// When the answer was ready: the line's time.
     pub at: std::time::Instant,
