@@ -109,7 +109,8 @@ struct Activity {
     /// Milliseconds from the connection's start to the end of its last request.
     last_ms: AtomicU64,
     /// Nanoseconds from the connection's start to the first byte read for the next request
-    /// head while none was in flight, or [`NO_HEAD`]. The request's log duration counts from there.
+    /// head while none was in flight, or [`NO_HEAD`]. The request's log duration counts from
+    /// there.
     head_ns: AtomicU64,
     /// HTTP/1: the request in flight has its answer's head; bytes read now are the next head
     /// (or an unread request body), not part of this request's head.
