@@ -280,6 +280,16 @@ fn parse_route<B>(
     Ok((route, remember))
 }
 
+/// A copy of `value` that owns its bytes. A request's header values are slices of the
+/// connection's read buffer: one kept past its request would keep that whole buffer (8 KiB or
+/// more) alive, and make hyper allocate a new one for the next read.
+fn owned(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
+        .unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 /// The cache key of `route` ([`cache::key`]). `memo` holds `route` when given: its key is
 /// copied if every other input is the same bytes and no generation moved since it was built;
 /// else the key is built and remembered.
@@ -312,8 +322,8 @@ fn cache_key(
     text.clear();
     text.push_str(&key);
     remembered.key = Some(RememberedKey {
-        accept: forwarded.accept.clone(),
-        api_version: forwarded.api_version.clone(),
+        accept: owned(&forwarded.accept),
+        api_version: owned(&forwarded.api_version),
         public_base: public_base.clone(),
         generations: version,
         key: text,
