@@ -684,62 +684,6 @@ async fn cache_status_names_the_upstream_status_of_this_key() {
     );
 }
 
-/// One keep-alive HTTP/1 connection to the proxy (the connection remembers its last route and
-/// cache key between requests).
-struct KeepAlive {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    token: String,
-}
-
-impl KeepAlive {
-    async fn open(proxy: &TestProxy) -> Self {
-        let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        Self {
-            sender,
-            token: proxy.token().to_owned(),
-        }
-    }
-
-    /// Status and body of `method target`, with `headers`.
-    async fn send(
-        &mut self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-    ) -> (StatusCode, bytes::Bytes) {
-        use http_body_util::BodyExt;
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(target)
-            .header("host", "proxy.test")
-            .header("authorization", format!("Bearer {}", self.token));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request.body(http_body_util::Empty::new()).unwrap();
-        let answer = self.sender.send_request(request).await.unwrap();
-        let status = answer.status();
-        (
-            status,
-            answer.into_body().collect().await.unwrap().to_bytes(),
-        )
-    }
-}
-
-fn ids(body: &[u8]) -> Vec<u64> {
-    let list: serde_json::Value = serde_json::from_slice(body).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["id"].as_u64().unwrap())
-        .collect()
-}
-
 /// One keep-alive connection asking for one target after another: each answer is the one a
 /// fresh connection gets for that target and method.
 #[tokio::test]
@@ -790,17 +734,19 @@ async fn one_connection_gets_each_targets_own_answer() {
         .await;
         fresh.push((answer.status, answer.body));
     }
-    let mut conn = KeepAlive::open(&proxy).await;
+    let mut conn = KeepAlive::open(proxy.addr()).await;
     for _round in 0..2 {
         for ((method, target), (status, body)) in targets.iter().zip(&fresh) {
-            let (got_status, got) = conn.send(method, target, &[]).await;
-            assert_eq!(got_status, *status, "{method} {target}");
+            let reply = conn
+                .send(method.parse().unwrap(), target, token, &[], "")
+                .await;
+            assert_eq!(reply.status, *status, "{method} {target}");
             let want: &[u8] = if *method == "HEAD" {
                 b""
             } else {
                 body.as_ref()
             };
-            assert_eq!(got.as_ref(), want, "{method} {target}");
+            assert_eq!(reply.body.as_ref(), want, "{method} {target}");
         }
     }
 }
@@ -816,21 +762,23 @@ async fn a_repeating_connection_sees_deletes_and_its_own_headers() {
     };
     let proxy = spawn_proxy(&sim, opts).await;
     let versions = "/orgs/acme/packages/container/web/versions";
-    let mut conn = KeepAlive::open(&proxy).await;
-    let (_, first) = conn.send("GET", versions, &[]).await;
-    let (_, again) = conn.send("GET", versions, &[]).await;
-    assert_eq!(first, again);
-    let listed = ids(&first);
+    let token = proxy.token();
+    let mut conn = KeepAlive::open(proxy.addr()).await;
+    let first = conn.send(Method::GET, versions, token, &[], "").await;
+    let again = conn.send(Method::GET, versions, token, &[], "").await;
+    assert_eq!(first.body, again.body);
+    let listed = first.ids();
     let gets = sim.gets();
     // Another `Accept` is another entry (a miss), then the first one's again.
-    conn.send("GET", versions, &[("accept", "application/json")])
-        .await;
+    let accept = [("accept", "application/json")];
+    conn.send(Method::GET, versions, token, &accept, "").await;
     assert_eq!(
         sim.gets(),
         gets + 1,
         "another Accept was answered from the cache"
     );
-    assert_eq!(conn.send("GET", versions, &[]).await.1, first);
+    let back = conn.send(Method::GET, versions, token, &[], "").await;
+    assert_eq!(back.body, first.body);
     // A delete on another connection.
     let deleted = send(
         Method::DELETE,
@@ -840,20 +788,20 @@ async fn a_repeating_connection_sees_deletes_and_its_own_headers() {
     )
     .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    let (_, after) = conn.send("GET", versions, &[]).await;
+    let after = conn.send(Method::GET, versions, token, &[], "").await;
     assert!(
-        !ids(&after).contains(&listed[0]),
+        !after.ids().contains(&listed[0]),
         "the deleted version is still listed"
     );
-    assert_eq!(conn.send("GET", versions, &[]).await.1, after);
+    let repeat = conn.send(Method::GET, versions, token, &[], "").await;
+    assert_eq!(repeat.body, after.body);
     // A delete on this connection.
-    let (status, _) = conn
-        .send("DELETE", &format!("{versions}/{}", listed[1]), &[])
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (_, last) = conn.send("GET", versions, &[]).await;
+    let victim = format!("{versions}/{}", listed[1]);
+    let deleted = conn.send(Method::DELETE, &victim, token, &[], "").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let last = conn.send(Method::GET, versions, token, &[], "").await;
     assert!(
-        !ids(&last).contains(&listed[1]),
+        !last.ids().contains(&listed[1]),
         "the deleted version is still listed"
     );
 }

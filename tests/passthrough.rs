@@ -651,30 +651,15 @@ async fn shutdown_fails_readiness_and_lets_in_flight_requests_finish() {
     );
 }
 
-/// One request on `sender`'s connection: status and `x-oauth-scopes`.
+/// One request on `conn`: its status.
 async fn on_connection(
-    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    conn: &mut KeepAlive,
     method: Method,
     path: &str,
     token: &str,
     body: &'static str,
 ) -> StatusCode {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "proxy")
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            body.as_bytes(),
-        )))
-        .unwrap();
-    sender.ready().await.expect("the connection is still open");
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .unwrap();
-    status
+    conn.send(method, path, token, &[], body).await.status
 }
 
 // Guards the connection's memo of its last client (it skips the token hash on repeats): one
@@ -693,12 +678,7 @@ async fn one_connection_is_authenticated_per_request_across_clients_and_reloads(
     let path = dir.join("config.toml");
     std::fs::write(&path, &text).unwrap();
     let running = start_from_file(&path, &sim).await;
-    let stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = KeepAlive::open(running.addr).await;
     let (admin, other) = (tokens[0].as_str(), tokens[1].as_str());
     let read = "/orgs/acme/packages?package_type=container";
     let purge = "/admin/cache/purge";

@@ -275,6 +275,58 @@ impl Reply {
     }
 }
 
+/// One keep-alive HTTP/1 connection to the proxy: every request goes over the same socket, so
+/// what a connection remembers between requests (its last client, route and cache key) is in
+/// play.
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        Self { sender }
+    }
+
+    /// `method target` with a bearer `token`, `headers` and `body`, read whole.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        target: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        body: &'static str,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "proxy")
+            .header("authorization", format!("Bearer {token}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        self.sender
+            .ready()
+            .await
+            .expect("the connection is still open");
+        let response = self.sender.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn epoch_now() -> u64 {
     std::time::SystemTime::now()
