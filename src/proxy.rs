@@ -79,7 +79,7 @@ pub struct ConnMemo {
 struct RememberedRoute {
     method: Method,
     target: String,
-    route: Route,
+    route: Arc<Route>,
     /// Its cache key, once one was built for it.
     key: Option<RememberedKey>,
 }
@@ -227,8 +227,8 @@ impl Call {
             // An answer from the cache has a slot for each (`cache::StoredHeaders`).
             Some(scopes) if log.cache.is_some() => cache::fill_slots(
                 headers,
-                (&X_REQUEST_ID, self.request_id),
-                (&X_OAUTH_SCOPES, HeaderValue::from_static(scopes)),
+                (cache::Slot::RequestId, self.request_id),
+                (cache::Slot::OAuthScopes, HeaderValue::from_static(scopes)),
             ),
             Some(scopes) => {
                 headers.insert(X_REQUEST_ID, self.request_id);
@@ -250,11 +250,11 @@ fn parse_route<B>(
     request: &Request<B>,
     path: &str,
     memo: Option<&ConnMemo>,
-) -> Result<(Route, bool), ProxyError> {
+) -> Result<(Arc<Route>, bool), ProxyError> {
     let (method, query) = (request.method(), request.uri().query());
     let target = request.uri().path_and_query().map(|t| t.as_str());
     let (Some(memo), Some(target)) = (memo, target) else {
-        return Ok((Route::parse(method, path, query)?, false));
+        return Ok((Arc::new(Route::parse(method, path, query)?), false));
     };
     if let Some(known) = memo.route.borrow().as_ref()
         && known.method == *method
@@ -262,7 +262,7 @@ fn parse_route<B>(
     {
         return Ok((known.route.clone(), true));
     }
-    let route = Route::parse(method, path, query)?;
+    let route = Arc::new(Route::parse(method, path, query)?);
     let remember = !route.operation.is_destructive();
     if remember {
         let mut remembered = memo.route.borrow_mut();
@@ -433,7 +433,7 @@ enum Next {
 
 /// A Packages API call past its checks.
 struct Read {
-    route: Route,
+    route: Arc<Route>,
     identity: Identity,
     forwarded: Forwarded,
     public_base: Arc<str>,

@@ -23,7 +23,7 @@ pub(super) const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-statu
 /// The headers every answer from the cache adds to the stored ones: `Age` and `Cache-Status`
 /// here, the walk's `X-Request-Id` and `X-OAuth-Scopes` (`proxy::Call::finish`). None of them
 /// is ever stored (none is on the upstream allow-list).
-const SLOTS: [HeaderName; 4] = [header::AGE, CACHE_STATUS, X_REQUEST_ID, X_OAUTH_SCOPES];
+static SLOTS: [HeaderName; 4] = [header::AGE, CACHE_STATUS, X_REQUEST_ID, X_OAUTH_SCOPES];
 
 /// One upstream answer, buffered once and shared by every hit (the body is refcounted `Bytes`,
 /// the headers are already filtered and `Link`-rewritten).
@@ -232,41 +232,77 @@ impl Entry {
         };
         fill_slots(
             &mut headers,
-            (&header::AGE, age_value),
-            (&CACHE_STATUS, status_value),
+            (Slot::Age, age_value),
+            (Slot::CacheStatus, status_value),
         );
         *response.headers_mut() = headers;
         response
     }
 }
 
-/// Sets two headers of `headers`, a map from [`Entry::respond`]: its slots come first, so they
-/// are found in a walk over its first entries, without hashing either name for an `insert`
-/// (which cost more than the rest of serving the stored map). A name with no slot (a map from
-/// elsewhere) is inserted.
+/// A header every answer from the cache carries and the stored map holds a placeholder for, at
+/// the start of the map, in this order ([`StoredHeaders::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    /// `Age`
+    Age,
+    /// `Cache-Status`
+    CacheStatus,
+    /// `X-Request-Id`
+    RequestId,
+    /// `X-OAuth-Scopes`
+    OAuthScopes,
+}
+
+impl Slot {
+    /// The header's name.
+    pub fn name(self) -> &'static HeaderName {
+        &SLOTS[self as usize]
+    }
+
+    /// Whether `name` is this slot's: by address first (the map's names are copies of the same
+    /// constants), by bytes when the address differs.
+    fn holds(self, name: &HeaderName) -> bool {
+        let ours = self.name();
+        std::ptr::eq(name.as_str(), ours.as_str()) || name == ours
+    }
+}
+
+/// Sets two slots of `headers`, a map from [`Entry::respond`] (`first` before `second`): each
+/// is found at its position among the map's first entries, without hashing its name for an
+/// `insert` (which cost more than the rest of serving the stored map) or comparing it with
+/// every name before it. A slot not where it belongs (a map from elsewhere) is inserted.
 pub fn fill_slots(
     headers: &mut HeaderMap,
-    (first_name, first): (&HeaderName, HeaderValue),
-    (second_name, second): (&HeaderName, HeaderValue),
+    first: (Slot, HeaderValue),
+    second: (Slot, HeaderValue),
 ) {
-    let (mut first, mut second) = (Some(first), Some(second));
-    for (name, value) in headers.iter_mut() {
-        if first.is_some() && name == first_name {
-            *value = first.take().unwrap_or_else(|| HeaderValue::from_static(""));
-        } else if second.is_some() && name == second_name {
-            *value = second
-                .take()
-                .unwrap_or_else(|| HeaderValue::from_static(""));
-        }
-        if first.is_none() && second.is_none() {
-            return;
+    debug_assert!(first.0 < second.0, "slots are filled in map order");
+    let mut missing = [None, None];
+    {
+        let mut entries = headers.iter_mut();
+        let mut at = 0;
+        for (i, (slot, value)) in [first, second].into_iter().enumerate() {
+            let found = slot
+                .checked_skip(at)
+                .and_then(|skip| entries.nth(skip))
+                .filter(|(name, _)| slot.holds(name));
+            at = slot as usize + 1;
+            match found {
+                Some((_, place)) => *place = value,
+                None => missing[i] = Some((slot, value)),
+            }
         }
     }
-    if let Some(first) = first {
-        headers.insert(first_name.clone(), first);
+    for (slot, value) in missing.into_iter().flatten() {
+        headers.insert(slot.name().clone(), value);
     }
-    if let Some(second) = second {
-        headers.insert(second_name.clone(), second);
+}
+
+impl Slot {
+    /// How many entries lie between position `at` and this slot's, if it is not behind `at`.
+    fn checked_skip(self, at: usize) -> Option<usize> {
+        (self as usize).checked_sub(at)
     }
 }
 
@@ -277,8 +313,8 @@ impl StoredHeaders {
     pub fn new(stored: &HeaderMap) -> Self {
         let mut answer = HeaderMap::with_capacity(stored.len() + SLOTS.len());
         // Slots first, in `SLOTS` order: `fill_slots` finds them at the start of the map.
-        for slot in SLOTS {
-            answer.insert(slot, HeaderValue::from_static(""));
+        for slot in &SLOTS {
+            answer.insert(slot.clone(), HeaderValue::from_static(""));
         }
         for (name, value) in stored {
             if !is_slot(name) {
@@ -520,11 +556,10 @@ mod tests {
         let entry = entry(&[("content-type", "application/json")]);
         let response = entry.respond(CacheStatus::Hit, entry.fetched_at, false);
         let mut headers = response.headers().clone();
-        let (request_id, scopes) = (X_REQUEST_ID, X_OAUTH_SCOPES);
         let fill = || {
             (
-                (&request_id, HeaderValue::from_static("id-1")),
-                (&scopes, HeaderValue::from_static("read:packages")),
+                (Slot::RequestId, HeaderValue::from_static("id-1")),
+                (Slot::OAuthScopes, HeaderValue::from_static("read:packages")),
             )
         };
         let (first, second) = fill();
@@ -541,6 +576,25 @@ mod tests {
         assert_eq!(elsewhere.len(), 3);
         assert_eq!(elsewhere["x-request-id"], "id-1");
         assert_eq!(elsewhere["x-oauth-scopes"], "read:packages");
+
+        // Entries where the slots would be, under other names: kept, and the slots inserted.
+        let mut others = HeaderMap::new();
+        for name in ["a", "b", "c", "d", "e"] {
+            others.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static("kept"),
+            );
+        }
+        let (first, second) = fill();
+        fill_slots(&mut others, first, second);
+        assert_eq!(others.len(), 7);
+        assert!(
+            ["a", "b", "c", "d", "e"]
+                .iter()
+                .all(|name| others[*name] == "kept")
+        );
+        assert_eq!(others["x-request-id"], "id-1");
+        assert_eq!(others["x-oauth-scopes"], "read:packages");
     }
 
     #[test]

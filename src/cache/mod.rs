@@ -27,7 +27,7 @@ use http::{HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use tokio::{sync::watch, time::Instant};
 
 pub use entry::{
-    CacheStatus, Entry, ErrorReason, Freshness, Fwd, StaleWhy, StoredHeaders, fill_slots,
+    CacheStatus, Entry, ErrorReason, Freshness, Fwd, Slot, StaleWhy, StoredHeaders, fill_slots,
 };
 pub(crate) use fetch::read_body;
 use key::recycle;
@@ -105,8 +105,8 @@ impl Failure {
 pub struct FetchSpec {
     /// The cache key.
     pub key: String,
-    /// The typed route.
-    pub route: Route,
+    /// The typed route (shared with the connection's memo of it).
+    pub route: Arc<Route>,
     /// Validated client headers (without the client's conditional headers).
     pub forwarded: Forwarded,
     /// Base for rewritten `Link` URLs.
