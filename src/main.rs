@@ -92,6 +92,8 @@ enum Command {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Print the decision the server would make for a client's request, and the rule behind it.
+    /// Exits 0 when the call is allowed (or is a read, which needs no rule), 3 when it is
+    /// denied, 1 when it cannot be judged (no such client, a bad config or path).
     Explain {
         /// The TOML config (with its policy).
         #[arg(long, short)]
@@ -185,7 +187,7 @@ fn main() -> std::process::ExitCode {
             .block_on(run(signals))
     });
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // One readable line with its causes (`{:#}`), not a Debug dump with a backtrace.
             eprintln!("packages-proxy: {error:#}");
@@ -194,16 +196,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(signals: Signals) -> Result<()> {
+/// What `policy explain` exits with for a call the policy denies: a script tells it from an
+/// error (1) and from clap's usage errors (2).
+const EXIT_DENIED: u8 = 3;
+
+async fn run(signals: Signals) -> Result<std::process::ExitCode> {
+    use std::process::ExitCode;
     let cli = Cli::parse();
     if let Command::Serve { config: path } = &cli.command {
         // The config's [log] table applies to serve; a bad config is reported on stderr.
         let config = Config::load(path)?;
         init_tracing(cli.log_json || config.log.json, &config.log.level, true)?;
-        return serve(path.clone(), config, signals).await;
+        serve(path.clone(), config, signals).await?;
+        return Ok(ExitCode::SUCCESS);
     }
     init_tracing(cli.log_json, "info", false)?;
-    match cli.command {
+    let done = match cli.command {
         Command::Serve { .. } => Ok(()),
         Command::CheckConfig { file } => check_config(file),
         Command::Token {
@@ -223,16 +231,25 @@ async fn run(signals: Signals) -> Result<()> {
                     method,
                     path,
                 },
-        } => explain(&config, &client, &method, &path),
+        } => {
+            let allowed = explain(&config, &client, &method, &path)?;
+            return Ok(if allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_DENIED)
+            });
+        }
         Command::Audit { command } => audit_command(command).await,
         Command::Demo { listen } => {
             let mut signals = signals;
             demo::run(listen, async move { signals.shutdown().await }).await
         }
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
-fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -> Result<()> {
+/// Prints the server's decision; `true` when the call would be let through (a read always is).
+fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -> Result<bool> {
     let config = Config::load(config)?;
     if !config.clients.iter().any(|c| c.name == client) {
         anyhow::bail!("no client named {client:?} in the config");
@@ -245,17 +262,25 @@ fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -
         .map_err(|e| anyhow::anyhow!("{method} {target}: {e}"))?;
     if !route.operation.is_destructive() {
         println!("{method} {target}: not a destructive call; reads need no policy rule");
-        return Ok(());
+        return Ok(true);
     }
     match config.policy.decide(client, &route) {
-        Decision::Allow(protections) => print_protections(&protections),
-        Decision::NoRule => println!(
-            "deny: no rule allows {} for {client}",
-            route.operation.as_str()
-        ),
-        Decision::DeniedBy(rule) => println!("deny: denied by rule {:?}", rule.name),
+        Decision::Allow(protections) => {
+            print_protections(&protections);
+            Ok(true)
+        }
+        Decision::NoRule => {
+            println!(
+                "deny: no rule allows {} for {client}",
+                route.operation.as_str()
+            );
+            Ok(false)
+        }
+        Decision::DeniedBy(rule) => {
+            println!("deny: denied by rule {:?}", rule.name);
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Every matching allow rule, then the protections the server combines from them.

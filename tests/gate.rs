@@ -285,8 +285,11 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
             .args(["--client", client, "DELETE", path])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap()
+        let text = String::from_utf8(out.stdout).unwrap();
+        // A script reads the decision from the exit code: 0 allowed, 3 denied.
+        let code = if text.starts_with("deny") { 3 } else { 0 };
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        text
     };
     let web = explain("team-b", "/orgs/acme/packages/container/web/versions/7");
     assert!(
@@ -318,6 +321,20 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
         base.starts_with("deny: denied by rule \"never-base\""),
         "{base}"
     );
+    // No decision at all is neither: an unknown client is an error (1), not a deny.
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+        .args(["policy", "explain", "--config"])
+        .arg(&config)
+        .args([
+            "--client",
+            "nobody",
+            "DELETE",
+            "/orgs/acme/packages/container/web",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no client named \"nobody\""));
 }
 
 // Regression: `max_per_hour` was taken before the checks that may refuse (quota, the pace

@@ -543,8 +543,11 @@ async fn policy_explain_agrees_with_the_server() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
+        // The decision is the exit code too: 0 allowed, 3 denied (1 is an error).
+        let code = if expected == "allow" { 0 } else { 3 };
+        assert_eq!(
+            out.status.code(),
+            Some(code),
             "{text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
