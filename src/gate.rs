@@ -170,8 +170,12 @@ pub async fn execute(
     // Its place among this process's calls for the send turn, taken on arrival: a back-off
     // that holds them all lets them out at once, and they are sent in the order they came.
     let in_line = state.pacer.join_turn_line();
-    // During a GitHub back-off the queue waits (up to the queue's patience), never sends.
-    if let Err(error) = wait_out_backoff(state).await {
+    // The queue's patience runs from here, once for every wait before the send (a back-off, the
+    // pace slot, a back-off after it, the send turn): `max_queue_wait` bounds them together, so
+    // a client hears within it whether its call was sent.
+    let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
+    // During a GitHub back-off the queue waits (within its patience), never sends.
+    if let Err(error) = wait_out_backoff(state, patience).await {
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
     }
     let ticket = match admission::admit(state, &payer, Work::Mutation).await {
@@ -220,6 +224,7 @@ pub async fn execute(
         spent,
         _place: place,
         in_line,
+        patience,
     };
     // Held by this request's future: dropped with it when the client hangs up (or resets its
     // HTTP/2 stream), which tells the task that nobody waits for the call any more.
@@ -229,14 +234,17 @@ pub async fn execute(
         .unwrap_or_else(|error| Err(ProxyError::Internal(Box::new(error))))
 }
 
-/// Waits out a GitHub back-off if it ends within the queue's patience (`max_queue_wait`) and
-/// before shutdown's send deadline; else the call is refused with the back-off's own answer (or
-/// the shutdown's), so the client's throttling waits and retries.
-async fn wait_out_backoff(state: &AppState) -> Result<(), ProxyError> {
+/// Waits out a GitHub back-off if it ends before the call's `patience` runs out and before
+/// shutdown's send deadline; else the call is refused with the back-off's own answer (or the
+/// shutdown's), so the client's throttling waits and retries.
+async fn wait_out_backoff(
+    state: &AppState,
+    patience: tokio::time::Instant,
+) -> Result<(), ProxyError> {
     let Some(wait) = state.upstream.rate_limit.backoff_remaining() else {
         return Ok(());
     };
-    if wait > state.config.mutations.max_queue_wait {
+    if tokio::time::Instant::now() + wait > patience {
         // Refused at once, in GitHub's shape: the upstream call would be.
         return state.upstream.refuse_during_backoff();
     }
@@ -319,6 +327,9 @@ struct Owned {
     _place: crate::pace::Place,
     /// Its place in this process's line for send turns, taken on arrival.
     in_line: crate::pace::InLine,
+    /// When the queue's patience with it ends (`max_queue_wait` after it joined the queue): a
+    /// call not sent by then is refused, whichever wait it was in.
+    patience: tokio::time::Instant,
 }
 
 /// Slot, send, outcome record, invalidation: everything after the intent is on disk. `client`
@@ -347,7 +358,7 @@ async fn complete(
         biased;
         // A closed channel is the client's hang-up (nothing is ever sent on it).
         _ = &mut client => Err(ProxyError::ClientGone),
-        slot = wait_for_slot(&state, &claimed) => slot,
+        slot = wait_for_slot(&state, &claimed, m.patience) => slot,
     };
     if let Err(error) = slot {
         if claimed.load(Ordering::Relaxed) && refused_before_sending(&error) {
@@ -498,9 +509,15 @@ fn pacing_tier_down() -> ProxyError {
 
 /// Waits for this mutation's slot: fleet-wide through Redis when a shared tier is configured
 /// (refused with 503 while Redis is down, never sent unpaced), else from the local pacer.
-/// `claimed` is set once a slot is this call's (then an unsent call gives it back).
-async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), ProxyError> {
+/// `claimed` is set once a slot is this call's (then an unsent call gives it back). A slot
+/// further off than what is left of the call's `patience` is refused (429).
+async fn wait_for_slot(
+    state: &AppState,
+    claimed: &AtomicBool,
+    patience: tokio::time::Instant,
+) -> Result<(), ProxyError> {
     let mutations = &state.config.mutations;
+    let left = patience.saturating_duration_since(tokio::time::Instant::now());
     let too_long = |retry: Duration| ProxyError::TooManyRequests {
         message: "The mutation queue is full; retry later".to_owned(),
         retry_after_secs: retry.as_secs_f64().ceil().max(1.0) as u64,
@@ -514,7 +531,7 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
         // the slot Redis may already have given must come back (given back when none was,
         // the queue moves up by a pace; sends stay `pace` apart through their send turns).
         claimed.store(true, Ordering::Relaxed);
-        let wait = match shared.pace(mutations.pace, mutations.max_queue_wait).await {
+        let wait = match shared.pace(mutations.pace, left).await {
             Ok(Ok(wait)) => wait,
             Ok(Err(retry)) => {
                 claimed.store(false, Ordering::Relaxed);
@@ -530,18 +547,18 @@ async fn wait_for_slot(state: &AppState, claimed: &AtomicBool) -> Result<(), Pro
             .wait_until(tokio::time::Instant::now() + wait)
             .await
             .map_err(|_| ProxyError::ShuttingDown)?;
-        return wait_out_backoff(state).await;
+        return wait_out_backoff(state, patience).await;
     }
     let slot = state
         .pacer
-        .reserve()
+        .reserve(left)
         .map_err(|busy| too_long(busy.retry_after))?;
     claimed.store(true, Ordering::Relaxed);
     slot.wait().await.map_err(|_| ProxyError::ShuttingDown)?;
     drop(slot);
     // A back-off GitHub opened while this call waited: waited out here, before the pace check,
     // so that calls it held up still go `pace` apart after it.
-    wait_out_backoff(state).await
+    wait_out_backoff(state, patience).await
 }
 
 /// The client and the policy as they are now: a reload while the call waited (a client removed,
@@ -609,10 +626,14 @@ async fn send_mutation(
     _cleared: Cleared,
 ) -> Result<Response<Body>, ProxyError> {
     let mut looked = (m.checked, m.policy.clone());
-    // Turns go to this process's calls in the order they got here, each within the queue's
-    // patience: a call that keeps losing the turn to other replicas is refused, not held.
+    // Turns go to this process's calls in the order they got here, each within what is left of
+    // the queue's patience: a call that keeps losing the turn to other replicas is refused, not
+    // held. A call whose slot came at the end of its patience still has one pace for its turn
+    // (due at most a pace after the last send), rather than being refused once its slot came.
     let in_line = &m.in_line;
-    let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
+    let patience = m
+        .patience
+        .max(tokio::time::Instant::now() + state.config.mutations.pace);
     let held = loop {
         still_allowed(state, m)?;
         tokio::select! {
@@ -624,7 +645,7 @@ async fn send_mutation(
         turn_due(state).await?;
         // A back-off GitHub opened while the call waited in line is waited out as the queue
         // waits one out (or the call is refused with its answer), not met at the slot.
-        wait_out_backoff(state).await?;
+        wait_out_backoff(state, patience).await?;
         if tokio::time::Instant::now() >= patience {
             return Err(turn_too_late(state));
         }

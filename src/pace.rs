@@ -214,13 +214,14 @@ impl Pacer {
         }
     }
 
-    /// Reserves the next slot, or says when to come back.
-    pub fn reserve(&self) -> Result<Slot<'_>, Busy> {
+    /// Reserves the next slot if it comes within `patience` (and the queue's `max_wait`), or
+    /// says when to come back.
+    pub fn reserve(&self, patience: Duration) -> Result<Slot<'_>, Busy> {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let at = state.next.max(now);
         let wait = at - now;
-        if state.waiting >= self.max_queue || wait > self.max_wait {
+        if state.waiting >= self.max_queue || wait > self.max_wait.min(patience) {
             return Err(Busy {
                 retry_after: wait.max(self.pace),
             });

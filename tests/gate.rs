@@ -1494,3 +1494,53 @@ async fn deletes_held_by_a_back_off_go_out_in_the_order_they_came() {
         .collect();
     assert_eq!(sent, order, "sent out of the order they came");
 }
+
+// Found in review of the queue's waits: `max_queue_wait` bounded each wait on its own (a
+// back-off, then the pace slot, then the send turn), so a delete could be held for several
+// times it before it was sent. It bounds them together now: a call whose slot comes later than
+// what is left of its patience after a back-off is refused (429, not sent).
+#[tokio::test]
+async fn max_queue_wait_bounds_a_deletes_waits_together() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-patience").join("audit.jsonl");
+    // The mutations table of `web_allowed`, with the queue's patience.
+    let extra = web_allowed(&audit, "4s").replacen(
+        "pace = \"4s\"\n",
+        "pace = \"4s\"\nmax_queue_wait = \"5s\"\n",
+        1,
+    );
+    let opts = ProxyOptions {
+        extra,
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    // A back-off of 3 s, then three deletes at once: each waits it out (3 s of its 5), then the
+    // first is sent; the second's slot is a pace (4 s) later, past what is left of its patience
+    // (each wait alone is within 5 s: it used to be sent, 7 s after it came).
+    open_back_off(&sim, &proxy, &proxy.tokens[1], 3).await;
+    let deletes = deletes_at_once(&proxy.base, proxy.token(), &web[1..4]);
+    let mut statuses = Vec::new();
+    for delete in deletes {
+        let reply = delete.await.unwrap();
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(reply.header("retry-after").is_some(), "{}", reply.text());
+        }
+        statuses.push(reply.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [204, 429, 429]);
+    assert_eq!(
+        sim.deletes(),
+        1,
+        "a delete was sent past the queue's patience"
+    );
+    // Every intent ends in its outcome: the one sent, and two refused before anything left.
+    let mut outcomes: Vec<String> = records(&audit)
+        .iter()
+        .filter(|r| r.phase == "outcome")
+        .map(|r| r.decision.to_string())
+        .collect();
+    outcomes.sort_unstable();
+    assert_eq!(outcomes, ["completed", "refused", "refused"]);
+}
