@@ -519,7 +519,9 @@ async fn wait_for_slot(
     let mutations = &state.config.mutations;
     let left = patience.saturating_duration_since(tokio::time::Instant::now());
     let too_long = |retry: Duration| ProxyError::TooManyRequests {
-        message: "The mutation queue is full; retry later".to_owned(),
+        message: "The mutation queue is full, or cannot send this call within max_queue_wait; \
+                  retry later"
+            .to_owned(),
         retry_after_secs: retry.as_secs_f64().ceil().max(1.0) as u64,
     };
     if let Some(shared) = &state.shared {
@@ -627,22 +629,30 @@ async fn send_mutation(
 ) -> Result<Response<Body>, ProxyError> {
     let mut looked = (m.checked, m.policy.clone());
     // Turns go to this process's calls in the order they got here, each within what is left of
-    // the queue's patience: a call that keeps losing the turn to other replicas is refused, not
-    // held. A call whose slot came at the end of its patience still has one pace for its turn
-    // (due at most a pace after the last send), rather than being refused once its slot came.
+    // the queue's patience: a call that keeps losing the turn to other replicas, or waits for
+    // it behind a call whose reads are slow, or for its client's upstream share, is refused (and
+    // gives its slot back), never sent late. A call whose slot came at the end of its patience
+    // still has one pace for its turn (due at most a pace after the last send), rather than
+    // being refused once its slot came; and each round of its reads right before the send has
+    // at least `LAST_READS`.
     let in_line = &m.in_line;
     let patience = m
         .patience
         .max(tokio::time::Instant::now() + state.config.mutations.pace);
+    let too_late = || tokio::time::sleep_until(patience);
     let held = loop {
         still_allowed(state, m)?;
         tokio::select! {
             biased;
             () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
-            () = tokio::time::sleep_until(patience) => return Err(turn_too_late(state)),
+            () = too_late() => return Err(turn_too_late(state)),
             () = in_line.first() => {}
         }
-        turn_due(state).await?;
+        tokio::select! {
+            biased;
+            () = too_late() => return Err(turn_too_late(state)),
+            due = turn_due(state) => due?,
+        }
         // A back-off GitHub opened while the call waited in line is waited out as the queue
         // waits one out (or the call is refused with its answer), not met at the slot.
         wait_out_backoff(state, patience).await?;
@@ -656,6 +666,7 @@ async fn send_mutation(
         let held = tokio::select! {
             biased;
             () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+            () = too_late() => return Err(turn_too_late(state)),
             held = state.upstream.acquire(&m.ticket) => held?,
         };
         let Some(mut turn) = try_turn(state).await? else {
@@ -681,9 +692,11 @@ async fn send_mutation(
                 }
                 // The proxy pays for its own second look: the call was charged already.
                 let started = tokio::time::Instant::now();
+                let reads_until = patience.max(started + LAST_READS);
                 tokio::select! {
                     biased;
                     () = state.pacer.drain_deadline_passed() => return Err(ProxyError::ShuttingDown),
+                    () = tokio::time::sleep_until(reads_until) => return Err(turn_too_late(state)),
                     looked = second_look(state, &m.route, &protections, &held) => looked?,
                 }
                 looked = (started, policy);
@@ -725,6 +738,11 @@ async fn send_mutation(
         .response_headers(&m.route, &m.public_base, &parts.headers);
     Ok(out)
 }
+
+/// What a call whose patience is (nearly) spent still has for one round of its reads right
+/// before the send (tags, image indexes): GitHub answers those in well under a second when it
+/// is well, and a call is not refused for reading them once its turn came.
+const LAST_READS: Duration = Duration::from_secs(5);
 
 /// How many times a call reads its tags and image indexes again before one send: a reload
 /// during the reads has them read again, but reloads faster than the reads must not hold the

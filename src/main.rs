@@ -92,8 +92,9 @@ enum Command {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Print the decision the server would make for a client's request, and the rule behind it.
-    /// Exits 0 when the call is allowed (or is a read, which needs no rule), 3 when it is
-    /// denied, 1 when it cannot be judged (no such client, a bad config or path).
+    /// Exits 0 when the call would be sent (or is a read, which needs no rule), 3 when it is
+    /// refused, 4 when it is allowed only as a dry run (nothing is sent), 1 when it cannot be
+    /// judged (no such client, a bad config or path).
     Explain {
         /// The TOML config (with its policy).
         #[arg(long, short)]
@@ -196,9 +197,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// What `policy explain` exits with for a call the policy denies: a script tells it from an
-/// error (1) and from clap's usage errors (2).
-const EXIT_DENIED: u8 = 3;
+/// What `policy explain` finds the server would do with a call, and the code it exits with: a
+/// script tells each from an error (1) and from clap's usage errors (2).
+#[derive(Clone, Copy)]
+enum Verdict {
+    /// Sent to GitHub (or a read, which needs no rule): 0.
+    Sent,
+    /// Refused, by the policy or because the proxy does not serve the owner: 3.
+    Denied,
+    /// Allowed only as a dry run: answered with what would be done, nothing sent: 4.
+    DryRun,
+}
+
+impl Verdict {
+    fn exit_code(self) -> std::process::ExitCode {
+        std::process::ExitCode::from(match self {
+            Self::Sent => 0,
+            Self::Denied => 3,
+            Self::DryRun => 4,
+        })
+    }
+}
 
 async fn run(signals: Signals) -> Result<std::process::ExitCode> {
     use std::process::ExitCode;
@@ -231,14 +250,7 @@ async fn run(signals: Signals) -> Result<std::process::ExitCode> {
                     method,
                     path,
                 },
-        } => {
-            let allowed = explain(&config, &client, &method, &path)?;
-            return Ok(if allowed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_DENIED)
-            });
-        }
+        } => return explain(&config, &client, &method, &path).map(Verdict::exit_code),
         Command::Audit { command } => audit_command(command).await,
         Command::Demo { listen } => {
             let mut signals = signals;
@@ -248,8 +260,8 @@ async fn run(signals: Signals) -> Result<std::process::ExitCode> {
     done.map(|()| ExitCode::SUCCESS)
 }
 
-/// Prints the server's decision; `true` when the call would be let through (a read always is).
-fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -> Result<bool> {
+/// Prints what the server would do with the call, and why.
+fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -> Result<Verdict> {
     let config = Config::load(config)?;
     if !config.clients.iter().any(|c| c.name == client) {
         anyhow::bail!("no client named {client:?} in the config");
@@ -262,23 +274,35 @@ fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -
         .map_err(|e| anyhow::anyhow!("{method} {target}: {e}"))?;
     if !route.operation.is_destructive() {
         println!("{method} {target}: not a destructive call; reads need no policy rule");
-        return Ok(true);
+        return Ok(Verdict::Sent);
+    }
+    // Checked by the server before the policy: its answer is then 404, whatever the rules say.
+    if !config.upstream.serves(&route.owner) {
+        println!(
+            "deny: the proxy does not serve this owner's packages (upstream.owners, \
+             upstream.allow_user_routes): answered 404"
+        );
+        return Ok(Verdict::Denied);
     }
     match config.policy.decide(client, &route) {
         Decision::Allow(protections) => {
             print_protections(&protections);
-            Ok(true)
+            Ok(if protections.dry_run() {
+                Verdict::DryRun
+            } else {
+                Verdict::Sent
+            })
         }
         Decision::NoRule => {
             println!(
                 "deny: no rule allows {} for {client}",
                 route.operation.as_str()
             );
-            Ok(false)
+            Ok(Verdict::Denied)
         }
         Decision::DeniedBy(rule) => {
             println!("deny: denied by rule {:?}", rule.name);
-            Ok(false)
+            Ok(Verdict::Denied)
         }
     }
 }

@@ -50,7 +50,7 @@ use crate::{
     limits::{self, Heads},
     ops,
     quota::{Slot, Taken},
-    route::{Owner, Route},
+    route::Route,
     state::AppState,
     tls::PeerCert,
     upstream::Forwarded,
@@ -733,16 +733,7 @@ async fn pass_through(
 
 /// Owners outside the config are 404, like a package the token cannot see.
 fn check_owner(state: &AppState, route: &Route) -> Result<(), ProxyError> {
-    let upstream = &state.config.upstream;
-    let allowed = match &route.owner {
-        Owner::AuthenticatedUser => upstream.allow_user_routes,
-        // Stored lower-case, and a handful: no folded copy of the login per request.
-        Owner::Org(login) | Owner::User(login) => upstream
-            .owners
-            .iter()
-            .any(|o| o.eq_ignore_ascii_case(login)),
-    };
-    if allowed {
+    if state.config.upstream.serves(&route.owner) {
         Ok(())
     } else {
         Err(ProxyError::NotFound)

@@ -286,12 +286,11 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
             .output()
             .unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
-        // A script reads the decision from the exit code: 0 allowed, 3 denied.
-        let code = if text.starts_with("deny") { 3 } else { 0 };
-        assert_eq!(out.status.code(), Some(code), "{text}");
-        text
+        (text, out.status.code())
     };
-    let web = explain("team-b", "/orgs/acme/packages/container/web/versions/7");
+    // A script reads the decision from the exit code: 0 sent, 3 denied, 4 a dry run only.
+    let (web, code) = explain("team-b", "/orgs/acme/packages/container/web/versions/7");
+    assert_eq!(code, Some(4), "{web}");
     assert!(
         web.starts_with(
             "allow: matching allow rules \"broad\", \"web-guard\", \"team-b-rehearsal\"\n"
@@ -310,16 +309,25 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
         web.contains("dry run: yes (rule \"team-b-rehearsal\")"),
         "{web}"
     );
-    let other = explain("team-a", "/orgs/acme/packages/container/api/versions/7");
+    let (other, code) = explain("team-a", "/orgs/acme/packages/container/api/versions/7");
+    assert_eq!(code, Some(0), "{other}");
     assert!(
         other.starts_with("allow: matching allow rules \"broad\"\n"),
         "{other}"
     );
     assert!(other.contains("protected tags: none") && other.contains("dry run: no"));
-    let base = explain("team-a", "/orgs/acme/packages/container/base%2Fruntime");
+    let (base, code) = explain("team-a", "/orgs/acme/packages/container/base%2Fruntime");
+    assert_eq!(code, Some(3), "{base}");
     assert!(
         base.starts_with("deny: denied by rule \"never-base\""),
         "{base}"
+    );
+    // An owner the proxy does not serve is answered 404 whatever the rules say: denied.
+    let (elsewhere, code) = explain("team-a", "/orgs/other/packages/container/api/versions/7");
+    assert_eq!(code, Some(3), "{elsewhere}");
+    assert!(
+        elsewhere.starts_with("deny: the proxy does not serve"),
+        "{elsewhere}"
     );
     // No decision at all is neither: an unknown client is an error (1), not a deny.
     let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
@@ -541,12 +549,13 @@ async fn a_dry_run_in_trailers_counts_and_a_long_chunked_body_is_413() {
 }
 
 /// A proxy where each client holds one of four upstream slots, deletes of `web` are allowed
-/// (no multi-arch guard) and paced `pace` apart, auditing into a fresh file.
-async fn one_upstream_slot_per_client(sim: &Sim, pace: &str) -> (TestProxy, PathBuf) {
+/// (no multi-arch guard) and sent with `mutations` (`pace = ...` and more), auditing into a
+/// fresh file.
+async fn one_upstream_slot_per_client(sim: &Sim, mutations: &str) -> (TestProxy, PathBuf) {
     let audit = temp_dir("gate").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: format!(
-            "[mutations]\naudit_log = {audit:?}\npace = \"{pace}\"\n\
+            "[mutations]\naudit_log = {audit:?}\n{mutations}\n\
              [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
         ),
         extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
@@ -562,7 +571,7 @@ async fn one_upstream_slot_per_client(sim: &Sim, pace: &str) -> (TestProxy, Path
 #[tokio::test]
 async fn a_delete_whose_client_hangs_up_while_it_waits_for_an_upstream_slot_is_never_sent() {
     let sim = spawn_sim().await;
-    let (proxy, audit) = one_upstream_slot_per_client(&sim, "0s").await;
+    let (proxy, audit) = one_upstream_slot_per_client(&sim, "pace = \"0s\"").await;
     let web = sim.versions("web").await;
     let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(4)).await;
     let path = version_path("web", web[1]);
@@ -621,7 +630,7 @@ async fn a_delete_body_that_never_arrives_is_a_408() {
 #[tokio::test]
 async fn deletes_stay_pace_apart_when_one_waits_for_its_clients_upstream_share() {
     let sim = spawn_sim().await;
-    let (proxy, _audit) = one_upstream_slot_per_client(&sim, "3s").await;
+    let (proxy, _audit) = one_upstream_slot_per_client(&sim, "pace = \"3s\"").await;
     let web = sim.versions("web").await;
     // team-a's slow read holds team-a's one upstream slot for 4 s.
     let slow = slow_read_at_github(&sim, &proxy, &proxy.tokens[0], Duration::from_secs(4)).await;
@@ -1543,4 +1552,39 @@ async fn max_queue_wait_bounds_a_deletes_waits_together() {
         .collect();
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["completed", "refused", "refused"]);
+}
+
+// Found by a hostile review of the patience shared by a call's waits: the waits after its slot
+// (for the send turn, for its client's share of the upstream slots, its last reads) were not
+// bounded by it, and a delete stuck behind its client's 15 s read was sent 16 s after it came
+// with `max_queue_wait = "5s"`. It is refused once its patience is spent, and never sent.
+#[tokio::test]
+async fn a_delete_held_behind_its_clients_slow_read_is_refused_at_its_patience() {
+    let sim = spawn_sim().await;
+    let (proxy, audit) =
+        one_upstream_slot_per_client(&sim, "pace = \"1s\"\nmax_queue_wait = \"2s\"").await;
+    let web = sim.versions("web").await;
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(8)).await;
+    let delete = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    let refused = delete.await.unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.header("retry-after").is_some());
+    // Answered before the read that held it ended, and never sent after it either.
+    assert!(
+        !slow.is_finished(),
+        "the delete was answered only after the read"
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(sim.deletes(), 0, "a delete was sent past its patience");
+    let outcomes: Vec<String> = records(&audit)
+        .iter()
+        .filter(|r| r.phase == "outcome")
+        .map(|r| r.decision.to_string())
+        .collect();
+    assert_eq!(outcomes, ["refused"]);
 }

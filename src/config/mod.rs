@@ -252,6 +252,21 @@ pub struct UpstreamConfig {
     pub rate_limit_reserve: f64,
 }
 
+impl UpstreamConfig {
+    /// Whether the proxy serves `owner`'s packages: a listed org or user (any case), or the
+    /// token's own user when `allow_user_routes` is on. Anything else is answered 404.
+    pub fn serves(&self, owner: &crate::route::Owner) -> bool {
+        use crate::route::Owner;
+        match owner {
+            Owner::AuthenticatedUser => self.allow_user_routes,
+            // Stored lower-case, and a handful: no folded copy of the login per request.
+            Owner::Org(login) | Owner::User(login) => {
+                self.owners.iter().any(|o| o.eq_ignore_ascii_case(login))
+            }
+        }
+    }
+}
+
 /// Where the org token comes from.
 #[derive(Debug, Clone)]
 pub enum TokenSource {
