@@ -133,17 +133,43 @@ pub async fn execute(
         return Err(refuse(state, record, audit::Decision::Refused, pacing_tier_down()).await);
     }
     let payer = Payer::client(m.client, m.limits);
-    let checked = tokio::time::Instant::now();
-    if let Err(error) = check_protected_tags(state, m.route, &protections, &payer, None).await {
-        let decision = if error.status() == StatusCode::FORBIDDEN {
-            audit::Decision::Denied
-        } else {
-            audit::Decision::Refused
-        };
-        return Err(refuse(state, record, decision, error).await);
+    // A call that would be sent has the queue's patience from here, once for every wait before
+    // the send: a GitHub back-off (waited out before its first reads, which it would only meet),
+    // the first reads of its tags and image indexes (on its client's share of the upstream
+    // slots), its pace slot, a back-off after it, its send turn. `max_queue_wait` bounds them
+    // together, so a client hears within it whether its call was sent.
+    let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
+    if !record.dry_run
+        && let Err(error) = wait_out_backoff(state, patience).await
+    {
+        return Err(refuse(state, record, audit::Decision::Refused, error).await);
     }
+    let checked = tokio::time::Instant::now();
     let enabled = protections.any(crate::policy::Rule::multi_arch_guard);
-    let guard = crate::guard::check(state, m.route, enabled, &payer, None).await;
+    let first_look = async {
+        check_protected_tags(state, m.route, &protections, &payer, None).await?;
+        Ok(crate::guard::check(state, m.route, enabled, &payer, None).await)
+    };
+    let looked = if record.dry_run {
+        first_look.await
+    } else {
+        tokio::time::timeout_at(patience, first_look)
+            .await
+            .unwrap_or_else(|_| Err(turn_too_late(state)))
+    };
+    let guard = match looked {
+        Ok(guard) => guard,
+        Err(error) => {
+            // A protected tag is the policy's refusal; anything else (GitHub, the quota, the
+            // patience) is a refusal of this attempt.
+            let decision = if matches!(error, ProxyError::Forbidden(_)) {
+                audit::Decision::Denied
+            } else {
+                audit::Decision::Refused
+            };
+            return Err(refuse(state, record, decision, error).await);
+        }
+    };
     record.multi_arch_guard = guard.report;
     if let Some(error) = guard.refusal {
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
@@ -170,11 +196,8 @@ pub async fn execute(
     // Its place among this process's calls for the send turn, taken on arrival: a back-off
     // that holds them all lets them out at once, and they are sent in the order they came.
     let in_line = state.pacer.join_turn_line();
-    // The queue's patience runs from here, once for every wait before the send (a back-off, the
-    // pace slot, a back-off after it, the send turn): `max_queue_wait` bounds them together, so
-    // a client hears within it whether its call was sent.
-    let patience = tokio::time::Instant::now() + state.config.mutations.max_queue_wait;
-    // During a GitHub back-off the queue waits (within its patience), never sends.
+    // During a GitHub back-off the queue waits (within its patience), never sends: one may have
+    // opened while the call read its tags.
     if let Err(error) = wait_out_backoff(state, patience).await {
         return Err(refuse(state, record, audit::Decision::Refused, error).await);
     }

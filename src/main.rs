@@ -272,17 +272,17 @@ fn explain(config: &std::path::Path, client: &str, method: &str, target: &str) -
         .map_or((target, None), |(p, q)| (p, Some(q)));
     let route = Route::parse(&method, path, query)
         .map_err(|e| anyhow::anyhow!("{method} {target}: {e}"))?;
-    if !route.operation.is_destructive() {
-        println!("{method} {target}: not a destructive call; reads need no policy rule");
-        return Ok(Verdict::Sent);
-    }
-    // Checked by the server before the policy: its answer is then 404, whatever the rules say.
+    // Checked by the server before anything else: its answer is then 404, whatever the rules say.
     if !config.upstream.serves(&route.owner) {
         println!(
             "deny: the proxy does not serve this owner's packages (upstream.owners, \
              upstream.allow_user_routes): answered 404"
         );
         return Ok(Verdict::Denied);
+    }
+    if !route.operation.is_destructive() {
+        println!("{method} {target}: not a destructive call; reads need no policy rule");
+        return Ok(Verdict::Sent);
     }
     match config.policy.decide(client, &route) {
         Decision::Allow(protections) => {

@@ -1588,3 +1588,66 @@ async fn a_delete_held_behind_its_clients_slow_read_is_refused_at_its_patience()
         .collect();
     assert_eq!(outcomes, ["refused"]);
 }
+
+// Found by the second review of the shared patience: the first reads of a delete's tags (on its
+// client's share of the upstream slots) came before the patience started, so with tag
+// protection it was sent 12 s after it came behind its client's slow read, `max_queue_wait =
+// "2s"`. The patience starts before those reads now.
+#[tokio::test]
+async fn a_delete_whose_first_tag_read_waits_behind_its_client_is_refused_at_its_patience() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\naudit_log = {audit:?}\npace = \"1s\"\nmax_queue_wait = \"2s\"\n\
+             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n\
+             protect_tags = [\"latest\"]\n"
+        ),
+        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
+        upstream_timeout: "30s",
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(8)).await;
+    let delete = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    let refused = delete.await.unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    assert_eq!(sim.deletes(), 0, "a delete was sent past its patience");
+}
+
+// Found by the second review of the shared patience: a delete whose rule protects tags read them
+// during a GitHub back-off before waiting it out, met the back-off's 403 and was recorded
+// `denied`. It waits the back-off out first (within its patience), then reads, then is sent.
+#[tokio::test]
+async fn a_delete_with_protected_tags_waits_out_a_back_off_before_its_first_reads() {
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "[mutations]\naudit_log = {audit:?}\npace = \"0s\"\nmax_queue_wait = \"10s\"\n\
+             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n\
+             protect_tags = [\"latest\"]\n"
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    let web = sim.versions("web").await;
+    open_back_off(&sim, &proxy, &proxy.tokens[1], 2).await;
+    let delete = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    let sent = delete.await.unwrap();
+    assert_eq!(sent.status, StatusCode::NO_CONTENT, "{}", sent.text());
+    assert_eq!(sim.deletes(), 1);
+    let outcomes: Vec<String> = records(&audit)
+        .iter()
+        .filter(|r| r.phase != "intent")
+        .map(|r| r.decision.to_string())
+        .collect();
+    assert_eq!(outcomes, ["completed"]);
+}
