@@ -329,6 +329,25 @@ async fn policy_explain_shows_every_matching_rule_and_the_combined_protections()
         elsewhere.starts_with("deny: the proxy does not serve"),
         "{elsewhere}"
     );
+    // A read needs no rule (0), unless its owner is one the server 404s (3).
+    let read = |path: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
+            .args(["policy", "explain", "--config"])
+            .arg(&config)
+            .args(["--client", "team-a", "GET", path])
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(
+        read("/orgs/acme/packages/container/web/versions/7"),
+        Some(0)
+    );
+    assert_eq!(
+        read("/orgs/other/packages/container/web/versions/7"),
+        Some(3)
+    );
     // No decision at all is neither: an unknown client is an error (1), not a deny.
     let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_packages-proxy"))
         .args(["policy", "explain", "--config"])
