@@ -568,14 +568,19 @@ async fn a_dry_run_in_trailers_counts_and_a_long_chunked_body_is_413() {
 }
 
 /// A proxy where each client holds one of four upstream slots, deletes of `web` are allowed
-/// (no multi-arch guard) and sent with `mutations` (`pace = ...` and more), auditing into a
-/// fresh file.
-async fn one_upstream_slot_per_client(sim: &Sim, mutations: &str) -> (TestProxy, PathBuf) {
+/// (no multi-arch guard, and `rule` added to the rule) and sent with `mutations` (`pace = ...`
+/// and more), auditing into a fresh file.
+async fn one_upstream_slot_per_client(
+    sim: &Sim,
+    mutations: &str,
+    rule: &str,
+) -> (TestProxy, PathBuf) {
     let audit = temp_dir("gate").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: format!(
             "[mutations]\naudit_log = {audit:?}\n{mutations}\n\
-             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n"
+             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n\
+             {rule}\n"
         ),
         extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
         upstream_timeout: "30s",
@@ -590,7 +595,7 @@ async fn one_upstream_slot_per_client(sim: &Sim, mutations: &str) -> (TestProxy,
 #[tokio::test]
 async fn a_delete_whose_client_hangs_up_while_it_waits_for_an_upstream_slot_is_never_sent() {
     let sim = spawn_sim().await;
-    let (proxy, audit) = one_upstream_slot_per_client(&sim, "pace = \"0s\"").await;
+    let (proxy, audit) = one_upstream_slot_per_client(&sim, "pace = \"0s\"", "").await;
     let web = sim.versions("web").await;
     let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(4)).await;
     let path = version_path("web", web[1]);
@@ -649,7 +654,7 @@ async fn a_delete_body_that_never_arrives_is_a_408() {
 #[tokio::test]
 async fn deletes_stay_pace_apart_when_one_waits_for_its_clients_upstream_share() {
     let sim = spawn_sim().await;
-    let (proxy, _audit) = one_upstream_slot_per_client(&sim, "pace = \"3s\"").await;
+    let (proxy, _audit) = one_upstream_slot_per_client(&sim, "pace = \"3s\"", "").await;
     let web = sim.versions("web").await;
     // team-a's slow read holds team-a's one upstream slot for 4 s.
     let slow = slow_read_at_github(&sim, &proxy, &proxy.tokens[0], Duration::from_secs(4)).await;
@@ -1579,9 +1584,20 @@ async fn max_queue_wait_bounds_a_deletes_waits_together() {
 // with `max_queue_wait = "5s"`. It is refused once its patience is spent, and never sent.
 #[tokio::test]
 async fn a_delete_held_behind_its_clients_slow_read_is_refused_at_its_patience() {
+    let read_ended_first = delete_held_behind_its_clients_slow_read("").await;
+    assert!(
+        !read_ended_first,
+        "the delete was answered only after the read"
+    );
+}
+
+/// A delete (its rule with `rule` added) whose client's only upstream slot is held by an 8 s
+/// read: answered 429 at its patience, recorded `refused`, and never sent. Whether the read had
+/// ended when the delete was answered.
+async fn delete_held_behind_its_clients_slow_read(rule: &str) -> bool {
     let sim = spawn_sim().await;
-    let (proxy, audit) =
-        one_upstream_slot_per_client(&sim, "pace = \"1s\"\nmax_queue_wait = \"2s\"").await;
+    let mutations = "pace = \"1s\"\nmax_queue_wait = \"2s\"";
+    let (proxy, audit) = one_upstream_slot_per_client(&sim, mutations, rule).await;
     let web = sim.versions("web").await;
     let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(8)).await;
     let delete = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
@@ -1593,19 +1609,17 @@ async fn a_delete_held_behind_its_clients_slow_read_is_refused_at_its_patience()
         refused.text()
     );
     assert!(refused.header("retry-after").is_some());
-    // Answered before the read that held it ended, and never sent after it either.
-    assert!(
-        !slow.is_finished(),
-        "the delete was answered only after the read"
-    );
+    let read_ended_first = slow.is_finished();
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
     assert_eq!(sim.deletes(), 0, "a delete was sent past its patience");
-    let outcomes: Vec<String> = records(&audit)
+    // Refused after its intent (an outcome) or during its first reads (a decision, no intent).
+    let ends: Vec<String> = records(&audit)
         .iter()
-        .filter(|r| r.phase == "outcome")
+        .filter(|r| r.phase != "intent")
         .map(|r| r.decision.to_string())
         .collect();
-    assert_eq!(outcomes, ["refused"]);
+    assert_eq!(ends, ["refused"]);
+    read_ended_first
 }
 
 // Found by the second review of the shared patience: the first reads of a delete's tags (on its
@@ -1614,31 +1628,7 @@ async fn a_delete_held_behind_its_clients_slow_read_is_refused_at_its_patience()
 // "2s"`. The patience starts before those reads now.
 #[tokio::test]
 async fn a_delete_whose_first_tag_read_waits_behind_its_client_is_refused_at_its_patience() {
-    let sim = spawn_sim().await;
-    let audit = temp_dir("gate").join("audit.jsonl");
-    let opts = ProxyOptions {
-        extra: format!(
-            "[mutations]\naudit_log = {audit:?}\npace = \"1s\"\nmax_queue_wait = \"2s\"\n\
-             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n\
-             protect_tags = [\"latest\"]\n"
-        ),
-        extra_upstream: "max_concurrency = 4\nmax_concurrency_per_client = 1",
-        upstream_timeout: "30s",
-        ..ProxyOptions::default()
-    };
-    let proxy = spawn_proxy(&sim, opts).await;
-    let web = sim.versions("web").await;
-    let slow = slow_read_at_github(&sim, &proxy, proxy.token(), Duration::from_secs(8)).await;
-    let delete = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
-    let refused = delete.await.unwrap();
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text()
-    );
-    assert_eq!(slow.await.unwrap(), StatusCode::OK);
-    assert_eq!(sim.deletes(), 0, "a delete was sent past its patience");
+    delete_held_behind_its_clients_slow_read("protect_tags = [\"latest\"]").await;
 }
 
 // Found by the second review of the shared patience: a delete whose rule protects tags read them
