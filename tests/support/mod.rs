@@ -493,10 +493,21 @@ pub async fn slow_read_at_github(
         .inject(Fault::new(FaultKind::Latency(latency), 1));
     let (url, token) = (proxy.url(&cold(0)), token.to_owned());
     let slow = tokio::spawn(async move { get(&url, &token).await.status });
+    // This read itself, not a count of GETs: a caller may have read from the simulator before
+    // (`Sim::versions`), and a count then returned at once, racing what the caller sent next to
+    // the simulator (the next request took the latency meant for this one).
+    let target = cold(0);
     eventually(
         Duration::from_secs(10),
         "the slow read at GitHub",
-        || async { sim.gets() == 1 },
+        || async {
+            sim.handle.log().iter().any(|r| {
+                r.method == Method::GET
+                    && r.query
+                        .as_deref()
+                        .is_some_and(|q| target == format!("{}?{q}", r.path))
+            })
+        },
     )
     .await;
     slow
