@@ -563,7 +563,13 @@ async fn wait_for_slot(
                 return Err(too_long(retry));
             }
             Err(_) => {
+                // Redis may have run the script and given a slot whose answer never came: given
+                // back once Redis answers again (in the background: the client's 503 does not
+                // wait for a stalled Redis). Given back when none was, the queue moves up by a
+                // pace, as above.
                 claimed.store(false, Ordering::Relaxed);
+                let (shared, pace) = (shared.clone(), mutations.pace);
+                tokio::spawn(async move { shared.unpace(pace).await });
                 return Err(unavailable());
             }
         };
@@ -873,8 +879,9 @@ fn turn_name() -> u64 {
     (random >> 11).max(1)
 }
 
-/// Ends turn `name` if Redis gives it after its caller stopped waiting (tried for a lease and a
-/// little more): nobody else would end it, and the fleet's deletes would wait out its lease.
+/// Releases turn `name` if Redis gives it after its caller stopped waiting (tried for a lease and
+/// a little more): nobody else would end it, and the fleet's deletes would wait out its lease.
+/// Its call was not sent, so the next turn is due `pace` after the last real send.
 fn end_in_the_background(shared: Arc<crate::shared::Shared>, name: u64) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
@@ -884,7 +891,7 @@ fn end_in_the_background(shared: Arc<crate::shared::Shared>, name: u64) {
         // Until it is ended or the lease is surely over: the late request may reach Redis
         // after a first try found nothing to end.
         while tokio::time::Instant::now() < until {
-            if matches!(shared.sent(name).await, Ok(true)) {
+            if matches!(shared.release_turn(name).await, Ok(true)) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -911,7 +918,8 @@ fn redis_stopped() -> ProxyError {
 }
 
 /// A call's send turn ([`crate::pace::Pacer::send_turn`], or the fleet's in Redis); one not
-/// ended by the send is ended when dropped (the pace then counts from that moment).
+/// ended by the send (the call was refused, or its client left, before it was sent) is released
+/// when dropped: the next turn is due `pace` after the last real send, not after this turn.
 struct Turn {
     state: Arc<AppState>,
     /// Its name: the local pacer's number, or the one Redis gave (a renewal keeps it).
@@ -968,14 +976,12 @@ impl Drop for Turn {
         match (&self.state.shared, self.shared) {
             (Some(shared), true) => {
                 let shared = shared.clone();
-                // Best effort: a turn not ended lapses by itself after its lease.
+                // Best effort: a turn not released lapses by itself after its lease.
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { shared.sent(name).await });
+                    runtime.spawn(async move { shared.release_turn(name).await });
                 }
             }
-            _ => {
-                self.state.pacer.sent(name);
-            }
+            _ => self.state.pacer.release(name),
         }
     }
 }

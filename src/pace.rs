@@ -107,6 +107,9 @@ struct PacerState {
     next: Instant,
     /// When the last mutation was actually sent (while a send turn is held: when its lease ends).
     last_send: Option<Instant>,
+    /// While a send turn is held: when the last mutation before it was sent, for a turn that
+    /// ends without a send ([`Pacer::release`]).
+    before_turn: Option<Instant>,
     /// The send turn held now, by its number, and the last number given.
     turn: Option<u64>,
     turns: u64,
@@ -140,6 +143,7 @@ impl Pacer {
             state: Mutex::new(PacerState {
                 next: Instant::now(),
                 last_send: None,
+                before_turn: None,
                 turn: None,
                 turns: 0,
                 waiting: 0,
@@ -245,6 +249,7 @@ impl Pacer {
                 state.turns += 1;
                 let turn = state.turns;
                 state.turn = Some(turn);
+                state.before_turn = state.last_send;
                 state.last_send = Some(now + lease);
                 Ok(turn)
             }
@@ -279,6 +284,17 @@ impl Pacer {
         state.turn = None;
         state.last_send = Some(Instant::now());
         true
+    }
+
+    /// Ends a turn [`Pacer::send_turn`] gave without a send (its call was refused or its client
+    /// left before it was sent): the next turn is due `pace` after the last real send, not
+    /// after this turn. Nothing if the turn lapsed and another was given since.
+    pub fn release(&self, turn: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.turn == Some(turn) {
+            state.turn = None;
+            state.last_send = state.before_turn;
+        }
     }
 
     /// Records a send the fleet's pace (in Redis) let through, so that it can be put back if

@@ -1659,3 +1659,90 @@ async fn a_delete_with_protected_tags_waits_out_a_back_off_before_its_first_read
         .collect();
     assert_eq!(outcomes, ["completed"]);
 }
+
+// Found by the review of the shared patience: a call that took its send turn and then was not
+// sent (its client left during its last reads, or they refused it) ended the turn as if it had
+// been sent, so the next call waited a whole pace after a send that never happened. The turn is
+// given back now: the next call goes `pace` after the last real send.
+#[tokio::test]
+async fn a_turn_whose_call_is_not_sent_is_given_back() {
+    turn_given_back("").await;
+}
+
+// The same through Redis: the fleet's turn is given back as the local one is.
+#[tokio::test]
+async fn a_fleet_turn_whose_call_is_not_sent_is_given_back() {
+    let Some(redis) = Redis::start() else { return };
+    turn_given_back(&format!(
+        "[shared]\nredis_url = \"{}\"\nreplicas = 2\n",
+        redis.url()
+    ))
+    .await;
+}
+
+/// Deletes A, B and C with a 3 s pace and tag protection (read again right before a send): B's
+/// client hangs up while B, holding its turn, reads its tags again (GitHub is slow to answer);
+/// then C comes. C is sent at once, `pace` after A, not `pace` after B's unsent turn.
+async fn turn_given_back(shared: &str) {
+    use packages_proxy::sim::{Fault, FaultKind};
+    let sim = spawn_sim().await;
+    let audit = temp_dir("gate-turn-back").join("audit.jsonl");
+    let opts = ProxyOptions {
+        extra: format!(
+            "{}protect_tags = [\"latest\"]\n{shared}",
+            web_allowed(&audit, "3s")
+        ),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(&sim, opts).await;
+    if !shared.is_empty() {
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(10)).await;
+    }
+    let web = sim.versions("web").await;
+    let a = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    assert_eq!(a.await.unwrap().status, StatusCode::NO_CONTENT);
+    let b = send_head(
+        proxy.addr(),
+        "DELETE",
+        &version_path("web", web[2]),
+        proxy.token(),
+    )
+    .await;
+    eventually(Duration::from_secs(5), "B's intent", || async {
+        records(&audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count()
+            == 2
+    })
+    .await;
+    // B's next read is its second look, once its turn comes (a pace after A's send).
+    let before = sim.gets();
+    sim.handle
+        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(10)), 1));
+    eventually(
+        Duration::from_secs(10),
+        "B's second look at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
+    drop(b);
+    let left = std::time::Instant::now();
+    eventually(Duration::from_secs(5), "B's not_sent outcome", || async {
+        records(&audit)
+            .iter()
+            .any(|r| r.phase == "outcome" && r.decision == "not_sent")
+    })
+    .await;
+    let c = deletes_at_once(&proxy.base, proxy.token(), &web[3..4]).remove(0);
+    assert_eq!(c.await.unwrap().status, StatusCode::NO_CONTENT);
+    let sends = sim.arrivals(&Method::DELETE);
+    assert_eq!(sends.len(), 2, "B was sent");
+    let gap = sends[1] - sends[0];
+    assert!(gap >= Duration::from_secs(3), "A and C {gap:?} apart");
+    let after_b = sends[1].saturating_duration_since(left);
+    assert!(
+        after_b < Duration::from_secs(2),
+        "C waited {after_b:?} after B's unsent turn"
+    );
+}

@@ -284,6 +284,7 @@ impl Shared {
     ) -> Result<Result<(), Duration>, Down> {
         let mut conn = self.conn()?;
         let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
+        let before = self.key("p", "before-turn");
         let script = self.scripts.send.clone();
         let (pace_ms, lease_ms) = (millis(pace), millis(lease));
         let (wait, _): (u64, u64) = self
@@ -291,6 +292,7 @@ impl Shared {
                 script
                     .key(last)
                     .key(held)
+                    .key(before)
                     .arg(pace_ms)
                     .arg(lease_ms)
                     .arg(name)
@@ -355,6 +357,28 @@ impl Shared {
             })
             .await?;
         Ok(ended == 1)
+    }
+
+    /// Ends a turn [`Shared::send_turn`] gave without a send: the next turn is due `pace` after
+    /// the last real send. `Ok(false)`: the turn lapsed, and another may have been given since
+    /// (nothing changed).
+    pub async fn release_turn(&self, turn: u64) -> Result<bool, Down> {
+        let mut conn = self.conn()?;
+        let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
+        let before = self.key("p", "before-turn");
+        let script = self.scripts.release_turn.clone();
+        let released: i64 = self
+            .run(async move {
+                script
+                    .key(last)
+                    .key(held)
+                    .key(before)
+                    .arg(turn)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(released == 1)
     }
 
     /// Takes one token from a fleet-wide bucket of `per_minute`.

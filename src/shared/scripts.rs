@@ -29,12 +29,13 @@ redis.call('SET', KEYS[1], back, 'PX', 3600000)
 return 1
 ";
 
-/// A send's turn: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] pace ms, ARGV[2] lease
-/// ms, ARGV[3] the turn's name (the caller's: one whose answer never came can still be ended by
-/// it). When at least `pace` passed since the last send, takes the turn: records a send `lease`
-/// ms ahead (so nobody else's turn comes while this one checks and sends) and returns {0, 1};
-/// else returns {the ms still to wait, 0}. A predecessor that sent late pushes its successors
-/// back, so sends, not just slots, stay `pace` apart.
+/// A send's turn: KEYS[1] last-send ms, KEYS[2] the turn held, KEYS[3] the last send before
+/// the turn; ARGV[1] pace ms, ARGV[2] lease ms, ARGV[3] the turn's name (the caller's: one whose
+/// answer never came can still be ended by it). When at least `pace` passed since the last
+/// send, takes the turn: keeps the last send in KEYS[3] (for RELEASE_TURN), records a send
+/// `lease` ms ahead (so nobody else's turn comes while this one checks and sends) and returns
+/// {0, 1}; else returns {the ms still to wait, 0}. A predecessor that sent late pushes its
+/// successors back, so sends, not just slots, stay `pace` apart.
 const SEND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,6 +48,7 @@ if last == nil then
 end
 local due = last + tonumber(ARGV[1])
 if now < due then return {due - now, 0} end
+redis.call('SET', KEYS[3], last, 'PX', 3600000 + tonumber(ARGV[2]))
 redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 3600000 + tonumber(ARGV[2]))
 redis.call('SET', KEYS[2], ARGV[3], 'PX', 3600000 + tonumber(ARGV[2]))
 return {0, 1}
@@ -87,6 +89,24 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[1], now, 'PX', 3600000)
+redis.call('SET', KEYS[2], -1, 'PX', 3600000)
+return 1
+";
+
+/// Ends a turn SEND gave without a send (its call was not sent): KEYS[1] last-send ms, KEYS[2]
+/// the turn held, KEYS[3] the last send before the turn; ARGV[1] the turn's name. While the turn
+/// is still this one's, puts the last send back to what it was before the turn (the next turn
+/// is due `pace` after the last real send) and returns 1; a turn that lapsed and was given
+/// again returns 0 and changes nothing. A record lost meanwhile (a flush) counts as a send now,
+/// as SEND counts it.
+const RELEASE_TURN: &str = r"
+if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return 0 end
+local before = redis.call('GET', KEYS[3])
+if not before then
+  local t = redis.call('TIME')
+  before = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+redis.call('SET', KEYS[1], before, 'PX', 3600000)
 redis.call('SET', KEYS[2], -1, 'PX', 3600000)
 return 1
 ";
@@ -186,6 +206,7 @@ pub(super) struct Scripts {
     pub(super) pace: Script,
     pub(super) send: Script,
     pub(super) sent: Script,
+    pub(super) release_turn: Script,
     pub(super) renew_turn: Script,
     pub(super) turn_due: Script,
     pub(super) bucket: Script,
@@ -204,6 +225,7 @@ impl Scripts {
             pace: Script::new(PACE),
             send: Script::new(SEND),
             sent: Script::new(SENT),
+            release_turn: Script::new(RELEASE_TURN),
             renew_turn: Script::new(RENEW_TURN),
             turn_due: Script::new(TURN_DUE),
             bucket: Script::new(BUCKET),
