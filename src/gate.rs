@@ -564,9 +564,10 @@ async fn wait_for_slot(
             }
             Err(_) => {
                 // Redis may have run the script and given a slot whose answer never came: given
-                // back once Redis answers again (in the background: the client's 503 does not
-                // wait for a stalled Redis). Given back when none was, the queue moves up by a
-                // pace, as above.
+                // back by one try in the background (the client's 503 does not wait for a
+                // stalled Redis; over a stall the two commands keep their order on the one
+                // connection). Given back when none was (the script never ran), the queue moves
+                // up by a pace, as above; one not given back spaces later slots a pace further.
                 claimed.store(false, Ordering::Relaxed);
                 let (shared, pace) = (shared.clone(), mutations.pace);
                 tokio::spawn(async move { shared.unpace(pace).await });

@@ -260,11 +260,15 @@ impl Slot {
         &SLOTS[self as usize]
     }
 
-    /// Whether `name` is this slot's: by address first (the map's names are copies of the same
-    /// constants), by bytes when the address differs.
+    /// Whether `name` is this slot's. `Age` is a standard name (compared as an enum); the
+    /// others by address first (the map's names are copies of the same constants), by bytes
+    /// when the address differs.
     fn holds(self, name: &HeaderName) -> bool {
         let ours = self.name();
-        std::ptr::eq(name.as_str(), ours.as_str()) || name == ours
+        match self {
+            Slot::Age => name == ours,
+            _ => std::ptr::eq(name.as_str(), ours.as_str()) || name == ours,
+        }
     }
 }
 
@@ -278,31 +282,31 @@ pub fn fill_slots(
     second: (Slot, HeaderValue),
 ) {
     debug_assert!(first.0 < second.0, "slots are filled in map order");
-    let mut missing = [None, None];
-    {
-        let mut entries = headers.iter_mut();
-        let mut at = 0;
-        for (i, (slot, value)) in [first, second].into_iter().enumerate() {
-            let found = slot
-                .checked_skip(at)
-                .and_then(|skip| entries.nth(skip))
-                .filter(|(name, _)| slot.holds(name));
-            at = slot as usize + 1;
-            match found {
-                Some((_, place)) => *place = value,
-                None => missing[i] = Some((slot, value)),
-            }
-        }
+    let (first_slot, second_slot) = (first.0, second.0);
+    let mut entries = headers.iter_mut();
+    let first = put(entries.nth(first_slot as usize), first);
+    // Right after the first slot's entry, or where the first would have been.
+    let skip = (second_slot as usize).saturating_sub(first_slot as usize + 1);
+    let second = put(entries.nth(skip), second);
+    if let Some((slot, value)) = first {
+        headers.insert(slot.name().clone(), value);
     }
-    for (slot, value) in missing.into_iter().flatten() {
+    if let Some((slot, value)) = second {
         headers.insert(slot.name().clone(), value);
     }
 }
 
-impl Slot {
-    /// How many entries lie between position `at` and this slot's, if it is not behind `at`.
-    fn checked_skip(self, at: usize) -> Option<usize> {
-        (self as usize).checked_sub(at)
+/// Puts `value` in `entry` if it is `slot`'s; else gives both back (to be inserted).
+fn put(
+    entry: Option<(&HeaderName, &mut HeaderValue)>,
+    (slot, value): (Slot, HeaderValue),
+) -> Option<(Slot, HeaderValue)> {
+    match entry {
+        Some((name, place)) if slot.holds(name) => {
+            *place = value;
+            None
+        }
+        _ => Some((slot, value)),
     }
 }
 
