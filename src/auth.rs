@@ -44,7 +44,7 @@ struct Remembered {
     /// The whole `Authorization` value: a secret, kept only as long as the connection.
     authorization: Vec<u8>,
     identity: Identity,
-    scopes: &'static str,
+    scopes: &'static HeaderValue,
 }
 
 /// Who a request comes from.
@@ -79,7 +79,7 @@ impl AuthMemo {
         &self,
         generation: u64,
         authorization: &[u8],
-    ) -> Option<(Identity, &'static str)> {
+    ) -> Option<(Identity, &'static HeaderValue)> {
         let memo = self.0.borrow();
         let remembered = memo.as_ref()?;
         let same = remembered.generation == generation
@@ -93,7 +93,7 @@ impl AuthMemo {
         generation: u64,
         authorization: &[u8],
         identity: &Identity,
-        scopes: &'static str,
+        scopes: &'static HeaderValue,
     ) {
         let mut memo = self.0.borrow_mut();
         let mut bytes = memo.take().map(|old| old.authorization).unwrap_or_default();

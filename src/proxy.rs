@@ -105,7 +105,7 @@ struct RequestLog {
     cache: Option<&'static str>,
     /// The scopes the proxy grants the authenticated caller, sent as `X-OAuth-Scopes` on every
     /// answer to it (GitHub's header would describe the org token instead).
-    scopes: Option<&'static str>,
+    scopes: Option<&'static HeaderValue>,
 }
 
 /// One request as the walk and its answer see it: what the log line, the metric and the answer's
@@ -228,11 +228,11 @@ impl Call {
             Some(scopes) if log.cache.is_some() => cache::fill_slots(
                 headers,
                 (cache::Slot::RequestId, self.request_id),
-                (cache::Slot::OAuthScopes, HeaderValue::from_static(scopes)),
+                (cache::Slot::OAuthScopes, scopes.clone()),
             ),
             Some(scopes) => {
                 headers.insert(X_REQUEST_ID, self.request_id);
-                headers.insert(X_OAUTH_SCOPES, HeaderValue::from_static(scopes));
+                headers.insert(X_OAUTH_SCOPES, scopes.clone());
             }
             None => {
                 headers.insert(X_REQUEST_ID, self.request_id);
@@ -389,11 +389,15 @@ fn authenticate<B>(
 
 /// The scopes the proxy effectively grants a client: deletes and restores only if some policy
 /// rule could allow one for it. Clean-up tools read `X-OAuth-Scopes` before they start.
-fn granted_scopes(state: &AppState, identity: &Identity) -> &'static str {
+fn granted_scopes(state: &AppState, identity: &Identity) -> &'static HeaderValue {
+    // Built once: a value made from a `&str` per request checks its bytes every time.
+    static READ: HeaderValue = HeaderValue::from_static("read:packages");
+    static DELETE: HeaderValue =
+        HeaderValue::from_static("read:packages, write:packages, delete:packages");
     if state.policy.load().allows_anything_for(&identity.name) {
-        "read:packages, write:packages, delete:packages"
+        &DELETE
     } else {
-        "read:packages"
+        &READ
     }
 }
 
