@@ -740,6 +740,14 @@ async fn send_mutation(
                 continue; // lapsed: wait for the next one
             }
         }
+        // A back-off GitHub opened while the call read again is waited out as one that opened
+        // while it waited in line (or the call is refused with its answer), not met at the
+        // send: the turn goes back, nothing having been sent, and is taken again after it.
+        if state.upstream.rate_limit.backoff_remaining().is_some() {
+            drop(turn);
+            in_line.step_in();
+            continue;
+        }
         // Lapsed while the call read (Redis lost it): wait for the next turn.
         if turn.end(state).await? {
             break held;

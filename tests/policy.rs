@@ -402,9 +402,11 @@ async fn every_destructive_request_is_audited_and_mutations_are_paced() {
 async fn a_full_queue_answers_429_with_retry_after() {
     let sim = spawn_sim().await;
     let audit = temp_dir("queue").join("audit.jsonl");
-    let extra = policy(&audit, "2s").replace(
+    // The patience also covers each call's first reads of tags and image indexes: 2 s of it,
+    // not 1, so a busy machine's slow reads do not refuse the first call.
+    let extra = policy(&audit, "4s").replace(
         "budget_window = \"1s\"",
-        "budget_window = \"1s\"\nmax_queue_wait = \"1s\"",
+        "budget_window = \"1s\"\nmax_queue_wait = \"2s\"",
     );
     let proxy = spawn_proxy(
         &sim,
@@ -422,7 +424,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
     )
     .await;
     assert_eq!(first.status, StatusCode::NO_CONTENT);
-    // The next slot is 2 s away, past the 1 s the queue may make anyone wait.
+    // The next slot is 4 s away, past the 2 s the queue may make anyone wait.
     let second = delete(
         &proxy,
         0,
