@@ -733,20 +733,27 @@ async fn send_mutation(
                 stale = false; // read again only if a reload came meanwhile
             }
         };
-        tokio::select! {
-            attempted = attempt => attempted?,
+        let attempted = tokio::select! {
+            attempted = attempt => attempted,
             () = turn.keep(state) => {
                 in_line.step_in();
                 continue; // lapsed: wait for the next one
             }
-        }
-        // A back-off GitHub opened while the call read again is waited out as one that opened
-        // while it waited in line (or the call is refused with its answer), not met at the
-        // send: the turn goes back, nothing having been sent, and is taken again after it.
-        if state.upstream.rate_limit.backoff_remaining().is_some() {
-            drop(turn);
-            in_line.step_in();
-            continue;
+        };
+        // A back-off GitHub opened while the call read again (with its answer to those reads,
+        // or to anyone's request meanwhile) is waited out as one that opened while it waited
+        // in line, or the call is refused with its answer; it is not met at the send. The turn
+        // goes back first (nothing was sent), and is taken again after the back-off. Only a
+        // back-off that is open now: one that ends by itself, so the wait cannot spin.
+        let backing_off = state.upstream.rate_limit.backoff_remaining().is_some();
+        match attempted {
+            Err(ProxyError::BackingOff(_)) | Ok(()) if backing_off => {
+                drop(turn);
+                wait_out_backoff(state, patience).await?;
+                in_line.step_in();
+                continue;
+            }
+            attempted => attempted?,
         }
         // Lapsed while the call read (Redis lost it): wait for the next turn.
         if turn.end(state).await? {
@@ -872,7 +879,7 @@ async fn try_turn(state: &Arc<AppState>) -> Result<Option<Turn>, ProxyError> {
         Ok(Ok(())) => Ok(Some(turn(name, true))),
         Ok(Err(_)) => Ok(None),
         Err(_) => {
-            end_in_the_background(shared.clone(), name);
+            release_in_the_background(shared.clone(), name, Given::MaybeLater);
             Err(redis_stopped())
         }
     }
@@ -888,20 +895,30 @@ fn turn_name() -> u64 {
     (random >> 11).max(1)
 }
 
-/// Releases turn `name` if Redis gives it after its caller stopped waiting (tried for a lease and
-/// a little more): nobody else would end it, and the fleet's deletes would wait out its lease.
-/// Its call was not sent, so the next turn is due `pace` after the last real send.
-fn end_in_the_background(shared: Arc<crate::shared::Shared>, name: u64) {
+/// Whether the turn a background release is for is surely Redis's already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Given {
+    /// The call held it: one answer from Redis settles it (released, or lapsed and given on).
+    Held,
+    /// Redis may give it after its caller stopped waiting: a first try can find nothing yet.
+    MaybeLater,
+}
+
+/// Releases turn `name` in the background, tried for a lease and a little more: a try that
+/// fails (Redis stalled), or comes before Redis gave a turn its caller stopped waiting for,
+/// would otherwise hold the fleet's deletes for the rest of its lease. Its call was not sent, so
+/// the next turn is due `pace` after the last real send.
+fn release_in_the_background(shared: Arc<crate::shared::Shared>, name: u64, given: Given) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
         let until = tokio::time::Instant::now() + TURN_LEASE + Duration::from_secs(1);
-        // Until it is ended or the lease is surely over: the late request may reach Redis
-        // after a first try found nothing to end.
         while tokio::time::Instant::now() < until {
-            if matches!(shared.release_turn(name).await, Ok(true)) {
-                return;
+            match shared.release_turn(name).await {
+                Ok(true) => return,
+                Ok(false) if given == Given::Held => return,
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -983,13 +1000,7 @@ impl Drop for Turn {
         }
         let name = self.name;
         match (&self.state.shared, self.shared) {
-            (Some(shared), true) => {
-                let shared = shared.clone();
-                // Best effort: a turn not released lapses by itself after its lease.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move { shared.release_turn(name).await });
-                }
-            }
+            (Some(shared), true) => release_in_the_background(shared.clone(), name, Given::Held),
             _ => self.state.pacer.release(name),
         }
     }

@@ -1756,6 +1756,21 @@ async fn turn_given_back(shared: &str) {
 // in line. It waits the back-off out now, and is sent.
 #[tokio::test]
 async fn a_back_off_that_opens_during_a_calls_last_reads_is_waited_out() {
+    back_off_during_last_reads(false).await;
+}
+
+// Found by the review of the above: a back-off opened by GitHub's answer to the last reads
+// themselves still refused the call with 403 (the reads failed before the check).
+#[tokio::test]
+async fn a_back_off_opened_by_a_calls_last_reads_is_waited_out() {
+    back_off_during_last_reads(true).await;
+}
+
+/// Deletes A and B (2 s pace, tag protection: B reads its tags again once its turn comes) and a
+/// 3 s back-off GitHub opens during B's second look: with its answer to that read
+/// (`by_the_read`), or with its answer to another client's read while B's is 2 s slow. B waits
+/// the back-off out within its 20 s of patience and is sent after it.
+async fn back_off_during_last_reads(by_the_read: bool) {
     use packages_proxy::sim::{Fault, FaultKind};
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-last-reads-back-off").join("audit.jsonl");
@@ -1780,19 +1795,35 @@ async fn a_back_off_that_opens_during_a_calls_last_reads_is_waited_out() {
             == 2
     })
     .await;
-    // B's next read is its second look, once its turn comes (a pace after A's send): GitHub
-    // answers it 2 s late, and opens a 3 s back-off meanwhile.
+    // B's next read is its second look, once its turn comes (a pace after A's send).
     let before = sim.gets();
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
-    eventually(
-        Duration::from_secs(10),
-        "B's second look at GitHub",
-        || async { sim.gets() == before + 1 },
-    )
-    .await;
-    open_back_off(&sim, &proxy, &proxy.tokens[1], 3).await;
-    let opened = std::time::Instant::now();
+    let opened = if by_the_read {
+        sim.handle.inject(Fault::new(
+            FaultKind::SecondaryRateLimit {
+                status: StatusCode::FORBIDDEN,
+                retry_after_secs: 3,
+            },
+            1,
+        ));
+        eventually(
+            Duration::from_secs(10),
+            "B's second look at GitHub",
+            || async { sim.gets() == before + 1 },
+        )
+        .await;
+        std::time::Instant::now()
+    } else {
+        sim.handle
+            .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
+        eventually(
+            Duration::from_secs(10),
+            "B's second look at GitHub",
+            || async { sim.gets() == before + 1 },
+        )
+        .await;
+        open_back_off(&sim, &proxy, &proxy.tokens[1], 3).await;
+        std::time::Instant::now()
+    };
     let sent = b.await.unwrap();
     assert_eq!(sent.status, StatusCode::NO_CONTENT, "{}", sent.text());
     let sends = sim.arrivals(&Method::DELETE);
