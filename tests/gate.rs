@@ -1687,23 +1687,11 @@ async fn a_fleet_turn_whose_call_is_not_sent_is_given_back() {
 /// client hangs up while B, holding its turn, reads its tags again (GitHub is slow to answer);
 /// then C comes. C is sent at once, `pace` after A, not `pace` after B's unsent turn.
 async fn turn_given_back(shared: &str) {
-    use packages_proxy::sim::{Fault, FaultKind};
+    use packages_proxy::sim::FaultKind;
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-turn-back").join("audit.jsonl");
-    let opts = ProxyOptions {
-        extra: format!(
-            "{}protect_tags = [\"latest\"]\n{shared}",
-            web_allowed(&audit, "3s")
-        ),
-        ..ProxyOptions::default()
-    };
-    let proxy = spawn_proxy(&sim, opts).await;
-    if !shared.is_empty() {
-        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(10)).await;
-    }
-    let web = sim.versions("web").await;
-    let a = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
-    assert_eq!(a.await.unwrap().status, StatusCode::NO_CONTENT);
+    let mutations = web_allowed(&audit, "3s");
+    let (proxy, web) = a_sent_with_tags_protected(&sim, &mutations, shared).await;
     let b = send_head(
         proxy.addr(),
         "DELETE",
@@ -1711,24 +1699,7 @@ async fn turn_given_back(shared: &str) {
         proxy.token(),
     )
     .await;
-    eventually(Duration::from_secs(5), "B's intent", || async {
-        records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count()
-            == 2
-    })
-    .await;
-    // B's next read is its second look, once its turn comes (a pace after A's send).
-    let before = sim.gets();
-    sim.handle
-        .inject(Fault::new(FaultKind::Latency(Duration::from_secs(10)), 1));
-    eventually(
-        Duration::from_secs(10),
-        "B's second look at GitHub",
-        || async { sim.gets() == before + 1 },
-    )
-    .await;
+    at_its_second_look(&sim, &audit, FaultKind::Latency(Duration::from_secs(10))).await;
     drop(b);
     let left = std::time::Instant::now();
     eventually(Duration::from_secs(5), "B's not_sent outcome", || async {
@@ -1771,59 +1742,24 @@ async fn a_back_off_opened_by_a_calls_last_reads_is_waited_out() {
 /// (`by_the_read`), or with its answer to another client's read while B's is 2 s slow. B waits
 /// the back-off out within its 20 s of patience and is sent after it.
 async fn back_off_during_last_reads(by_the_read: bool) {
-    use packages_proxy::sim::{Fault, FaultKind};
+    use packages_proxy::sim::FaultKind;
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-last-reads-back-off").join("audit.jsonl");
-    let opts = ProxyOptions {
-        extra: format!(
-            "{}protect_tags = [\"latest\"]\n",
-            web_allowed(&audit, "2s")
-                .replace("pace = \"2s\"", "pace = \"2s\"\nmax_queue_wait = \"20s\"")
-        ),
-        ..ProxyOptions::default()
-    };
-    let proxy = spawn_proxy(&sim, opts).await;
-    let web = sim.versions("web").await;
-    let a = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
-    assert_eq!(a.await.unwrap().status, StatusCode::NO_CONTENT);
+    let mutations = web_allowed(&audit, "2s")
+        .replace("pace = \"2s\"", "pace = \"2s\"\nmax_queue_wait = \"20s\"");
+    let (proxy, web) = a_sent_with_tags_protected(&sim, &mutations, "").await;
     let b = deletes_at_once(&proxy.base, proxy.token(), &web[2..3]).remove(0);
-    eventually(Duration::from_secs(5), "B's intent", || async {
-        records(&audit)
-            .iter()
-            .filter(|r| r.phase == "intent")
-            .count()
-            == 2
-    })
-    .await;
-    // B's next read is its second look, once its turn comes (a pace after A's send).
-    let before = sim.gets();
-    let opened = if by_the_read {
-        sim.handle.inject(Fault::new(
-            FaultKind::SecondaryRateLimit {
-                status: StatusCode::FORBIDDEN,
-                retry_after_secs: 3,
-            },
-            1,
-        ));
-        eventually(
-            Duration::from_secs(10),
-            "B's second look at GitHub",
-            || async { sim.gets() == before + 1 },
-        )
-        .await;
-        std::time::Instant::now()
+    if by_the_read {
+        let limit = FaultKind::SecondaryRateLimit {
+            status: StatusCode::FORBIDDEN,
+            retry_after_secs: 3,
+        };
+        at_its_second_look(&sim, &audit, limit).await;
     } else {
-        sim.handle
-            .inject(Fault::new(FaultKind::Latency(Duration::from_secs(2)), 1));
-        eventually(
-            Duration::from_secs(10),
-            "B's second look at GitHub",
-            || async { sim.gets() == before + 1 },
-        )
-        .await;
+        at_its_second_look(&sim, &audit, FaultKind::Latency(Duration::from_secs(2))).await;
         open_back_off(&sim, &proxy, &proxy.tokens[1], 3).await;
-        std::time::Instant::now()
-    };
+    }
+    let opened = std::time::Instant::now();
     let sent = b.await.unwrap();
     assert_eq!(sent.status, StatusCode::NO_CONTENT, "{}", sent.text());
     let sends = sim.arrivals(&Method::DELETE);
@@ -1838,4 +1774,49 @@ async fn back_off_during_last_reads(by_the_read: bool) {
         .map(|r| r.decision.to_string())
         .collect();
     assert_eq!(outcomes, ["completed", "completed"]);
+}
+
+/// A proxy whose `web` rule (`mutations`: its `[mutations]` and rule text, from
+/// [`web_allowed`]) protects the tag `latest`, so a call reads its tags again right before its
+/// send, with `shared` appended (waited for when given); and delete A of `web`'s second version
+/// sent through it. With `web`'s version ids.
+async fn a_sent_with_tags_protected(
+    sim: &Sim,
+    mutations: &str,
+    shared: &str,
+) -> (TestProxy, Vec<u64>) {
+    let opts = ProxyOptions {
+        extra: format!("{mutations}protect_tags = [\"latest\"]\n{shared}"),
+        ..ProxyOptions::default()
+    };
+    let proxy = spawn_proxy(sim, opts).await;
+    if !shared.is_empty() {
+        wait_shared_tier(&proxy.url("/metrics"), true, Duration::from_secs(10)).await;
+    }
+    let web = sim.versions("web").await;
+    let a = deletes_at_once(&proxy.base, proxy.token(), &web[1..2]).remove(0);
+    assert_eq!(a.await.unwrap().status, StatusCode::NO_CONTENT);
+    (proxy, web)
+}
+
+/// Once a second delete B after A (see [`a_sent_with_tags_protected`]) has its intent, GitHub
+/// answers its next read, its second look when its turn comes a pace after A's send, with
+/// `fault`; returns once that read is at GitHub.
+async fn at_its_second_look(sim: &Sim, audit: &Path, fault: packages_proxy::sim::FaultKind) {
+    eventually(Duration::from_secs(5), "B's intent", || async {
+        records(audit)
+            .iter()
+            .filter(|r| r.phase == "intent")
+            .count()
+            == 2
+    })
+    .await;
+    let before = sim.gets();
+    sim.handle.inject(packages_proxy::sim::Fault::new(fault, 1));
+    eventually(
+        Duration::from_secs(10),
+        "B's second look at GitHub",
+        || async { sim.gets() == before + 1 },
+    )
+    .await;
 }
