@@ -693,6 +693,24 @@ fn web_allowed(audit: &Path, pace: &str) -> String {
     )
 }
 
+/// [`web_allowed`] with the queue's patience, `max_queue_wait = patience`.
+fn web_allowed_within(audit: &Path, pace: &str, patience: &str) -> String {
+    web_allowed(audit, pace).replacen(
+        &format!("pace = \"{pace}\"\n"),
+        &format!("pace = \"{pace}\"\nmax_queue_wait = \"{patience}\"\n"),
+        1,
+    )
+}
+
+/// The decisions of `audit`'s records whose phase passes `phase`, in the order written.
+fn decisions(audit: &Path, phase: fn(&str) -> bool) -> Vec<String> {
+    records(audit)
+        .iter()
+        .filter(|r| phase(r.phase.as_str()))
+        .map(|r| r.decision.to_string())
+        .collect()
+}
+
 /// Deletes of `web`'s versions `ids`, each sent at once from a task of its own through the proxy
 /// at `base` (`http://host:port`).
 fn deletes_at_once(base: &str, token: &str, ids: &[u64]) -> Vec<tokio::task::JoinHandle<Reply>> {
@@ -1540,12 +1558,7 @@ async fn deletes_held_by_a_back_off_go_out_in_the_order_they_came() {
 async fn max_queue_wait_bounds_a_deletes_waits_together() {
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-patience").join("audit.jsonl");
-    // The mutations table of `web_allowed`, with the queue's patience.
-    let extra = web_allowed(&audit, "4s").replacen(
-        "pace = \"4s\"\n",
-        "pace = \"4s\"\nmax_queue_wait = \"5s\"\n",
-        1,
-    );
+    let extra = web_allowed_within(&audit, "4s", "5s");
     let opts = ProxyOptions {
         extra,
         ..ProxyOptions::default()
@@ -1573,11 +1586,7 @@ async fn max_queue_wait_bounds_a_deletes_waits_together() {
         "a delete was sent past the queue's patience"
     );
     // Every intent ends in its outcome: the one sent, and two refused before anything left.
-    let mut outcomes: Vec<String> = records(&audit)
-        .iter()
-        .filter(|r| r.phase == "outcome")
-        .map(|r| r.decision.to_string())
-        .collect();
+    let mut outcomes = decisions(&audit, |phase| phase == "outcome");
     outcomes.sort_unstable();
     assert_eq!(outcomes, ["completed", "refused", "refused"]);
 }
@@ -1616,11 +1625,7 @@ async fn delete_held_behind_its_clients_slow_read(rule: &str) {
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
     assert_eq!(sim.deletes(), 0, "a delete was sent past its patience");
     // Refused after its intent (an outcome) or during its first reads (a decision, no intent).
-    let ends: Vec<String> = records(&audit)
-        .iter()
-        .filter(|r| r.phase != "intent")
-        .map(|r| r.decision.to_string())
-        .collect();
+    let ends = decisions(&audit, |phase| phase != "intent");
     assert_eq!(ends, ["refused"]);
 }
 
@@ -1642,9 +1647,8 @@ async fn a_delete_with_protected_tags_waits_out_a_back_off_before_its_first_read
     let audit = temp_dir("gate").join("audit.jsonl");
     let opts = ProxyOptions {
         extra: format!(
-            "[mutations]\naudit_log = {audit:?}\npace = \"0s\"\nmax_queue_wait = \"10s\"\n\
-             [[policy.allow]]\nname = \"web\"\npackages = [\"web\"]\nmulti_arch_guard = false\n\
-             protect_tags = [\"latest\"]\n"
+            "{}protect_tags = [\"latest\"]\n",
+            web_allowed_within(&audit, "0s", "10s")
         ),
         ..ProxyOptions::default()
     };
@@ -1655,11 +1659,7 @@ async fn a_delete_with_protected_tags_waits_out_a_back_off_before_its_first_read
     let sent = delete.await.unwrap();
     assert_eq!(sent.status, StatusCode::NO_CONTENT, "{}", sent.text());
     assert_eq!(sim.deletes(), 1);
-    let outcomes: Vec<String> = records(&audit)
-        .iter()
-        .filter(|r| r.phase != "intent")
-        .map(|r| r.decision.to_string())
-        .collect();
+    let outcomes = decisions(&audit, |phase| phase != "intent");
     assert_eq!(outcomes, ["completed"]);
 }
 
@@ -1745,8 +1745,7 @@ async fn back_off_during_last_reads(by_the_read: bool) {
     use packages_proxy::sim::FaultKind;
     let sim = spawn_sim().await;
     let audit = temp_dir("gate-last-reads-back-off").join("audit.jsonl");
-    let mutations = web_allowed(&audit, "2s")
-        .replace("pace = \"2s\"", "pace = \"2s\"\nmax_queue_wait = \"20s\"");
+    let mutations = web_allowed_within(&audit, "2s", "20s");
     let (proxy, web) = a_sent_with_tags_protected(&sim, &mutations, "").await;
     let b = deletes_at_once(&proxy.base, proxy.token(), &web[2..3]).remove(0);
     if by_the_read {
@@ -1768,11 +1767,7 @@ async fn back_off_during_last_reads(by_the_read: bool) {
         sends[1] >= opened + Duration::from_millis(2500),
         "B was sent during the back-off"
     );
-    let outcomes: Vec<String> = records(&audit)
-        .iter()
-        .filter(|r| r.phase == "outcome")
-        .map(|r| r.decision.to_string())
-        .collect();
+    let outcomes = decisions(&audit, |phase| phase == "outcome");
     assert_eq!(outcomes, ["completed", "completed"]);
 }
 

@@ -343,31 +343,24 @@ impl Shared {
     /// Ends a turn [`Shared::send_turn`] gave: records the send now. `Ok(false)`: the turn
     /// lapsed, and another may have been given since.
     pub async fn sent(&self, turn: u64) -> Result<bool, Down> {
-        let mut conn = self.conn()?;
-        let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
-        let script = self.scripts.sent.clone();
-        let ended: i64 = self
-            .run(async move {
-                script
-                    .key(last)
-                    .key(held)
-                    .arg(turn)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?;
-        Ok(ended == 1)
+        self.end_turn(self.scripts.sent.clone(), turn).await
     }
 
     /// Ends a turn [`Shared::send_turn`] gave without a send: the next turn is due `pace` after
     /// the last real send. `Ok(false)`: the turn lapsed, and another may have been given since
     /// (nothing changed).
     pub async fn release_turn(&self, turn: u64) -> Result<bool, Down> {
+        self.end_turn(self.scripts.release_turn.clone(), turn).await
+    }
+
+    /// Runs `script` (SENT or RELEASE_TURN) on turn `turn`'s keys: the last send, the turn held
+    /// and the last send before it (SENT does not read that one); `Ok(true)` if it ended the
+    /// turn.
+    async fn end_turn(&self, script: redis::Script, turn: u64) -> Result<bool, Down> {
         let mut conn = self.conn()?;
         let (last, held) = (self.key("p", "last-send"), self.key("p", "send-turn"));
         let before = self.key("p", "before-turn");
-        let script = self.scripts.release_turn.clone();
-        let released: i64 = self
+        let ended: i64 = self
             .run(async move {
                 script
                     .key(last)
@@ -378,7 +371,7 @@ impl Shared {
                     .await
             })
             .await?;
-        Ok(released == 1)
+        Ok(ended == 1)
     }
 
     /// Takes one token from a fleet-wide bucket of `per_minute`.

@@ -81,7 +81,8 @@ redis.call('SET', KEYS[1], now + tonumber(ARGV[2]), 'PX', 3600000 + tonumber(ARG
 return 1
 ";
 
-/// Ends a turn SEND gave: KEYS[1] last-send ms, KEYS[2] the turn held; ARGV[1] the turn's name.
+/// Ends a turn SEND gave: KEYS[1] last-send ms, KEYS[2] the turn held (KEYS[3], the last send
+/// before the turn, is not read); ARGV[1] the turn's name.
 /// While the turn is still this one's, records the send now and returns 1; a turn that lapsed
 /// and was given again returns 0 and records nothing.
 const SENT: &str = r"
